@@ -1,0 +1,23 @@
+//! haul moves files from a sender to a receiving server over TCP.
+//!
+//! How the modules fit together, from the wire inwards:
+//!
+//! - [`protocol`] turns bytes into messages and back. It is sans-IO: it never
+//!   touches a socket or a file, so it can be tested and fuzzed on byte slices.
+//! - [`server`] owns the listening socket: it accepts connections, applies
+//!   limits and timeouts, and drives one task per connection.
+//! - [`send`] is the sending side: it opens the sources and drives a connection.
+//! - [`transfer`] is the one byte pump both sides and both protocols use to
+//!   move a known number of bytes from a reader to a writer.
+//! - [`store`] is the only code that creates, renames or deletes files in the
+//!   server's inbox, and the only place where a received name is judged.
+//!
+//! Data flows socket → [`server`] → [`protocol`] (header) → [`store`] (a
+//! partial file) → [`transfer`] (the bytes) → [`store`] (commit under a final
+//! name).
+
+pub mod protocol;
+pub mod send;
+pub mod server;
+pub mod store;
+pub mod transfer;

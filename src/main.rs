@@ -1,0 +1,213 @@
+//! The `haul` command line: parses arguments, calls the library, maps
+//! outcomes to messages and exit codes. It does no transfer work itself.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use haul::send::{self, SendError};
+use haul::server::{Server, ServerConfig};
+use haul::store::OnConflict;
+use haul::transfer::Rate;
+
+/// Exit codes, stable for scripts.
+mod exit {
+    pub const SOME_FILES_FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+}
+
+const DEFAULT_ADDRESS: &str = "127.0.0.1:12000";
+
+#[derive(Parser)]
+#[command(
+    name = "haul",
+    version,
+    about = "Send files to a haul server over TCP, or run one.",
+    after_help = "Examples:
+  haul serve                                 receive into ./received on 127.0.0.1:12000
+  haul serve --listen 0.0.0.0:12000 --dir /srv/inbox
+  haul send report.pdf                       send to 127.0.0.1:12000
+  haul send --to 192.0.2.7:12000 a.txt b.txt
+
+Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unreachable."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive files into a directory.
+    #[command(after_help = "Examples:
+  haul serve
+  haul serve --listen 127.0.0.1:0 --dir /tmp/inbox    port 0 picks a free port
+
+The first line on stdout is `listening on ADDR:PORT`; one log line per transfer goes
+to stderr (RUST_LOG=debug for more).")]
+    Serve {
+        /// Address and port to listen on (port 0 picks a free port).
+        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADDRESS)]
+        listen: SocketAddr,
+        /// Directory to store received files in (created if missing).
+        #[arg(long, value_name = "DIR", default_value = "received")]
+        dir: PathBuf,
+        /// Replace an existing file of the same name instead of keeping both.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Send files to a haul server, or to any server of the classroom protocol.
+    #[command(after_help = "Examples:
+  haul send report.pdf
+  haul send --to 127.0.0.1:12000 a.txt b.txt
+  haul send --name final.pdf draft-7.pdf
+
+With --protocol seed each file goes over its own connection, exactly as the classroom
+protocol describes: 8-byte big-endian size, the file name, `go ahead`, the bytes.")]
+    Send {
+        /// Server address.
+        #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDRESS)]
+        to: String,
+        /// Wire protocol to speak.
+        #[arg(long, value_enum, default_value_t = Protocol::Seed)]
+        protocol: Protocol,
+        /// Name to store the file under (default: the file's own name).
+        /// Only with a single file.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Files to send.
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Protocol {
+    /// The classroom protocol: size, name, `go ahead`, bytes.
+    Seed,
+}
+
+/// How long a send waits for any sign of progress from the server.
+const SEND_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("haul: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve {
+            listen,
+            dir,
+            overwrite,
+        } => {
+            init_logging();
+            let mut config = ServerConfig::new(dir);
+            if overwrite {
+                config.on_conflict = OnConflict::Overwrite;
+            }
+            match runtime.block_on(serve(listen, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("haul: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Send {
+            to,
+            protocol: Protocol::Seed,
+            name,
+            paths,
+        } => {
+            if name.is_some() && paths.len() > 1 {
+                eprintln!(
+                    "haul: --name applies to a single file, but {} were given",
+                    paths.len()
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+            runtime.block_on(send_all(&to, name.as_deref(), &paths))
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_target(false)
+        .init();
+}
+
+async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {
+    let dir = config.dir.clone();
+    let server = Server::bind(listen, config)
+        .await
+        .with_context(|| format!("cannot serve on {listen} into {}", dir.display()))?;
+    let bound = server.local_addr()?;
+    {
+        // Scripts wait for this line: print it first and flush it at once.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {bound}")?;
+        stdout.flush()?;
+    }
+    tracing::info!(address = %bound, dir = %dir.display(), "serving");
+    server.run(shutdown_requested()).await;
+    Ok(())
+}
+
+async fn shutdown_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn send_all(to: &str, name: Option<&str>, paths: &[PathBuf]) -> ExitCode {
+    let mut failures: Vec<SendError> = Vec::new();
+    for path in paths {
+        match send::send_seed_file(to, path, name, SEND_IDLE_TIMEOUT).await {
+            Ok(sent) => eprintln!(
+                "haul: sent {} ({} bytes, {})",
+                sent.name,
+                sent.bytes,
+                Rate {
+                    bytes: sent.bytes,
+                    elapsed: sent.elapsed
+                }
+            ),
+            Err(error) => {
+                eprintln!("haul: {}: {error}", path.display());
+                failures.push(error);
+            }
+        }
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else if failures.iter().any(SendError::is_connect) {
+        ExitCode::from(exit::UNREACHABLE)
+    } else {
+        ExitCode::from(exit::SOME_FILES_FAILED)
+    }
+}
