@@ -4,4 +4,5 @@
 //! decoder takes a byte slice and answers "need more bytes", "here is a
 //! message" or "this is not valid", so that it can be fuzzed directly.
 
+pub mod haul;
 pub mod seed;

@@ -1,0 +1,672 @@
+//! haul's own protocol: verified, resumable, many files per connection.
+//!
+//! A connection opens with [`MAGIC`]; everything after it is a frame:
+//! `kind: u8 | length: u32 | payload[length]`. The byte-exact layout of each
+//! payload is in `docs/PROTOCOL.md`; this module is its only implementation.
+//! File bytes travel in `Data` frames whose payload is handed to the caller
+//! untouched, so this module never holds file content.
+
+use thiserror::Error;
+
+/// Opens every haul connection. As a seed header its size would be over
+/// 2^63, which no seed client sends; the CR LF and 0x1A catch a channel that
+/// rewrites line endings or stops at end-of-file markers, as PNG's signature
+/// does.
+pub const MAGIC: [u8; 8] = [0x89, b'H', b'A', b'U', b'L', b'\r', b'\n', 0x1a];
+
+/// The protocol version this code speaks.
+pub const VERSION: u16 = 1;
+
+/// Bytes in a frame header: kind and length.
+pub const FRAME_HEADER_LEN: usize = 5;
+
+/// Largest payload of any frame but `Data`.
+pub const MAX_CONTROL_LEN: u32 = 64 * 1024;
+
+/// Largest payload of a `Data` frame.
+pub const MAX_DATA_LEN: u32 = 1024 * 1024;
+
+/// Longest relative path an offer may carry, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// A BLAKE3 hash.
+pub type Hash = [u8; 32];
+
+/// Frame kinds, as the first byte of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 0x01,
+    Welcome = 0x02,
+    Offer = 0x10,
+    BatchEnd = 0x11,
+    Answer = 0x12,
+    Data = 0x20,
+    FileEnd = 0x21,
+    Receipt = 0x22,
+    Failed = 0x23,
+    Bye = 0x30,
+    Error = 0x31,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            0x01 => Kind::Hello,
+            0x02 => Kind::Welcome,
+            0x10 => Kind::Offer,
+            0x11 => Kind::BatchEnd,
+            0x12 => Kind::Answer,
+            0x20 => Kind::Data,
+            0x21 => Kind::FileEnd,
+            0x22 => Kind::Receipt,
+            0x23 => Kind::Failed,
+            0x30 => Kind::Bye,
+            0x31 => Kind::Error,
+            _ => return None,
+        })
+    }
+
+    fn max_len(self) -> u32 {
+        match self {
+            Kind::Data => MAX_DATA_LEN,
+            _ => MAX_CONTROL_LEN,
+        }
+    }
+}
+
+/// A validated frame header: the payload that follows is `len` bytes long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: Kind,
+    pub len: u32,
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("unknown frame kind 0x{0:02x}")]
+    UnknownKind(u8),
+    #[error("{kind:?} frame of {len} bytes is over the limit of {max}")]
+    TooLong { kind: Kind, len: u32, max: u32 },
+    #[error("{0:?} frame is too short")]
+    Truncated(Kind),
+    #[error("{0:?} frame has bytes after its end")]
+    Trailing(Kind),
+    #[error("{0:?} frame carries text that is not UTF-8")]
+    NotUtf8(Kind),
+    #[error("invalid value in {kind:?} frame: {what}")]
+    Invalid { kind: Kind, what: &'static str },
+}
+
+/// Decodes and checks a frame header before anything of its payload is read.
+pub fn decode_frame_header(bytes: [u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, DecodeError> {
+    let [kind_byte, len @ ..] = bytes;
+    let kind = Kind::from_byte(kind_byte).ok_or(DecodeError::UnknownKind(kind_byte))?;
+    let len = u32::from_be_bytes(len);
+    if len > kind.max_len() {
+        return Err(DecodeError::TooLong {
+            kind,
+            len,
+            max: kind.max_len(),
+        });
+    }
+    Ok(FrameHeader { kind, len })
+}
+
+/// What kind of entry an offer announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+}
+
+/// A modification time: seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mtime {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// The sender announces one file or directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer<'a> {
+    pub kind: EntryKind,
+    /// `None` for a stream whose length is known only at its end.
+    pub size: Option<u64>,
+    /// The sender has compared this file with the server's copy and knows
+    /// they differ: skip the identical-content check.
+    pub differs: bool,
+    pub mtime: Mtime,
+    /// Permission bits (`0o777` at most).
+    pub mode: u32,
+    /// Relative path, `/`-separated, untrusted until the store judges it.
+    pub path: &'a [u8],
+}
+
+/// The server's answer to one offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// Send the file's bytes from this offset (0: from the start; more:
+    /// resume, the server already holds the bytes before it).
+    Send { offset: u64 },
+    /// A file of the same size exists under this path, with this hash:
+    /// identical content is skipped, different content is offered again
+    /// with `differs` set.
+    Compare { hash: Hash },
+    /// The directory exists now.
+    Created,
+    /// Nothing will be stored for this offer.
+    Refused { reason: &'a str },
+}
+
+/// Every message but `Data`, whose payload is file bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    Hello {
+        version: u16,
+        capabilities: u64,
+    },
+    Welcome {
+        version: u16,
+        capabilities: u64,
+    },
+    Offer(Offer<'a>),
+    BatchEnd,
+    Answer(Answer<'a>),
+    FileEnd {
+        hash: Hash,
+    },
+    Receipt {
+        size: u64,
+        hash: Hash,
+        stored_as: &'a str,
+    },
+    Failed {
+        reason: &'a str,
+    },
+    Bye,
+    Error {
+        message: &'a str,
+    },
+}
+
+const FLAG_DIRECTORY: u8 = 1;
+const FLAG_SIZE_UNKNOWN: u8 = 2;
+const FLAG_DIFFERS: u8 = 4;
+const KNOWN_FLAGS: u8 = FLAG_DIRECTORY | FLAG_SIZE_UNKNOWN | FLAG_DIFFERS;
+
+const ANSWER_SEND: u8 = 0;
+const ANSWER_COMPARE: u8 = 1;
+const ANSWER_CREATED: u8 = 2;
+const ANSWER_REFUSED: u8 = 3;
+
+/// Reads fixed-width fields off the front of a payload.
+struct Fields<'a> {
+    kind: Kind,
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, rest) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or(DecodeError::Truncated(self.kind))?;
+        self.rest = rest;
+        Ok(*head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.take()?))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_be_bytes(self.take()?))
+    }
+    /// The remaining bytes, as text.
+    fn text(self) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.rest).map_err(|_| DecodeError::NotUtf8(self.kind))
+    }
+    fn end(self) -> Result<(), DecodeError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing(self.kind))
+        }
+    }
+}
+
+/// Decodes the payload of a frame of `kind` (any kind but `Data`).
+pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeError> {
+    let mut fields = Fields {
+        kind,
+        rest: payload,
+    };
+    let invalid = |what| DecodeError::Invalid { kind, what };
+    let message = match kind {
+        Kind::Hello | Kind::Welcome => {
+            let version = fields.u16()?;
+            let capabilities = fields.u64()?;
+            fields.end()?;
+            if kind == Kind::Hello {
+                Message::Hello {
+                    version,
+                    capabilities,
+                }
+            } else {
+                Message::Welcome {
+                    version,
+                    capabilities,
+                }
+            }
+        }
+        Kind::Offer => {
+            let flags = fields.u8()?;
+            if flags & !KNOWN_FLAGS != 0 {
+                return Err(invalid("unknown offer flags"));
+            }
+            let size = fields.u64()?;
+            let secs = fields.i64()?;
+            let nanos = fields.u32()?;
+            let mode = fields.u32()?;
+            if nanos >= 1_000_000_000 {
+                return Err(invalid("nanoseconds of a second over 999999999"));
+            }
+            if mode > 0o777 {
+                return Err(invalid("mode beyond permission bits"));
+            }
+            let path = fields.rest;
+            if path.is_empty() || path.len() > MAX_PATH_LEN {
+                return Err(invalid("path empty or too long"));
+            }
+            let size_unknown = flags & FLAG_SIZE_UNKNOWN != 0;
+            if size_unknown && size != 0 {
+                return Err(invalid("size given for a stream of unknown size"));
+            }
+            Message::Offer(Offer {
+                kind: if flags & FLAG_DIRECTORY != 0 {
+                    EntryKind::Directory
+                } else {
+                    EntryKind::File
+                },
+                size: (!size_unknown).then_some(size),
+                differs: flags & FLAG_DIFFERS != 0,
+                mtime: Mtime { secs, nanos },
+                mode,
+                path,
+            })
+        }
+        Kind::BatchEnd | Kind::Bye => {
+            fields.end()?;
+            if kind == Kind::Bye {
+                Message::Bye
+            } else {
+                Message::BatchEnd
+            }
+        }
+        Kind::Answer => match fields.u8()? {
+            ANSWER_SEND => {
+                let offset = fields.u64()?;
+                fields.end()?;
+                Message::Answer(Answer::Send { offset })
+            }
+            ANSWER_COMPARE => {
+                let hash = fields.take()?;
+                fields.end()?;
+                Message::Answer(Answer::Compare { hash })
+            }
+            ANSWER_CREATED => {
+                fields.end()?;
+                Message::Answer(Answer::Created)
+            }
+            ANSWER_REFUSED => Message::Answer(Answer::Refused {
+                reason: fields.text()?,
+            }),
+            _ => return Err(invalid("unknown answer")),
+        },
+        Kind::FileEnd => {
+            let hash = fields.take()?;
+            fields.end()?;
+            Message::FileEnd { hash }
+        }
+        Kind::Receipt => {
+            let size = fields.u64()?;
+            let hash = fields.take()?;
+            Message::Receipt {
+                size,
+                hash,
+                stored_as: fields.text()?,
+            }
+        }
+        Kind::Failed => Message::Failed {
+            reason: fields.text()?,
+        },
+        Kind::Error => Message::Error {
+            message: fields.text()?,
+        },
+        Kind::Data => return Err(invalid("data frames carry file bytes, not a message")),
+    };
+    Ok(message)
+}
+
+/// Appends the frame header of a `Data` frame of `len` bytes.
+pub fn encode_data_header(len: u32, out: &mut Vec<u8>) {
+    debug_assert!(len <= MAX_DATA_LEN);
+    out.push(Kind::Data as u8);
+    out.extend_from_slice(&len.to_be_bytes());
+}
+
+/// Appends `message` as one whole frame. Text fields longer than a frame
+/// allows are cut at a character boundary: they are human-readable reasons,
+/// and paths are bounded by [`MAX_PATH_LEN`] well below the frame limit.
+pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    let kind = match message {
+        Message::Hello {
+            version,
+            capabilities,
+        }
+        | Message::Welcome {
+            version,
+            capabilities,
+        } => {
+            out.extend_from_slice(&version.to_be_bytes());
+            out.extend_from_slice(&capabilities.to_be_bytes());
+            if matches!(message, Message::Hello { .. }) {
+                Kind::Hello
+            } else {
+                Kind::Welcome
+            }
+        }
+        Message::Offer(offer) => {
+            let mut flags = 0;
+            if offer.kind == EntryKind::Directory {
+                flags |= FLAG_DIRECTORY;
+            }
+            if offer.size.is_none() {
+                flags |= FLAG_SIZE_UNKNOWN;
+            }
+            if offer.differs {
+                flags |= FLAG_DIFFERS;
+            }
+            out.push(flags);
+            out.extend_from_slice(&offer.size.unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(&offer.mtime.secs.to_be_bytes());
+            out.extend_from_slice(&offer.mtime.nanos.to_be_bytes());
+            out.extend_from_slice(&offer.mode.to_be_bytes());
+            out.extend_from_slice(offer.path);
+            Kind::Offer
+        }
+        Message::BatchEnd => Kind::BatchEnd,
+        Message::Answer(answer) => {
+            match answer {
+                Answer::Send { offset } => {
+                    out.push(ANSWER_SEND);
+                    out.extend_from_slice(&offset.to_be_bytes());
+                }
+                Answer::Compare { hash } => {
+                    out.push(ANSWER_COMPARE);
+                    out.extend_from_slice(hash);
+                }
+                Answer::Created => out.push(ANSWER_CREATED),
+                Answer::Refused { reason } => {
+                    out.push(ANSWER_REFUSED);
+                    push_text(reason, out, start);
+                }
+            }
+            Kind::Answer
+        }
+        Message::FileEnd { hash } => {
+            out.extend_from_slice(hash);
+            Kind::FileEnd
+        }
+        Message::Receipt {
+            size,
+            hash,
+            stored_as,
+        } => {
+            out.extend_from_slice(&size.to_be_bytes());
+            out.extend_from_slice(hash);
+            push_text(stored_as, out, start);
+            Kind::Receipt
+        }
+        Message::Failed { reason } => {
+            push_text(reason, out, start);
+            Kind::Failed
+        }
+        Message::Bye => Kind::Bye,
+        Message::Error { message } => {
+            push_text(message, out, start);
+            Kind::Error
+        }
+    };
+    let len = u32::try_from(out.len() - start - FRAME_HEADER_LEN).expect("frames are small");
+    out[start] = kind as u8;
+    out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+}
+
+fn push_text(text: &str, out: &mut Vec<u8>, frame_start: usize) {
+    let room =
+        (MAX_CONTROL_LEN as usize).saturating_sub(out.len() - frame_start - FRAME_HEADER_LEN);
+    let mut len = text.len().min(room);
+    while !text.is_char_boundary(len) {
+        len -= 1;
+    }
+    out.extend_from_slice(&text.as_bytes()[..len]);
+}
+
+/// One frame found in a byte stream by [`split_frame`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawFrame<'a> {
+    pub header: FrameHeader,
+    pub payload: &'a [u8],
+}
+
+/// Finds the first frame in `bytes`: `Ok(None)` when more bytes are needed,
+/// otherwise the frame and the number of bytes it occupies.
+pub fn split_frame(bytes: &[u8]) -> Result<Option<(RawFrame<'_>, usize)>, DecodeError> {
+    let Some((header, rest)) = bytes.split_first_chunk::<FRAME_HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let header = decode_frame_header(*header)?;
+    let len = header.len as usize;
+    let Some(payload) = rest.get(..len) else {
+        return Ok(None);
+    };
+    Ok(Some((RawFrame { header, payload }, FRAME_HEADER_LEN + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(message: &Message<'_>) {
+        let mut bytes = Vec::new();
+        encode(message, &mut bytes);
+        let (frame, used) = split_frame(&bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(
+            &decode_message(frame.header.kind, frame.payload).unwrap(),
+            message
+        );
+        for cut in 0..bytes.len() {
+            assert_eq!(split_frame(&bytes[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips_and_needs_all_its_bytes() {
+        let offer = Offer {
+            kind: EntryKind::File,
+            size: Some(1 << 40),
+            differs: true,
+            mtime: Mtime {
+                secs: -5,
+                nanos: 999_999_999,
+            },
+            mode: 0o640,
+            path: "dir/naïve.txt".as_bytes(),
+        };
+        for message in [
+            Message::Hello {
+                version: 1,
+                capabilities: u64::MAX,
+            },
+            Message::Welcome {
+                version: 7,
+                capabilities: 0,
+            },
+            Message::Offer(offer.clone()),
+            Message::Offer(Offer {
+                size: None,
+                kind: EntryKind::Directory,
+                differs: false,
+                ..offer
+            }),
+            Message::BatchEnd,
+            Message::Answer(Answer::Send { offset: 12345 }),
+            Message::Answer(Answer::Compare { hash: [7; 32] }),
+            Message::Answer(Answer::Created),
+            Message::Answer(Answer::Refused { reason: "exists" }),
+            Message::FileEnd { hash: [9; 32] },
+            Message::Receipt {
+                size: 3,
+                hash: [1; 32],
+                stored_as: "a (1).txt",
+            },
+            Message::Failed {
+                reason: "hash mismatch",
+            },
+            Message::Bye,
+            Message::Error {
+                message: "unsupported version",
+            },
+        ] {
+            round_trip(&message);
+        }
+    }
+
+    #[test]
+    fn the_magic_cannot_be_a_seed_size() {
+        assert!(u64::from_be_bytes(MAGIC) >= 1 << 63);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_their_payload() {
+        let mut header = [Kind::Offer as u8, 0, 0, 0, 0];
+        header[1..].copy_from_slice(&(MAX_CONTROL_LEN + 1).to_be_bytes());
+        assert!(matches!(
+            decode_frame_header(header),
+            Err(DecodeError::TooLong { .. })
+        ));
+        header[0] = Kind::Data as u8;
+        assert!(decode_frame_header(header).is_ok());
+        header[1..].copy_from_slice(&(MAX_DATA_LEN + 1).to_be_bytes());
+        assert!(matches!(
+            decode_frame_header(header),
+            Err(DecodeError::TooLong { .. })
+        ));
+        assert_eq!(
+            decode_frame_header([0xee, 0, 0, 0, 0]),
+            Err(DecodeError::UnknownKind(0xee))
+        );
+    }
+
+    #[test]
+    fn invalid_offers_are_refused() {
+        let mut valid = Vec::new();
+        encode(
+            &Message::Offer(Offer {
+                kind: EntryKind::File,
+                size: Some(1),
+                differs: false,
+                mtime: Mtime::default(),
+                mode: 0o644,
+                path: b"a",
+            }),
+            &mut valid,
+        );
+        let payload = &valid[FRAME_HEADER_LEN..];
+        let mut bad_flags = payload.to_vec();
+        bad_flags[0] = 0x80;
+        let mut bad_mode = payload.to_vec();
+        bad_mode[21..25].copy_from_slice(&0o4755u32.to_be_bytes());
+        let mut bad_nanos = payload.to_vec();
+        bad_nanos[17..21].copy_from_slice(&1_000_000_000u32.to_be_bytes());
+        let no_path = &payload[..payload.len() - 1];
+        for bad in [
+            &bad_flags[..],
+            &bad_mode,
+            &bad_nanos,
+            no_path,
+            &payload[..3],
+        ] {
+            assert!(decode_message(Kind::Offer, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut rest = &bytes[..];
+            while let Ok(Some((frame, used))) = split_frame(rest) {
+                if frame.header.kind != Kind::Data {
+                    let _ = decode_message(frame.header.kind, frame.payload);
+                }
+                rest = &rest[used..];
+            }
+        }
+
+        #[test]
+        fn arbitrary_payloads_never_panic_any_kind(kind in 0u8..=0x40, payload in proptest::collection::vec(any::<u8>(), 0..128)) {
+            if let Some(kind) = Kind::from_byte(kind) {
+                let _ = decode_message(kind, &payload);
+            }
+        }
+
+        #[test]
+        fn offers_round_trip(
+            size in proptest::option::of(any::<u64>()),
+            differs in any::<bool>(),
+            directory in any::<bool>(),
+            secs in any::<i64>(),
+            nanos in 0u32..1_000_000_000,
+            mode in 0u32..=0o777,
+            path in proptest::collection::vec(any::<u8>(), 1..300),
+        ) {
+            let offer = Offer {
+                kind: if directory { EntryKind::Directory } else { EntryKind::File },
+                size, differs, mtime: Mtime { secs, nanos }, mode, path: &path,
+            };
+            let mut bytes = Vec::new();
+            encode(&Message::Offer(offer.clone()), &mut bytes);
+            let (frame, used) = split_frame(&bytes).unwrap().unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(decode_message(frame.header.kind, frame.payload).unwrap(), Message::Offer(offer));
+        }
+
+        #[test]
+        fn texts_round_trip(reason in ".{0,200}", size in any::<u64>(), hash in any::<[u8; 32]>()) {
+            for message in [
+                Message::Failed { reason: &reason },
+                Message::Answer(Answer::Refused { reason: &reason }),
+                Message::Receipt { size, hash, stored_as: &reason },
+            ] {
+                let mut bytes = Vec::new();
+                encode(&message, &mut bytes);
+                let (frame, _) = split_frame(&bytes).unwrap().unwrap();
+                prop_assert_eq!(decode_message(frame.header.kind, frame.payload).unwrap(), message);
+            }
+        }
+    }
+}
