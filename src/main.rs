@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use haul::send::{self, SendError};
+use haul::send::{self, Event, SendError};
 use haul::server::{Server, ServerConfig};
 use haul::store::OnConflict;
 use haul::transfer::Rate;
@@ -32,7 +32,9 @@ const DEFAULT_ADDRESS: &str = "127.0.0.1:12000";
   haul serve                                 receive into ./received on 127.0.0.1:12000
   haul serve --listen 0.0.0.0:12000 --dir /srv/inbox
   haul send report.pdf                       send to 127.0.0.1:12000
-  haul send --to 192.0.2.7:12000 a.txt b.txt
+  haul send --to 192.0.2.7:12000 photos/ notes.txt
+  tar c dir | haul send - --name dir.tar     send standard input
+  haul send --protocol seed report.pdf       speak the classroom protocol
 
 Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unreachable."
 )]
@@ -57,39 +59,70 @@ to stderr (RUST_LOG=debug for more).")]
         /// Directory to store received files in (created if missing).
         #[arg(long, value_name = "DIR", default_value = "received")]
         dir: PathBuf,
-        /// Replace an existing file of the same name instead of keeping both.
-        #[arg(long)]
+        /// What to do when a different file exists under a received name:
+        /// keep both (the new one as `name (1).ext`), replace it, or refuse
+        /// the new one. Identical content is never stored twice.
+        #[arg(long, value_enum, default_value_t = Conflict::Rename, value_name = "POLICY")]
+        on_conflict: Conflict,
+        /// Same as `--on-conflict overwrite`.
+        #[arg(long, conflicts_with = "on_conflict")]
         overwrite: bool,
+        /// Protocols to accept: `haul`, `seed` (the classroom protocol), or both.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "haul,seed",
+            value_name = "LIST"
+        )]
+        protocols: Vec<Protocol>,
+        /// Delete partial data of interrupted transfers after this long
+        /// (e.g. `90m`, `24h`, `7d`).
+        #[arg(long, default_value = "24h", value_name = "AGE", value_parser = humantime::parse_duration)]
+        partial_max_age: Duration,
     },
     /// Send files to a haul server, or to any server of the classroom protocol.
     #[command(after_help = "Examples:
   haul send report.pdf
-  haul send --to 127.0.0.1:12000 a.txt b.txt
+  haul send --to 127.0.0.1:12000 photos/ a.txt b.txt
   haul send --name final.pdf draft-7.pdf
+  tar c dir | haul send - --name dir.tar
 
-With --protocol seed each file goes over its own connection, exactly as the classroom
-protocol describes: 8-byte big-endian size, the file name, `go ahead`, the bytes.")]
+With haul's protocol (the default) every file is verified with BLAKE3 and acknowledged
+by a receipt; an interrupted send resumes when run again. With --protocol seed each file
+goes over its own connection, exactly as the classroom protocol describes: 8-byte
+big-endian size, the file name, `go ahead`, the bytes.")]
     Send {
         /// Server address.
         #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDRESS)]
         to: String,
-        /// Wire protocol to speak.
-        #[arg(long, value_enum, default_value_t = Protocol::Seed)]
+        /// Wire protocol to speak: `haul` (verified, resumable, folders) or
+        /// `seed` (the classroom protocol, one file per connection).
+        #[arg(long, value_enum, default_value_t = Protocol::Haul)]
         protocol: Protocol,
-        /// Name to store the file under (default: the file's own name).
-        /// Only with a single file.
+        /// Name to store the file or folder under (default: its own name).
+        /// Only with a single PATH; required for `-` (standard input).
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
-        /// Files to send.
+        /// Files or folders to send; `-` sends standard input.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Protocol {
+    /// haul's own protocol: verified, resumable, many files per connection.
+    Haul,
     /// The classroom protocol: size, name, `go ahead`, bytes.
     Seed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Conflict {
+    Rename,
+    Overwrite,
+    Refuse,
 }
 
 /// How long a send waits for any sign of progress from the server.
@@ -108,13 +141,26 @@ fn main() -> ExitCode {
         Command::Serve {
             listen,
             dir,
+            on_conflict,
             overwrite,
+            protocols,
+            partial_max_age,
         } => {
             init_logging();
             let mut config = ServerConfig::new(dir);
-            if overwrite {
-                config.on_conflict = OnConflict::Overwrite;
+            config.on_conflict = match (overwrite, on_conflict) {
+                (true, _) | (false, Conflict::Overwrite) => OnConflict::Overwrite,
+                (false, Conflict::Rename) => OnConflict::Rename,
+                (false, Conflict::Refuse) => OnConflict::Refuse,
+            };
+            if !protocols.contains(&Protocol::Haul) {
+                eprintln!(
+                    "haul: the server always speaks haul's protocol; --protocols can only add or drop seed"
+                );
+                return ExitCode::from(exit::USAGE);
             }
+            config.accept_seed = protocols.contains(&Protocol::Seed);
+            config.partial_max_age = partial_max_age;
             match runtime.block_on(serve(listen, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -125,18 +171,21 @@ fn main() -> ExitCode {
         }
         Command::Send {
             to,
-            protocol: Protocol::Seed,
+            protocol,
             name,
             paths,
         } => {
             if name.is_some() && paths.len() > 1 {
                 eprintln!(
-                    "haul: --name applies to a single file, but {} were given",
+                    "haul: --name applies to a single PATH, but {} were given",
                     paths.len()
                 );
                 return ExitCode::from(exit::USAGE);
             }
-            runtime.block_on(send_all(&to, name.as_deref(), &paths))
+            match protocol {
+                Protocol::Haul => runtime.block_on(send_with_haul(&to, name.as_deref(), &paths)),
+                Protocol::Seed => runtime.block_on(send_with_seed(&to, name.as_deref(), &paths)),
+            }
         }
     }
 }
@@ -184,7 +233,7 @@ async fn shutdown_requested() {
     }
 }
 
-async fn send_all(to: &str, name: Option<&str>, paths: &[PathBuf]) -> ExitCode {
+async fn send_with_seed(to: &str, name: Option<&str>, paths: &[PathBuf]) -> ExitCode {
     let mut failures: Vec<SendError> = Vec::new();
     for path in paths {
         match send::send_seed_file(to, path, name, SEND_IDLE_TIMEOUT).await {
@@ -209,5 +258,58 @@ async fn send_all(to: &str, name: Option<&str>, paths: &[PathBuf]) -> ExitCode {
         ExitCode::from(exit::UNREACHABLE)
     } else {
         ExitCode::from(exit::SOME_FILES_FAILED)
+    }
+}
+
+async fn send_with_haul(to: &str, name: Option<&str>, paths: &[PathBuf]) -> ExitCode {
+    let started = std::time::Instant::now();
+    let result = send::send_haul(to, paths, name, SEND_IDLE_TIMEOUT, |event| match event {
+        Event::Stored {
+            path,
+            stored_as,
+            bytes,
+        } if path == stored_as => {
+            eprintln!("haul: stored {path} ({bytes} bytes)");
+        }
+        Event::Stored {
+            path,
+            stored_as,
+            bytes,
+        } => {
+            eprintln!("haul: stored {path} as {stored_as} ({bytes} bytes)");
+        }
+        Event::AlreadyThere { path } => eprintln!("haul: {path} is already there, identical"),
+        Event::Failed { path, reason } => eprintln!("haul: {path}: {reason}"),
+        Event::Skipped { path, reason } => eprintln!("haul: skipped {path}: {reason}"),
+    })
+    .await;
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "haul: {} stored, {} already there, {} failed, {} skipped; {} bytes sent to {to} ({})",
+                summary.stored,
+                summary.already_there,
+                summary.failed,
+                summary.skipped,
+                summary.bytes_sent,
+                Rate {
+                    bytes: summary.bytes_sent,
+                    elapsed: started.elapsed()
+                }
+            );
+            if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::SOME_FILES_FAILED)
+            }
+        }
+        Err(error) => {
+            eprintln!("haul: {error}");
+            if error.is_connect() {
+                ExitCode::from(exit::UNREACHABLE)
+            } else {
+                ExitCode::from(exit::SOME_FILES_FAILED)
+            }
+        }
     }
 }

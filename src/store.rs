@@ -10,11 +10,14 @@
 //! This module must never read from the network or decide what a protocol
 //! means; it is handed names and bytes, and it keeps them safe.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
-use std::path::Path;
-use std::sync::Arc;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
@@ -108,6 +111,57 @@ pub fn printable(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).escape_debug().to_string()
 }
 
+/// A relative path inside the inbox: one or more [`SafeName`] components.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelPath(Vec<SafeName>);
+
+impl RelPath {
+    /// Judges a `/`-separated relative path: every component must pass
+    /// [`SafeName::parse`], so absolute paths, `..`, empty components and
+    /// backslashes are all refused.
+    pub fn parse(raw: &[u8]) -> Result<RelPath, NameError> {
+        raw.split(|&byte| byte == b'/')
+            .map(SafeName::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(RelPath)
+    }
+
+    pub fn single(name: SafeName) -> RelPath {
+        RelPath(vec![name])
+    }
+
+    fn to_path(&self) -> PathBuf {
+        self.0.iter().map(SafeName::as_str).collect()
+    }
+
+    fn parent(&self) -> Option<PathBuf> {
+        let (_, parents) = self.0.split_last()?;
+        (!parents.is_empty()).then(|| parents.iter().map(SafeName::as_str).collect())
+    }
+
+    fn with_last(&self, last: String) -> PathBuf {
+        let mut path = self.parent().unwrap_or_default();
+        path.push(last);
+        path
+    }
+
+    fn last(&self) -> &SafeName {
+        self.0.last().expect("a RelPath has at least one component")
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, component) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("/")?;
+            }
+            f.write_str(component.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 /// What to do when a file with the incoming name already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnConflict {
@@ -115,6 +169,28 @@ pub enum OnConflict {
     Rename,
     /// Replace the existing file.
     Overwrite,
+    /// Keep the existing file and fail the new one.
+    Refuse,
+}
+
+/// What the inbox holds under a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    Nothing,
+    File {
+        size: u64,
+    },
+    Directory,
+    /// A symlink or a special file: never written through or replaced.
+    Other,
+}
+
+/// Metadata to give a received file or directory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metadata {
+    pub modified: Option<SystemTime>,
+    /// Permission bits; anything beyond `0o777` is ignored.
+    pub mode: Option<u32>,
 }
 
 /// The receive directory. Cheap to clone; every clone is the same inbox.
@@ -131,6 +207,9 @@ struct StoreInner {
     on_conflict: OnConflict,
     /// Makes temporary names unique within this process.
     next_temp: AtomicU64,
+    /// Resumable partials being written now: a second sender of the same
+    /// file gets a private temporary file instead of sharing one.
+    busy: Mutex<HashSet<String>>,
 }
 
 impl Store {
@@ -146,26 +225,94 @@ impl Store {
                 hidden,
                 on_conflict,
                 next_temp: AtomicU64::new(0),
+                busy: Mutex::new(HashSet::new()),
             }),
         })
     }
 
-    /// Starts receiving a file that will be stored as `name`. Until
-    /// [`Partial::commit`] succeeds, nothing exists under a final name, and
-    /// dropping the [`Partial`] removes what was written.
-    pub fn begin(&self, name: SafeName) -> io::Result<Partial> {
+    /// Removes partial data not written to for `max_age`; returns how many
+    /// files went.
+    pub fn remove_stale(&self, max_age: Duration) -> io::Result<usize> {
+        let busy = self
+            .inner
+            .busy
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let mut removed = 0;
+        for entry in self.inner.hidden.entries()? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if busy.contains(name) {
+                continue;
+            }
+            let age = entry
+                .metadata()?
+                .modified()?
+                .into_std()
+                .elapsed()
+                .unwrap_or_default();
+            if age >= max_age && self.inner.hidden.remove_file(name).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// What is stored under `path` now. Symlinks are reported, not followed.
+    pub fn existing(&self, path: &RelPath) -> io::Result<Existing> {
+        match self.inner.dir.symlink_metadata(path.to_path()) {
+            Ok(metadata) if metadata.is_file() => Ok(Existing::File {
+                size: metadata.len(),
+            }),
+            Ok(metadata) if metadata.is_dir() => Ok(Existing::Directory),
+            Ok(_) => Ok(Existing::Other),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The BLAKE3 hash of the file stored under `path`.
+    pub fn hash_existing(&self, path: &RelPath) -> io::Result<blake3::Hash> {
+        let file = self.inner.dir.open(path.to_path())?.into_std();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(file)?;
+        Ok(hasher.finalize())
+    }
+
+    /// Creates the directory `path` and its parents.
+    pub fn create_dir(&self, path: &RelPath) -> io::Result<()> {
+        self.inner.dir.create_dir_all(path.to_path())
+    }
+
+    /// Gives an existing directory its modification time and mode. Done after
+    /// its files are in place, since adding a file changes the time.
+    pub fn set_dir_metadata(&self, path: &RelPath, metadata: Metadata) -> io::Result<()> {
+        let dir = self
+            .inner
+            .dir
+            .open_with(path.to_path(), OpenOptions::new().read(true))?
+            .into_std();
+        apply_metadata(&dir, metadata)
+    }
+
+    /// Starts receiving a file that will be stored as `target`, in a fresh
+    /// temporary file. Until it is committed nothing exists under a final
+    /// name, and dropping the [`Partial`] removes what was written.
+    pub fn begin(&self, target: RelPath) -> io::Result<Partial> {
         loop {
             let serial = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
-            let temp_name = format!("{}-{serial}.partial", std::process::id());
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            match self.inner.hidden.open_with(&temp_name, &options) {
+            let temp_name = format!("tmp-{}-{serial}", std::process::id());
+            match self.open_partial(&temp_name, true) {
                 Ok(file) => {
                     return Ok(Partial {
                         store: self.clone(),
-                        file: file.into_std(),
+                        file,
                         temp_name,
-                        name,
+                        target,
+                        offset: 0,
+                        resumable: false,
                         committed: false,
                     });
                 }
@@ -175,6 +322,117 @@ impl Store {
             }
         }
     }
+
+    /// Starts or resumes receiving the file identified by `key` (which must
+    /// name its content: path, size and modification time). The data already
+    /// held is kept across connections and server restarts; [`Partial::offset`]
+    /// says how much there is. If another connection is receiving the same
+    /// key right now, this one gets a fresh, private temporary file.
+    pub fn begin_resumable(&self, target: RelPath, key: &str) -> io::Result<Partial> {
+        let temp_name = format!("resume-{key}");
+        let claimed = self
+            .inner
+            .busy
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(temp_name.clone());
+        if !claimed {
+            return self.begin(target);
+        }
+        let opened = self.open_partial(&temp_name, false).and_then(|file| {
+            let offset = file.metadata()?.len();
+            Ok((file, offset))
+        });
+        let (file, offset) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                self.release(&temp_name);
+                return Err(error);
+            }
+        };
+        Ok(Partial {
+            store: self.clone(),
+            file,
+            temp_name,
+            target,
+            offset,
+            resumable: true,
+            committed: false,
+        })
+    }
+
+    fn open_partial(&self, temp_name: &str, create_new: bool) -> io::Result<std::fs::File> {
+        let mut options = OpenOptions::new();
+        options.read(true).append(true);
+        if create_new {
+            options.create_new(true);
+        } else {
+            options.create(true);
+        }
+        Ok(self.inner.hidden.open_with(temp_name, &options)?.into_std())
+    }
+
+    fn release(&self, temp_name: &str) {
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(temp_name);
+    }
+
+    /// Makes every partial durable with one file-system sync, then gives each
+    /// its final name and syncs the directories that changed. Returns, for
+    /// each partial in order, the path it was stored under.
+    pub fn commit_all(&self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
+        let synced = match partials.as_slice() {
+            [] => return Vec::new(),
+            [only] => only.file.sync_all(),
+            [first, ..] => rustix::fs::syncfs(&first.file).map_err(io::Error::from),
+        };
+        if let Err(error) = synced {
+            return partials
+                .iter()
+                .map(|_| Err(io::Error::new(error.kind(), error.to_string())))
+                .collect();
+        }
+        let mut changed_dirs: HashSet<PathBuf> = HashSet::new();
+        let results: Vec<io::Result<String>> = partials
+            .into_iter()
+            .map(|partial| {
+                let parent = partial.target.parent().unwrap_or_default();
+                let stored = partial.place();
+                if stored.is_ok() {
+                    changed_dirs.insert(parent);
+                }
+                stored
+            })
+            .collect();
+        for dir in changed_dirs {
+            if let Err(error) = self.sync_dir(&dir) {
+                return results
+                    .into_iter()
+                    .map(|result| result.and(Err(io::Error::new(error.kind(), error.to_string()))))
+                    .collect();
+            }
+        }
+        results
+    }
+
+    /// Makes a directory's entries durable. The handle `cap-std` keeps may be
+    /// opened for path lookups only, which cannot be synced, so open it for
+    /// reading.
+    fn sync_dir(&self, relative: &Path) -> io::Result<()> {
+        let path = if relative.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            relative
+        };
+        self.inner
+            .dir
+            .open_with(path, OpenOptions::new().read(true))?
+            .into_std()
+            .sync_all()
+    }
 }
 
 /// A file being received, under a temporary name in the hidden area.
@@ -182,59 +440,120 @@ pub struct Partial {
     store: Store,
     file: std::fs::File,
     temp_name: String,
-    name: SafeName,
+    target: RelPath,
+    /// Bytes already held when this partial was opened.
+    offset: u64,
+    /// Kept when dropped uncommitted, so that a later transfer resumes it.
+    resumable: bool,
     committed: bool,
 }
 
 impl Partial {
-    /// A handle to write the received bytes to.
+    /// A handle to append the received bytes to.
     pub fn writer(&self) -> io::Result<std::fs::File> {
         self.file.try_clone()
     }
 
-    /// The name the sender asked for.
-    pub fn name(&self) -> &SafeName {
-        &self.name
+    /// Where the file will be stored.
+    pub fn target(&self) -> &RelPath {
+        &self.target
+    }
+
+    /// Bytes already held from an earlier, interrupted transfer.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Feeds the first [`Partial::offset`] bytes to `hasher`, so that a
+    /// resumed file is verified whole.
+    pub fn hash_held_bytes(&self, hasher: &mut blake3::Hasher) -> io::Result<()> {
+        let mut buffer = vec![0u8; 1024 * 1024];
+        let mut position = 0;
+        while position < self.offset {
+            let want = usize::try_from(self.offset - position)
+                .map_or(buffer.len(), |left| left.min(buffer.len()));
+            let read = self.file.read_at(&mut buffer[..want], position)?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "partial data shrank",
+                ));
+            }
+            hasher.update(&buffer[..read]);
+            position += read as u64;
+        }
+        Ok(())
+    }
+
+    /// Gives the file its modification time and mode before it is placed.
+    pub fn set_metadata(&self, metadata: Metadata) -> io::Result<()> {
+        apply_metadata(&self.file, metadata)
+    }
+
+    /// Deletes the data, resumable or not: it is known to be wrong.
+    pub fn discard(mut self) {
+        self.resumable = false;
     }
 
     /// Makes the file durable and gives it its final name; returns that name,
     /// which differs from the requested one when the store kept both.
-    pub fn commit(mut self) -> io::Result<String> {
-        self.file.sync_all()?;
-        let inner = &self.store.inner;
+    pub fn commit(self) -> io::Result<String> {
+        let store = self.store.clone();
+        store
+            .commit_all(vec![self])
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("nothing committed")))
+    }
+
+    /// Gives the synced data its final name, by the store's conflict policy.
+    fn place(mut self) -> io::Result<String> {
+        let inner = Arc::clone(&self.store.inner);
+        if let Some(parent) = self.target.parent() {
+            inner.dir.create_dir_all(parent)?;
+        }
         let stored_as = match inner.on_conflict {
             OnConflict::Overwrite => {
-                inner
-                    .hidden
-                    .rename(&self.temp_name, &inner.dir, self.name.as_str())?;
+                if let Existing::Directory | Existing::Other = self.store.existing(&self.target)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "a directory or link is in the way",
+                    ));
+                }
+                let to = self.target.to_path();
+                inner.hidden.rename(&self.temp_name, &inner.dir, &to)?;
                 self.committed = true;
-                self.name.as_str().to_owned()
+                to
             }
-            OnConflict::Rename => {
-                let stored_as = self.link_under_free_name()?;
+            OnConflict::Rename | OnConflict::Refuse => {
+                let to = self.link_under_free_name(inner.on_conflict == OnConflict::Rename)?;
                 self.committed = true;
                 inner.hidden.remove_file(&self.temp_name)?;
-                stored_as
+                to
             }
         };
-        sync_dir(&inner.dir)?;
-        Ok(stored_as)
+        Ok(stored_as.to_string_lossy().into_owned())
     }
 
     /// Links the data under the first name not taken. A hard link, unlike a
     /// rename, fails when the target exists, so two receivers racing for one
     /// name can never replace each other's file.
-    fn link_under_free_name(&self) -> io::Result<String> {
+    fn link_under_free_name(&self, numbered: bool) -> io::Result<PathBuf> {
         let inner = &self.store.inner;
-        let mut candidate = self.name.as_str().to_owned();
+        let mut candidate = self.target.to_path();
         for n in 1u64.. {
             match inner
                 .hidden
                 .hard_link(&self.temp_name, &inner.dir, &candidate)
             {
                 Ok(()) => return Ok(candidate),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists && numbered => {
+                    candidate = self.target.with_last(self.target.last().numbered(n));
+                }
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                    candidate = self.name.numbered(n);
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "a different file already exists under this name",
+                    ));
                 }
                 Err(error) => return Err(error),
             }
@@ -245,20 +564,25 @@ impl Partial {
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.resumable {
             // The data is incomplete; a failure to remove it only leaves
             // litter in the hidden area, never a partial file under its name.
             let _ = self.store.inner.hidden.remove_file(&self.temp_name);
         }
+        if self.resumable {
+            self.store.release(&self.temp_name);
+        }
     }
 }
 
-/// Makes a directory's entries durable. The handle `cap-std` keeps may be
-/// opened for path lookups only, which cannot be synced, so open it for reading.
-fn sync_dir(dir: &Dir) -> io::Result<()> {
-    dir.open_with(".", OpenOptions::new().read(true))?
-        .into_std()
-        .sync_all()
+fn apply_metadata(file: &std::fs::File, metadata: Metadata) -> io::Result<()> {
+    if let Some(mode) = metadata.mode {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
+    }
+    if let Some(modified) = metadata.modified {
+        file.set_modified(modified)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -326,7 +650,7 @@ mod tests {
 
     fn receive(store: &Store, name: &str, content: &[u8]) -> String {
         let partial = store
-            .begin(SafeName::parse(name.as_bytes()).unwrap())
+            .begin(RelPath::parse(name.as_bytes()).unwrap())
             .unwrap();
         partial.writer().unwrap().write_all(content).unwrap();
         partial.commit().unwrap()
@@ -361,7 +685,7 @@ mod tests {
     fn an_abandoned_partial_leaves_nothing() {
         let temp = tempfile::tempdir().unwrap();
         let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
-        let partial = store.begin(SafeName::parse(b"a.txt").unwrap()).unwrap();
+        let partial = store.begin(RelPath::parse(b"a.txt").unwrap()).unwrap();
         partial.writer().unwrap().write_all(b"half").unwrap();
         drop(partial);
         assert!(!temp.path().join("a.txt").exists());

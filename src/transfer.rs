@@ -30,13 +30,13 @@ pub enum PumpError {
 
 /// Copies exactly `len` bytes from `reader` to `writer`, then flushes it.
 /// Fails if the reader ends early or either side makes no progress for `idle`.
-/// `on_progress` is told the running total after every chunk.
+/// `on_chunk` sees every chunk after it is written, to hash or count it.
 pub async fn pump<R, W>(
     reader: &mut R,
     writer: &mut W,
     len: u64,
     idle: Duration,
-    mut on_progress: impl FnMut(u64),
+    mut on_chunk: impl FnMut(&[u8]),
 ) -> Result<(), PumpError>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -63,7 +63,7 @@ where
             Ok(Ok(())) => {}
         }
         moved += read as u64;
-        on_progress(moved);
+        on_chunk(&buffer[..read]);
     }
     match timeout(idle, writer.flush()).await {
         Err(_) => Err(PumpError::Idle(idle)),
@@ -97,15 +97,15 @@ mod tests {
         let len = source.len() as u64 - 3;
         let mut reader = source.as_slice();
         let mut sink = Vec::new();
-        let mut last_progress = 0;
-        pump(&mut reader, &mut sink, len, IDLE, |moved| {
-            last_progress = moved
+        let mut seen = Vec::new();
+        pump(&mut reader, &mut sink, len, IDLE, |chunk| {
+            seen.extend_from_slice(chunk)
         })
         .await
         .unwrap();
         assert_eq!(sink, &source[..source.len() - 3]);
         assert_eq!(reader, &source[source.len() - 3..]);
-        assert_eq!(last_progress, len);
+        assert_eq!(seen, sink);
     }
 
     #[tokio::test]

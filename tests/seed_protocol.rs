@@ -157,13 +157,22 @@ fn haul_sends_a_non_ascii_name_and_a_chosen_name_to_the_python_server() {
     let source = tempfile::tempdir().unwrap();
     let path = source.path().join("überweisung 2026 – 月.txt");
     std::fs::write(&path, b"payload").unwrap();
-    let output = haul(&["send", "--to", &peer.running.addr, path.to_str().unwrap()]);
+    let output = haul(&[
+        "send",
+        "--protocol",
+        "seed",
+        "--to",
+        &peer.running.addr,
+        path.to_str().unwrap(),
+    ]);
     assert!(output.status.success(), "{}", stderr_of(&output));
     let stored = peer.dir.path().join("überweisung 2026 – 月.txt.temp");
     assert_eq!(std::fs::read(stored).unwrap(), b"payload");
 
     let output = haul(&[
         "send",
+        "--protocol",
+        "seed",
         "--to",
         &peer.running.addr,
         "--name",
@@ -183,6 +192,8 @@ fn haul_sends_several_files_each_on_its_own_connection() {
     let source = tempfile::tempdir().unwrap();
     let mut args = vec![
         "send".to_owned(),
+        "--protocol".to_owned(),
+        "seed".to_owned(),
         "--to".to_owned(),
         peer.running.addr.clone(),
     ];
@@ -207,7 +218,14 @@ fn haul_client_and_server_speak_seed_to_each_other() {
     let path = source.path().join("both-sides.bin");
     let content = random_bytes(3 * 1024 * 1024 + 11, 7);
     std::fs::write(&path, &content).unwrap();
-    let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+    let output = haul(&[
+        "send",
+        "--protocol",
+        "seed",
+        "--to",
+        server.addr(),
+        path.to_str().unwrap(),
+    ]);
     assert!(output.status.success(), "{}", stderr_of(&output));
     // haul's seed client waits for the server's close, which comes after the
     // file is durable under its name: no log line is needed to know that.
@@ -306,7 +324,14 @@ fn an_existing_file_is_kept_and_the_new_one_gets_a_free_name() {
     let path = source.path().join("report.pdf");
     for version in ["first", "second", "third"] {
         std::fs::write(&path, version).unwrap();
-        let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+        let output = haul(&[
+            "send",
+            "--protocol",
+            "seed",
+            "--to",
+            server.addr(),
+            path.to_str().unwrap(),
+        ]);
         assert!(output.status.success(), "{}", stderr_of(&output));
     }
     assert_eq!(
@@ -330,7 +355,14 @@ fn overwrite_replaces_an_existing_file() {
     let path = source.path().join("report.pdf");
     for version in ["first", "second"] {
         std::fs::write(&path, version).unwrap();
-        let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+        let output = haul(&[
+            "send",
+            "--protocol",
+            "seed",
+            "--to",
+            server.addr(),
+            path.to_str().unwrap(),
+        ]);
         assert!(output.status.success(), "{}", stderr_of(&output));
     }
     assert_eq!(server.stored_names(), ["report.pdf"]);
@@ -363,7 +395,14 @@ fn small_file(dir: &Path) -> String {
 fn a_server_that_does_not_say_go_ahead_fails_the_send_and_is_quoted() {
     let (addr, rogue) = rogue_server(b"no thanks");
     let source = tempfile::tempdir().unwrap();
-    let output = haul(&["send", "--to", &addr, &small_file(source.path())]);
+    let output = haul(&[
+        "send",
+        "--protocol",
+        "seed",
+        "--to",
+        &addr,
+        &small_file(source.path()),
+    ]);
     rogue.join().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = stderr_of(&output);
@@ -387,7 +426,14 @@ fn a_server_that_hangs_up_halfway_fails_the_send() {
     let source = tempfile::tempdir().unwrap();
     let path = source.path().join("big.bin");
     std::fs::write(&path, random_bytes(16 * 1024 * 1024, 9)).unwrap();
-    let output = haul(&["send", "--to", &addr, path.to_str().unwrap()]);
+    let output = haul(&[
+        "send",
+        "--protocol",
+        "seed",
+        "--to",
+        &addr,
+        path.to_str().unwrap(),
+    ]);
     rogue.join().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = stderr_of(&output);
@@ -404,7 +450,14 @@ fn nobody_listening_names_the_address_and_suggests_haul_serve() {
     let addr = unused.local_addr().unwrap().to_string();
     drop(unused);
     let source = tempfile::tempdir().unwrap();
-    let output = haul(&["send", "--to", &addr, &small_file(source.path())]);
+    let output = haul(&[
+        "send",
+        "--protocol",
+        "seed",
+        "--to",
+        &addr,
+        &small_file(source.path()),
+    ]);
     assert_eq!(output.status.code(), Some(3));
     let stderr = stderr_of(&output);
     assert!(
@@ -421,6 +474,8 @@ fn a_missing_source_file_is_one_clear_line_and_the_others_still_go() {
     let missing = source.path().join("missing.txt");
     let output = haul(&[
         "send",
+        "--protocol",
+        "seed",
         "--to",
         &peer.running.addr,
         missing.to_str().unwrap(),

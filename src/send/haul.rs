@@ -1,0 +1,441 @@
+//! Sending with haul's protocol: one connection, files offered in batches,
+//! each verified by BLAKE3 and acknowledged by a receipt.
+
+use std::collections::VecDeque;
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::timeout;
+
+use super::walk::{Entry, Source, Walked, walk};
+use super::{SendError, connect};
+use crate::protocol::haul::{
+    self, Answer, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
+};
+use crate::transfer::{PumpError, pump};
+
+/// Most entries offered in one batch.
+const BATCH_ENTRIES: usize = 256;
+/// A batch closes once its files add up to this much, so that receipts, which
+/// come at the end of a batch, are never far behind.
+const BATCH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What happened to one entry, as it happens.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The server holds the file, verified and durable, under `stored_as`.
+    Stored {
+        path: &'a str,
+        stored_as: &'a str,
+        bytes: u64,
+    },
+    /// The server already had identical content under this path.
+    AlreadyThere { path: &'a str },
+    /// This entry was not delivered.
+    Failed { path: &'a str, reason: &'a str },
+    /// Something was passed over on purpose.
+    Skipped { path: &'a str, reason: &'a str },
+}
+
+/// Counts for the closing line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub stored: u64,
+    pub already_there: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    /// File bytes that crossed the wire (resumed parts excluded).
+    pub bytes_sent: u64,
+}
+
+/// Sends every source over one haul connection, reporting each entry to
+/// `on_event`. An `Err` means the session itself failed; per-file failures
+/// are events and counts.
+pub async fn send_haul(
+    to: &str,
+    sources: &[PathBuf],
+    name: Option<&str>,
+    idle: Duration,
+    mut on_event: impl FnMut(Event<'_>),
+) -> Result<Summary, SendError> {
+    let stream = connect(to).await?;
+    let (reader, writer) = stream.into_split();
+    let mut session = Session {
+        reader: BufReader::new(reader),
+        writer: BufWriter::with_capacity(64 * 1024, writer),
+        idle,
+        summary: Summary::default(),
+    };
+    session.handshake().await?;
+
+    let mut walked = walk(sources, name);
+    let mut differing: VecDeque<Entry> = VecDeque::new();
+    loop {
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        while batch.len() < BATCH_ENTRIES && batch_bytes < BATCH_BYTES {
+            let entry = match differing.pop_front() {
+                Some(entry) => entry,
+                None => match walked.next() {
+                    None => break,
+                    Some(Walked::Entry(entry)) => entry,
+                    Some(Walked::Unsendable { path, reason }) => {
+                        session.summary.failed += 1;
+                        on_event(Event::Failed {
+                            path: &path,
+                            reason: &reason,
+                        });
+                        continue;
+                    }
+                    Some(Walked::Skipped { path, reason }) => {
+                        session.summary.skipped += 1;
+                        on_event(Event::Skipped {
+                            path: &path,
+                            reason: &reason,
+                        });
+                        continue;
+                    }
+                },
+            };
+            batch_bytes += entry.size.unwrap_or(BATCH_BYTES);
+            batch.push(entry);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        session
+            .run_batch(batch, &mut differing, &mut on_event)
+            .await?;
+    }
+    session.goodbye().await?;
+    Ok(session.summary)
+}
+
+struct Session {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+    idle: Duration,
+    summary: Summary,
+}
+
+/// A file the server asked for, and what was sent of it.
+struct Sending {
+    entry: Entry,
+    offset: u64,
+}
+
+impl Session {
+    async fn handshake(&mut self) -> Result<(), SendError> {
+        self.writer.write_all(&haul::MAGIC).await?;
+        self.send(&Message::Hello {
+            version: haul::VERSION,
+            capabilities: 0,
+        })
+        .await?;
+        self.writer.flush().await?;
+        let frame = self.read_frame().await?;
+        match frame.message()? {
+            Message::Welcome { version, .. } if version >= haul::VERSION => Ok(()),
+            Message::Welcome { version, .. } => Err(SendError::Protocol(format!(
+                "the server speaks version {version}, this client {}",
+                haul::VERSION
+            ))),
+            other => Err(unexpected(&other, "Welcome")),
+        }
+    }
+
+    async fn run_batch(
+        &mut self,
+        batch: Vec<Entry>,
+        differing: &mut VecDeque<Entry>,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), SendError> {
+        for entry in &batch {
+            let offer = Offer {
+                kind: entry.kind,
+                size: entry.size,
+                differs: entry.differs,
+                mtime: entry.mtime,
+                mode: entry.mode,
+                path: entry.path.as_bytes(),
+            };
+            self.send(&Message::Offer(offer)).await?;
+        }
+        self.send(&Message::BatchEnd).await?;
+        self.writer.flush().await?;
+
+        let mut sending = Vec::new();
+        for mut entry in batch {
+            let frame = self.read_frame().await?;
+            match frame.message()? {
+                Message::Answer(Answer::Send { offset }) if entry.kind == EntryKind::File => {
+                    sending.push(Sending { entry, offset });
+                }
+                Message::Answer(Answer::Compare { hash }) if entry.kind == EntryKind::File => {
+                    if local_hash(&entry).await.is_ok_and(|local| local == hash) {
+                        self.summary.already_there += 1;
+                        on_event(Event::AlreadyThere { path: &entry.path });
+                    } else {
+                        entry.differs = true;
+                        differing.push_back(entry);
+                    }
+                }
+                Message::Answer(Answer::Created) if entry.kind == EntryKind::Directory => {}
+                Message::Answer(Answer::Refused { reason }) => {
+                    self.summary.failed += 1;
+                    on_event(Event::Failed {
+                        path: &entry.path,
+                        reason: &format!("refused by the server: {reason}"),
+                    });
+                }
+                other => return Err(unexpected(&other, "an answer fitting the offer")),
+            }
+        }
+
+        let mut local_failures = Vec::with_capacity(sending.len());
+        let mut hashes = Vec::with_capacity(sending.len());
+        for file in &sending {
+            let (hash, local_failure) = self.stream_file(file).await?;
+            hashes.push(hash);
+            local_failures.push(local_failure);
+        }
+        self.writer.flush().await?;
+
+        for ((file, hash), local_failure) in sending.iter().zip(hashes).zip(local_failures) {
+            let path = file.entry.path.as_str();
+            let frame = self.read_frame().await?;
+            match frame.message()? {
+                Message::Receipt {
+                    size,
+                    hash: stored_hash,
+                    stored_as,
+                } if stored_hash == hash => {
+                    self.summary.stored += 1;
+                    on_event(Event::Stored {
+                        path,
+                        stored_as,
+                        bytes: size,
+                    });
+                }
+                Message::Receipt { .. } => {
+                    return Err(SendError::Protocol(format!(
+                        "the receipt for {path} has the wrong hash"
+                    )));
+                }
+                Message::Failed { reason } => {
+                    self.summary.failed += 1;
+                    let reason = local_failure
+                        .unwrap_or_else(|| format!("the server did not store it: {reason}"));
+                    on_event(Event::Failed {
+                        path,
+                        reason: &reason,
+                    });
+                }
+                other => return Err(unexpected(&other, "a receipt")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams one file from its offset as Data frames, then its FileEnd.
+    /// Returns the hash of the whole file and, if the local side could not
+    /// produce the bytes it announced, why.
+    async fn stream_file(&mut self, file: &Sending) -> Result<(Hash, Option<String>), SendError> {
+        let mut hasher = blake3::Hasher::new();
+        let local_failure = match &file.entry.source {
+            Source::File(path) => match tokio::fs::File::open(path).await {
+                Ok(mut source) => {
+                    let size = file.entry.size.unwrap_or(0);
+                    self.send_known_length(&mut source, file.offset, size, &mut hasher)
+                        .await?
+                        .map(|error| format!("cannot read {}: {error}", path.display()))
+                }
+                Err(error) => Some(format!("cannot read {}: {error}", path.display())),
+            },
+            Source::Stdin => {
+                self.send_until_end(&mut tokio::io::stdin(), &mut hasher)
+                    .await?;
+                None
+            }
+            Source::Directory => unreachable!("directories are never asked for data"),
+        };
+        let hash = *hasher.finalize().as_bytes();
+        self.send(&Message::FileEnd { hash }).await?;
+        Ok((hash, local_failure))
+    }
+
+    /// Sends bytes `offset..size` of `source`, after hashing `..offset`
+    /// locally. If the held part cannot be read, nothing is sent and the
+    /// reason returned: the server then fails the file for its missing bytes
+    /// and the session goes on.
+    async fn send_known_length(
+        &mut self,
+        source: &mut tokio::fs::File,
+        offset: u64,
+        size: u64,
+        hasher: &mut blake3::Hasher,
+    ) -> Result<Option<PumpError>, SendError> {
+        if offset > 0 {
+            let mut held = source.take(offset);
+            let mut buffer = vec![0u8; 256 * 1024];
+            loop {
+                match held.read(&mut buffer).await {
+                    Ok(0) => break,
+                    Ok(read) => {
+                        hasher.update(&buffer[..read]);
+                    }
+                    Err(error) => {
+                        return Ok(Some(PumpError::Read {
+                            moved: 0,
+                            source: error,
+                        }));
+                    }
+                }
+            }
+            if let Err(error) = source.seek(SeekFrom::Start(offset)).await {
+                return Ok(Some(PumpError::Read {
+                    moved: 0,
+                    source: error,
+                }));
+            }
+        }
+        let mut position = offset;
+        while position < size {
+            let len = (size - position).min(u64::from(MAX_DATA_LEN));
+            self.write_data_header(len as u32).await?;
+            // A frame once announced must be filled: if the file cannot
+            // fill it, the stream is out of step and the session ends.
+            pump(source, &mut self.writer, len, self.idle, |chunk| {
+                hasher.update(chunk);
+            })
+            .await?;
+            position += len;
+            self.summary.bytes_sent += len;
+        }
+        Ok(None)
+    }
+
+    /// Sends everything `source` yields until its end, in Data frames.
+    async fn send_until_end(
+        &mut self,
+        source: &mut (impl AsyncRead + Unpin),
+        hasher: &mut blake3::Hasher,
+    ) -> Result<(), SendError> {
+        let mut buffer = vec![0u8; MAX_DATA_LEN as usize];
+        loop {
+            let mut filled = 0;
+            while filled < buffer.len() {
+                match source.read(&mut buffer[filled..]).await? {
+                    0 => break,
+                    read => filled += read,
+                }
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            self.write_data_header(filled as u32).await?;
+            self.writer.write_all(&buffer[..filled]).await?;
+            hasher.update(&buffer[..filled]);
+            self.summary.bytes_sent += filled as u64;
+        }
+    }
+
+    async fn write_data_header(&mut self, len: u32) -> Result<(), SendError> {
+        let mut header = Vec::with_capacity(FRAME_HEADER_LEN);
+        haul::encode_data_header(len, &mut header);
+        self.writer.write_all(&header).await?;
+        Ok(())
+    }
+
+    async fn goodbye(&mut self) -> Result<(), SendError> {
+        self.send(&Message::Bye).await?;
+        self.writer.flush().await?;
+        self.writer.shutdown().await?;
+        let mut rest = Vec::new();
+        match timeout(self.idle, self.reader.read_to_end(&mut rest)).await {
+            Err(_) => Err(SendError::Silent(self.idle)),
+            Ok(Err(error)) => Err(SendError::NotConfirmed(error)),
+            Ok(Ok(_)) if rest.is_empty() => Ok(()),
+            Ok(Ok(_)) => Err(SendError::Protocol(
+                "the server sent bytes after goodbye".into(),
+            )),
+        }
+    }
+
+    async fn send(&mut self, message: &Message<'_>) -> Result<(), SendError> {
+        let mut frame = Vec::new();
+        haul::encode(message, &mut frame);
+        self.writer.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Reads one whole frame; decode it with [`Frame::message`].
+    async fn read_frame(&mut self) -> Result<Frame, SendError> {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        match timeout(self.idle, self.reader.read_exact(&mut header)).await {
+            Err(_) => return Err(SendError::Silent(self.idle)),
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(SendError::Protocol(
+                    "the server closed the connection".into(),
+                ));
+            }
+            Ok(result) => {
+                result?;
+            }
+        }
+        if &header == b"go ah" {
+            return Err(SendError::Protocol(
+                "it answered \"go ahead\": it speaks only the classroom protocol; use --protocol seed".into(),
+            ));
+        }
+        let header = haul::decode_frame_header(header)?;
+        let mut payload = vec![0u8; header.len as usize];
+        match timeout(self.idle, self.reader.read_exact(&mut payload)).await {
+            Err(_) => Err(SendError::Silent(self.idle)),
+            Ok(result) => {
+                result?;
+                Ok(Frame {
+                    kind: header.kind,
+                    payload,
+                })
+            }
+        }
+    }
+}
+
+/// A frame read from the server, decoded on demand.
+struct Frame {
+    kind: Kind,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn message(&self) -> Result<Message<'_>, SendError> {
+        Ok(haul::decode_message(self.kind, &self.payload)?)
+    }
+}
+
+fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
+    match message {
+        Message::Error { message } => SendError::Server((*message).to_owned()),
+        other => SendError::Protocol(format!("expected {wanted}, got {other:?}")),
+    }
+}
+
+/// The BLAKE3 hash of a local file, for comparing with the server's copy.
+async fn local_hash(entry: &Entry) -> std::io::Result<Hash> {
+    let Source::File(path) = &entry.source else {
+        return Err(std::io::Error::other("only files can be compared"));
+    };
+    let path = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        Ok(*hasher.finalize().as_bytes())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}

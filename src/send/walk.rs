@@ -1,0 +1,175 @@
+//! Turns the paths given on the command line into a lazy stream of entries
+//! to offer, so that a tree of millions of files is never listed in memory.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use walkdir::WalkDir;
+
+use super::base_name;
+use crate::protocol::haul::{EntryKind, Mtime};
+
+/// Where an entry's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Stdin,
+    Directory,
+}
+
+/// One file or directory to offer.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub source: Source,
+    /// Relative path on the server, `/`-separated.
+    pub path: String,
+    pub kind: EntryKind,
+    /// `None` for stdin, whose length is known only at its end.
+    pub size: Option<u64>,
+    pub mtime: Mtime,
+    pub mode: u32,
+    /// Set when the server's copy was compared and found different.
+    pub differs: bool,
+}
+
+/// What the walk yields: an entry, a path that cannot be sent (with the
+/// reason), or something deliberately passed over (with a warning).
+#[derive(Debug)]
+pub enum Walked {
+    Entry(Entry),
+    Unsendable { path: String, reason: String },
+    Skipped { path: String, reason: String },
+}
+
+/// Walks every source in order. `name` replaces the top-level name of a
+/// single source (and is required for stdin, `-`).
+pub fn walk(sources: &[PathBuf], name: Option<&str>) -> impl Iterator<Item = Walked> {
+    let name = name.map(str::to_owned);
+    sources
+        .iter()
+        .cloned()
+        .flat_map(move |source| walk_one(source, name.clone()))
+}
+
+fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Walked>> {
+    let shown = source.display().to_string();
+    if source.as_os_str() == "-" {
+        let Some(name) = name else {
+            return Box::new(std::iter::once(Walked::Unsendable {
+                path: shown,
+                reason: "standard input needs a name: add --name NAME".into(),
+            }));
+        };
+        return Box::new(std::iter::once(Walked::Entry(Entry {
+            source: Source::Stdin,
+            path: name,
+            kind: EntryKind::File,
+            size: None,
+            mtime: mtime_of(std::time::SystemTime::now()),
+            mode: 0o644,
+            differs: false,
+        })));
+    }
+    let top = match name {
+        Some(name) => name,
+        None => match base_name(&source) {
+            Ok(top) => top,
+            Err(error) => {
+                return Box::new(std::iter::once(Walked::Unsendable {
+                    path: shown,
+                    reason: error.to_string(),
+                }));
+            }
+        },
+    };
+    let walker = WalkDir::new(&source)
+        .follow_links(false)
+        .sort_by_file_name();
+    Box::new(walker.into_iter().map(move |item| {
+        match item {
+            Ok(dir_entry) => describe(&source, &top, dir_entry.path(), dir_entry.depth() == 0),
+            Err(error) => Walked::Unsendable {
+                path: error.path().unwrap_or(&source).display().to_string(),
+                reason: error
+                    .io_error()
+                    .map_or_else(|| error.to_string(), ToString::to_string),
+            },
+        }
+    }))
+}
+
+fn describe(root: &Path, top: &str, path: &Path, is_root: bool) -> Walked {
+    let relative = if is_root {
+        top.to_owned()
+    } else {
+        let Ok(inner) = path.strip_prefix(root) else {
+            unreachable!("walkdir yields paths under its root");
+        };
+        match inner.to_str() {
+            Some(inner) => format!("{top}/{inner}"),
+            None => {
+                return Walked::Unsendable {
+                    path: path.display().to_string(),
+                    reason: "the name is not UTF-8".into(),
+                };
+            }
+        }
+    };
+    // The root is followed if it is a symlink the user named; below it,
+    // links are never followed.
+    let metadata = match if is_root {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    } {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            return Walked::Unsendable {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            };
+        }
+    };
+    let kind = if metadata.is_dir() {
+        EntryKind::Directory
+    } else if metadata.is_file() {
+        EntryKind::File
+    } else if metadata.is_symlink() {
+        return Walked::Skipped {
+            path: path.display().to_string(),
+            reason: "symbolic links are not followed".into(),
+        };
+    } else {
+        return Walked::Skipped {
+            path: path.display().to_string(),
+            reason: "not a regular file or directory".into(),
+        };
+    };
+    let mtime = metadata
+        .modified()
+        .map_or_else(|_| Mtime::default(), mtime_of);
+    Walked::Entry(Entry {
+        source: match kind {
+            EntryKind::File => Source::File(path.to_owned()),
+            EntryKind::Directory => Source::Directory,
+        },
+        path: relative,
+        kind,
+        size: (kind == EntryKind::File).then_some(metadata.len()),
+        mtime,
+        mode: metadata.permissions().mode() & 0o777,
+        differs: false,
+    })
+}
+
+/// A time as the protocol carries it; times before 1970 become 1970.
+fn mtime_of(time: std::time::SystemTime) -> Mtime {
+    time.duration_since(UNIX_EPOCH).map_or_else(
+        |_| Mtime::default(),
+        |since| Mtime {
+            secs: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            nanos: since.subsec_nanos(),
+        },
+    )
+}

@@ -1,0 +1,575 @@
+//! A haul-protocol connection: handshake, then batches of offers, answers,
+//! file data and receipts, until the client says goodbye.
+//!
+//! Files of one batch are committed together after the last one arrives, so
+//! that one file-system sync covers them all; the receipts follow.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+use super::{ServerConfig, blocking, log_transfer};
+use crate::protocol::haul::{
+    self, Answer, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader, Hash, Kind, Message,
+    Mtime, Offer,
+};
+use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store, printable};
+use crate::transfer::{PumpError, pump};
+
+/// Most offers one batch may carry: bounds what a client can make the
+/// server hold in memory, and the receipts that pile up before it reads them.
+pub const MAX_BATCH: usize = 1024;
+
+/// What ends a whole connection (as opposed to failing one file).
+#[derive(Debug, Error)]
+enum SessionError {
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("protocol violation: {0}")]
+    Violation(String),
+    #[error(
+        "the client speaks protocol version {client}; this server speaks {}",
+        haul::VERSION
+    )]
+    Version { client: u16 },
+    #[error("nothing received for {}s", .0.as_secs())]
+    Idle(Duration),
+    #[error("the client left without saying goodbye")]
+    Vanished,
+    #[error(transparent)]
+    Pump(#[from] PumpError),
+    #[error("storage failed: {0}")]
+    Storage(io::Error),
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// An offer, owned, with what the server decided for it.
+struct Planned {
+    path_shown: String,
+    size: Option<u64>,
+    mtime: Mtime,
+    mode: u32,
+    /// Where the data goes, for files the server asked to receive.
+    partial: Option<Partial>,
+}
+
+/// A file that arrived whole and verified, waiting for the batch's commit.
+struct Arrived {
+    /// Its place in the batch.
+    index: usize,
+    hash: Hash,
+    bytes: u64,
+    started: Instant,
+}
+
+/// A committed file, for its receipt.
+struct Stored {
+    stored_as: String,
+    bytes: u64,
+    hash: Hash,
+}
+
+struct Session<'a> {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+    peer: SocketAddr,
+    store: Store,
+    config: &'a ServerConfig,
+    /// Directories whose times and modes are set when the client says
+    /// goodbye, after their files have been written into them.
+    directories: Vec<(RelPath, Metadata)>,
+}
+
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    store: Store,
+    config: &ServerConfig,
+) {
+    let (reader, writer) = stream.into_split();
+    let mut session = Session {
+        reader: BufReader::new(reader),
+        writer: BufWriter::new(writer),
+        peer,
+        store,
+        config,
+        directories: Vec::new(),
+    };
+    match session.run().await {
+        Ok(()) => debug!(%peer, "haul session ended"),
+        Err(error) => {
+            warn!(%peer, %error, "haul session failed");
+            let _ = session
+                .send(&Message::Error {
+                    message: &error.to_string(),
+                })
+                .await;
+            let _ = session.writer.flush().await;
+        }
+    }
+}
+
+impl Session<'_> {
+    async fn run(&mut self) -> Result<(), SessionError> {
+        self.handshake().await?;
+        let mut batch: Vec<Planned> = Vec::new();
+        loop {
+            let header = match self.read_frame_header(self.config.idle_timeout).await? {
+                Some(header) => header,
+                None => return Err(SessionError::Vanished),
+            };
+            let payload = self.read_payload(header).await?;
+            match haul::decode_message(header.kind, &payload)? {
+                Message::Offer(offer) => {
+                    if batch.len() == MAX_BATCH {
+                        return Err(SessionError::Violation(format!(
+                            "more than {MAX_BATCH} offers in a batch"
+                        )));
+                    }
+                    let planned = self.plan(offer).await?;
+                    batch.push(planned);
+                }
+                Message::BatchEnd => self.run_batch(std::mem::take(&mut batch)).await?,
+                Message::Bye => break,
+                other => {
+                    return Err(SessionError::Violation(format!(
+                        "unexpected {:?}",
+                        kind_of(&other)
+                    )));
+                }
+            }
+        }
+        self.finish_directories().await;
+        Ok(())
+    }
+
+    async fn handshake(&mut self) -> Result<(), SessionError> {
+        let Some(header) = self.read_frame_header(self.config.header_timeout).await? else {
+            return Err(SessionError::Vanished);
+        };
+        let payload = self.read_payload(header).await?;
+        let Message::Hello {
+            version,
+            capabilities,
+        } = haul::decode_message(header.kind, &payload)?
+        else {
+            return Err(SessionError::Violation(
+                "the first frame must be Hello".into(),
+            ));
+        };
+        if version < haul::VERSION {
+            return Err(SessionError::Version { client: version });
+        }
+        debug!(peer = %self.peer, version, capabilities, "haul handshake");
+        // No optional capability exists yet: the answer offers none.
+        self.send(&Message::Welcome {
+            version: haul::VERSION,
+            capabilities: 0,
+        })
+        .await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Decides what to do with one offer; the answer is sent with the batch.
+    async fn plan(&mut self, offer: Offer<'_>) -> Result<Planned, SessionError> {
+        let mut planned = Planned {
+            path_shown: printable(offer.path),
+            size: offer.size,
+            mtime: offer.mtime,
+            mode: offer.mode,
+            partial: None,
+        };
+        let path = match RelPath::parse(offer.path) {
+            Ok(path) => path,
+            Err(reason) => {
+                return Ok(planned
+                    .refused(self, format!("refused path: {reason}"))
+                    .await?);
+            }
+        };
+        let store = self.store.clone();
+        let on_conflict = self.config.on_conflict;
+        let (size, differs, mtime) = (offer.size, offer.differs, offer.mtime);
+        let decision = match offer.kind {
+            EntryKind::Directory => {
+                let directory = path.clone();
+                blocking(move || decide_directory(&store, &directory)).await
+            }
+            EntryKind::File => {
+                let target = path.clone();
+                blocking(move || decide_file(&store, target, size, differs, mtime, on_conflict))
+                    .await
+            }
+        };
+        match decision {
+            Ok(Decision::Answer(answer, partial)) => {
+                if offer.kind == EntryKind::Directory {
+                    self.directories
+                        .push((path, metadata_of(offer.mtime, offer.mode)));
+                }
+                planned.partial = partial;
+                self.send(&Message::Answer(answer)).await?;
+                Ok(planned)
+            }
+            Ok(Decision::Refuse(reason)) => Ok(planned.refused(self, reason).await?),
+            Err(error) => Ok(planned
+                .refused(self, format!("storage failed: {error}"))
+                .await?),
+        }
+    }
+
+    async fn run_batch(&mut self, mut batch: Vec<Planned>) -> Result<(), SessionError> {
+        self.writer.flush().await?;
+        let mut arrived: Vec<Arrived> = Vec::new();
+        let mut partials: Vec<Partial> = Vec::new();
+        let mut replies: Vec<(usize, Result<Stored, String>)> = Vec::new();
+        for (index, planned) in batch.iter_mut().enumerate() {
+            let Some(partial) = planned.partial.take() else {
+                continue;
+            };
+            let started = Instant::now();
+            match self.receive_file(partial, planned).await? {
+                Ok((partial, hash, bytes)) => {
+                    partials.push(partial);
+                    arrived.push(Arrived {
+                        index,
+                        hash,
+                        bytes,
+                        started,
+                    });
+                }
+                Err(reason) => {
+                    log_transfer(
+                        self.peer,
+                        &planned.path_shown,
+                        planned.size,
+                        started.elapsed(),
+                        Err(&reason),
+                    );
+                    replies.push((index, Err(reason)));
+                }
+            }
+        }
+
+        let store = self.store.clone();
+        let committed = blocking(move || Ok(store.commit_all(partials)))
+            .await
+            .map_err(SessionError::Storage)?;
+        for (file, result) in arrived.into_iter().zip(committed) {
+            let planned = &batch[file.index];
+            let elapsed = file.started.elapsed();
+            match result {
+                Ok(stored_as) => {
+                    log_transfer(
+                        self.peer,
+                        &planned.path_shown,
+                        Some(file.bytes),
+                        elapsed,
+                        Ok(&stored_as),
+                    );
+                    replies.push((
+                        file.index,
+                        Ok(Stored {
+                            stored_as,
+                            bytes: file.bytes,
+                            hash: file.hash,
+                        }),
+                    ));
+                }
+                Err(error) => {
+                    let reason = format!("could not store it: {error}");
+                    log_transfer(
+                        self.peer,
+                        &planned.path_shown,
+                        Some(file.bytes),
+                        elapsed,
+                        Err(&reason),
+                    );
+                    replies.push((file.index, Err(reason)));
+                }
+            }
+        }
+
+        // Receipts and failures go out in the order the files were offered.
+        replies.sort_by_key(|(index, _)| *index);
+        for (_, reply) in &replies {
+            let message = match reply {
+                Ok(stored) => Message::Receipt {
+                    size: stored.bytes,
+                    hash: stored.hash,
+                    stored_as: &stored.stored_as,
+                },
+                Err(reason) => Message::Failed { reason },
+            };
+            self.send(&message).await?;
+        }
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Receives one file's Data frames and its FileEnd. The outer error ends
+    /// the connection; the inner one fails this file alone.
+    async fn receive_file(
+        &mut self,
+        partial: Partial,
+        planned: &Planned,
+    ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
+        let (partial, mut hasher) = blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            partial.hash_held_bytes(&mut hasher)?;
+            Ok((partial, hasher))
+        })
+        .await
+        .map_err(SessionError::Storage)?;
+        let mut file = tokio::fs::File::from_std(partial.writer().map_err(SessionError::Storage)?);
+        let mut received = partial.offset();
+        let claimed_hash = loop {
+            let Some(header) = self.read_frame_header(self.config.idle_timeout).await? else {
+                return Err(SessionError::Vanished);
+            };
+            match header.kind {
+                Kind::Data => {
+                    let len = u64::from(header.len);
+                    if planned.size.is_some_and(|size| received + len > size) {
+                        return Err(SessionError::Violation(format!(
+                            "more bytes than the {} offered for {}",
+                            planned.size.unwrap_or(0),
+                            planned.path_shown
+                        )));
+                    }
+                    pump(
+                        &mut self.reader,
+                        &mut file,
+                        len,
+                        self.config.idle_timeout,
+                        |chunk| {
+                            hasher.update(chunk);
+                        },
+                    )
+                    .await?;
+                    received += len;
+                }
+                Kind::FileEnd => {
+                    let payload = self.read_payload(header).await?;
+                    let Message::FileEnd { hash } = haul::decode_message(header.kind, &payload)?
+                    else {
+                        unreachable!("a FileEnd frame decodes to FileEnd");
+                    };
+                    break hash;
+                }
+                other => {
+                    return Err(SessionError::Violation(format!(
+                        "expected file data, got {other:?}"
+                    )));
+                }
+            }
+        };
+        drop(file);
+        if let Some(size) = planned.size
+            && received != size
+        {
+            partial.discard();
+            return Ok(Err(format!("received {received} of {size} bytes")));
+        }
+        let hash: Hash = *hasher.finalize().as_bytes();
+        if hash != claimed_hash {
+            partial.discard();
+            return Ok(Err(
+                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored".to_owned(),
+            ));
+        }
+        let metadata = metadata_of(planned.mtime, planned.mode);
+        let partial = blocking(move || partial.set_metadata(metadata).map(|()| partial))
+            .await
+            .map_err(SessionError::Storage)?;
+        Ok(Ok((partial, hash, received)))
+    }
+
+    async fn finish_directories(&mut self) {
+        // Deepest first, so that setting a child's time does not disturb its
+        // parent's afterwards.
+        let mut directories = std::mem::take(&mut self.directories);
+        directories
+            .sort_by_key(|(path, _)| std::cmp::Reverse(path.to_string().matches('/').count()));
+        let store = self.store.clone();
+        let peer = self.peer;
+        let _ = blocking(move || {
+            for (path, metadata) in directories {
+                if let Err(error) = store.set_dir_metadata(&path, metadata) {
+                    warn!(%peer, %path, %error, "could not set directory time or mode");
+                }
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Reads a frame header; `None` when the client closed the connection
+    /// cleanly at a frame boundary.
+    async fn read_frame_header(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<FrameHeader>, SessionError> {
+        let mut bytes = [0u8; FRAME_HEADER_LEN];
+        match timeout(wait, self.reader.read_exact(&mut bytes)).await {
+            Err(_) => Err(SessionError::Idle(wait)),
+            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Ok(Err(error)) => Err(error.into()),
+            Ok(Ok(_)) => Ok(Some(haul::decode_frame_header(bytes)?)),
+        }
+    }
+
+    async fn read_payload(&mut self, header: FrameHeader) -> Result<Vec<u8>, SessionError> {
+        if header.kind == Kind::Data {
+            return Err(SessionError::Violation("file data outside a file".into()));
+        }
+        let mut payload = vec![0u8; header.len as usize];
+        match timeout(
+            self.config.idle_timeout,
+            self.reader.read_exact(&mut payload),
+        )
+        .await
+        {
+            Err(_) => Err(SessionError::Idle(self.config.idle_timeout)),
+            Ok(result) => {
+                result?;
+                Ok(payload)
+            }
+        }
+    }
+
+    async fn send(&mut self, message: &Message<'_>) -> io::Result<()> {
+        let mut frame = Vec::new();
+        haul::encode(message, &mut frame);
+        match timeout(self.config.idle_timeout, self.writer.write_all(&frame)).await {
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+            Ok(result) => result,
+        }
+    }
+}
+
+impl Planned {
+    async fn refused(self, session: &mut Session<'_>, reason: String) -> io::Result<Planned> {
+        log_transfer(
+            session.peer,
+            &self.path_shown,
+            self.size,
+            Duration::ZERO,
+            Err(&reason),
+        );
+        session
+            .send(&Message::Answer(Answer::Refused { reason: &reason }))
+            .await?;
+        Ok(self)
+    }
+}
+
+enum Decision {
+    Answer(Answer<'static>, Option<Partial>),
+    Refuse(String),
+}
+
+fn decide_directory(store: &Store, path: &RelPath) -> io::Result<Decision> {
+    match store.existing(path)? {
+        Existing::Directory => Ok(Decision::Answer(Answer::Created, None)),
+        Existing::Nothing => {
+            store.create_dir(path)?;
+            Ok(Decision::Answer(Answer::Created, None))
+        }
+        Existing::File { .. } | Existing::Other => {
+            Ok(Decision::Refuse("a file or link is in the way".into()))
+        }
+    }
+}
+
+fn decide_file(
+    store: &Store,
+    target: RelPath,
+    size: Option<u64>,
+    differs: bool,
+    mtime: Mtime,
+    on_conflict: OnConflict,
+) -> io::Result<Decision> {
+    match store.existing(&target)? {
+        Existing::Directory | Existing::Other => {
+            return Ok(Decision::Refuse("a directory or link is in the way".into()));
+        }
+        Existing::File { size: held } if Some(held) == size && !differs => {
+            let hash = *store.hash_existing(&target)?.as_bytes();
+            return Ok(Decision::Answer(Answer::Compare { hash }, None));
+        }
+        Existing::File { .. } if on_conflict == OnConflict::Refuse => {
+            return Ok(Decision::Refuse(
+                "a different file already exists under this name".into(),
+            ));
+        }
+        Existing::File { .. } | Existing::Nothing => {}
+    }
+    let partial = match size {
+        // A stream cannot be identified before it ends, so it cannot resume.
+        None => store.begin(target)?,
+        Some(size) => {
+            let key = resume_key(&target, size, mtime);
+            let partial = store.begin_resumable(target.clone(), &key)?;
+            if partial.offset() > size {
+                partial.discard();
+                store.begin_resumable(target, &key)?
+            } else {
+                partial
+            }
+        }
+    };
+    let offset = partial.offset();
+    Ok(Decision::Answer(Answer::Send { offset }, Some(partial)))
+}
+
+/// Names the partial data of one version of one file: the same path, size
+/// and modification time resume; anything else starts afresh.
+fn resume_key(target: &RelPath, size: u64, mtime: Mtime) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(target.to_string().as_bytes());
+    hasher.update(&size.to_be_bytes());
+    hasher.update(&mtime.secs.to_be_bytes());
+    hasher.update(&mtime.nanos.to_be_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+fn metadata_of(mtime: Mtime, mode: u32) -> Metadata {
+    let since_epoch = Duration::new(mtime.secs.unsigned_abs(), mtime.nanos);
+    let modified = if mtime.secs >= 0 {
+        UNIX_EPOCH.checked_add(since_epoch)
+    } else {
+        UNIX_EPOCH.checked_sub(since_epoch)
+    };
+    Metadata {
+        modified,
+        mode: Some(mode),
+    }
+}
+
+fn kind_of(message: &Message<'_>) -> &'static str {
+    match message {
+        Message::Hello { .. } => "Hello",
+        Message::Welcome { .. } => "Welcome",
+        Message::Offer(_) => "Offer",
+        Message::BatchEnd => "BatchEnd",
+        Message::Answer(_) => "Answer",
+        Message::FileEnd { .. } => "FileEnd",
+        Message::Receipt { .. } => "Receipt",
+        Message::Failed { .. } => "Failed",
+        Message::Bye => "Bye",
+        Message::Error { .. } => "Error",
+    }
+}

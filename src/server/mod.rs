@@ -1,0 +1,230 @@
+//! The receiving server: accept loop, connection limit, timeouts, shutdown.
+//!
+//! One task per connection. The first 8 bytes tell the protocols apart:
+//! haul's magic, or a seed header's size. A connection's failure is logged and
+//! ends that connection alone; nothing a client sends can stop the accept
+//! loop. This module and its children read and write sockets and call the
+//! codec and the store; they never name a file themselves.
+
+mod haul;
+mod seed;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::timeout;
+use tracing::{error, info, warn};
+
+use crate::protocol::haul::MAGIC;
+use crate::store::{OnConflict, Store};
+use crate::transfer::Rate;
+
+/// Everything an operator can tune about the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The receive directory (the inbox).
+    pub dir: PathBuf,
+    /// What happens when a received name already exists.
+    pub on_conflict: OnConflict,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send its whole header.
+    pub header_timeout: Duration,
+    /// How long a transfer may make no progress before it is dropped.
+    pub idle_timeout: Duration,
+    /// How long a seed client must stay silent after sending at least one
+    /// byte of name before the name counts as complete. The seed header has
+    /// no length field: the name ends when the client stops to wait for
+    /// `go ahead`, and a pause is the only sign of that.
+    pub seed_settle: Duration,
+    /// How long transfers in flight may run on after a shutdown request.
+    pub grace: Duration,
+    /// Partial data not written to for this long is deleted.
+    pub partial_max_age: Duration,
+    /// Accept the classroom protocol (haul's own is always accepted).
+    pub accept_seed: bool,
+}
+
+impl ServerConfig {
+    /// The defaults: a sensible server for `dir`.
+    pub fn new(dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            dir,
+            on_conflict: OnConflict::Rename,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            seed_settle: Duration::from_millis(200),
+            grace: Duration::from_secs(10),
+            partial_max_age: Duration::from_secs(24 * 60 * 60),
+            accept_seed: true,
+        }
+    }
+}
+
+/// A bound, ready server.
+pub struct Server {
+    listener: TcpListener,
+    store: Store,
+    config: Arc<ServerConfig>,
+}
+
+impl Server {
+    /// Opens the inbox and binds the listening socket.
+    pub async fn bind(listen: SocketAddr, config: ServerConfig) -> io::Result<Server> {
+        let store = Store::open(&config.dir, config.on_conflict)?;
+        let listener = TcpListener::bind(listen).await?;
+        Ok(Server {
+            listener,
+            store,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets
+    /// transfers in flight finish within the grace period and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::spawn(remove_stale_partials(
+            self.store.clone(),
+            self.config.partial_max_age,
+        ));
+        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        // Every handler holds a clone; `recv` returns `None` once all are gone.
+        let (handlers_alive, mut all_handlers_done) = mpsc::channel::<()>(1);
+        tokio::select! {
+            () = self.accept_loop(&permits, &handlers_alive) => {}
+            () = shutdown => info!("shutting down: no new connections"),
+        }
+        drop(handlers_alive);
+        if timeout(self.config.grace, all_handlers_done.recv())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_secs = self.config.grace.as_secs(),
+                "transfers still running after the grace period were cut"
+            );
+        }
+    }
+
+    async fn accept_loop(&self, permits: &Arc<Semaphore>, handlers_alive: &mpsc::Sender<()>) {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically out of file descriptors: wait for some to be
+                    // released instead of spinning or giving up.
+                    error!(%error, "accept failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let store = self.store.clone();
+            let config = Arc::clone(&self.config);
+            let alive = handlers_alive.clone();
+            tokio::spawn(async move {
+                serve_connection(stream, peer, store, &config).await;
+                drop(permit);
+                drop(alive);
+            });
+        }
+    }
+}
+
+/// Deletes abandoned partial data at start-up and every hour after.
+async fn remove_stale_partials(store: Store, max_age: Duration) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(60 * 60));
+    loop {
+        every_hour.tick().await;
+        let store = store.clone();
+        match blocking(move || store.remove_stale(max_age)).await {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "removed stale partial files"),
+            Err(error) => warn!(%error, "could not remove stale partial files"),
+        }
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    store: Store,
+    config: &ServerConfig,
+) {
+    let mut opening = [0u8; 8];
+    match timeout(config.header_timeout, stream.read_exact(&mut opening)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            warn!(%peer, %error, "connection closed before the first 8 bytes");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, timeout_secs = config.header_timeout.as_secs(), "no first 8 bytes in time");
+            return;
+        }
+    }
+    if opening == MAGIC {
+        haul::serve(stream, peer, store, config).await;
+    } else if config.accept_seed {
+        seed::serve(stream, peer, opening, store, config).await;
+    } else {
+        warn!(%peer, "refused a seed-protocol connection: this server accepts only haul's protocol");
+        let _ = stream.set_zero_linger();
+    }
+}
+
+/// Runs blocking file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Logs the outcome of one file's transfer, in one line.
+fn log_transfer(
+    peer: SocketAddr,
+    name: &str,
+    size: Option<u64>,
+    elapsed: Duration,
+    outcome: Result<&str, &dyn std::fmt::Display>,
+) {
+    let size_shown = size.map_or_else(|| "-".to_owned(), |size| size.to_string());
+    let secs = format_args!("{:.3}", elapsed.as_secs_f64());
+    match outcome {
+        Ok(stored_as) => info!(
+            %peer,
+            name,
+            size = %size_shown,
+            stored_as,
+            secs,
+            rate = %Rate { bytes: size.unwrap_or(0), elapsed },
+            result = "stored",
+            "transfer"
+        ),
+        Err(reason) => warn!(
+            %peer,
+            name,
+            size = %size_shown,
+            secs,
+            result = "failed",
+            %reason,
+            "transfer"
+        ),
+    }
+}

@@ -1,0 +1,128 @@
+//! A seed-protocol connection: header, `go ahead`, exactly `size` bytes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::{ServerConfig, blocking, log_transfer};
+use crate::protocol::seed::{self, Decoded, HeaderError};
+use crate::store::{NameError, RelPath, SafeName, Store, printable};
+use crate::transfer::{PumpError, pump};
+
+/// Why a seed connection ended without storing a file.
+#[derive(Debug, Error)]
+enum SeedError {
+    #[error("no complete header within {}s", .0.as_secs())]
+    HeaderTimeout(Duration),
+    #[error("the client closed the connection before sending a header")]
+    ClosedBeforeHeader,
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("refused name \"{shown}\": {reason}")]
+    RefusedName { shown: String, reason: NameError },
+    #[error("storage failed: {0}")]
+    Storage(io::Error),
+    #[error(transparent)]
+    Pump(#[from] PumpError),
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What is known of the file, for the log line.
+#[derive(Default)]
+struct Announced {
+    name: Option<String>,
+    size: Option<u64>,
+}
+
+pub(super) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    opening: [u8; 8],
+    store: Store,
+    config: &ServerConfig,
+) {
+    let started = Instant::now();
+    let mut announced = Announced::default();
+    let result = receive(&mut stream, opening, &store, config, &mut announced).await;
+    if result.is_err() {
+        // The seed protocol has no message for "not stored": a reset instead
+        // of an orderly close is the only way to tell the client it failed.
+        let _ = stream.set_zero_linger();
+    }
+    let name = announced.name.as_deref().unwrap_or("-");
+    match &result {
+        Ok(stored_as) => log_transfer(peer, name, announced.size, started.elapsed(), Ok(stored_as)),
+        Err(error) => log_transfer(peer, name, announced.size, started.elapsed(), Err(error)),
+    }
+}
+
+async fn receive(
+    stream: &mut TcpStream,
+    opening: [u8; 8],
+    store: &Store,
+    config: &ServerConfig,
+    announced: &mut Announced,
+) -> Result<String, SeedError> {
+    let header_bytes = read_header(stream, opening, config).await?;
+    let Ok(Decoded::Header(header)) = seed::decode_header(&header_bytes) else {
+        unreachable!("read_header returns only complete headers");
+    };
+    let raw_name = header.last_component();
+    announced.name = Some(printable(raw_name));
+    announced.size = Some(header.size);
+    let name = SafeName::parse(raw_name).map_err(|reason| SeedError::RefusedName {
+        shown: printable(raw_name),
+        reason,
+    })?;
+
+    let partial = {
+        let store = store.clone();
+        blocking(move || store.begin(RelPath::single(name)))
+            .await
+            .map_err(SeedError::Storage)?
+    };
+    let mut file = tokio::fs::File::from_std(partial.writer().map_err(SeedError::Storage)?);
+
+    stream.write_all(seed::GO_AHEAD).await?;
+    pump(stream, &mut file, header.size, config.idle_timeout, |_| {}).await?;
+    drop(file);
+
+    blocking(move || partial.commit())
+        .await
+        .map_err(SeedError::Storage)
+}
+
+/// Reads until the bytes form a header and the client has paused for
+/// `seed_settle`, the sign that it is waiting for `go ahead`.
+async fn read_header(
+    stream: &mut TcpStream,
+    opening: [u8; 8],
+    config: &ServerConfig,
+) -> Result<Vec<u8>, SeedError> {
+    let deadline = Instant::now() + config.header_timeout;
+    let mut received = Vec::with_capacity(seed::SEED_RECV_LEN);
+    received.extend_from_slice(&opening);
+    let mut chunk = [0u8; seed::SEED_RECV_LEN];
+    loop {
+        let has_header = matches!(seed::decode_header(&received)?, Decoded::Header(_));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = if has_header {
+            config.seed_settle.min(left)
+        } else {
+            left
+        };
+        match timeout(wait, stream.read(&mut chunk)).await {
+            Err(_) if has_header => return Ok(received),
+            Err(_) => return Err(SeedError::HeaderTimeout(config.header_timeout)),
+            Ok(Ok(0)) => return Err(SeedError::ClosedBeforeHeader),
+            Ok(Ok(read)) => received.extend_from_slice(&chunk[..read]),
+            Ok(Err(error)) => return Err(error.into()),
+        }
+    }
+}
