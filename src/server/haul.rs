@@ -346,7 +346,7 @@ impl Session<'_> {
                             planned.path_shown
                         )));
                     }
-                    pump(
+                    let pumped = pump(
                         &mut self.reader,
                         &mut file,
                         len,
@@ -355,7 +355,13 @@ impl Session<'_> {
                             hasher.update(chunk);
                         },
                     )
-                    .await?;
+                    .await;
+                    if let Err(error) = pumped {
+                        // A write still in flight would land after a resumed
+                        // transfer has measured the partial file: let it finish.
+                        let _ = file.flush().await;
+                        return Err(error.into());
+                    }
                     received += len;
                 }
                 Kind::FileEnd => {

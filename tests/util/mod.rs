@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod proxy;
+
 /// The binary under test.
 pub const HAUL: &str = env!("CARGO_BIN_EXE_haul");
 
@@ -157,16 +159,26 @@ impl HaulServer {
     pub fn start(extra_args: &[&str]) -> HaulServer {
         let temp = TempDir::new().unwrap();
         let inbox = temp.path().join("inbox");
-        let mut command = Command::new(HAUL);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(&inbox)
-            .args(extra_args);
         HaulServer {
-            running: Running::start(command),
+            running: Self::spawn(&inbox, extra_args),
             inbox,
             _temp: temp,
         }
+    }
+
+    fn spawn(inbox: &Path, extra_args: &[&str]) -> Running {
+        let mut command = Command::new(HAUL);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(inbox)
+            .args(extra_args);
+        Running::start(command)
+    }
+
+    /// Kills the server (SIGKILL) and starts a new one on the same inbox.
+    pub fn kill_and_restart(&mut self, extra_args: &[&str]) {
+        self.running.kill();
+        self.running = Self::spawn(&self.inbox, extra_args);
     }
 
     pub fn addr(&self) -> &str {

@@ -1,0 +1,410 @@
+//! haul's own protocol, end to end: real `haul serve` and `haul send`
+//! processes, real sockets, and a proxy that damages the stream on purpose.
+
+mod util;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use util::proxy::{Fault, Proxy};
+use util::{HAUL, HaulServer, LINE_WAIT, haul, random_bytes, seed_client, stderr_of};
+
+fn send(to: &str, paths: &[&Path]) -> std::process::Output {
+    let mut args = vec!["send", "--to", to];
+    args.extend(paths.iter().map(|path| path.to_str().unwrap()));
+    haul(&args)
+}
+
+/// The byte count in the closing line: `...; N bytes sent to ...`.
+fn bytes_sent(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|line| line.contains(" bytes sent to "))
+        .unwrap();
+    let before = line.split(" bytes sent to ").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::symlink_metadata(path).unwrap().modified().unwrap()
+}
+
+fn set_mtime(path: &Path, secs: u64, nanos: u32) {
+    let time = UNIX_EPOCH + Duration::new(secs, nanos);
+    let file = std::fs::File::options().read(true).open(path).unwrap();
+    file.set_modified(time).unwrap();
+}
+
+/// Asserts that `copy` has the same files, bytes, modes and times as `original`.
+fn assert_same_tree(original: &Path, copy: &Path) {
+    let mut seen = 0;
+    for entry in walkdir::WalkDir::new(original).sort_by_file_name() {
+        let entry = entry.unwrap();
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        let relative = entry.path().strip_prefix(original).unwrap();
+        let mirrored = copy.join(relative);
+        let (a, b) = (
+            entry.metadata().unwrap(),
+            std::fs::metadata(&mirrored).unwrap(),
+        );
+        assert_eq!(a.is_dir(), b.is_dir(), "{}", relative.display());
+        assert_eq!(
+            a.permissions().mode() & 0o777,
+            b.permissions().mode() & 0o777,
+            "{}",
+            relative.display()
+        );
+        assert_eq!(
+            mtime(entry.path()),
+            mtime(&mirrored),
+            "{}",
+            relative.display()
+        );
+        if a.is_file() {
+            assert_eq!(
+                std::fs::read(entry.path()).unwrap(),
+                std::fs::read(&mirrored).unwrap()
+            );
+        }
+        seen += 1;
+    }
+    assert!(seen > 1);
+}
+
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("docs/drafts")).unwrap();
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::fs::create_dir_all(root.join("Ünïcödé 目录")).unwrap();
+    std::fs::write(root.join("top.txt"), b"top level").unwrap();
+    std::fs::write(root.join("docs/report.pdf"), random_bytes(300_000, 1)).unwrap();
+    std::fs::write(root.join("docs/drafts/v1.txt"), b"").unwrap();
+    std::fs::write(
+        root.join("Ünïcödé 目录/naïve – file.txt"),
+        "contenu".as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(root.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(root.join("top.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("link-to-outside")).unwrap();
+    for (index, path) in ["top.txt", "docs/report.pdf", "docs/drafts/v1.txt", "run.sh"]
+        .iter()
+        .enumerate()
+    {
+        set_mtime(
+            &root.join(path),
+            1_600_000_000 + index as u64 * 1000,
+            123_456_789,
+        );
+    }
+    // Directories last: writing into them changes their times.
+    for (index, dir) in ["docs/drafts", "docs", "empty", "Ünïcödé 目录"]
+        .iter()
+        .enumerate()
+    {
+        set_mtime(&root.join(dir), 1_500_000_000 + index as u64 * 1000, 5);
+    }
+}
+
+#[test]
+fn a_folder_arrives_identical_with_modes_times_and_empty_directories() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("project");
+    make_tree(&tree);
+    let output = send(server.addr(), &[&tree]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("link-to-outside") && stderr.contains("symbolic links"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("5 stored, 0 already there, 0 failed, 1 skipped"),
+        "{stderr}"
+    );
+    assert_same_tree(&tree, &server.inbox.join("project"));
+    assert!(!server.inbox.join("project/link-to-outside").exists());
+    assert_eq!(server.partial_count(), 0);
+}
+
+#[test]
+fn an_identical_resend_moves_almost_nothing_and_makes_no_copies() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("project");
+    make_tree(&tree);
+    std::fs::write(tree.join("big.bin"), random_bytes(8 * 1024 * 1024, 2)).unwrap();
+    let first = send(server.addr(), &[&tree]);
+    assert!(first.status.success(), "{}", stderr_of(&first));
+    let listing_before: Vec<_> = walkdir::WalkDir::new(&server.inbox)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|entry| entry.unwrap().path().to_owned())
+        .collect();
+
+    let proxy = Proxy::start(server.addr(), Fault::None);
+    let second = send(&proxy.addr, &[&tree]);
+    assert!(second.status.success(), "{}", stderr_of(&second));
+    assert!(
+        stderr_of(&second).contains("0 stored, 6 already there"),
+        "{}",
+        stderr_of(&second)
+    );
+    assert!(
+        proxy.forwarded() < 16 * 1024,
+        "{} bytes went upstream",
+        proxy.forwarded()
+    );
+    let listing_after: Vec<_> = walkdir::WalkDir::new(&server.inbox)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|entry| entry.unwrap().path().to_owned())
+        .collect();
+    assert_eq!(listing_before, listing_after);
+}
+
+#[test]
+fn a_byte_flipped_in_flight_fails_the_send_and_stores_nothing() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("precious.bin");
+    std::fs::write(&path, random_bytes(4 * 1024 * 1024, 3)).unwrap();
+    let proxy = Proxy::start(server.addr(), Fault::FlipByteAt(2 * 1024 * 1024));
+    let output = send(&proxy.addr, &[&path]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("precious.bin") && stderr.contains("BLAKE3 mismatch"),
+        "{stderr}"
+    );
+    assert!(
+        server.stored_names().is_empty(),
+        "{:?}",
+        server.stored_names()
+    );
+    assert_eq!(server.partial_count(), 0);
+}
+
+#[test]
+fn a_transfer_cut_short_resumes_and_sends_only_the_rest() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("video.bin");
+    let content = random_bytes(24 * 1024 * 1024, 4);
+    std::fs::write(&path, &content).unwrap();
+
+    let cutting = Proxy::start(server.addr(), Fault::CutAfter(10 * 1024 * 1024));
+    let cut = send(&cutting.addr, &[&path]);
+    assert_ne!(cut.status.code(), Some(0), "{}", stderr_of(&cut));
+    server.running.wait_for_log(&["haul session failed"]);
+    assert!(server.stored_names().is_empty());
+
+    let counting = Proxy::start(server.addr(), Fault::None);
+    let resumed = send(&counting.addr, &[&path]);
+    assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    assert_eq!(
+        std::fs::read(server.inbox.join("video.bin")).unwrap(),
+        content
+    );
+    let sent = bytes_sent(&stderr_of(&resumed));
+    assert!(sent <= 15 * 1024 * 1024, "resume sent {sent} bytes");
+    assert!(
+        counting.forwarded() < 15 * 1024 * 1024,
+        "{}",
+        counting.forwarded()
+    );
+    assert_eq!(server.partial_count(), 0);
+}
+
+#[test]
+fn a_server_killed_mid_transfer_resumes_after_restart() {
+    let mut server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("archive.bin");
+    let content = random_bytes(32 * 1024 * 1024, 5);
+    std::fs::write(&path, &content).unwrap();
+
+    let stalling = Proxy::start(server.addr(), Fault::StallAfter(12 * 1024 * 1024));
+    let mut sender = Command::new(HAUL)
+        .args(["send", "--to", &stalling.addr, path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the server has written most of what the proxy let through.
+    let partial_dir = server.inbox.join(".haul");
+    let deadline = std::time::Instant::now() + LINE_WAIT;
+    loop {
+        let held: u64 = std::fs::read_dir(&partial_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().metadata().unwrap().len())
+            .sum();
+        if held >= 8 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never held 8 MiB"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill_and_restart(&[]);
+    let _ = sender.kill();
+    let _ = sender.wait();
+    assert!(server.stored_names().is_empty());
+
+    let resumed = send(server.addr(), &[&path]);
+    assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    assert_eq!(
+        std::fs::read(server.inbox.join("archive.bin")).unwrap(),
+        content
+    );
+    let sent = bytes_sent(&stderr_of(&resumed));
+    assert!(sent <= 24 * 1024 * 1024, "resume sent {sent} bytes");
+}
+
+#[test]
+fn standard_input_is_sent_under_the_given_name() {
+    let server = HaulServer::start(&[]);
+    let content = random_bytes(3 * 1024 * 1024 + 17, 6);
+    let mut sender = Command::new(HAUL)
+        .args(["send", "--to", server.addr(), "-", "--name", "dir.tar"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sender.stdin.take().unwrap().write_all(&content).unwrap();
+    let output = sender.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        std::fs::read(server.inbox.join("dir.tar")).unwrap(),
+        content
+    );
+
+    let unnamed = haul(&["send", "--to", server.addr(), "-"]);
+    assert_eq!(unnamed.status.code(), Some(1));
+    assert!(
+        stderr_of(&unnamed).contains("--name"),
+        "{}",
+        stderr_of(&unnamed)
+    );
+}
+
+#[test]
+fn ten_thousand_small_files_arrive_in_one_send() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("many");
+    for dir in 0..100 {
+        std::fs::create_dir_all(tree.join(format!("d{dir:02}"))).unwrap();
+        for file in 0..100 {
+            let index = dir * 100 + file;
+            let content = format!("file {index} {}", "x".repeat(index % 300));
+            std::fs::write(tree.join(format!("d{dir:02}/f{file:02}.txt")), content).unwrap();
+        }
+    }
+    let output = send(server.addr(), &[&tree]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(stderr_of(&output).contains("10000 stored, 0 already there, 0 failed"));
+    for dir in 0..100 {
+        for file in 0..100 {
+            let index = dir * 100 + file;
+            let expected = format!("file {index} {}", "x".repeat(index % 300));
+            let stored = std::fs::read_to_string(
+                server.inbox.join(format!("many/d{dir:02}/f{file:02}.txt")),
+            )
+            .unwrap();
+            assert_eq!(stored, expected);
+        }
+    }
+}
+
+#[test]
+fn both_protocols_share_one_port_and_seed_can_be_turned_off() {
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("seed.txt"), b"from the classroom").unwrap();
+    std::fs::write(source.path().join("haul.txt"), b"from haul").unwrap();
+
+    let both = HaulServer::start(&[]);
+    let port = both.addr().rsplit(':').next().unwrap().to_owned();
+    let output = seed_client("seed.txt", &port, source.path());
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let output = send(both.addr(), &[&source.path().join("haul.txt")]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    both.wait_stored("seed.txt");
+    assert_eq!(both.stored_names(), ["haul.txt", "seed.txt"]);
+
+    let haul_only = HaulServer::start(&["--protocols", "haul"]);
+    let port = haul_only.addr().rsplit(':').next().unwrap().to_owned();
+    let _ = seed_client("seed.txt", &port, source.path());
+    haul_only
+        .running
+        .wait_for_log(&["refused a seed-protocol connection"]);
+    let output = send(haul_only.addr(), &[&source.path().join("haul.txt")]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(haul_only.stored_names(), ["haul.txt"]);
+}
+
+#[test]
+fn different_content_under_an_existing_name_follows_the_conflict_policy() {
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("notes.txt");
+    for (policy, expected_names, exit_code) in [
+        ("rename", vec!["notes (1).txt", "notes.txt"], 0),
+        ("overwrite", vec!["notes.txt"], 0),
+        ("refuse", vec!["notes.txt"], 1),
+    ] {
+        let server = HaulServer::start(&["--on-conflict", policy]);
+        std::fs::write(&path, b"version one").unwrap();
+        assert!(send(server.addr(), &[&path]).status.success());
+        // Same size, different bytes: only the hash comparison can tell.
+        std::fs::write(&path, b"version two").unwrap();
+        let output = send(server.addr(), &[&path]);
+        assert_eq!(
+            output.status.code(),
+            Some(exit_code),
+            "{policy}: {}",
+            stderr_of(&output)
+        );
+        assert_eq!(server.stored_names(), expected_names, "{policy}");
+        let kept = std::fs::read(server.inbox.join("notes.txt")).unwrap();
+        let expected_kept: &[u8] = if policy == "overwrite" {
+            b"version two"
+        } else {
+            b"version one"
+        };
+        assert_eq!(kept, expected_kept, "{policy}");
+        if policy == "rename" {
+            assert!(stderr_of(&output).contains("stored notes.txt as notes (1).txt"));
+        }
+        if policy == "refuse" {
+            assert!(
+                stderr_of(&output).contains("already exists"),
+                "{}",
+                stderr_of(&output)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_symlink_planted_in_the_inbox_leads_nowhere() {
+    let server = HaulServer::start(&[]);
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), server.inbox.join("project")).unwrap();
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("project");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("payload.txt"), b"should not escape").unwrap();
+    let output = send(server.addr(), &[&tree]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,148 @@
+//! A TCP proxy on 127.0.0.1 that can damage the client-to-server stream:
+//! flip a byte, cut the connection, or stall, after a given number of bytes.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Forward everything unchanged.
+    None,
+    /// Invert the byte at this offset of the client-to-server stream.
+    FlipByteAt(u64),
+    /// Close both connections once this many bytes have gone upstream.
+    CutAfter(u64),
+    /// Stop forwarding (but keep both connections open) after this many bytes.
+    StallAfter(u64),
+}
+
+pub struct Proxy {
+    pub addr: String,
+    /// Client-to-server bytes forwarded, over all connections.
+    forwarded: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Proxies every connection to `upstream`, applying `fault` to each.
+    pub fn start(upstream: &str, fault: Fault) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_owned();
+        {
+            let forwarded = Arc::clone(&forwarded);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let (client_read, server_write) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let forwarded = Arc::clone(&forwarded);
+                    let stop = Arc::clone(&stop);
+                    std::thread::spawn(move || {
+                        upstream_copy(client_read, server_write, fault, &forwarded, &stop)
+                    });
+                    std::thread::spawn(move || downstream_copy(server, client));
+                }
+            });
+        }
+        Proxy {
+            addr,
+            forwarded,
+            stop,
+        }
+    }
+
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag and ends.
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+fn upstream_copy(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    fault: Fault,
+    forwarded: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let mut offset: u64 = 0;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let limit = match fault {
+            Fault::CutAfter(at) | Fault::StallAfter(at) => {
+                usize::try_from(at.saturating_sub(offset))
+                    .unwrap_or(usize::MAX)
+                    .min(buffer.len())
+            }
+            _ => buffer.len(),
+        };
+        if limit == 0 {
+            match fault {
+                Fault::CutAfter(_) => {
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                }
+                _ => {
+                    // Stalled: hold both connections until the test ends.
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::park_timeout(std::time::Duration::from_millis(50));
+                    }
+                }
+            }
+            return;
+        }
+        let read = match client.read(&mut buffer[..limit]) {
+            Ok(0) | Err(_) => {
+                let _ = server.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(read) => read,
+        };
+        if let Fault::FlipByteAt(at) = fault
+            && (offset..offset + read as u64).contains(&at)
+        {
+            buffer[(at - offset) as usize] ^= 0xff;
+        }
+        if server.write_all(&buffer[..read]).is_err() {
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+        offset += read as u64;
+        forwarded.fetch_add(read as u64, Ordering::SeqCst);
+    }
+}
+
+fn downstream_copy(mut server: TcpStream, mut client: TcpStream) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match server.read(&mut buffer) {
+            Ok(0) | Err(_) => {
+                let _ = client.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(read) => {
+                if client.write_all(&buffer[..read]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
