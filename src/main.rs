@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use haul::send::{self, Event, SendError};
+use haul::send::{self, Event, HaulOptions, SendError};
 use haul::server::{Server, ServerConfig};
 use haul::store::OnConflict;
 use haul::transfer::Rate;
@@ -104,6 +104,10 @@ big-endian size, the file name, `go ahead`, the bytes.")]
         /// Only with a single PATH; required for `-` (standard input).
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
+        /// Compress file data with zstd on the way (haul's protocol only;
+        /// worth it on slow links, not on fast ones).
+        #[arg(long)]
+        compress: bool,
         /// Files or folders to send; `-` sends standard input.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
@@ -173,8 +177,15 @@ fn main() -> ExitCode {
             to,
             protocol,
             name,
+            compress,
             paths,
         } => {
+            if compress && protocol == Protocol::Seed {
+                eprintln!(
+                    "haul: --compress needs haul's protocol; the seed protocol cannot compress"
+                );
+                return ExitCode::from(exit::USAGE);
+            }
             if name.is_some() && paths.len() > 1 {
                 eprintln!(
                     "haul: --name applies to a single PATH, but {} were given",
@@ -183,7 +194,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit::USAGE);
             }
             match protocol {
-                Protocol::Haul => runtime.block_on(send_with_haul(&to, name.as_deref(), &paths)),
+                Protocol::Haul => {
+                    let options = HaulOptions {
+                        idle: SEND_IDLE_TIMEOUT,
+                        compress,
+                    };
+                    runtime.block_on(send_with_haul(&to, name.as_deref(), &paths, options))
+                }
                 Protocol::Seed => runtime.block_on(send_with_seed(&to, name.as_deref(), &paths)),
             }
         }
@@ -261,9 +278,14 @@ async fn send_with_seed(to: &str, name: Option<&str>, paths: &[PathBuf]) -> Exit
     }
 }
 
-async fn send_with_haul(to: &str, name: Option<&str>, paths: &[PathBuf]) -> ExitCode {
+async fn send_with_haul(
+    to: &str,
+    name: Option<&str>,
+    paths: &[PathBuf],
+    options: HaulOptions,
+) -> ExitCode {
     let started = std::time::Instant::now();
-    let result = send::send_haul(to, paths, name, SEND_IDLE_TIMEOUT, |event| match event {
+    let result = send::send_haul(to, paths, name, options, |event| match event {
         Event::Stored {
             path,
             stored_as,

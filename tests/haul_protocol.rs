@@ -408,3 +408,75 @@ fn a_symlink_planted_in_the_inbox_leads_nowhere() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn compression_shrinks_what_crosses_the_wire_and_keeps_every_byte() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let text = source.path().join("log.txt");
+    let lines: String = (0..200_000)
+        .map(|i| format!("line {i}: all is well\n"))
+        .collect();
+    std::fs::write(&text, &lines).unwrap();
+    let noise = source.path().join("noise.bin");
+    std::fs::write(&noise, random_bytes(3 * 1024 * 1024 + 5, 7)).unwrap();
+
+    let proxy = Proxy::start(server.addr(), Fault::None);
+    let output = haul(&[
+        "send",
+        "--compress",
+        "--to",
+        &proxy.addr,
+        text.to_str().unwrap(),
+        noise.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        std::fs::read(server.inbox.join("log.txt")).unwrap(),
+        lines.as_bytes()
+    );
+    assert_eq!(
+        std::fs::read(server.inbox.join("noise.bin")).unwrap(),
+        std::fs::read(&noise).unwrap()
+    );
+    let wire = proxy.forwarded();
+    let plain = lines.len() as u64 + 3 * 1024 * 1024 + 5;
+    assert!(
+        wire < plain - lines.len() as u64 / 2,
+        "{wire} bytes on the wire for {plain}"
+    );
+}
+
+#[test]
+fn stale_partial_data_is_removed_at_start_up_and_fresh_data_kept() {
+    let temp = tempfile::tempdir().unwrap();
+    let hidden = temp.path().join("inbox/.haul");
+    std::fs::create_dir_all(&hidden).unwrap();
+    std::fs::write(hidden.join("resume-old"), b"abandoned").unwrap();
+    std::fs::write(hidden.join("resume-fresh"), b"recent").unwrap();
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 60 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(hidden.join("resume-old"))
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    let mut command = Command::new(HAUL);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--partial-max-age",
+            "1d",
+            "--dir",
+        ])
+        .arg(temp.path().join("inbox"));
+    let server = util::Running::start(command);
+    server.wait_for_log(&["removed stale partial files", "removed=1"]);
+    assert!(!hidden.join("resume-old").exists());
+    assert_eq!(
+        std::fs::read(hidden.join("resume-fresh")).unwrap(),
+        b"recent"
+    );
+}

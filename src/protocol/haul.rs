@@ -32,6 +32,10 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// A BLAKE3 hash.
 pub type Hash = [u8; 32];
 
+/// Capability bit: file bytes may travel zstd-compressed in `DataZstd`
+/// frames, each decompressing to at most [`MAX_DATA_LEN`] bytes.
+pub const CAP_ZSTD: u64 = 1;
+
 /// Frame kinds, as the first byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -45,6 +49,7 @@ pub enum Kind {
     FileEnd = 0x21,
     Receipt = 0x22,
     Failed = 0x23,
+    DataZstd = 0x24,
     Bye = 0x30,
     Error = 0x31,
 }
@@ -61,6 +66,7 @@ impl Kind {
             0x21 => Kind::FileEnd,
             0x22 => Kind::Receipt,
             0x23 => Kind::Failed,
+            0x24 => Kind::DataZstd,
             0x30 => Kind::Bye,
             0x31 => Kind::Error,
             _ => return None,
@@ -69,7 +75,7 @@ impl Kind {
 
     fn max_len(self) -> u32 {
         match self {
-            Kind::Data => MAX_DATA_LEN,
+            Kind::Data | Kind::DataZstd => MAX_DATA_LEN,
             _ => MAX_CONTROL_LEN,
         }
     }
@@ -352,15 +358,17 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
         Kind::Error => Message::Error {
             message: fields.text()?,
         },
-        Kind::Data => return Err(invalid("data frames carry file bytes, not a message")),
+        Kind::Data | Kind::DataZstd => {
+            return Err(invalid("data frames carry file bytes, not a message"));
+        }
     };
     Ok(message)
 }
 
-/// Appends the frame header of a `Data` frame of `len` bytes.
-pub fn encode_data_header(len: u32, out: &mut Vec<u8>) {
-    debug_assert!(len <= MAX_DATA_LEN);
-    out.push(Kind::Data as u8);
+/// Appends the frame header of a `Data` (or `DataZstd`) frame of `len` bytes.
+pub fn encode_data_header(kind: Kind, len: u32, out: &mut Vec<u8>) {
+    debug_assert!(matches!(kind, Kind::Data | Kind::DataZstd) && len <= MAX_DATA_LEN);
+    out.push(kind as u8);
     out.extend_from_slice(&len.to_be_bytes());
 }
 
@@ -620,7 +628,7 @@ mod tests {
         fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut rest = &bytes[..];
             while let Ok(Some((frame, used))) = split_frame(rest) {
-                if frame.header.kind != Kind::Data {
+                if !matches!(frame.header.kind, Kind::Data | Kind::DataZstd) {
                     let _ = decode_message(frame.header.kind, frame.payload);
                 }
                 rest = &rest[used..];

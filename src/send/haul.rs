@@ -13,7 +13,7 @@ use tokio::time::timeout;
 use super::walk::{Entry, Source, Walked, walk};
 use super::{SendError, connect};
 use crate::protocol::haul::{
-    self, Answer, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
+    self, Answer, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
 };
 use crate::transfer::{PumpError, pump};
 
@@ -40,6 +40,15 @@ pub enum Event<'a> {
     Skipped { path: &'a str, reason: &'a str },
 }
 
+/// How to drive a haul session.
+#[derive(Debug, Clone, Copy)]
+pub struct HaulOptions {
+    /// How long to wait for any sign of progress from the server.
+    pub idle: Duration,
+    /// Ask the server for zstd-compressed data frames.
+    pub compress: bool,
+}
+
 /// Counts for the closing line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Summary {
@@ -47,7 +56,7 @@ pub struct Summary {
     pub already_there: u64,
     pub failed: u64,
     pub skipped: u64,
-    /// File bytes that crossed the wire (resumed parts excluded).
+    /// File bytes sent, before compression (resumed parts excluded).
     pub bytes_sent: u64,
 }
 
@@ -58,7 +67,7 @@ pub async fn send_haul(
     to: &str,
     sources: &[PathBuf],
     name: Option<&str>,
-    idle: Duration,
+    options: HaulOptions,
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<Summary, SendError> {
     let stream = connect(to).await?;
@@ -66,10 +75,11 @@ pub async fn send_haul(
     let mut session = Session {
         reader: BufReader::new(reader),
         writer: BufWriter::with_capacity(64 * 1024, writer),
-        idle,
+        idle: options.idle,
         summary: Summary::default(),
+        compressor: None,
     };
-    session.handshake().await?;
+    session.handshake(options.compress).await?;
 
     let mut walked = walk(sources, name);
     let mut differing: VecDeque<Entry> = VecDeque::new();
@@ -119,7 +129,12 @@ struct Session {
     writer: BufWriter<OwnedWriteHalf>,
     idle: Duration,
     summary: Summary,
+    /// Present once the server granted compression.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
 }
+
+/// zstd's default level: fast, and most of the gain.
+const ZSTD_LEVEL: i32 = 3;
 
 /// A file the server asked for, and what was sent of it.
 struct Sending {
@@ -128,17 +143,25 @@ struct Sending {
 }
 
 impl Session {
-    async fn handshake(&mut self) -> Result<(), SendError> {
+    async fn handshake(&mut self, compress: bool) -> Result<(), SendError> {
         self.writer.write_all(&haul::MAGIC).await?;
         self.send(&Message::Hello {
             version: haul::VERSION,
-            capabilities: 0,
+            capabilities: if compress { CAP_ZSTD } else { 0 },
         })
         .await?;
         self.writer.flush().await?;
         let frame = self.read_frame().await?;
         match frame.message()? {
-            Message::Welcome { version, .. } if version >= haul::VERSION => Ok(()),
+            Message::Welcome {
+                version,
+                capabilities,
+            } if version >= haul::VERSION => {
+                if capabilities & CAP_ZSTD != 0 {
+                    self.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+                }
+                Ok(())
+            }
             Message::Welcome { version, .. } => Err(SendError::Protocol(format!(
                 "the server speaks version {version}, this client {}",
                 haul::VERSION
@@ -256,7 +279,7 @@ impl Session {
                 Err(error) => Some(format!("cannot read {}: {error}", path.display())),
             },
             Source::Stdin => {
-                self.send_until_end(&mut tokio::io::stdin(), &mut hasher)
+                self.send_chunks(&mut tokio::io::stdin(), None, &mut hasher)
                     .await?;
                 None
             }
@@ -302,10 +325,18 @@ impl Session {
                 }));
             }
         }
+        if self.compressor.is_some() {
+            let left = size - offset;
+            let sent = self.send_chunks(source, Some(left), &mut *hasher).await?;
+            return Ok((sent < left).then_some(PumpError::EarlyEof {
+                moved: sent,
+                expected: left,
+            }));
+        }
         let mut position = offset;
         while position < size {
             let len = (size - position).min(u64::from(MAX_DATA_LEN));
-            self.write_data_header(len as u32).await?;
+            self.write_data_header(Kind::Data, len as u32).await?;
             // A frame once announced must be filled: if the file cannot
             // fill it, the stream is out of step and the session ends.
             pump(source, &mut self.writer, len, self.idle, |chunk| {
@@ -318,34 +349,60 @@ impl Session {
         Ok(None)
     }
 
-    /// Sends everything `source` yields until its end, in Data frames.
-    async fn send_until_end(
+    /// Sends what `source` yields, up to `limit` bytes or its end, in
+    /// chunks that are compressed when the server granted it. Returns the
+    /// number of bytes read from `source`.
+    async fn send_chunks(
         &mut self,
         source: &mut (impl AsyncRead + Unpin),
+        limit: Option<u64>,
         hasher: &mut blake3::Hasher,
-    ) -> Result<(), SendError> {
+    ) -> Result<u64, SendError> {
         let mut buffer = vec![0u8; MAX_DATA_LEN as usize];
+        let mut total = 0u64;
         loop {
+            let want = limit.map_or(buffer.len(), |limit| {
+                usize::try_from(limit - total).map_or(buffer.len(), |left| left.min(buffer.len()))
+            });
             let mut filled = 0;
-            while filled < buffer.len() {
-                match source.read(&mut buffer[filled..]).await? {
+            while filled < want {
+                match source.read(&mut buffer[filled..want]).await? {
                     0 => break,
                     read => filled += read,
                 }
             }
             if filled == 0 {
-                return Ok(());
+                return Ok(total);
             }
-            self.write_data_header(filled as u32).await?;
-            self.writer.write_all(&buffer[..filled]).await?;
-            hasher.update(&buffer[..filled]);
+            let chunk = &buffer[..filled];
+            hasher.update(chunk);
+            self.write_chunk(chunk).await?;
+            total += filled as u64;
             self.summary.bytes_sent += filled as u64;
         }
     }
 
-    async fn write_data_header(&mut self, len: u32) -> Result<(), SendError> {
+    /// Writes one chunk as a Data frame, or as a DataZstd frame when
+    /// compression is on and actually makes it smaller.
+    async fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), SendError> {
+        if let Some(compressor) = self.compressor.as_mut() {
+            let packed = compressor.compress(chunk)?;
+            if packed.len() < chunk.len() {
+                self.write_data_header(Kind::DataZstd, packed.len() as u32)
+                    .await?;
+                self.writer.write_all(&packed).await?;
+                return Ok(());
+            }
+        }
+        self.write_data_header(Kind::Data, chunk.len() as u32)
+            .await?;
+        self.writer.write_all(chunk).await?;
+        Ok(())
+    }
+
+    async fn write_data_header(&mut self, kind: Kind, len: u32) -> Result<(), SendError> {
         let mut header = Vec::with_capacity(FRAME_HEADER_LEN);
-        haul::encode_data_header(len, &mut header);
+        haul::encode_data_header(kind, len, &mut header);
         self.writer.write_all(&header).await?;
         Ok(())
     }

@@ -7,7 +7,7 @@ mod haul;
 mod seed;
 mod walk;
 
-pub use haul::{Event, Summary, send_haul};
+pub use haul::{Event, HaulOptions, Summary, send_haul};
 pub use seed::send_seed_file;
 
 use std::io;

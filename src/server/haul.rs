@@ -17,8 +17,8 @@ use tracing::{debug, warn};
 
 use super::{ServerConfig, blocking, log_transfer};
 use crate::protocol::haul::{
-    self, Answer, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader, Hash, Kind, Message,
-    Mtime, Offer,
+    self, Answer, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader, Hash, Kind,
+    MAX_DATA_LEN, Message, Mtime, Offer,
 };
 use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store, printable};
 use crate::transfer::{PumpError, pump};
@@ -86,6 +86,15 @@ struct Session<'a> {
     /// Directories whose times and modes are set when the client says
     /// goodbye, after their files have been written into them.
     directories: Vec<(RelPath, Metadata)>,
+    /// Present once the client asked for compression and it was granted.
+    zstd: Option<Zstd>,
+}
+
+/// Decompression state for `DataZstd` frames, kept for the whole session.
+struct Zstd {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    /// Decompressed bytes of one frame; never grows past `MAX_DATA_LEN`.
+    plain: Vec<u8>,
 }
 
 pub(super) async fn serve(
@@ -102,6 +111,7 @@ pub(super) async fn serve(
         store,
         config,
         directories: Vec::new(),
+        zstd: None,
     };
     match session.run().await {
         Ok(()) => debug!(%peer, "haul session ended"),
@@ -169,10 +179,16 @@ impl Session<'_> {
             return Err(SessionError::Version { client: version });
         }
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
-        // No optional capability exists yet: the answer offers none.
+        let granted = capabilities & CAP_ZSTD;
+        if granted & CAP_ZSTD != 0 {
+            self.zstd = Some(Zstd {
+                decompressor: zstd::bulk::Decompressor::new()?,
+                plain: Vec::with_capacity(MAX_DATA_LEN as usize),
+            });
+        }
         self.send(&Message::Welcome {
             version: haul::VERSION,
-            capabilities: 0,
+            capabilities: granted,
         })
         .await?;
         self.writer.flush().await?;
@@ -364,6 +380,34 @@ impl Session<'_> {
                     }
                     received += len;
                 }
+                Kind::DataZstd => {
+                    let compressed = self.read_bytes(header.len as usize).await?;
+                    let Some(zstd) = self.zstd.as_mut() else {
+                        return Err(SessionError::Violation(
+                            "compressed data without compression".into(),
+                        ));
+                    };
+                    zstd.plain.clear();
+                    zstd.decompressor
+                        .decompress_to_buffer(&compressed, &mut zstd.plain)
+                        .map_err(|error| {
+                            SessionError::Violation(format!("bad compressed data: {error}"))
+                        })?;
+                    let len = zstd.plain.len() as u64;
+                    if planned.size.is_some_and(|size| received + len > size) {
+                        return Err(SessionError::Violation(format!(
+                            "more bytes than the {} offered for {}",
+                            planned.size.unwrap_or(0),
+                            planned.path_shown
+                        )));
+                    }
+                    hasher.update(&zstd.plain);
+                    match timeout(self.config.idle_timeout, file.write_all(&zstd.plain)).await {
+                        Err(_) => return Err(SessionError::Idle(self.config.idle_timeout)),
+                        Ok(result) => result.map_err(SessionError::Storage)?,
+                    }
+                    received += len;
+                }
                 Kind::FileEnd => {
                     let payload = self.read_payload(header).await?;
                     let Message::FileEnd { hash } = haul::decode_message(header.kind, &payload)?
@@ -435,10 +479,14 @@ impl Session<'_> {
     }
 
     async fn read_payload(&mut self, header: FrameHeader) -> Result<Vec<u8>, SessionError> {
-        if header.kind == Kind::Data {
+        if matches!(header.kind, Kind::Data | Kind::DataZstd) {
             return Err(SessionError::Violation("file data outside a file".into()));
         }
-        let mut payload = vec![0u8; header.len as usize];
+        self.read_bytes(header.len as usize).await
+    }
+
+    async fn read_bytes(&mut self, len: usize) -> Result<Vec<u8>, SessionError> {
+        let mut payload = vec![0u8; len];
         match timeout(
             self.config.idle_timeout,
             self.reader.read_exact(&mut payload),
