@@ -61,7 +61,7 @@ to stderr (RUST_LOG=debug for more).")]
         dir: PathBuf,
         /// What to do when a different file exists under a received name:
         /// keep both (the new one as `name (1).ext`), replace it, or refuse
-        /// the new one. Identical content is never stored twice.
+        /// the new one. Identical content sent with haul's protocol is skipped.
         #[arg(long, value_enum, default_value_t = Conflict::Rename, value_name = "POLICY")]
         on_conflict: Conflict,
         /// Same as `--on-conflict overwrite`.
