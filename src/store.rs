@@ -631,6 +631,58 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_are_judged_component_by_component() {
+        assert_eq!(
+            RelPath::parse(b"a/b c/d.txt").unwrap().to_string(),
+            "a/b c/d.txt"
+        );
+        let cases: &[(&[u8], NameError)] = &[
+            (b"/etc/passwd", NameError::Empty),
+            (b"a/../../b", NameError::DotOrDotDot),
+            (b"a//b", NameError::Empty),
+            (b"a/", NameError::Empty),
+            (b"..\\x", NameError::Separator),
+            (b".haul/x", NameError::Reserved),
+            (b"a/\0/b", NameError::ControlCharacter),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(RelPath::parse(raw).as_ref(), Err(expected), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_resumable_partial_survives_and_reports_what_it_holds() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let target = RelPath::parse(b"dir/big.bin").unwrap();
+        let first = store.begin_resumable(target.clone(), "key").unwrap();
+        assert_eq!(first.offset(), 0);
+        first.writer().unwrap().write_all(b"first half ").unwrap();
+        // While one connection holds the key, a second gets a private file.
+        let second = store.begin_resumable(target.clone(), "key").unwrap();
+        assert_eq!(second.offset(), 0);
+        drop(second);
+        drop(first);
+        let resumed = store.begin_resumable(target, "key").unwrap();
+        assert_eq!(resumed.offset(), 11);
+        let mut hasher = blake3::Hasher::new();
+        resumed.hash_held_bytes(&mut hasher).unwrap();
+        assert_eq!(hasher.finalize(), blake3::hash(b"first half "));
+        resumed.writer().unwrap().write_all(b"second half").unwrap();
+        assert_eq!(resumed.commit().unwrap(), "dir/big.bin");
+        assert_eq!(
+            std::fs::read(temp.path().join("dir/big.bin")).unwrap(),
+            b"first half second half"
+        );
+        assert_eq!(
+            std::fs::read_dir(temp.path().join(HIDDEN_AREA))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
     fn numbered_names_keep_the_extension_and_the_length_limit() {
         let name = |s: &str| SafeName::parse(s.as_bytes()).unwrap();
         assert_eq!(name("report.pdf").numbered(1), "report (1).pdf");
@@ -700,10 +752,20 @@ mod tests {
         let target = outside.path().join("victim");
         std::fs::write(&target, b"precious").unwrap();
         std::os::unix::fs::symlink(&target, temp.path().join("a.txt")).unwrap();
-        for on_conflict in [OnConflict::Rename, OnConflict::Overwrite] {
-            let store = Store::open(temp.path(), on_conflict).unwrap();
-            receive(&store, "a.txt", b"attack");
-            assert_eq!(std::fs::read(&target).unwrap(), b"precious");
-        }
+        let keep_both = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        assert_eq!(receive(&keep_both, "a.txt", b"attack"), "a (1).txt");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+
+        let overwrite = Store::open(temp.path(), OnConflict::Overwrite).unwrap();
+        let partial = overwrite.begin(RelPath::parse(b"a.txt").unwrap()).unwrap();
+        partial.writer().unwrap().write_all(b"attack").unwrap();
+        let error = partial.commit().unwrap_err();
+        assert!(error.to_string().contains("link is in the way"), "{error}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        assert!(
+            std::fs::symlink_metadata(temp.path().join("a.txt"))
+                .unwrap()
+                .is_symlink()
+        );
     }
 }
