@@ -9,6 +9,7 @@
 //! - [`send`] is the sending side: it opens the sources and drives a connection.
 //! - [`transfer`] is the one byte pump both sides and both protocols use to
 //!   move a known number of bytes from a reader to a writer.
+//! - [`throttle`] caps the rate at which a sender writes to its socket.
 //! - [`store`] is the only code that creates, renames or deletes files in the
 //!   server's inbox, and the only place where a received name is judged.
 //!
@@ -20,4 +21,5 @@ pub mod protocol;
 pub mod send;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod transfer;

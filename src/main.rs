@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use haul::send::{self, Event, HaulOptions, SendError};
 use haul::server::{Server, ServerConfig};
 use haul::store::OnConflict;
+use haul::throttle::RateLimit;
 use haul::transfer::Rate;
 
 /// Exit codes, stable for scripts.
@@ -87,6 +88,7 @@ to stderr (RUST_LOG=debug for more).")]
   haul send --to 127.0.0.1:12000 photos/ a.txt b.txt
   haul send --name final.pdf draft-7.pdf
   tar c dir | haul send - --name dir.tar
+  haul send --limit-rate 10M backup.tar      at most 10 MiB per second
 
 With haul's protocol (the default) every file is verified with BLAKE3 and acknowledged
 by a receipt; an interrupted send resumes when run again. With --protocol seed each file
@@ -108,6 +110,11 @@ big-endian size, the file name, `go ahead`, the bytes.")]
         /// worth it on slow links, not on fast ones).
         #[arg(long)]
         compress: bool,
+        /// Send at most RATE bytes per second, counted on the wire: a number
+        /// with an optional unit, K, M, G binary (1024) or KB, MB, GB decimal,
+        /// e.g. `512K` or `10M`.
+        #[arg(long, value_name = "RATE")]
+        limit_rate: Option<RateLimit>,
         /// Files or folders to send; `-` sends standard input.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
@@ -178,6 +185,7 @@ fn main() -> ExitCode {
             protocol,
             name,
             compress,
+            limit_rate,
             paths,
         } => {
             if compress && protocol == Protocol::Seed {
@@ -198,10 +206,13 @@ fn main() -> ExitCode {
                     let options = HaulOptions {
                         idle: SEND_IDLE_TIMEOUT,
                         compress,
+                        limit: limit_rate,
                     };
                     runtime.block_on(send_with_haul(&to, name.as_deref(), &paths, options))
                 }
-                Protocol::Seed => runtime.block_on(send_with_seed(&to, name.as_deref(), &paths)),
+                Protocol::Seed => {
+                    runtime.block_on(send_with_seed(&to, name.as_deref(), &paths, limit_rate))
+                }
             }
         }
     }
@@ -250,10 +261,15 @@ async fn shutdown_requested() {
     }
 }
 
-async fn send_with_seed(to: &str, name: Option<&str>, paths: &[PathBuf]) -> ExitCode {
+async fn send_with_seed(
+    to: &str,
+    name: Option<&str>,
+    paths: &[PathBuf],
+    limit: Option<RateLimit>,
+) -> ExitCode {
     let mut failures: Vec<SendError> = Vec::new();
     for path in paths {
-        match send::send_seed_file(to, path, name, SEND_IDLE_TIMEOUT).await {
+        match send::send_seed_file(to, path, name, SEND_IDLE_TIMEOUT, limit).await {
             Ok(sent) => eprintln!(
                 "haul: sent {} ({} bytes, {})",
                 sent.name,

@@ -15,6 +15,7 @@ use super::{SendError, connect};
 use crate::protocol::haul::{
     self, Answer, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
 };
+use crate::throttle::{RateLimit, Throttle};
 use crate::transfer::{PumpError, pump};
 
 /// Most entries offered in one batch.
@@ -47,6 +48,8 @@ pub struct HaulOptions {
     pub idle: Duration,
     /// Ask the server for zstd-compressed data frames.
     pub compress: bool,
+    /// Cap on the bytes per second written to the socket.
+    pub limit: Option<RateLimit>,
 }
 
 /// Counts for the closing line.
@@ -74,7 +77,7 @@ pub async fn send_haul(
     let (reader, writer) = stream.into_split();
     let mut session = Session {
         reader: BufReader::new(reader),
-        writer: BufWriter::with_capacity(64 * 1024, writer),
+        writer: BufWriter::with_capacity(64 * 1024, Throttle::new(writer, options.limit)),
         idle: options.idle,
         summary: Summary::default(),
         compressor: None,
@@ -126,7 +129,7 @@ pub async fn send_haul(
 
 struct Session {
     reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    writer: BufWriter<Throttle<OwnedWriteHalf>>,
     idle: Duration,
     summary: Summary,
     /// Present once the server granted compression.

@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::{SendError, Sent, base_name, connect};
 use crate::protocol::seed::{self, Reply};
+use crate::throttle::{RateLimit, Throttle};
 use crate::transfer::pump;
 
 /// Sends one file with the seed protocol: one connection, the header in one
@@ -19,6 +19,7 @@ pub async fn send_seed_file(
     path: &Path,
     name: Option<&str>,
     idle: Duration,
+    limit: Option<RateLimit>,
 ) -> Result<Sent, SendError> {
     let started = Instant::now();
     let source_error = |source| SendError::Source {
@@ -37,7 +38,7 @@ pub async fn send_seed_file(
     let size = metadata.len();
     let header = seed::encode_header(size, &name)?;
 
-    let mut stream = connect(to).await?;
+    let mut stream = Throttle::new(connect(to).await?, limit);
     stream.write_all(&header).await?;
     await_go_ahead(&mut stream, idle).await?;
     pump(&mut file, &mut stream, size, idle, |_| {}).await?;
@@ -50,7 +51,10 @@ pub async fn send_seed_file(
     })
 }
 
-async fn await_go_ahead(stream: &mut TcpStream, idle: Duration) -> Result<(), SendError> {
+async fn await_go_ahead(
+    stream: &mut (impl AsyncRead + Unpin),
+    idle: Duration,
+) -> Result<(), SendError> {
     let mut reply = Vec::with_capacity(seed::GO_AHEAD.len());
     let mut chunk = [0u8; 64];
     loop {
@@ -75,7 +79,7 @@ async fn await_go_ahead(stream: &mut TcpStream, idle: Duration) -> Result<(), Se
 
 /// Reads a little more of a reply that is not `go ahead`, so that the user
 /// sees the server's whole message rather than its first eight bytes.
-async fn rest_of_refusal(stream: &mut TcpStream, mut reply: Vec<u8>) -> Vec<u8> {
+async fn rest_of_refusal(stream: &mut (impl AsyncRead + Unpin), mut reply: Vec<u8>) -> Vec<u8> {
     const QUOTE_LIMIT: usize = 200;
     const QUOTE_WAIT: Duration = Duration::from_millis(200);
     let mut chunk = [0u8; QUOTE_LIMIT];
@@ -96,7 +100,10 @@ async fn rest_of_refusal(stream: &mut TcpStream, mut reply: Vec<u8>) -> Vec<u8> 
 /// Waits for the server to close its side. A seed server says nothing after
 /// `go ahead`; an orderly close after the last byte is the only sign that it
 /// read everything, and a reset means it did not.
-async fn await_close(stream: &mut TcpStream, idle: Duration) -> Result<(), SendError> {
+async fn await_close(
+    stream: &mut (impl AsyncRead + Unpin),
+    idle: Duration,
+) -> Result<(), SendError> {
     let mut scratch = [0u8; 64];
     loop {
         match timeout(idle, stream.read(&mut scratch)).await {
