@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use haul::send::{self, Event, HaulOptions, SendError};
+use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{Server, ServerConfig};
 use haul::store::OnConflict;
 use haul::throttle::RateLimit;
-use haul::transfer::Rate;
+use report::Reporter;
+
+mod report;
 
 /// Exit codes, stable for scripts.
 mod exit {
@@ -201,19 +203,31 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             }
-            match protocol {
-                Protocol::Haul => {
-                    let options = HaulOptions {
-                        idle: SEND_IDLE_TIMEOUT,
-                        compress,
-                        limit: limit_rate,
-                    };
-                    runtime.block_on(send_with_haul(&to, name.as_deref(), &paths, options))
+            let options = SendOptions {
+                idle: SEND_IDLE_TIMEOUT,
+                compress,
+                limit: limit_rate,
+            };
+            let mut reporter = Reporter::new(&to);
+            let name = name.as_deref();
+            let outcome = runtime.block_on(async {
+                match protocol {
+                    Protocol::Haul => {
+                        send::send_haul(&to, &paths, name, options, |event| {
+                            reporter.event(event);
+                        })
+                        .await
+                    }
+                    Protocol::Seed => {
+                        send::send_seed(&to, &paths, name, options, |event| {
+                            reporter.event(event);
+                        })
+                        .await
+                    }
                 }
-                Protocol::Seed => {
-                    runtime.block_on(send_with_seed(&to, name.as_deref(), &paths, limit_rate))
-                }
-            }
+            });
+            reporter.finish(&outcome);
+            send_exit_code(&outcome)
         }
     }
 }
@@ -261,93 +275,11 @@ async fn shutdown_requested() {
     }
 }
 
-async fn send_with_seed(
-    to: &str,
-    name: Option<&str>,
-    paths: &[PathBuf],
-    limit: Option<RateLimit>,
-) -> ExitCode {
-    let mut failures: Vec<SendError> = Vec::new();
-    for path in paths {
-        match send::send_seed_file(to, path, name, SEND_IDLE_TIMEOUT, limit).await {
-            Ok(sent) => eprintln!(
-                "haul: sent {} ({} bytes, {})",
-                sent.name,
-                sent.bytes,
-                Rate {
-                    bytes: sent.bytes,
-                    elapsed: sent.elapsed
-                }
-            ),
-            Err(error) => {
-                eprintln!("haul: {}: {error}", path.display());
-                failures.push(error);
-            }
-        }
-    }
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else if failures.iter().any(SendError::is_connect) {
-        ExitCode::from(exit::UNREACHABLE)
-    } else {
-        ExitCode::from(exit::SOME_FILES_FAILED)
-    }
-}
-
-async fn send_with_haul(
-    to: &str,
-    name: Option<&str>,
-    paths: &[PathBuf],
-    options: HaulOptions,
-) -> ExitCode {
-    let started = std::time::Instant::now();
-    let result = send::send_haul(to, paths, name, options, |event| match event {
-        Event::Stored {
-            path,
-            stored_as,
-            bytes,
-        } if path == stored_as => {
-            eprintln!("haul: stored {path} ({bytes} bytes)");
-        }
-        Event::Stored {
-            path,
-            stored_as,
-            bytes,
-        } => {
-            eprintln!("haul: stored {path} as {stored_as} ({bytes} bytes)");
-        }
-        Event::AlreadyThere { path } => eprintln!("haul: {path} is already there, identical"),
-        Event::Failed { path, reason } => eprintln!("haul: {path}: {reason}"),
-        Event::Skipped { path, reason } => eprintln!("haul: skipped {path}: {reason}"),
-    })
-    .await;
-    match result {
-        Ok(summary) => {
-            eprintln!(
-                "haul: {} stored, {} already there, {} failed, {} skipped; {} bytes sent to {to} ({})",
-                summary.stored,
-                summary.already_there,
-                summary.failed,
-                summary.skipped,
-                summary.bytes_sent,
-                Rate {
-                    bytes: summary.bytes_sent,
-                    elapsed: started.elapsed()
-                }
-            );
-            if summary.failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(exit::SOME_FILES_FAILED)
-            }
-        }
-        Err(error) => {
-            eprintln!("haul: {error}");
-            if error.is_connect() {
-                ExitCode::from(exit::UNREACHABLE)
-            } else {
-                ExitCode::from(exit::SOME_FILES_FAILED)
-            }
-        }
+/// Maps the outcome of a send to its documented exit code.
+fn send_exit_code(outcome: &Result<Summary, SendError>) -> ExitCode {
+    match outcome {
+        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+        Err(error) if error.is_connect() => ExitCode::from(exit::UNREACHABLE),
+        _ => ExitCode::from(exit::SOME_FILES_FAILED),
     }
 }

@@ -408,7 +408,12 @@ fn a_server_that_does_not_say_go_ahead_fails_the_send_and_is_quoted() {
     let stderr = stderr_of(&output);
     assert!(stderr.contains("\"no thanks\""), "{stderr}");
     assert!(stderr.contains("go ahead"), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // One line for the failure, then the closing line.
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    assert!(
+        stderr.lines().last().unwrap().starts_with("haul: 0 stored"),
+        "{stderr}"
+    );
 }
 
 #[test]

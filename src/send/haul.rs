@@ -11,11 +11,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
 
 use super::walk::{Entry, Source, Walked, walk};
-use super::{SendError, connect};
+use super::{Event, SendError, SendOptions, Summary, connect};
 use crate::protocol::haul::{
     self, Answer, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
 };
-use crate::throttle::{RateLimit, Throttle};
+use crate::throttle::Throttle;
 use crate::transfer::{PumpError, pump};
 
 /// Most entries offered in one batch.
@@ -24,45 +24,6 @@ const BATCH_ENTRIES: usize = 256;
 /// come at the end of a batch, are never far behind.
 const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 
-/// What happened to one entry, as it happens.
-#[derive(Debug)]
-pub enum Event<'a> {
-    /// The server holds the file, verified and durable, under `stored_as`.
-    Stored {
-        path: &'a str,
-        stored_as: &'a str,
-        bytes: u64,
-    },
-    /// The server already had identical content under this path.
-    AlreadyThere { path: &'a str },
-    /// This entry was not delivered.
-    Failed { path: &'a str, reason: &'a str },
-    /// Something was passed over on purpose.
-    Skipped { path: &'a str, reason: &'a str },
-}
-
-/// How to drive a haul session.
-#[derive(Debug, Clone, Copy)]
-pub struct HaulOptions {
-    /// How long to wait for any sign of progress from the server.
-    pub idle: Duration,
-    /// Ask the server for zstd-compressed data frames.
-    pub compress: bool,
-    /// Cap on the bytes per second written to the socket.
-    pub limit: Option<RateLimit>,
-}
-
-/// Counts for the closing line.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Summary {
-    pub stored: u64,
-    pub already_there: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    /// File bytes sent, before compression (resumed parts excluded).
-    pub bytes_sent: u64,
-}
-
 /// Sends every source over one haul connection, reporting each entry to
 /// `on_event`. An `Err` means the session itself failed; per-file failures
 /// are events and counts.
@@ -70,7 +31,7 @@ pub async fn send_haul(
     to: &str,
     sources: &[PathBuf],
     name: Option<&str>,
-    options: HaulOptions,
+    options: SendOptions,
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<Summary, SendError> {
     let stream = connect(to).await?;
@@ -203,7 +164,10 @@ impl Session {
                 Message::Answer(Answer::Compare { hash }) if entry.kind == EntryKind::File => {
                     if local_hash(&entry).await.is_ok_and(|local| local == hash) {
                         self.summary.already_there += 1;
-                        on_event(Event::AlreadyThere { path: &entry.path });
+                        on_event(Event::AlreadyThere {
+                            path: &entry.path,
+                            bytes: entry.size.unwrap_or(0),
+                        });
                     } else {
                         entry.differs = true;
                         differing.push_back(entry);
@@ -224,7 +188,7 @@ impl Session {
         let mut local_failures = Vec::with_capacity(sending.len());
         let mut hashes = Vec::with_capacity(sending.len());
         for file in &sending {
-            let (hash, local_failure) = self.stream_file(file).await?;
+            let (hash, local_failure) = self.stream_file(file, on_event).await?;
             hashes.push(hash);
             local_failures.push(local_failure);
         }
@@ -242,8 +206,9 @@ impl Session {
                     self.summary.stored += 1;
                     on_event(Event::Stored {
                         path,
-                        stored_as,
+                        stored_as: Some(stored_as),
                         bytes: size,
+                        hash: Some(&hash),
                     });
                 }
                 Message::Receipt { .. } => {
@@ -269,20 +234,29 @@ impl Session {
     /// Streams one file from its offset as Data frames, then its FileEnd.
     /// Returns the hash of the whole file and, if the local side could not
     /// produce the bytes it announced, why.
-    async fn stream_file(&mut self, file: &Sending) -> Result<(Hash, Option<String>), SendError> {
+    async fn stream_file(
+        &mut self,
+        file: &Sending,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) -> Result<(Hash, Option<String>), SendError> {
+        on_event(Event::Started {
+            path: &file.entry.path,
+            size: file.entry.size,
+            offset: file.offset,
+        });
         let mut hasher = blake3::Hasher::new();
         let local_failure = match &file.entry.source {
             Source::File(path) => match tokio::fs::File::open(path).await {
                 Ok(mut source) => {
                     let size = file.entry.size.unwrap_or(0);
-                    self.send_known_length(&mut source, file.offset, size, &mut hasher)
+                    self.send_known_length(&mut source, file.offset, size, &mut hasher, on_event)
                         .await?
                         .map(|error| format!("cannot read {}: {error}", path.display()))
                 }
                 Err(error) => Some(format!("cannot read {}: {error}", path.display())),
             },
             Source::Stdin => {
-                self.send_chunks(&mut tokio::io::stdin(), None, &mut hasher)
+                self.send_chunks(&mut tokio::io::stdin(), None, &mut hasher, on_event)
                     .await?;
                 None
             }
@@ -303,6 +277,7 @@ impl Session {
         offset: u64,
         size: u64,
         hasher: &mut blake3::Hasher,
+        on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<Option<PumpError>, SendError> {
         if offset > 0 {
             let mut held = source.take(offset);
@@ -330,7 +305,9 @@ impl Session {
         }
         if self.compressor.is_some() {
             let left = size - offset;
-            let sent = self.send_chunks(source, Some(left), &mut *hasher).await?;
+            let sent = self
+                .send_chunks(source, Some(left), &mut *hasher, on_event)
+                .await?;
             return Ok((sent < left).then_some(PumpError::EarlyEof {
                 moved: sent,
                 expected: left,
@@ -344,6 +321,9 @@ impl Session {
             // fill it, the stream is out of step and the session ends.
             pump(source, &mut self.writer, len, self.idle, |chunk| {
                 hasher.update(chunk);
+                on_event(Event::Progress {
+                    bytes: chunk.len() as u64,
+                });
             })
             .await?;
             position += len;
@@ -360,6 +340,7 @@ impl Session {
         source: &mut (impl AsyncRead + Unpin),
         limit: Option<u64>,
         hasher: &mut blake3::Hasher,
+        on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<u64, SendError> {
         let mut buffer = vec![0u8; MAX_DATA_LEN as usize];
         let mut total = 0u64;
@@ -380,6 +361,9 @@ impl Session {
             let chunk = &buffer[..filled];
             hasher.update(chunk);
             self.write_chunk(chunk).await?;
+            on_event(Event::Progress {
+                bytes: filled as u64,
+            });
             total += filled as u64;
             self.summary.bytes_sent += filled as u64;
         }

@@ -7,8 +7,9 @@ mod haul;
 mod seed;
 mod walk;
 
-pub use haul::{Event, HaulOptions, Summary, send_haul};
-pub use seed::send_seed_file;
+pub use haul::send_haul;
+pub use seed::send_seed;
+pub use walk::{Totals, measure};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,17 +17,63 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::protocol::haul::DecodeError;
+use crate::protocol::haul::{DecodeError, Hash};
 use crate::protocol::seed::EncodeError;
+use crate::throttle::RateLimit;
 use crate::transfer::PumpError;
 
-/// How a file reached the server.
+/// What happened to one entry, as it happens. `path` is the path the entry
+/// is sent under, relative to the server's directory, except for sources
+/// that could not be read at all, which are named as given.
 #[derive(Debug)]
-pub struct Sent {
-    /// The name the server was asked to store the file under.
-    pub name: String,
-    pub bytes: u64,
-    pub elapsed: Duration,
+pub enum Event<'a> {
+    /// A file's bytes start to go out; the server already holds the first
+    /// `offset` of them. `size` is `None` for standard input.
+    Started {
+        path: &'a str,
+        size: Option<u64>,
+        offset: u64,
+    },
+    /// `bytes` more bytes of the file last started have been sent.
+    Progress { bytes: u64 },
+    /// The server has the file. With haul's protocol it verified the bytes
+    /// against `hash`, synced them and stored them under `stored_as`; the
+    /// seed protocol gives no receipt, so both are `None` and all that is
+    /// known is that the server read every byte and closed in good order.
+    Stored {
+        path: &'a str,
+        stored_as: Option<&'a str>,
+        bytes: u64,
+        hash: Option<&'a Hash>,
+    },
+    /// The server already had identical content under this path.
+    AlreadyThere { path: &'a str, bytes: u64 },
+    /// This entry was not delivered.
+    Failed { path: &'a str, reason: &'a str },
+    /// Something was passed over on purpose.
+    Skipped { path: &'a str, reason: &'a str },
+}
+
+/// How to drive a send.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions {
+    /// How long to wait for any sign of progress from the server.
+    pub idle: Duration,
+    /// Ask the server for zstd-compressed data frames (haul's protocol only).
+    pub compress: bool,
+    /// Cap on the bytes per second written to the socket.
+    pub limit: Option<RateLimit>,
+}
+
+/// Counts for the closing line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub stored: u64,
+    pub already_there: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    /// File bytes sent, before compression (resumed parts excluded).
+    pub bytes_sent: u64,
 }
 
 /// Why one file was not sent completely.

@@ -1,27 +1,76 @@
 //! Sending with the seed protocol: one connection per file.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use super::{SendError, Sent, base_name, connect};
+use super::{Event, SendError, SendOptions, Summary, base_name, connect};
 use crate::protocol::seed::{self, Reply};
-use crate::throttle::{RateLimit, Throttle};
+use crate::throttle::Throttle;
 use crate::transfer::pump;
 
-/// Sends one file with the seed protocol: one connection, the header in one
-/// write, `go ahead`, the bytes, then a half-close and a wait for the server
-/// to close, so that a server hanging up early is reported as a failure.
-pub async fn send_seed_file(
+/// Sends each source with the seed protocol, one connection per file,
+/// reporting each file to `on_event`. An `Err` means the server could not be
+/// reached; per-file failures are events and counts.
+pub async fn send_seed(
+    to: &str,
+    sources: &[PathBuf],
+    name: Option<&str>,
+    options: SendOptions,
+    mut on_event: impl FnMut(Event<'_>),
+) -> Result<Summary, SendError> {
+    let mut summary = Summary::default();
+    for path in sources {
+        let name = match name {
+            Some(name) => name.to_owned(),
+            None => match base_name(path) {
+                Ok(name) => name,
+                Err(error) => {
+                    summary.failed += 1;
+                    on_event(Event::Failed {
+                        path: &path.display().to_string(),
+                        reason: &error.to_string(),
+                    });
+                    continue;
+                }
+            },
+        };
+        match send_file(to, path, &name, options, &mut on_event).await {
+            Ok(bytes) => {
+                summary.stored += 1;
+                summary.bytes_sent += bytes;
+                on_event(Event::Stored {
+                    path: &name,
+                    stored_as: None,
+                    bytes,
+                    hash: None,
+                });
+            }
+            Err(error) if error.is_connect() => return Err(error),
+            Err(error) => {
+                summary.failed += 1;
+                on_event(Event::Failed {
+                    path: &name,
+                    reason: &error.to_string(),
+                });
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Sends one file: one connection, the header in one write, `go ahead`, the
+/// bytes, then a half-close and a wait for the server to close, so that a
+/// server hanging up early is reported as a failure. Returns the bytes sent.
+async fn send_file(
     to: &str,
     path: &Path,
-    name: Option<&str>,
-    idle: Duration,
-    limit: Option<RateLimit>,
-) -> Result<Sent, SendError> {
-    let started = Instant::now();
+    name: &str,
+    options: SendOptions,
+    on_event: &mut impl FnMut(Event<'_>),
+) -> Result<u64, SendError> {
     let source_error = |source| SendError::Source {
         path: path.to_owned(),
         source,
@@ -31,24 +80,27 @@ pub async fn send_seed_file(
     if metadata.is_dir() {
         return Err(SendError::IsDirectory(path.to_owned()));
     }
-    let name = match name {
-        Some(name) => name.to_owned(),
-        None => base_name(path)?,
-    };
     let size = metadata.len();
-    let header = seed::encode_header(size, &name)?;
+    let header = seed::encode_header(size, name)?;
 
-    let mut stream = Throttle::new(connect(to).await?, limit);
+    let idle = options.idle;
+    let mut stream = Throttle::new(connect(to).await?, options.limit);
     stream.write_all(&header).await?;
     await_go_ahead(&mut stream, idle).await?;
-    pump(&mut file, &mut stream, size, idle, |_| {}).await?;
+    on_event(Event::Started {
+        path: name,
+        size: Some(size),
+        offset: 0,
+    });
+    pump(&mut file, &mut stream, size, idle, |chunk| {
+        on_event(Event::Progress {
+            bytes: chunk.len() as u64,
+        });
+    })
+    .await?;
     stream.shutdown().await?;
     await_close(&mut stream, idle).await?;
-    Ok(Sent {
-        name,
-        bytes: size,
-        elapsed: started.elapsed(),
-    })
+    Ok(size)
 }
 
 async fn await_go_ahead(

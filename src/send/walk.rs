@@ -52,6 +52,32 @@ pub fn walk(sources: &[PathBuf], name: Option<&str>) -> impl Iterator<Item = Wal
         .flat_map(move |source| walk_one(source, name.clone()))
 }
 
+/// How much there is to send, for showing progress against a total.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub files: u64,
+    /// `None` when a size is known only at the end (standard input).
+    pub bytes: Option<u64>,
+}
+
+/// Counts the files under `sources` and adds up their sizes, walking them
+/// exactly as [`walk`] does.
+pub fn measure(sources: &[PathBuf], name: Option<&str>) -> Totals {
+    let mut totals = Totals {
+        files: 0,
+        bytes: Some(0),
+    };
+    for walked in walk(sources, name) {
+        if let Walked::Entry(entry) = walked
+            && entry.kind == EntryKind::File
+        {
+            totals.files += 1;
+            totals.bytes = totals.bytes.zip(entry.size).map(|(sum, size)| sum + size);
+        }
+    }
+    totals
+}
+
 fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Walked>> {
     let shown = source.display().to_string();
     if source.as_os_str() == "-" {
