@@ -13,7 +13,7 @@ use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{Server, ServerConfig};
 use haul::store::OnConflict;
 use haul::throttle::RateLimit;
-use report::Reporter;
+use report::{Output, Reporter};
 
 mod report;
 
@@ -117,6 +117,9 @@ big-endian size, the file name, `go ahead`, the bytes.")]
         /// e.g. `512K` or `10M`.
         #[arg(long, value_name = "RATE")]
         limit_rate: Option<RateLimit>,
+        /// Print only failures: no progress display, no closing line.
+        #[arg(short, long)]
+        quiet: bool,
         /// Files or folders to send; `-` sends standard input.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
@@ -188,6 +191,7 @@ fn main() -> ExitCode {
             name,
             compress,
             limit_rate,
+            quiet,
             paths,
         } => {
             if compress && protocol == Protocol::Seed {
@@ -208,8 +212,15 @@ fn main() -> ExitCode {
                 compress,
                 limit: limit_rate,
             };
-            let mut reporter = Reporter::new(&to);
+            let output = if quiet {
+                Output::Quiet
+            } else if std::io::stderr().is_terminal() {
+                Output::Progress
+            } else {
+                Output::Lines
+            };
             let name = name.as_deref();
+            let mut reporter = Reporter::new(output, &to, &paths, name);
             let outcome = runtime.block_on(async {
                 match protocol {
                     Protocol::Haul => {

@@ -1,14 +1,36 @@
 //! What `haul send` shows of a send. Part of the binary, not the library:
 //! the library reports [`Event`]s and a [`Summary`]; this module decides how
-//! they look. Messages for people go to stderr, one line each.
+//! they look. Everything for people goes to stderr.
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use haul::send::{Event, SendError, Summary};
+use haul::send::{self, Event, SendError, Summary};
 use haul::transfer::Rate;
+use indicatif::{
+    HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState,
+    ProgressStyle,
+};
+
+/// How a send is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// One line per file and a closing line: for logs and pipes.
+    Lines,
+    /// A live display of the whole send and the current file, lines only
+    /// for what needs attention, and the closing line: for a terminal.
+    Progress,
+    /// Only failures.
+    Quiet,
+}
 
 /// Turns the events of one send into what the user sees.
 pub struct Reporter {
+    output: Output,
+    /// Present while a live display is drawn.
+    progress: Option<Progress>,
     /// The server's address, for the closing line.
     to: String,
     /// When the send began, for the closing line's rate.
@@ -16,14 +38,21 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(to: &str) -> Reporter {
+    /// Starts reporting a send of `sources` to `to`; with
+    /// [`Output::Progress`], the display appears at once.
+    pub fn new(output: Output, to: &str, sources: &[PathBuf], name: Option<&str>) -> Reporter {
         Reporter {
+            output,
+            progress: (output == Output::Progress).then(|| Progress::start(sources, name)),
             to: to.to_owned(),
             started: Instant::now(),
         }
     }
 
     pub fn event(&mut self, event: Event<'_>) {
+        if let Some(progress) = &self.progress {
+            progress.event(&event);
+        }
         match event {
             Event::Started { .. } | Event::Progress { .. } => {}
             Event::Stored {
@@ -32,32 +61,35 @@ impl Reporter {
                 bytes,
                 ..
             } if stored_as != path => {
-                eprintln!("haul: stored {path} as {stored_as} ({bytes} bytes)");
+                self.note(&format!("stored {path} as {stored_as} ({bytes} bytes)"));
             }
             Event::Stored {
                 path,
                 stored_as: Some(_),
                 bytes,
                 ..
-            } => eprintln!("haul: stored {path} ({bytes} bytes)"),
+            } => self.routine(&format!("stored {path} ({bytes} bytes)")),
             Event::Stored {
                 path,
                 stored_as: None,
                 bytes,
                 ..
-            } => eprintln!("haul: sent {path} ({bytes} bytes)"),
+            } => self.routine(&format!("sent {path} ({bytes} bytes)")),
             Event::AlreadyThere { path, .. } => {
-                eprintln!("haul: {path} is already there, identical");
+                self.routine(&format!("{path} is already there, identical"));
             }
-            Event::Failed { path, reason } => eprintln!("haul: {path}: {reason}"),
-            Event::Skipped { path, reason } => eprintln!("haul: skipped {path}: {reason}"),
+            Event::Failed { path, reason } => self.error(&format!("{path}: {reason}")),
+            Event::Skipped { path, reason } => self.note(&format!("skipped {path}: {reason}")),
         }
     }
 
     /// Ends the report with the closing line, or with why the send failed.
     pub fn finish(&mut self, outcome: &Result<Summary, SendError>) {
+        if let Some(progress) = self.progress.take() {
+            progress.clear();
+        }
         match outcome {
-            Ok(summary) => eprintln!(
+            Ok(summary) if self.output != Output::Quiet => eprintln!(
                 "haul: {} stored, {} already there, {} failed, {} skipped; {} bytes sent to {} ({})",
                 summary.stored,
                 summary.already_there,
@@ -70,7 +102,153 @@ impl Reporter {
                     elapsed: self.started.elapsed()
                 }
             ),
+            Ok(_) => {}
             Err(error) => eprintln!("haul: {error}"),
         }
     }
+
+    /// A line worth a look on a terminal too: a rename, a skip.
+    fn note(&self, line: &str) {
+        if self.output != Output::Quiet {
+            self.print(line);
+        }
+    }
+
+    /// A line for each file that went as expected: only in a log.
+    fn routine(&self, line: &str) {
+        if self.output == Output::Lines {
+            self.print(line);
+        }
+    }
+
+    fn error(&self, line: &str) {
+        self.print(line);
+    }
+
+    fn print(&self, line: &str) {
+        match &self.progress {
+            Some(progress) => progress.multi.suspend(|| eprintln!("haul: {line}")),
+            None => eprintln!("haul: {line}"),
+        }
+    }
+}
+
+/// The live display: the whole send on one line, the current file below.
+struct Progress {
+    multi: MultiProgress,
+    /// Bytes of the whole send, against the total once it is counted.
+    overall: ProgressBar,
+    /// Bytes of the file being sent.
+    current: ProgressBar,
+    /// Files started or found already there, for the `{files}` key. Counted
+    /// as they go rather than as receipts arrive, which is once per batch.
+    files_done: Arc<AtomicU64>,
+}
+
+/// Stands for "not counted yet" in the total of files.
+const COUNTING: u64 = u64::MAX;
+
+impl Progress {
+    fn start(sources: &[PathBuf], name: Option<&str>) -> Progress {
+        let files_done = Arc::new(AtomicU64::new(0));
+        let files_total = Arc::new(AtomicU64::new(COUNTING));
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let overall = multi.add(ProgressBar::no_length().with_style(overall_style(
+            Arc::clone(&files_done),
+            Arc::clone(&files_total),
+        )));
+        let current = multi.add(ProgressBar::no_length().with_style(current_style()));
+        overall.enable_steady_tick(Duration::from_millis(100));
+
+        // Count in the background, so that a large tree starts going at once.
+        let sources = sources.to_vec();
+        let name = name.map(str::to_owned);
+        let bar = overall.downgrade();
+        std::thread::spawn(move || {
+            let totals = send::measure(&sources, name.as_deref());
+            if let (Some(bar), Some(bytes)) = (bar.upgrade(), totals.bytes) {
+                bar.set_length(bytes);
+            }
+            files_total.store(totals.files, Ordering::Relaxed);
+        });
+        Progress {
+            multi,
+            overall,
+            current,
+            files_done,
+        }
+    }
+
+    fn event(&self, event: &Event<'_>) {
+        match *event {
+            Event::Started { path, size, offset } => {
+                self.current.reset();
+                match size {
+                    Some(size) => self.current.set_length(size),
+                    None => self.current.unset_length(),
+                }
+                self.current.set_position(offset);
+                self.current.set_message(path.to_owned());
+                self.overall.inc(offset);
+                self.files_done.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Progress { bytes } => {
+                self.current.inc(bytes);
+                self.overall.inc(bytes);
+            }
+            Event::AlreadyThere { bytes, .. } => {
+                self.files_done.fetch_add(1, Ordering::Relaxed);
+                self.overall.inc(bytes);
+            }
+            Event::Stored { .. } | Event::Failed { .. } | Event::Skipped { .. } => {}
+        }
+    }
+
+    /// Takes the display off the screen, leaving the cursor where it began,
+    /// and stops it drawing again.
+    fn clear(self) {
+        let _ = self.multi.clear();
+        self.multi.set_draw_target(ProgressDrawTarget::hidden());
+        self.overall.finish_and_clear();
+        self.current.finish_and_clear();
+    }
+}
+
+fn overall_style(files_done: Arc<AtomicU64>, files_total: Arc<AtomicU64>) -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner:.green} {bytes:>10} of {total} [{bar:28.cyan/blue}] {binary_bytes_per_sec:>12}, {left} left, {files}",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ")
+    .with_key("total", total)
+    .with_key("left", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+        let _ = match state.len() {
+            Some(_) => write!(out, "{}", HumanDuration(state.eta())),
+            None => write!(out, "?"),
+        };
+    })
+    .with_key(
+        "files",
+        move |_: &ProgressState, out: &mut dyn std::fmt::Write| {
+            let done = files_done.load(Ordering::Relaxed);
+            let _ = match files_total.load(Ordering::Relaxed) {
+                COUNTING => write!(out, "{done} files"),
+                total => write!(out, "{done}/{total} files"),
+            };
+        },
+    )
+}
+
+fn current_style() -> ProgressStyle {
+    ProgressStyle::with_template("  {wide_msg} {bytes:>10} of {total}")
+        .expect("a valid template")
+        .with_key("total", total)
+}
+
+/// The `{total}` key: the length in bytes, or `?` while it is unknown.
+fn total(state: &ProgressState, out: &mut dyn std::fmt::Write) {
+    let _ = match state.len() {
+        Some(len) => write!(out, "{}", HumanBytes(len)),
+        None => write!(out, "?"),
+    };
 }

@@ -59,3 +59,130 @@ fn a_rate_that_is_not_one_is_a_usage_error() {
         stderr_of(&output)
     );
 }
+
+/// Runs `haul ARGS` in a pseudo-terminal made by util-linux's `script`, and
+/// returns everything the terminal received, escape sequences included.
+fn haul_on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let quoted: Vec<String> = std::iter::once(util::HAUL)
+        .chain(args.iter().copied())
+        .map(|arg| format!("'{}'", arg.replace('\'', r"'\''")))
+        .collect();
+    let command = format!("stty cols 120 rows 40; exec {}", quoted.join(" "));
+    let output = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run `script` (util-linux) to get a pseudo-terminal");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// The text after the last "erase line" sequence and the cursor moves up
+/// that follow it: what is written once the progress display is taken away.
+fn after_last_erase(transcript: &str) -> &str {
+    let mut rest = transcript.rsplit("\x1b[2K").next().unwrap();
+    while let Some(after) = rest.strip_prefix("\x1b[") {
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match after[digits..].strip_prefix('A') {
+            Some(moved) => rest = moved,
+            None => break,
+        }
+    }
+    rest
+}
+
+#[test]
+fn on_a_terminal_send_shows_progress_then_one_clean_summary_line() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let folder = source.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    write_file(&folder, "big.bin", 1024 * 1024);
+    for index in 0..50 {
+        write_file(&folder, &format!("small-{index}.txt"), 100 + index);
+    }
+    // The rate limit makes the send last about a second, long enough for
+    // the display to be drawn several times.
+    let (code, transcript) = haul_on_a_terminal(
+        &[
+            "send",
+            "--to",
+            server.addr(),
+            "--limit-rate",
+            "1M",
+            folder.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{transcript:?}");
+    assert!(
+        transcript.contains("folder/big.bin") && transcript.contains("/51 files"),
+        "no progress display in {transcript:?}"
+    );
+    assert!(transcript.contains(" left, "), "{transcript:?}");
+    assert!(
+        transcript.contains("\x1b[3"),
+        "no colours in {transcript:?}"
+    );
+    let rest = after_last_erase(&transcript);
+    assert!(
+        rest.starts_with("haul: 51 stored, 0 already there, 0 failed, 0 skipped; ")
+            && rest.trim_end().lines().count() == 1
+            && !rest.contains('\x1b'),
+        "the display did not end in one clean line: {rest:?}"
+    );
+    // Per-file lines are for logs, not for a terminal with a display.
+    assert!(!transcript.contains("haul: stored"), "{transcript:?}");
+}
+
+#[test]
+fn no_color_turns_the_colours_of_the_progress_display_off() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = write_file(source.path(), "plain.bin", 512 * 1024);
+    let (code, transcript) = haul_on_a_terminal(
+        &["send", "--to", server.addr(), "--limit-rate", "1M", &path],
+        &[("NO_COLOR", "1")],
+    );
+    assert_eq!(code, Some(0), "{transcript:?}");
+    assert!(transcript.contains("plain.bin"), "{transcript:?}");
+    assert!(
+        !transcript.contains("\x1b[3"),
+        "colours despite NO_COLOR: {transcript:?}"
+    );
+}
+
+#[test]
+fn quiet_draws_nothing_and_prints_nothing_on_success() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = write_file(source.path(), "hush.bin", 64 * 1024);
+    let (code, transcript) =
+        haul_on_a_terminal(&["send", "--quiet", "--to", server.addr(), &path], &[]);
+    assert_eq!(code, Some(0), "{transcript:?}");
+    assert_eq!(transcript, "");
+    server.wait_stored("hush.bin");
+}
+
+#[test]
+fn without_a_terminal_nothing_is_drawn() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = write_file(source.path(), "piped.bin", 64 * 1024);
+    let output = haul(&["send", "--to", server.addr(), &path]);
+    assert!(output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>()[0],
+        "haul: stored piped.bin (65536 bytes)"
+    );
+}
