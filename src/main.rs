@@ -120,6 +120,10 @@ big-endian size, the file name, `go ahead`, the bytes.")]
         /// Print only failures: no progress display, no closing line.
         #[arg(short, long)]
         quiet: bool,
+        /// Print one JSON object per line on stdout for each file and a
+        /// closing summary, for scripts; stderr gets only failures.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
         /// Files or folders to send; `-` sends standard input.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
@@ -192,6 +196,7 @@ fn main() -> ExitCode {
             compress,
             limit_rate,
             quiet,
+            json,
             paths,
         } => {
             if compress && protocol == Protocol::Seed {
@@ -212,7 +217,9 @@ fn main() -> ExitCode {
                 compress,
                 limit: limit_rate,
             };
-            let output = if quiet {
+            let output = if json {
+                Output::Json
+            } else if quiet {
                 Output::Quiet
             } else if std::io::stderr().is_terminal() {
                 Output::Progress

@@ -1,7 +1,9 @@
 //! What `haul send` shows of a send. Part of the binary, not the library:
 //! the library reports [`Event`]s and a [`Summary`]; this module decides how
-//! they look. Everything for people goes to stderr.
+//! they look. Everything for people goes to stderr; with `--json`, stdout
+//! carries one JSON object per event and nothing else.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,7 @@ use indicatif::{
     HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState,
     ProgressStyle,
 };
+use serde::Serialize;
 
 /// How a send is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +27,68 @@ pub enum Output {
     Progress,
     /// Only failures.
     Quiet,
+    /// One JSON object per line on stdout for each event and a closing
+    /// summary; only failures on stderr.
+    Json,
+}
+
+/// One line of `--json` output. The field names are an interface: scripts
+/// read them, and the README lists them.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum JsonLine<'a> {
+    Started {
+        path: &'a str,
+        /// `null` for standard input.
+        size: Option<u64>,
+        /// Bytes the server already held: the send resumes after them.
+        offset: u64,
+    },
+    Stored {
+        path: &'a str,
+        /// `null` with the seed protocol, which gives no receipt.
+        stored_as: Option<&'a str>,
+        bytes: u64,
+        /// Hex; `null` with the seed protocol.
+        blake3: Option<String>,
+        /// Whether the server confirmed the content by its hash.
+        verified: bool,
+    },
+    AlreadyThere {
+        path: &'a str,
+        bytes: u64,
+    },
+    Skipped {
+        path: &'a str,
+        reason: &'a str,
+    },
+    Failed {
+        path: &'a str,
+        reason: &'a str,
+    },
+    Summary {
+        stored: u64,
+        already_there: u64,
+        failed: u64,
+        skipped: u64,
+        bytes_sent: u64,
+        seconds: f64,
+        to: &'a str,
+        /// Why the send as a whole failed (e.g. the server is unreachable).
+        error: Option<String>,
+    },
+}
+
+impl JsonLine<'_> {
+    /// Writes the line to stdout at once, so that a reader sees each event
+    /// as it happens. A closed stdout is not haul's failure to report.
+    fn print(&self) {
+        let mut stdout = std::io::stdout().lock();
+        if serde_json::to_writer(&mut stdout, self).is_ok() {
+            let _ = writeln!(stdout);
+            let _ = stdout.flush();
+        }
+    }
 }
 
 /// Turns the events of one send into what the user sees.
@@ -50,6 +115,9 @@ impl Reporter {
     }
 
     pub fn event(&mut self, event: Event<'_>) {
+        if self.output == Output::Json {
+            Self::json(&event);
+        }
         if let Some(progress) = &self.progress {
             progress.event(&event);
         }
@@ -88,8 +156,22 @@ impl Reporter {
         if let Some(progress) = self.progress.take() {
             progress.clear();
         }
+        if self.output == Output::Json {
+            let counts = outcome.as_ref().copied().unwrap_or_default();
+            JsonLine::Summary {
+                stored: counts.stored,
+                already_there: counts.already_there,
+                failed: counts.failed,
+                skipped: counts.skipped,
+                bytes_sent: counts.bytes_sent,
+                seconds: self.started.elapsed().as_secs_f64(),
+                to: &self.to,
+                error: outcome.as_ref().err().map(ToString::to_string),
+            }
+            .print();
+        }
         match outcome {
-            Ok(summary) if self.output != Output::Quiet => eprintln!(
+            Ok(summary) if matches!(self.output, Output::Lines | Output::Progress) => eprintln!(
                 "haul: {} stored, {} already there, {} failed, {} skipped; {} bytes sent to {} ({})",
                 summary.stored,
                 summary.already_there,
@@ -107,9 +189,32 @@ impl Reporter {
         }
     }
 
+    fn json(event: &Event<'_>) {
+        let line = match *event {
+            Event::Started { path, size, offset } => JsonLine::Started { path, size, offset },
+            Event::Progress { .. } => return,
+            Event::Stored {
+                path,
+                stored_as,
+                bytes,
+                hash,
+            } => JsonLine::Stored {
+                path,
+                stored_as,
+                bytes,
+                blake3: hash.map(|hash| blake3::Hash::from_bytes(*hash).to_hex().to_string()),
+                verified: hash.is_some(),
+            },
+            Event::AlreadyThere { path, bytes } => JsonLine::AlreadyThere { path, bytes },
+            Event::Failed { path, reason } => JsonLine::Failed { path, reason },
+            Event::Skipped { path, reason } => JsonLine::Skipped { path, reason },
+        };
+        line.print();
+    }
+
     /// A line worth a look on a terminal too: a rename, a skip.
     fn note(&self, line: &str) {
-        if self.output != Output::Quiet {
+        if matches!(self.output, Output::Lines | Output::Progress) {
             self.print(line);
         }
     }

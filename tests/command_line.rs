@@ -186,3 +186,137 @@ fn without_a_terminal_nothing_is_drawn() {
         "haul: stored piped.bin (65536 bytes)"
     );
 }
+
+/// Parses stdout as JSON lines; every line must be one JSON object.
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8(stdout.to_vec())
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("{line:?} is not JSON: {error}"));
+            assert!(value.is_object(), "{line}");
+            value
+        })
+        .collect()
+}
+
+fn of_kind<'a>(lines: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|line| line["event"] == kind).collect()
+}
+
+#[test]
+fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let folder = source.path().join("docs");
+    std::fs::create_dir(&folder).unwrap();
+    write_file(&folder, "a.txt", 1000);
+    write_file(&folder, "b.txt", 2000);
+    let missing = source.path().join("missing.txt");
+    let output = haul(&[
+        "send",
+        "--json",
+        "--to",
+        server.addr(),
+        folder.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let lines = json_lines(&output.stdout);
+
+    let started = of_kind(&lines, "started");
+    assert_eq!(started.len(), 2, "{lines:#?}");
+    assert_eq!(started[0]["path"], "docs/a.txt");
+    assert_eq!(started[0]["size"], 1000);
+    assert_eq!(started[0]["offset"], 0);
+
+    let stored = of_kind(&lines, "stored");
+    assert_eq!(stored.len(), 2, "{lines:#?}");
+    for (line, name) in stored.iter().zip(["a.txt", "b.txt"]) {
+        let bytes = std::fs::read(folder.join(name)).unwrap();
+        assert_eq!(line["path"], format!("docs/{name}"));
+        assert_eq!(line["stored_as"], format!("docs/{name}"));
+        assert_eq!(line["bytes"], bytes.len());
+        assert_eq!(line["blake3"], blake3::hash(&bytes).to_hex().as_str());
+        assert_eq!(line["verified"], true);
+    }
+
+    let failed = of_kind(&lines, "failed");
+    assert_eq!(failed.len(), 1, "{lines:#?}");
+    assert_eq!(failed[0]["path"], missing.to_str().unwrap());
+    assert!(failed[0]["reason"].is_string());
+
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["event"], "summary", "{lines:#?}");
+    assert_eq!(summary["stored"], 2);
+    assert_eq!(summary["failed"], 1);
+    assert_eq!(summary["already_there"], 0);
+    assert_eq!(summary["bytes_sent"], 3000);
+    assert_eq!(summary["to"], server.addr());
+    assert!(summary["error"].is_null());
+
+    // Only the failure reaches stderr, in words.
+    let stderr = stderr_of(&output);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("missing.txt"), "{stderr}");
+
+    // Sent again: both files are already there.
+    let again = haul(&[
+        "send",
+        "--json",
+        "--to",
+        server.addr(),
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr_of(&again));
+    let lines = json_lines(&again.stdout);
+    assert_eq!(of_kind(&lines, "already_there").len(), 2, "{lines:#?}");
+    assert_eq!(lines.last().unwrap()["already_there"], 2);
+    assert_eq!(stderr_of(&again), "");
+}
+
+#[test]
+fn json_with_the_seed_protocol_says_the_file_is_not_verified() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = write_file(source.path(), "plain.txt", 500);
+    let output = haul(&[
+        "send",
+        "--json",
+        "--protocol",
+        "seed",
+        "--to",
+        server.addr(),
+        &path,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let lines = json_lines(&output.stdout);
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|line| line["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["started", "stored", "summary"]);
+    let stored = &lines[1];
+    assert_eq!(stored["path"], "plain.txt");
+    assert_eq!(stored["bytes"], 500);
+    assert_eq!(stored["verified"], false);
+    assert!(stored["blake3"].is_null() && stored["stored_as"].is_null());
+}
+
+#[test]
+fn json_for_an_unreachable_server_is_one_summary_with_the_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let output = haul(&["send", "--json", "--to", &addr, "Cargo.toml"]);
+    assert_eq!(output.status.code(), Some(3));
+    let lines = json_lines(&output.stdout);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["event"], "summary");
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&addr) && error.contains("haul serve"),
+        "{error}"
+    );
+}
