@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{Server, ServerConfig};
 use haul::store::OnConflict;
@@ -38,8 +38,12 @@ const DEFAULT_ADDRESS: &str = "127.0.0.1:12000";
   haul send --to 192.0.2.7:12000 photos/ notes.txt
   tar c dir | haul send - --name dir.tar     send standard input
   haul send --protocol seed report.pdf       speak the classroom protocol
+  haul send --json photos/ | jq -c .         one JSON object per event, for scripts
+  haul completions bash                      print shell completions
+  haul man | man -l -                        read the manual page
 
-Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unreachable."
+Exit codes (haul send): 0 every file sent, 1 some files failed, 2 usage error,
+3 server unreachable."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,8 +58,14 @@ enum Command {
   haul serve --listen 127.0.0.1:0 --dir /tmp/inbox    port 0 picks a free port
 
 The first line on stdout is `listening on ADDR:PORT`; one log line per transfer goes
-to stderr (RUST_LOG=debug for more).")]
+to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
     Serve {
+        /// Log more detail, such as when each session starts and ends (debug level).
+        #[arg(short, long, conflicts_with = "quiet")]
+        verbose: bool,
+        /// Log only warnings and errors, not each transfer.
+        #[arg(short, long)]
+        quiet: bool,
         /// Address and port to listen on (port 0 picks a free port).
         #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADDRESS)]
         listen: SocketAddr,
@@ -91,11 +101,15 @@ to stderr (RUST_LOG=debug for more).")]
   haul send --name final.pdf draft-7.pdf
   tar c dir | haul send - --name dir.tar
   haul send --limit-rate 10M backup.tar      at most 10 MiB per second
+  haul send --json photos/                   JSON lines on stdout, for scripts
 
 With haul's protocol (the default) every file is verified with BLAKE3 and acknowledged
 by a receipt; an interrupted send resumes when run again. With --protocol seed each file
 goes over its own connection, exactly as the classroom protocol describes: 8-byte
-big-endian size, the file name, `go ahead`, the bytes.")]
+big-endian size, the file name, `go ahead`, the bytes.
+
+On a terminal a progress display is drawn on stderr; elsewhere each file gets a line.
+Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unreachable.")]
     Send {
         /// Server address.
         #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDRESS)]
@@ -128,6 +142,20 @@ big-endian size, the file name, `go ahead`, the bytes.")]
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  haul completions bash > ~/.local/share/bash-completion/completions/haul
+  haul completions zsh > ~/.zfunc/_haul
+  haul completions fish > ~/.config/fish/completions/haul.fish")]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    #[command(after_help = "Examples:
+  haul man | man -l -
+  haul man > /usr/local/share/man/man1/haul.1")]
+    Man,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,6 +178,24 @@ const SEND_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "haul", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("haul: cannot print the manual page: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Serve { .. } | Command::Send { .. } => {}
+    }
+    // Only serving and sending need the async runtime.
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -159,6 +205,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve {
+            verbose,
+            quiet,
             listen,
             dir,
             on_conflict,
@@ -166,7 +214,11 @@ fn main() -> ExitCode {
             protocols,
             partial_max_age,
         } => {
-            init_logging();
+            init_logging(match (verbose, quiet) {
+                (true, _) => Some("debug"),
+                (_, true) => Some("warn"),
+                _ => None,
+            });
             let mut config = ServerConfig::new(dir);
             config.on_conflict = match (overwrite, on_conflict) {
                 (true, _) | (false, Conflict::Overwrite) => OnConflict::Overwrite,
@@ -247,12 +299,17 @@ fn main() -> ExitCode {
             reporter.finish(&outcome);
             send_exit_code(&outcome)
         }
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr at `level` if given, else as RUST_LOG says, else at info.
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

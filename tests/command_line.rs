@@ -320,3 +320,79 @@ fn json_for_an_unreachable_server_is_one_summary_with_the_error() {
         "{error}"
     );
 }
+
+/// Compares `actual` with tests/snapshots/NAME.txt, so that changes to what
+/// users read are deliberate. `UPDATE_SNAPSHOTS=1 cargo test` rewrites them.
+fn assert_snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "no snapshot {}; run UPDATE_SNAPSHOTS=1 cargo test",
+            path.display()
+        )
+    });
+    assert!(
+        actual == expected,
+        "{} changed; if that is deliberate, run UPDATE_SNAPSHOTS=1 cargo test and commit it.\n\
+         --- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn help_texts_change_only_on_purpose() {
+    for (name, args) in [
+        ("help", &["--help"][..]),
+        ("help-send", &["send", "--help"]),
+        ("help-serve", &["serve", "--help"]),
+        ("help-completions", &["completions", "--help"]),
+        ("help-man", &["man", "--help"]),
+    ] {
+        let output = haul(args);
+        assert!(output.status.success(), "{args:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains("Examples:"), "{args:?} shows no examples");
+        assert_snapshot(name, &text);
+    }
+}
+
+#[test]
+fn completions_and_the_manual_page_are_printed() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = haul(&["completions", shell]);
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            script.contains("limit-rate") && script.contains("haul"),
+            "{shell}"
+        );
+    }
+    let output = haul(&["man"]);
+    assert!(output.status.success());
+    let page = String::from_utf8(output.stdout).unwrap();
+    assert!(page.contains(".TH haul 1"), "{page}");
+    assert!(page.contains("completions"), "{page}");
+
+    let output = haul(&["completions", "tcsh"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn serve_verbose_logs_each_session() {
+    let server = HaulServer::start(&["--verbose"]);
+    let source = tempfile::tempdir().unwrap();
+    let path = write_file(source.path(), "told.txt", 10);
+    let output = haul(&["send", "--to", server.addr(), &path]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    server.running.wait_for_log(&["DEBUG", "haul handshake"]);
+    server
+        .running
+        .wait_for_log(&["DEBUG", "haul session ended"]);
+}
