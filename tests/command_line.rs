@@ -396,3 +396,78 @@ fn serve_verbose_logs_each_session() {
         .running
         .wait_for_log(&["DEBUG", "haul session ended"]);
 }
+
+#[test]
+fn a_source_that_cannot_be_read_is_one_plain_line_with_a_hint() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let missing = source.path().join("missing.txt");
+    let missing = missing.to_str().unwrap();
+    for protocol in ["haul", "seed"] {
+        let output = haul(&[
+            "send",
+            "--to",
+            server.addr(),
+            "--protocol",
+            protocol,
+            missing,
+        ]);
+        assert_eq!(output.status.code(), Some(1), "{protocol}");
+        let stderr = stderr_of(&output);
+        let line = stderr.lines().next().unwrap();
+        assert!(
+            line.starts_with("haul: ")
+                && line.contains(missing)
+                && line.contains("no such file or directory (check the path)")
+                && !line.contains("os error"),
+            "{protocol}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_name_says_the_server_refused_it() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = write_file(source.path(), "fine.txt", 10);
+
+    let output = haul(&["send", "--to", server.addr(), "--name", ".haul", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.starts_with("haul: .haul: refused by the server: ") && stderr.contains("reserved"),
+        "{stderr}"
+    );
+
+    let output = haul(&[
+        "send",
+        "--to",
+        server.addr(),
+        "--protocol",
+        "seed",
+        "--name",
+        ".haul",
+        &path,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.starts_with("haul: .haul: ") && stderr.contains("may have refused the name"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn nobody_listening_names_the_address_and_the_fix() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let output = haul(&["send", "--to", &addr, "Cargo.toml"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "haul: could not connect to {addr}: connection refused; is `haul serve` running there?\n"
+        )
+    );
+}

@@ -489,7 +489,7 @@ fn a_missing_source_file_is_one_clear_line_and_the_others_still_go() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = stderr_of(&output);
     assert!(
-        stderr.contains("missing.txt") && stderr.contains("No such file"),
+        stderr.contains("missing.txt") && stderr.to_lowercase().contains("no such file"),
         "{stderr}"
     );
     assert_eq!(

@@ -11,7 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
 
 use super::walk::{Entry, Source, Walked, walk};
-use super::{Event, SendError, SendOptions, Summary, connect};
+use super::{Event, SendError, SendOptions, Summary, connect, unreadable};
 use crate::protocol::haul::{
     self, Answer, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
 };
@@ -218,8 +218,14 @@ impl Session {
                 }
                 Message::Failed { reason } => {
                     self.summary.failed += 1;
-                    let reason = local_failure
-                        .unwrap_or_else(|| format!("the server did not store it: {reason}"));
+                    let reason = local_failure.unwrap_or_else(|| {
+                        let hint = if reason.contains("No space left on device") {
+                            "; the server's disk is full"
+                        } else {
+                            ""
+                        };
+                        format!("the server did not store it: {reason}{hint}")
+                    });
                     on_event(Event::Failed {
                         path,
                         reason: &reason,
@@ -253,7 +259,11 @@ impl Session {
                         .await?
                         .map(|error| format!("cannot read {}: {error}", path.display()))
                 }
-                Err(error) => Some(format!("cannot read {}: {error}", path.display())),
+                Err(error) => Some(format!(
+                    "cannot read {}: {}",
+                    path.display(),
+                    unreadable(&error)
+                )),
             },
             Source::Stdin => {
                 self.send_chunks(&mut tokio::io::stdin(), None, &mut hasher, on_event)

@@ -79,7 +79,7 @@ pub struct Summary {
 /// Why one file was not sent completely.
 #[derive(Debug, Error)]
 pub enum SendError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {}", path.display(), unreadable(source))]
     Source { path: PathBuf, source: io::Error },
     #[error("{} is a directory; the seed protocol sends single files", .0.display())]
     IsDirectory(PathBuf),
@@ -87,13 +87,21 @@ pub enum SendError {
     NameNotUtf8(PathBuf),
     #[error("{0}")]
     Name(#[from] EncodeError),
-    #[error("could not connect to {to}: {source}; is `haul serve` running there?")]
+    #[error(
+        "could not connect to {to}: {}; is `haul serve` running there?",
+        plain(source)
+    )]
     Connect { to: String, source: io::Error },
     #[error("the server answered {} instead of \"go ahead\"", quote(.0))]
     NotGoAhead(Vec<u8>),
-    #[error("the server closed the connection without answering \"go ahead\"")]
+    #[error(
+        "the server closed the connection without answering \"go ahead\"; it may have refused the name (its log says why)"
+    )]
     NoReply,
-    #[error("the server sent nothing for {}s", .0.as_secs())]
+    #[error(
+        "the server sent nothing for {}s; it may be busy (at its connection limit) or stuck",
+        .0.as_secs()
+    )]
     Silent(Duration),
     #[error("{}", describe_pump(.0))]
     Pump(#[from] PumpError),
@@ -107,7 +115,7 @@ pub enum SendError {
     Decode(#[from] DecodeError),
     #[error("the server ended the session: {0}")]
     Server(String),
-    #[error("connection failed: {0}")]
+    #[error("connection failed: {}", plain(.0))]
     Io(#[from] io::Error),
 }
 
@@ -115,6 +123,25 @@ impl SendError {
     /// True when the server could not be reached at all.
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect { .. })
+    }
+}
+
+/// An I/O error as words, without Rust's "(os error N)".
+pub(crate) fn plain(error: &io::Error) -> String {
+    let text = error.to_string();
+    let text = text.split(" (os error ").next().unwrap_or_default();
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
+}
+
+/// Why a local file cannot be read, with a hint where there is one.
+pub(crate) fn unreadable(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotFound => format!("{} (check the path)", plain(error)),
+        io::ErrorKind::PermissionDenied => format!("{} (check its permissions)", plain(error)),
+        _ => plain(error),
     }
 }
 

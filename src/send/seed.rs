@@ -124,6 +124,12 @@ async fn await_go_ahead(
             Ok(Ok(0)) if reply.is_empty() => return Err(SendError::NoReply),
             Ok(Ok(0)) => return Err(SendError::NotGoAhead(reply)),
             Ok(Ok(read)) => reply.extend_from_slice(&chunk[..read]),
+            // A server that refuses often closes with data unread: a reset.
+            Ok(Err(error))
+                if reply.is_empty() && error.kind() == std::io::ErrorKind::ConnectionReset =>
+            {
+                return Err(SendError::NoReply);
+            }
             Ok(Err(error)) => return Err(SendError::Io(error)),
         }
     }

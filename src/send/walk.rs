@@ -7,7 +7,7 @@ use std::time::UNIX_EPOCH;
 
 use walkdir::WalkDir;
 
-use super::base_name;
+use super::{base_name, unreadable};
 use crate::protocol::haul::{EntryKind, Mtime};
 
 /// Where an entry's bytes come from.
@@ -119,7 +119,7 @@ fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Wa
                 path: error.path().unwrap_or(&source).display().to_string(),
                 reason: error
                     .io_error()
-                    .map_or_else(|| error.to_string(), ToString::to_string),
+                    .map_or_else(|| error.to_string(), unreadable),
             },
         }
     }))
@@ -153,7 +153,7 @@ fn describe(root: &Path, top: &str, path: &Path, is_root: bool) -> Walked {
         Err(error) => {
             return Walked::Unsendable {
                 path: path.display().to_string(),
-                reason: error.to_string(),
+                reason: unreadable(&error),
             };
         }
     };
