@@ -13,6 +13,10 @@
 //! - [`store`] is the only code that creates, renames or deletes files in the
 //!   server's inbox, and the only place where a received name is judged.
 //!
+//! The `haul` binary (`main.rs`, with `report.rs` for what a send shows) is
+//! a thin layer over these: it parses arguments, calls [`send`] or
+//! [`server`], and turns their events and errors into output and exit codes.
+//!
 //! Data flows socket → [`server`] → [`protocol`] (header) → [`store`] (a
 //! partial file) → [`transfer`] (the bytes) → [`store`] (commit under a final
 //! name).
