@@ -80,6 +80,27 @@ to stderr (RUST_LOG=debug for more).")]
         /// (e.g. `90m`, `24h`, `7d`).
         #[arg(long, default_value = "24h", value_name = "AGE", value_parser = humantime::parse_duration)]
         partial_max_age: Duration,
+        /// Connections served at once; more wait until one ends.
+        #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
+        /// Time a client has to send its header or handshake.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        header_timeout: Duration,
+        /// Time a transfer may make no progress before it is dropped.
+        #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        idle_timeout: Duration,
+        /// Largest file accepted (e.g. `500M`, `4G`; K, M, G are powers of 1024).
+        /// Unlimited by default.
+        #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+        max_file_size: Option<u64>,
+        /// Free space to keep on the inbox's disk: a file that would eat into
+        /// it is refused before any byte is written.
+        #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_byte_size)]
+        reserve: u64,
+        /// On SIGINT or SIGTERM, time given to transfers in flight before
+        /// they are cut (they can resume later).
+        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        grace: Duration,
     },
     /// Send files to a haul server, or to any server of the classroom protocol.
     #[command(after_help = "Examples:
@@ -149,6 +170,12 @@ fn main() -> ExitCode {
             overwrite,
             protocols,
             partial_max_age,
+            max_connections,
+            header_timeout,
+            idle_timeout,
+            max_file_size,
+            reserve,
+            grace,
         } => {
             init_logging();
             let mut config = ServerConfig::new(dir);
@@ -165,7 +192,16 @@ fn main() -> ExitCode {
             }
             config.accept_seed = protocols.contains(&Protocol::Seed);
             config.partial_max_age = partial_max_age;
-            match runtime.block_on(serve(listen, config)) {
+            config.max_connections = max_connections as usize;
+            config.header_timeout = header_timeout;
+            config.idle_timeout = idle_timeout;
+            config.max_file_size = max_file_size;
+            config.reserve = reserve;
+            config.grace = grace;
+            let result = runtime.block_on(serve(listen, config));
+            // Transfers still running after the grace period are cut here.
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("haul: {error:#}");
@@ -205,6 +241,15 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Parses `4G`, `500M`, `64K` or a plain number of bytes; K, M and G are
+/// powers of 1024, as in most file tools.
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(text)
+        .map_err(|error| format!("{error} (try 500M or 4G)"))
 }
 
 fn init_logging() {

@@ -260,6 +260,12 @@ impl Store {
         Ok(removed)
     }
 
+    /// Bytes an unprivileged writer may still add to the inbox's file system.
+    pub fn available_space(&self) -> io::Result<u64> {
+        let stat = rustix::fs::fstatvfs(&self.inner.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
     /// What is stored under `path` now. Symlinks are reported, not followed.
     pub fn existing(&self, path: &RelPath) -> io::Result<Existing> {
         match self.inner.dir.symlink_metadata(path.to_path()) {

@@ -116,9 +116,12 @@ pub async fn send_haul(
         if batch.is_empty() {
             break;
         }
-        session
+        if let Err(error) = session
             .run_batch(batch, &mut differing, &mut on_event)
-            .await?;
+            .await
+        {
+            return Err(session.server_reason_for(error).await);
+        }
     }
     session.goodbye().await?;
     Ok(session.summary)
@@ -405,6 +408,36 @@ impl Session {
         haul::encode_data_header(kind, len, &mut header);
         self.writer.write_all(&header).await?;
         Ok(())
+    }
+
+    /// A write that failed because the server hung up usually has a reason
+    /// waiting in an Error frame: prefer it to the bare connection error.
+    async fn server_reason_for(&mut self, error: SendError) -> SendError {
+        let hung_up = match &error {
+            SendError::Pump(PumpError::Write { .. }) => true,
+            SendError::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            _ => false,
+        };
+        if !hung_up {
+            return error;
+        }
+        const REASON_WAIT: Duration = Duration::from_secs(2);
+        let idle = std::mem::replace(&mut self.idle, REASON_WAIT);
+        let reason = loop {
+            match self.read_frame().await {
+                Ok(frame) => match frame.message() {
+                    Ok(Message::Error { message }) => break Some(message.to_owned()),
+                    Ok(_) => continue,
+                    Err(_) => break None,
+                },
+                Err(_) => break None,
+            }
+        };
+        self.idle = idle;
+        reason.map_or(error, SendError::Server)
     }
 
     async fn goodbye(&mut self) -> Result<(), SendError> {

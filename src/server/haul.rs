@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::{ServerConfig, blocking, log_transfer};
+use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_size};
 use crate::protocol::haul::{
     self, Answer, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader, Hash, Kind,
     MAX_DATA_LEN, Message, Mtime, Offer,
@@ -45,6 +45,8 @@ enum SessionError {
     Vanished,
     #[error(transparent)]
     Pump(#[from] PumpError),
+    #[error("no space left on the server")]
+    NoSpace,
     #[error("storage failed: {0}")]
     Storage(io::Error),
     #[error("connection failed: {0}")]
@@ -123,11 +125,24 @@ pub(super) async fn serve(
                 })
                 .await;
             let _ = session.writer.flush().await;
+            session.linger().await;
         }
     }
 }
 
+/// How long a failed session keeps reading after its Error frame.
+const LINGER: Duration = Duration::from_secs(2);
+
 impl Session<'_> {
+    /// Half-closes and reads (and drops) what the client still sends, for a
+    /// short while. Closing with unread data would reset the connection, and
+    /// a client still sending could then lose the Error frame that says why.
+    async fn linger(&mut self) {
+        let _ = self.writer.shutdown().await;
+        let mut sink = tokio::io::sink();
+        let _ = timeout(LINGER, tokio::io::copy(&mut self.reader, &mut sink)).await;
+    }
+
     async fn run(&mut self) -> Result<(), SessionError> {
         self.handshake().await?;
         let mut batch: Vec<Planned> = Vec::new();
@@ -225,6 +240,22 @@ impl Session<'_> {
                 blocking(move || decide_file(&store, target, size, differs, mtime, on_conflict))
                     .await
             }
+        };
+        let decision = match decision {
+            Ok(Decision::Answer(Answer::Send { offset }, Some(partial))) => {
+                let needed = offer.size.map(|size| size.saturating_sub(offset));
+                match needed.and_then(|needed| refusal_for_size(&self.store, self.config, needed)) {
+                    Some(reason) => {
+                        if partial.offset() == 0 {
+                            // Created just now for this offer: nothing to keep.
+                            partial.discard();
+                        }
+                        Ok(Decision::Refuse(reason))
+                    }
+                    None => Ok(Decision::Answer(Answer::Send { offset }, Some(partial))),
+                }
+            }
+            other => other,
         };
         match decision {
             Ok(Decision::Answer(answer, partial)) => {
@@ -355,6 +386,7 @@ impl Session<'_> {
             match header.kind {
                 Kind::Data => {
                     let len = u64::from(header.len);
+                    check_stream_limit(self.config, received + len)?;
                     if planned.size.is_some_and(|size| received + len > size) {
                         return Err(SessionError::Violation(format!(
                             "more bytes than the {} offered for {}",
@@ -376,7 +408,13 @@ impl Session<'_> {
                         // A write still in flight would land after a resumed
                         // transfer has measured the partial file: let it finish.
                         let _ = file.flush().await;
-                        return Err(error.into());
+                        return Err(match error {
+                            PumpError::Write { source, .. } => {
+                                partial.discard();
+                                storage_error(source)
+                            }
+                            other => other.into(),
+                        });
                     }
                     received += len;
                 }
@@ -394,6 +432,7 @@ impl Session<'_> {
                             SessionError::Violation(format!("bad compressed data: {error}"))
                         })?;
                     let len = zstd.plain.len() as u64;
+                    check_stream_limit(self.config, received + len)?;
                     if planned.size.is_some_and(|size| received + len > size) {
                         return Err(SessionError::Violation(format!(
                             "more bytes than the {} offered for {}",
@@ -404,7 +443,12 @@ impl Session<'_> {
                     hasher.update(&zstd.plain);
                     match timeout(self.config.idle_timeout, file.write_all(&zstd.plain)).await {
                         Err(_) => return Err(SessionError::Idle(self.config.idle_timeout)),
-                        Ok(result) => result.map_err(SessionError::Storage)?,
+                        Ok(Err(error)) => {
+                            let _ = file.flush().await;
+                            partial.discard();
+                            return Err(storage_error(error));
+                        }
+                        Ok(Ok(())) => {}
                     }
                     received += len;
                 }
@@ -610,6 +654,24 @@ fn metadata_of(mtime: Mtime, mode: u32) -> Metadata {
     Metadata {
         modified,
         mode: Some(mode),
+    }
+}
+
+/// A stream of unknown size is held to the size limit as it grows.
+fn check_stream_limit(config: &ServerConfig, total: u64) -> Result<(), SessionError> {
+    match config.max_file_size {
+        Some(max) if total > max => Err(SessionError::Violation(format!(
+            "the file grew past this server's limit of {max} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn storage_error(error: io::Error) -> SessionError {
+    if is_out_of_space(&error) {
+        SessionError::NoSpace
+    } else {
+        SessionError::Storage(error)
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{ServerConfig, blocking, log_transfer};
+use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_size};
 use crate::protocol::seed::{self, Decoded, HeaderError};
 use crate::store::{NameError, RelPath, SafeName, Store, printable};
 use crate::transfer::{PumpError, pump};
@@ -25,6 +25,10 @@ enum SeedError {
     Header(#[from] HeaderError),
     #[error("refused name \"{shown}\": {reason}")]
     RefusedName { shown: String, reason: NameError },
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("no space left on the server")]
+    NoSpace,
     #[error("storage failed: {0}")]
     Storage(io::Error),
     #[error(transparent)]
@@ -81,6 +85,9 @@ async fn receive(
         reason,
     })?;
 
+    if let Some(reason) = refusal_for_size(store, config, header.size) {
+        return Err(SeedError::Refused(reason));
+    }
     let partial = {
         let store = store.clone();
         blocking(move || store.begin(RelPath::single(name)))
@@ -90,7 +97,12 @@ async fn receive(
     let mut file = tokio::fs::File::from_std(partial.writer().map_err(SeedError::Storage)?);
 
     stream.write_all(seed::GO_AHEAD).await?;
-    pump(stream, &mut file, header.size, config.idle_timeout, |_| {}).await?;
+    pump(stream, &mut file, header.size, config.idle_timeout, |_| {})
+        .await
+        .map_err(|error| match error {
+            PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
+            other => SeedError::Pump(other),
+        })?;
     drop(file);
 
     blocking(move || partial.commit())
