@@ -11,6 +11,7 @@
 //!   move a known number of bytes from a reader to a writer.
 //! - [`store`] is the only code that creates, renames or deletes files in the
 //!   server's inbox, and the only place where a received name is judged.
+//! - [`text`] makes text from the other side safe to log or print.
 //!
 //! Data flows socket → [`server`] → [`protocol`] (header) → [`store`] (a
 //! partial file) → [`transfer`] (the bytes) → [`store`] (commit under a final
@@ -20,4 +21,5 @@ pub mod protocol;
 pub mod send;
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod transfer;

@@ -15,6 +15,7 @@ use super::{SendError, connect};
 use crate::protocol::haul::{
     self, Answer, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
 };
+use crate::text::printable;
 use crate::transfer::{PumpError, pump};
 
 /// Most entries offered in one batch.
@@ -214,7 +215,7 @@ impl Session {
                     self.summary.failed += 1;
                     on_event(Event::Failed {
                         path: &entry.path,
-                        reason: &format!("refused by the server: {reason}"),
+                        reason: &format!("refused by the server: {}", printable(reason.as_bytes())),
                     });
                 }
                 other => return Err(unexpected(&other, "an answer fitting the offer")),
@@ -242,7 +243,7 @@ impl Session {
                     self.summary.stored += 1;
                     on_event(Event::Stored {
                         path,
-                        stored_as,
+                        stored_as: &printable(stored_as.as_bytes()),
                         bytes: size,
                     });
                 }
@@ -253,8 +254,12 @@ impl Session {
                 }
                 Message::Failed { reason } => {
                     self.summary.failed += 1;
-                    let reason = local_failure
-                        .unwrap_or_else(|| format!("the server did not store it: {reason}"));
+                    let reason = local_failure.unwrap_or_else(|| {
+                        format!(
+                            "the server did not store it: {}",
+                            printable(reason.as_bytes())
+                        )
+                    });
                     on_event(Event::Failed {
                         path,
                         reason: &reason,
@@ -429,7 +434,7 @@ impl Session {
         let reason = loop {
             match self.read_frame().await {
                 Ok(frame) => match frame.message() {
-                    Ok(Message::Error { message }) => break Some(message.to_owned()),
+                    Ok(Message::Error { message }) => break Some(printable(message.as_bytes())),
                     Ok(_) => continue,
                     Err(_) => break None,
                 },
@@ -510,7 +515,7 @@ impl Frame {
 
 fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
     match message {
-        Message::Error { message } => SendError::Server((*message).to_owned()),
+        Message::Error { message } => SendError::Server(printable(message.as_bytes())),
         other => SendError::Protocol(format!("expected {wanted}, got {other:?}")),
     }
 }

@@ -20,7 +20,8 @@ use crate::protocol::haul::{
     self, Answer, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader, Hash, Kind,
     MAX_DATA_LEN, Message, Mtime, Offer,
 };
-use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store, printable};
+use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store};
+use crate::text::printable;
 use crate::transfer::{PumpError, pump};
 
 /// Most offers one batch may carry: bounds what a client can make the

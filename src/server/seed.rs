@@ -11,7 +11,8 @@ use tokio::time::timeout;
 
 use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_size};
 use crate::protocol::seed::{self, Decoded, HeaderError};
-use crate::store::{NameError, RelPath, SafeName, Store, printable};
+use crate::store::{NameError, RelPath, SafeName, Store};
+use crate::text::printable;
 use crate::transfer::{PumpError, pump};
 
 /// Why a seed connection ended without storing a file.
