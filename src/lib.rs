@@ -18,6 +18,7 @@
 //! name).
 
 pub mod protocol;
+pub mod secure;
 pub mod send;
 pub mod server;
 pub mod store;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use haul::secure::Secret;
 use haul::send::{self, Event, HaulOptions, SendError};
 use haul::server::{Server, ServerConfig};
 use haul::store::OnConflict;
@@ -45,6 +46,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a new random secret (256 bits) for HAUL_TOKEN or --token-file.
+    #[command(after_help = "Example:
+  haul token > ~/.haul-token && chmod 600 ~/.haul-token
+  haul serve --token-file ~/.haul-token
+  HAUL_TOKEN=$(cat ~/.haul-token) haul send report.pdf")]
+    Token,
     /// Receive files into a directory.
     #[command(after_help = "Examples:
   haul serve
@@ -97,6 +104,14 @@ to stderr (RUST_LOG=debug for more).")]
         /// it is refused before any byte is written.
         #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_byte_size)]
         reserve: u64,
+        /// Read the shared secret from this file (instead of HAUL_TOKEN).
+        /// With a secret, haul sessions must hold it and are encrypted.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// With a secret set, still accept the classroom protocol, which
+        /// cannot authenticate.
+        #[arg(long)]
+        allow_seed: bool,
         /// On SIGINT or SIGTERM, time given to transfers in flight before
         /// they are cut (they can resume later).
         #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -129,6 +144,9 @@ big-endian size, the file name, `go ahead`, the bytes.")]
         /// worth it on slow links, not on fast ones).
         #[arg(long)]
         compress: bool,
+        /// Read the shared secret from this file (instead of HAUL_TOKEN).
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
         /// Files or folders to send; `-` sends standard input.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
@@ -175,6 +193,8 @@ fn main() -> ExitCode {
             idle_timeout,
             max_file_size,
             reserve,
+            token_file,
+            allow_seed,
             grace,
         } => {
             init_logging();
@@ -190,7 +210,32 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             }
-            config.accept_seed = protocols.contains(&Protocol::Seed);
+            let secret = match load_secret(token_file.as_deref()) {
+                Ok(secret) => secret,
+                Err(error) => {
+                    eprintln!("haul: {error}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            let wants_seed = protocols.contains(&Protocol::Seed);
+            config.accept_seed = wants_seed && (secret.is_none() || allow_seed);
+            if secret.is_some() && wants_seed && allow_seed {
+                tracing::warn!(
+                    "--allow-seed: classroom-protocol clients are accepted without authentication"
+                );
+            } else if secret.is_some() && wants_seed {
+                tracing::info!(
+                    "the classroom protocol is off because a secret is set (--allow-seed turns it on)"
+                );
+            }
+            if secret.is_none() && !listen.ip().is_loopback() {
+                tracing::warn!(
+                    address = %listen,
+                    "listening beyond this machine with no secret: anyone who can reach the port can write \
+                     to the inbox, in clear; set HAUL_TOKEN or --token-file"
+                );
+            }
+            config.secret = secret;
             config.partial_max_age = partial_max_age;
             config.max_connections = max_connections as usize;
             config.header_timeout = header_timeout;
@@ -209,11 +254,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Token => match haul::secure::new_token() {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("haul: cannot get random bytes from the system: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Send {
             to,
             protocol,
             name,
             compress,
+            token_file,
             paths,
         } => {
             if compress && protocol == Protocol::Seed {
@@ -231,9 +287,17 @@ fn main() -> ExitCode {
             }
             match protocol {
                 Protocol::Haul => {
+                    let secret = match load_secret(token_file.as_deref()) {
+                        Ok(secret) => secret,
+                        Err(error) => {
+                            eprintln!("haul: {error}");
+                            return ExitCode::from(exit::USAGE);
+                        }
+                    };
                     let options = HaulOptions {
                         idle: SEND_IDLE_TIMEOUT,
                         compress,
+                        secret,
                     };
                     runtime.block_on(send_with_haul(&to, name.as_deref(), &paths, options))
                 }
@@ -241,6 +305,20 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The shared secret from `--token-file`, else from HAUL_TOKEN, if any.
+/// Never from a plain argument, where other users could read it in `ps`.
+fn load_secret(token_file: Option<&std::path::Path>) -> Result<Option<Secret>, String> {
+    let text = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read the secret from {}: {error}", path.display()))?,
+        None => match std::env::var("HAUL_TOKEN") {
+            Ok(text) if !text.trim().is_empty() => text,
+            _ => return Ok(None),
+        },
+    };
+    Secret::new(&text).map(Some)
 }
 
 /// Parses `4G`, `500M`, `64K` or a plain number of bytes; K, M and G are

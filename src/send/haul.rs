@@ -6,15 +6,18 @@ use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::time::timeout;
 
 use super::walk::{Entry, Source, Walked, walk};
 use super::{SendError, connect};
 use crate::protocol::haul::{
-    self, Answer, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
+    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN,
+    Message, Offer,
 };
+use crate::secure::{self, HandshakeError, Secret};
 use crate::text::printable;
 use crate::transfer::{PumpError, pump};
 
@@ -42,12 +45,14 @@ pub enum Event<'a> {
 }
 
 /// How to drive a haul session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct HaulOptions {
     /// How long to wait for any sign of progress from the server.
     pub idle: Duration,
     /// Ask the server for zstd-compressed data frames.
     pub compress: bool,
+    /// Authenticate with this secret and encrypt the session.
+    pub secret: Option<Secret>,
 }
 
 /// Counts for the closing line.
@@ -74,13 +79,15 @@ pub async fn send_haul(
     let stream = connect(to).await?;
     let (reader, writer) = stream.into_split();
     let mut session = Session {
-        reader: BufReader::new(reader),
-        writer: BufWriter::with_capacity(64 * 1024, writer),
+        reader: BufReader::new(Box::new(reader)),
+        writer: BufWriter::with_capacity(64 * 1024, Box::new(writer)),
         idle: options.idle,
         summary: Summary::default(),
         compressor: None,
     };
-    session.handshake(options.compress).await?;
+    session
+        .handshake(options.compress, options.secret.as_ref())
+        .await?;
 
     let mut walked = walk(sources, name);
     let mut differing: VecDeque<Entry> = VecDeque::new();
@@ -128,9 +135,13 @@ pub async fn send_haul(
     Ok(session.summary)
 }
 
+/// The session's byte streams: plain socket halves, or the encrypted channel.
+type BoxedReader = Box<dyn AsyncRead + Unpin + Send>;
+type BoxedWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
 struct Session {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<BoxedReader>,
+    writer: BufWriter<BoxedWriter>,
     idle: Duration,
     summary: Summary,
     /// Present once the server granted compression.
@@ -147,31 +158,85 @@ struct Sending {
 }
 
 impl Session {
-    async fn handshake(&mut self, compress: bool) -> Result<(), SendError> {
+    async fn handshake(
+        &mut self,
+        compress: bool,
+        secret: Option<&Secret>,
+    ) -> Result<(), SendError> {
+        let mut wanted = 0;
+        if compress {
+            wanted |= CAP_ZSTD;
+        }
+        if secret.is_some() {
+            wanted |= CAP_SECRET;
+        }
         self.writer.write_all(&haul::MAGIC).await?;
         self.send(&Message::Hello {
             version: haul::VERSION,
-            capabilities: if compress { CAP_ZSTD } else { 0 },
+            capabilities: wanted,
         })
         .await?;
         self.writer.flush().await?;
         let frame = self.read_frame().await?;
-        match frame.message()? {
+        let granted = match frame.message()? {
             Message::Welcome {
                 version,
                 capabilities,
-            } if version >= haul::VERSION => {
-                if capabilities & CAP_ZSTD != 0 {
-                    self.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
-                }
-                Ok(())
+            } if version >= haul::VERSION => capabilities,
+            Message::Welcome { version, .. } => {
+                return Err(SendError::Protocol(format!(
+                    "the server speaks version {version}, this client {}",
+                    haul::VERSION
+                )));
             }
-            Message::Welcome { version, .. } => Err(SendError::Protocol(format!(
-                "the server speaks version {version}, this client {}",
-                haul::VERSION
-            ))),
-            other => Err(unexpected(&other, "Welcome")),
+            Message::Error { message } => {
+                return Err(SendError::Auth(printable(message.as_bytes())));
+            }
+            other => return Err(unexpected(&other, "Welcome")),
+        };
+        if granted & CAP_ZSTD != 0 {
+            self.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
         }
+        if let Some(secret) = secret {
+            if granted & CAP_SECRET == 0 {
+                return Err(SendError::Auth(
+                    "the server has no secret set, so the session would be neither authenticated nor \
+                     encrypted; unset HAUL_TOKEN to send in the clear"
+                        .into(),
+                ));
+            }
+            self.encrypt(secret).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the plain socket halves with the encrypted channel, keeping
+    /// any bytes already read ahead.
+    async fn encrypt(&mut self, secret: &Secret) -> Result<(), SendError> {
+        let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
+        let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
+        let reader = std::mem::replace(&mut self.reader, BufReader::new(placeholder_reader));
+        let writer = std::mem::replace(&mut self.writer, BufWriter::new(placeholder_writer));
+        let read_ahead = reader.buffer().to_vec();
+        let raw_reader = std::io::Cursor::new(read_ahead).chain(reader.into_inner());
+        let handshake = secure::connect(raw_reader, writer.into_inner(), secret);
+        let (opened, sealed) = match timeout(self.idle, handshake).await {
+            Err(_) => return Err(SendError::Silent(self.idle)),
+            Ok(Ok(channel)) => channel,
+            Ok(Err(HandshakeError::Io(error)))
+                if error.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                return Err(SendError::Auth(
+                    "authentication failed: the server hung up during the handshake; do both sides use \
+                     the same secret?"
+                        .into(),
+                ));
+            }
+            Ok(Err(error)) => return Err(SendError::Auth(error.to_string())),
+        };
+        self.reader = BufReader::new(Box::new(opened));
+        self.writer = BufWriter::with_capacity(64 * 1024, Box::new(sealed));
+        Ok(())
     }
 
     async fn run_batch(

@@ -60,14 +60,17 @@ pub enum SendError {
     Decode(#[from] DecodeError),
     #[error("the server ended the session: {0}")]
     Server(String),
+    #[error("{0}")]
+    Auth(String),
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
 }
 
 impl SendError {
-    /// True when the server could not be reached at all.
+    /// True when the server could not be reached, or would not let this
+    /// client in.
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect { .. })
+        matches!(self, SendError::Connect { .. } | SendError::Auth(_))
     }
 }
 

@@ -9,17 +9,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
 use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_size};
 use crate::protocol::haul::{
-    self, Answer, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader, Hash, Kind,
-    MAX_DATA_LEN, Message, Mtime, Offer,
+    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
+    Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
 };
+use crate::secure::{self, HandshakeError, Secret};
 use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
 use crate::transfer::{PumpError, pump};
@@ -48,11 +48,19 @@ enum SessionError {
     Pump(#[from] PumpError),
     #[error("no space left on the server")]
     NoSpace,
+    #[error("this server requires a shared secret: set HAUL_TOKEN or use --token-file")]
+    SecretRequired,
+    #[error("{0}")]
+    Auth(HandshakeError),
     #[error("storage failed: {0}")]
     Storage(io::Error),
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
 }
+
+/// The session's byte streams: plain socket halves, or the encrypted channel.
+type BoxedReader = Box<dyn AsyncRead + Unpin + Send>;
+type BoxedWriter = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// An offer, owned, with what the server decided for it.
 struct Planned {
@@ -81,8 +89,8 @@ struct Stored {
 }
 
 struct Session<'a> {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<BoxedReader>,
+    writer: BufWriter<BoxedWriter>,
     peer: SocketAddr,
     store: Store,
     config: &'a ServerConfig,
@@ -108,8 +116,8 @@ pub(super) async fn serve(
 ) {
     let (reader, writer) = stream.into_split();
     let mut session = Session {
-        reader: BufReader::new(reader),
-        writer: BufWriter::new(writer),
+        reader: BufReader::new(Box::new(reader)),
+        writer: BufWriter::new(Box::new(writer)),
         peer,
         store,
         config,
@@ -118,6 +126,11 @@ pub(super) async fn serve(
     };
     match session.run().await {
         Ok(()) => debug!(%peer, "haul session ended"),
+        Err(error @ SessionError::Auth(_)) => {
+            // The client expects a handshake message now, not a frame: say
+            // nothing, so that nothing is given away to a wrong secret.
+            warn!(%peer, %error, "haul session refused");
+        }
         Err(error) => {
             warn!(%peer, %error, "haul session failed");
             let _ = session
@@ -195,7 +208,15 @@ impl Session<'_> {
             return Err(SessionError::Version { client: version });
         }
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
-        let granted = capabilities & CAP_ZSTD;
+        if self.config.secret.is_some() && capabilities & CAP_SECRET == 0 {
+            return Err(SessionError::SecretRequired);
+        }
+        let secret_granted = if self.config.secret.is_some() {
+            CAP_SECRET
+        } else {
+            0
+        };
+        let granted = capabilities & CAP_ZSTD | secret_granted;
         if granted & CAP_ZSTD != 0 {
             self.zstd = Some(Zstd {
                 decompressor: zstd::bulk::Decompressor::new()?,
@@ -208,6 +229,29 @@ impl Session<'_> {
         })
         .await?;
         self.writer.flush().await?;
+        if let Some(secret) = &self.config.secret {
+            self.encrypt(secret).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the plain socket halves with the encrypted channel, keeping
+    /// any bytes already read ahead.
+    async fn encrypt(&mut self, secret: &Secret) -> Result<(), SessionError> {
+        let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
+        let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
+        let reader = std::mem::replace(&mut self.reader, BufReader::new(placeholder_reader));
+        let writer = std::mem::replace(&mut self.writer, BufWriter::new(placeholder_writer));
+        let read_ahead = reader.buffer().to_vec();
+        let raw_reader = std::io::Cursor::new(read_ahead).chain(reader.into_inner());
+        let handshake = secure::accept(raw_reader, writer.into_inner(), secret);
+        let (opened, sealed) = match timeout(self.config.header_timeout, handshake).await {
+            Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
+            Ok(result) => result.map_err(SessionError::Auth)?,
+        };
+        debug!(peer = %self.peer, "encrypted session established");
+        self.reader = BufReader::new(Box::new(opened));
+        self.writer = BufWriter::new(Box::new(sealed));
         Ok(())
     }
 

@@ -22,11 +22,12 @@ use tokio::time::timeout;
 use tracing::{error, info, warn};
 
 use crate::protocol::haul::MAGIC;
+use crate::secure::Secret;
 use crate::store::{OnConflict, Store};
 use crate::transfer::Rate;
 
 /// Everything an operator can tune about the server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// The receive directory (the inbox).
     pub dir: PathBuf,
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     /// Free space kept on the inbox's file system: a file that would eat
     /// into it is refused before any of its bytes is written.
     pub reserve: u64,
+    /// When set, haul sessions must prove they hold it, and are encrypted.
+    pub secret: Option<Secret>,
 }
 
 impl ServerConfig {
@@ -71,6 +74,7 @@ impl ServerConfig {
             accept_seed: true,
             max_file_size: None,
             reserve: 64 * 1024 * 1024,
+            secret: None,
         }
     }
 }
