@@ -151,8 +151,9 @@ fn established<R, W>(
             inner: reader,
             keys: Arc::clone(&keys),
             nonce: 0,
-            incoming: vec![0u8; 2 + MAX_MESSAGE],
-            filled: 0,
+            incoming: vec![0u8; READ_AHEAD],
+            start: 0,
+            end: 0,
             plain: vec![0u8; MAX_MESSAGE],
             plain_start: 0,
             plain_end: 0,
@@ -271,13 +272,29 @@ pub struct OpenedReader<R> {
     inner: R,
     keys: Arc<StatelessTransportState>,
     nonce: u64,
-    /// One sealed message arriving, length prefix included.
+    /// Sealed bytes read ahead: `incoming[start..end]` is not yet opened.
+    /// Reading several messages per system call halves the calls a
+    /// message-at-a-time reader would make.
     incoming: Vec<u8>,
-    filled: usize,
-    /// The last message's plaintext, and how much of it was read.
+    start: usize,
+    end: usize,
+    /// The last message's plaintext, and how much of it was handed out.
     plain: Vec<u8>,
     plain_start: usize,
     plain_end: usize,
+}
+
+/// Sealed bytes an [`OpenedReader`] reads ahead at most.
+const READ_AHEAD: usize = 4 * (2 + MAX_MESSAGE);
+
+impl<R: AsyncRead + Unpin> OpenedReader<R> {
+    /// The length of the whole next message (prefix included), if its
+    /// prefix has arrived.
+    fn next_message_len(&self) -> Option<usize> {
+        let prefix = self.incoming.get(self.start..self.start + 2)?;
+        (self.end - self.start >= 2)
+            .then(|| 2 + usize::from(u16::from_be_bytes([prefix[0], prefix[1]])))
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for OpenedReader<R> {
@@ -288,33 +305,37 @@ impl<R: AsyncRead + Unpin> AsyncRead for OpenedReader<R> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         while this.plain_start == this.plain_end {
-            let wanted = if this.filled < 2 {
-                2
-            } else {
-                2 + usize::from(u16::from_be_bytes([this.incoming[0], this.incoming[1]]))
-            };
-            if this.filled == wanted && wanted > 2 {
+            if let Some(len) = this.next_message_len()
+                && this.end - this.start >= len
+            {
+                let sealed = &this.incoming[this.start + 2..this.start + len];
                 let opened = this
                     .keys
-                    .read_message(this.nonce, &this.incoming[2..wanted], &mut this.plain)
+                    .read_message(this.nonce, sealed, &mut this.plain)
                     .map_err(|_| tampered())?;
                 this.nonce += 1;
-                this.filled = 0;
+                this.start += len;
                 this.plain_start = 0;
                 this.plain_end = opened;
                 continue;
             }
-            let mut window = ReadBuf::new(&mut this.incoming[this.filled..wanted]);
+            // Not a whole message yet: make room at the end, then read.
+            if this.start > 0 && this.incoming.len() - this.end < 2 + MAX_MESSAGE {
+                this.incoming.copy_within(this.start..this.end, 0);
+                this.end -= this.start;
+                this.start = 0;
+            }
+            let mut window = ReadBuf::new(&mut this.incoming[this.end..]);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut window))?;
             let read = window.filled().len();
             if read == 0 {
-                return if this.filled == 0 {
+                return if this.start == this.end {
                     Poll::Ready(Ok(()))
                 } else {
                     Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
                 };
             }
-            this.filled += read;
+            this.end += read;
         }
         let take = buf.remaining().min(this.plain_end - this.plain_start);
         buf.put_slice(&this.plain[this.plain_start..this.plain_start + take]);

@@ -22,7 +22,7 @@ use crate::protocol::haul::{
 use crate::secure::{self, HandshakeError, Secret};
 use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
-use crate::transfer::{PumpError, pump};
+use crate::transfer::{FileSink, PumpError, receive, receive_slice};
 
 /// Most offers one batch may carry: bounds what a client can make the
 /// server hold in memory, and the receipts that pile up before it reads them.
@@ -415,104 +415,34 @@ impl Session<'_> {
         partial: Partial,
         planned: &Planned,
     ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
-        let (partial, mut hasher) = blocking(move || {
+        let (partial, hasher) = blocking(move || {
             let mut hasher = blake3::Hasher::new();
             partial.hash_held_bytes(&mut hasher)?;
             Ok((partial, hasher))
         })
         .await
         .map_err(SessionError::Storage)?;
-        let mut file = tokio::fs::File::from_std(partial.writer().map_err(SessionError::Storage)?);
-        let mut received = partial.offset();
-        let claimed_hash = loop {
-            let Some(header) = self.read_frame_header(self.config.idle_timeout).await? else {
-                return Err(SessionError::Vanished);
-            };
-            match header.kind {
-                Kind::Data => {
-                    let len = u64::from(header.len);
-                    check_stream_limit(self.config, received + len)?;
-                    if planned.size.is_some_and(|size| received + len > size) {
-                        return Err(SessionError::Violation(format!(
-                            "more bytes than the {} offered for {}",
-                            planned.size.unwrap_or(0),
-                            planned.path_shown
-                        )));
-                    }
-                    let pumped = pump(
-                        &mut self.reader,
-                        &mut file,
-                        len,
-                        self.config.idle_timeout,
-                        |chunk| {
-                            hasher.update(chunk);
-                        },
-                    )
-                    .await;
-                    if let Err(error) = pumped {
-                        // A write still in flight would land after a resumed
-                        // transfer has measured the partial file: let it finish.
-                        let _ = file.flush().await;
-                        return Err(match error {
-                            PumpError::Write { source, .. } => {
-                                partial.discard();
-                                storage_error(source)
-                            }
-                            other => other.into(),
-                        });
-                    }
-                    received += len;
-                }
-                Kind::DataZstd => {
-                    let compressed = self.read_bytes(header.len as usize).await?;
-                    let Some(zstd) = self.zstd.as_mut() else {
-                        return Err(SessionError::Violation(
-                            "compressed data without compression".into(),
-                        ));
-                    };
-                    zstd.plain.clear();
-                    zstd.decompressor
-                        .decompress_to_buffer(&compressed, &mut zstd.plain)
-                        .map_err(|error| {
-                            SessionError::Violation(format!("bad compressed data: {error}"))
-                        })?;
-                    let len = zstd.plain.len() as u64;
-                    check_stream_limit(self.config, received + len)?;
-                    if planned.size.is_some_and(|size| received + len > size) {
-                        return Err(SessionError::Violation(format!(
-                            "more bytes than the {} offered for {}",
-                            planned.size.unwrap_or(0),
-                            planned.path_shown
-                        )));
-                    }
-                    hasher.update(&zstd.plain);
-                    match timeout(self.config.idle_timeout, file.write_all(&zstd.plain)).await {
-                        Err(_) => return Err(SessionError::Idle(self.config.idle_timeout)),
-                        Ok(Err(error)) => {
-                            let _ = file.flush().await;
-                            partial.discard();
-                            return Err(storage_error(error));
-                        }
-                        Ok(Ok(())) => {}
-                    }
-                    received += len;
-                }
-                Kind::FileEnd => {
-                    let payload = self.read_payload(header).await?;
-                    let Message::FileEnd { hash } = haul::decode_message(header.kind, &payload)?
-                    else {
-                        unreachable!("a FileEnd frame decodes to FileEnd");
-                    };
-                    break hash;
-                }
-                other => {
-                    return Err(SessionError::Violation(format!(
-                        "expected file data, got {other:?}"
-                    )));
-                }
+        let writer = partial.writer().map_err(SessionError::Storage)?;
+        let mut sink = FileSink::start(writer, Some(hasher));
+        let frames = self
+            .receive_frames(&mut sink, planned, partial.offset())
+            .await;
+        // Every queued write lands before anything else happens to the
+        // partial file, so that a resumed transfer measures it whole.
+        let written = sink.finish().await;
+        let (claimed_hash, received, hasher) = match (frames, written) {
+            (Ok((claimed, received)), Ok(Some(hasher))) => (claimed, received, hasher),
+            (Err(error @ (SessionError::Storage(_) | SessionError::NoSpace)), _) => {
+                partial.discard();
+                return Err(error);
             }
+            (Err(error), _) => return Err(error),
+            (Ok(_), Err(error)) => {
+                partial.discard();
+                return Err(storage_error(error));
+            }
+            (Ok(_), Ok(None)) => unreachable!("the sink was given a hasher"),
         };
-        drop(file);
         if let Some(size) = planned.size
             && received != size
         {
@@ -531,6 +461,73 @@ impl Session<'_> {
             .await
             .map_err(SessionError::Storage)?;
         Ok(Ok((partial, hash, received)))
+    }
+
+    /// Reads one file's Data frames into `sink`, up to its FileEnd;
+    /// returns the hash the client claims and the bytes now held in all.
+    async fn receive_frames(
+        &mut self,
+        sink: &mut FileSink,
+        planned: &Planned,
+        offset: u64,
+    ) -> Result<(Hash, u64), SessionError> {
+        let mut received = offset;
+        loop {
+            let Some(header) = self.read_frame_header(self.config.idle_timeout).await? else {
+                return Err(SessionError::Vanished);
+            };
+            let len = match header.kind {
+                Kind::Data => u64::from(header.len),
+                Kind::DataZstd => {
+                    let compressed = self.read_bytes(header.len as usize).await?;
+                    let Some(zstd) = self.zstd.as_mut() else {
+                        return Err(SessionError::Violation(
+                            "compressed data without compression".into(),
+                        ));
+                    };
+                    zstd.plain.clear();
+                    zstd.decompressor
+                        .decompress_to_buffer(&compressed, &mut zstd.plain)
+                        .map_err(|error| {
+                            SessionError::Violation(format!("bad compressed data: {error}"))
+                        })?;
+                    zstd.plain.len() as u64
+                }
+                Kind::FileEnd => {
+                    let payload = self.read_payload(header).await?;
+                    let Message::FileEnd { hash } = haul::decode_message(header.kind, &payload)?
+                    else {
+                        unreachable!("a FileEnd frame decodes to FileEnd");
+                    };
+                    return Ok((hash, received));
+                }
+                other => {
+                    return Err(SessionError::Violation(format!(
+                        "expected file data, got {other:?}"
+                    )));
+                }
+            };
+            check_stream_limit(self.config, received + len)?;
+            if planned.size.is_some_and(|size| received + len > size) {
+                return Err(SessionError::Violation(format!(
+                    "more bytes than the {} offered for {}",
+                    planned.size.unwrap_or(0),
+                    planned.path_shown
+                )));
+            }
+            if header.kind == Kind::DataZstd {
+                let plain = self.zstd.as_ref().map_or(&[][..], |zstd| &zstd.plain[..]);
+                receive_slice(sink, plain).await.map_err(storage_error)?;
+            } else {
+                receive(&mut self.reader, sink, len, self.config.idle_timeout)
+                    .await
+                    .map_err(|error| match error {
+                        PumpError::Write { source, .. } => storage_error(source),
+                        other => SessionError::Pump(other),
+                    })?;
+            }
+            received += len;
+        }
     }
 
     async fn finish_directories(&mut self) {

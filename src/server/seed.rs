@@ -13,7 +13,7 @@ use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_s
 use crate::protocol::seed::{self, Decoded, HeaderError};
 use crate::store::{NameError, RelPath, SafeName, Store};
 use crate::text::printable;
-use crate::transfer::{PumpError, pump};
+use crate::transfer::{self, FileSink, PumpError};
 
 /// Why a seed connection ended without storing a file.
 #[derive(Debug, Error)]
@@ -95,16 +95,22 @@ async fn receive(
             .await
             .map_err(SeedError::Storage)?
     };
-    let mut file = tokio::fs::File::from_std(partial.writer().map_err(SeedError::Storage)?);
+    let mut sink = FileSink::start(partial.writer().map_err(SeedError::Storage)?, None);
 
     stream.write_all(seed::GO_AHEAD).await?;
-    pump(stream, &mut file, header.size, config.idle_timeout, |_| {})
-        .await
-        .map_err(|error| match error {
-            PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
-            other => SeedError::Pump(other),
-        })?;
-    drop(file);
+    let received = transfer::receive(stream, &mut sink, header.size, config.idle_timeout).await;
+    let written = sink.finish().await;
+    received.map_err(|error| match error {
+        PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
+        other => SeedError::Pump(other),
+    })?;
+    written.map_err(|error| {
+        if is_out_of_space(&error) {
+            SeedError::NoSpace
+        } else {
+            SeedError::Storage(error)
+        }
+    })?;
 
     blocking(move || partial.commit())
         .await
