@@ -12,6 +12,7 @@
 //! - [`throttle`] caps the rate at which a sender writes to its socket.
 //! - [`store`] is the only code that creates, renames or deletes files in the
 //!   server's inbox, and the only place where a received name is judged.
+//! - [`text`] makes text from the other side safe to log or print.
 //!
 //! The `haul` binary (`main.rs`, with `report.rs` for what a send shows) is
 //! a thin layer over these: it parses arguments, calls [`send`] or
@@ -22,8 +23,10 @@
 //! name).
 
 pub mod protocol;
+pub mod secure;
 pub mod send;
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod throttle;
 pub mod transfer;

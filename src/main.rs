@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use haul::secure::Secret;
 use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{Server, ServerConfig};
 use haul::store::OnConflict;
@@ -52,6 +53,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a new random secret (256 bits) for HAUL_TOKEN or --token-file.
+    #[command(after_help = "Example:
+  haul token > ~/.haul-token && chmod 600 ~/.haul-token
+  haul serve --token-file ~/.haul-token
+  HAUL_TOKEN=$(cat ~/.haul-token) haul send report.pdf")]
+    Token,
     /// Receive files into a directory.
     #[command(after_help = "Examples:
   haul serve
@@ -93,6 +100,35 @@ to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
         /// (e.g. `90m`, `24h`, `7d`).
         #[arg(long, default_value = "24h", value_name = "AGE", value_parser = humantime::parse_duration)]
         partial_max_age: Duration,
+        /// Connections served at once; more wait until one ends.
+        #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
+        /// Time a client has to send its header or handshake.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        header_timeout: Duration,
+        /// Time a transfer may make no progress before it is dropped.
+        #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        idle_timeout: Duration,
+        /// Largest file accepted (e.g. `500M`, `4G`; K, M, G are powers of 1024).
+        /// Unlimited by default.
+        #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+        max_file_size: Option<u64>,
+        /// Free space to keep on the inbox's disk: a file that would eat into
+        /// it is refused before any byte is written.
+        #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_byte_size)]
+        reserve: u64,
+        /// Read the shared secret from this file (instead of HAUL_TOKEN).
+        /// With a secret, haul sessions must hold it and are encrypted.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// With a secret set, still accept the classroom protocol, which
+        /// cannot authenticate.
+        #[arg(long)]
+        allow_seed: bool,
+        /// On SIGINT or SIGTERM, time given to transfers in flight before
+        /// they are cut (they can resume later).
+        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        grace: Duration,
     },
     /// Send files to a haul server, or to any server of the classroom protocol.
     #[command(after_help = "Examples:
@@ -138,6 +174,9 @@ Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unre
         /// closing summary, for scripts; stderr gets only failures.
         #[arg(long, conflicts_with = "quiet")]
         json: bool,
+        /// Read the shared secret from this file (instead of HAUL_TOKEN).
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
         /// Files or folders to send; `-` sends standard input.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
@@ -193,6 +232,18 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Token => {
+            return match haul::secure::new_token() {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("haul: cannot get random bytes from the system: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Serve { .. } | Command::Send { .. } => {}
     }
     // Only serving and sending need the async runtime.
@@ -213,6 +264,14 @@ fn main() -> ExitCode {
             overwrite,
             protocols,
             partial_max_age,
+            max_connections,
+            header_timeout,
+            idle_timeout,
+            max_file_size,
+            reserve,
+            token_file,
+            allow_seed,
+            grace,
         } => {
             init_logging(match (verbose, quiet) {
                 (true, _) => Some("debug"),
@@ -231,9 +290,43 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             }
-            config.accept_seed = protocols.contains(&Protocol::Seed);
+            let secret = match load_secret(token_file.as_deref()) {
+                Ok(secret) => secret,
+                Err(error) => {
+                    eprintln!("haul: {error}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            let wants_seed = protocols.contains(&Protocol::Seed);
+            config.accept_seed = wants_seed && (secret.is_none() || allow_seed);
+            if secret.is_some() && wants_seed && allow_seed {
+                tracing::warn!(
+                    "--allow-seed: classroom-protocol clients are accepted without authentication"
+                );
+            } else if secret.is_some() && wants_seed {
+                tracing::info!(
+                    "the classroom protocol is off because a secret is set (--allow-seed turns it on)"
+                );
+            }
+            if secret.is_none() && !listen.ip().is_loopback() {
+                tracing::warn!(
+                    address = %listen,
+                    "listening beyond this machine with no secret: anyone who can reach the port can write \
+                     to the inbox, in clear; set HAUL_TOKEN or --token-file"
+                );
+            }
+            config.secret = secret;
             config.partial_max_age = partial_max_age;
-            match runtime.block_on(serve(listen, config)) {
+            config.max_connections = max_connections as usize;
+            config.header_timeout = header_timeout;
+            config.idle_timeout = idle_timeout;
+            config.max_file_size = max_file_size;
+            config.reserve = reserve;
+            config.grace = grace;
+            let result = runtime.block_on(serve(listen, config));
+            // Transfers still running after the grace period are cut here.
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("haul: {error:#}");
@@ -249,6 +342,7 @@ fn main() -> ExitCode {
             limit_rate,
             quiet,
             json,
+            token_file,
             paths,
         } => {
             if compress && protocol == Protocol::Seed {
@@ -264,10 +358,22 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             }
+            // The classroom protocol cannot authenticate: only haul's uses a secret.
+            let secret = match protocol {
+                Protocol::Haul => match load_secret(token_file.as_deref()) {
+                    Ok(secret) => secret,
+                    Err(error) => {
+                        eprintln!("haul: {error}");
+                        return ExitCode::from(exit::USAGE);
+                    }
+                },
+                Protocol::Seed => None,
+            };
             let options = SendOptions {
                 idle: SEND_IDLE_TIMEOUT,
                 compress,
                 limit: limit_rate,
+                secret,
             };
             let output = if json {
                 Output::Json
@@ -299,8 +405,33 @@ fn main() -> ExitCode {
             reporter.finish(&outcome);
             send_exit_code(&outcome)
         }
-        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man | Command::Token => {
+            unreachable!("handled above")
+        }
     }
+}
+
+/// The shared secret from `--token-file`, else from HAUL_TOKEN, if any.
+/// Never from a plain argument, where other users could read it in `ps`.
+fn load_secret(token_file: Option<&std::path::Path>) -> Result<Option<Secret>, String> {
+    let text = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read the secret from {}: {error}", path.display()))?,
+        None => match std::env::var("HAUL_TOKEN") {
+            Ok(text) if !text.trim().is_empty() => text,
+            _ => return Ok(None),
+        },
+    };
+    Secret::new(&text).map(Some)
+}
+
+/// Parses `4G`, `500M`, `64K` or a plain number of bytes; K, M and G are
+/// powers of 1024, as in most file tools.
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(text)
+        .map_err(|error| format!("{error} (try 500M or 4G)"))
 }
 
 /// Logs to stderr at `level` if given, else as RUST_LOG says, else at info.

@@ -105,12 +105,6 @@ impl fmt::Display for SafeName {
     }
 }
 
-/// A received name made safe to print: invalid UTF-8 is replaced and control
-/// characters (terminal escape sequences among them) are escaped.
-pub fn printable(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).escape_debug().to_string()
-}
-
 /// A relative path inside the inbox: one or more [`SafeName`] components.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelPath(Vec<SafeName>);
@@ -258,6 +252,12 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Bytes an unprivileged writer may still add to the inbox's file system.
+    pub fn available_space(&self) -> io::Result<u64> {
+        let stat = rustix::fs::fstatvfs(&self.inner.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// What is stored under `path` now. Symlinks are reported, not followed.
@@ -692,12 +692,6 @@ mod tests {
         let numbered = long.numbered(7);
         assert!(numbered.len() <= MAX_NAME_LEN);
         assert!(numbered.ends_with(" (7)"));
-    }
-
-    #[test]
-    fn printable_escapes_terminal_sequences() {
-        assert_eq!(printable(b"\x1b[2Jx\n"), "\\u{1b}[2Jx\\n");
-        assert_eq!(printable(b"\xffok"), "\u{fffd}ok");
     }
 
     fn receive(store: &Store, name: &str, content: &[u8]) -> String {

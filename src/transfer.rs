@@ -1,14 +1,19 @@
-//! The byte pump: moves exactly N bytes from a reader to a writer.
+//! Moving file bytes: the one place for buffer sizing, idle timeouts,
+//! early-EOF detection and hashing on the way.
 //!
-//! Both sides and both protocols move file data through [`pump`], so buffer
-//! sizing, idle timeouts and early-EOF detection live in one place. It knows
-//! nothing of names, headers or files on disk.
+//! [`pump`] moves exactly N bytes from a reader to a writer (the sending
+//! side: file to socket). [`receive`] moves exactly N bytes from a socket
+//! into a [`FileSink`], which writes and hashes them on a thread of its own
+//! so that the connection's task goes on reading meanwhile (the receiving
+//! side, both protocols). None of it knows names or headers.
 
-use std::io;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 /// Size of one pump buffer. Large enough that per-call overhead vanishes
@@ -72,6 +77,125 @@ where
     }
 }
 
+/// Chunks a [`FileSink`] may hold queued besides the one being written:
+/// enough to keep reading while the disk works, few enough that memory per
+/// connection stays small (at most `(SINK_DEPTH + 2) * CHUNK_LEN`).
+const SINK_DEPTH: usize = 2;
+
+/// Writes chunks to a file, and hashes them, on a blocking thread.
+pub struct FileSink {
+    chunks: Option<mpsc::Sender<Vec<u8>>>,
+    /// Buffers the worker is done with, to be filled again.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    worker: Option<JoinHandle<io::Result<Option<blake3::Hasher>>>>,
+}
+
+impl FileSink {
+    /// Starts a worker appending to `file`, feeding `hasher` if given.
+    pub fn start(mut file: std::fs::File, mut hasher: Option<blake3::Hasher>) -> FileSink {
+        let (chunks, mut incoming) = mpsc::channel::<Vec<u8>>(SINK_DEPTH);
+        let (recycle, spare) = std::sync::mpsc::channel();
+        let worker = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = incoming.blocking_recv() {
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&chunk);
+                }
+                file.write_all(&chunk)?;
+                let _ = recycle.send(chunk);
+            }
+            Ok(hasher)
+        });
+        FileSink {
+            chunks: Some(chunks),
+            spare,
+            worker: Some(worker),
+        }
+    }
+
+    /// An empty buffer to fill: a recycled one when there is one.
+    fn buffer(&self) -> Vec<u8> {
+        let mut buffer = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_LEN));
+        buffer.clear();
+        buffer
+    }
+
+    /// Queues a chunk; waits while the worker is behind.
+    async fn push(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The worker stopped early: it failed to write; say why.
+        match self.finish().await {
+            Err(error) => Err(error),
+            Ok(_) => Err(io::Error::other("the file writer stopped")),
+        }
+    }
+
+    /// Waits until every queued byte is written; returns the hasher. Also
+    /// the way to stop cleanly after a failure elsewhere, so that no write
+    /// lands after the caller has moved on.
+    pub async fn finish(&mut self) -> io::Result<Option<blake3::Hasher>> {
+        self.chunks = None;
+        match self.worker.take() {
+            Some(worker) => worker.await.map_err(io::Error::other)?,
+            None => Err(io::Error::other("the file writer already stopped")),
+        }
+    }
+}
+
+/// Reads exactly `len` bytes from `reader` into `sink`, in chunks of at most
+/// [`CHUNK_LEN`]. Fails if the reader ends early, stays silent for `idle`,
+/// or the sink cannot write.
+pub async fn receive<R>(
+    reader: &mut R,
+    sink: &mut FileSink,
+    len: u64,
+    idle: Duration,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut moved: u64 = 0;
+    while moved < len {
+        let want = usize::try_from(len - moved).map_or(CHUNK_LEN, |left| left.min(CHUNK_LEN));
+        let mut chunk = sink.buffer();
+        chunk.resize(want, 0);
+        let mut filled = 0;
+        while filled < want {
+            match timeout(idle, reader.read(&mut chunk[filled..])).await {
+                Err(_) => return Err(PumpError::Idle(idle)),
+                Ok(Err(source)) => return Err(PumpError::Read { moved, source }),
+                Ok(Ok(0)) => {
+                    return Err(PumpError::EarlyEof {
+                        moved: moved + filled as u64,
+                        expected: len,
+                    });
+                }
+                Ok(Ok(read)) => filled += read,
+            }
+        }
+        sink.push(chunk)
+            .await
+            .map_err(|source| PumpError::Write { moved, source })?;
+        moved += want as u64;
+    }
+    Ok(())
+}
+
+/// Queues bytes already in memory (a decompressed chunk) into `sink`.
+pub async fn receive_slice(sink: &mut FileSink, bytes: &[u8]) -> io::Result<()> {
+    let mut chunk = sink.buffer();
+    chunk.extend_from_slice(bytes);
+    sink.push(chunk).await
+}
+
 /// A transfer rate, printed in binary units.
 pub struct Rate {
     pub bytes: u64,
@@ -133,6 +257,50 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn received_bytes_land_in_the_file_whole_and_hashed() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("sink");
+        let source: Vec<u8> = (0..CHUNK_LEN * 3 + 11).map(|i| (i % 241) as u8).collect();
+        let mut sink = FileSink::start(
+            std::fs::File::create(&path).unwrap(),
+            Some(blake3::Hasher::new()),
+        );
+        let mut reader = source.as_slice();
+        receive(&mut reader, &mut sink, source.len() as u64 - 5, IDLE)
+            .await
+            .unwrap();
+        receive_slice(&mut sink, b"tail").await.unwrap();
+        let hasher = sink.finish().await.unwrap().unwrap();
+        let mut expected = source[..source.len() - 5].to_vec();
+        expected.extend_from_slice(b"tail");
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(hasher.finalize(), blake3::hash(&expected));
+    }
+
+    #[tokio::test]
+    async fn an_early_end_is_reported_with_what_was_received() {
+        let temp = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::start(
+            std::fs::File::create(temp.path().join("sink")).unwrap(),
+            None,
+        );
+        let error = receive(&mut &b"abc"[..], &mut sink, 10, IDLE)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                PumpError::EarlyEof {
+                    moved: 3,
+                    expected: 10
+                }
+            ),
+            "{error}"
+        );
+        sink.finish().await.unwrap();
     }
 
     #[tokio::test]

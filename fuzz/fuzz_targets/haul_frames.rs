@@ -10,7 +10,8 @@ fuzz_target!(|bytes: &[u8]| {
     let mut rest = bytes;
     while let Ok(Some((frame, used))) = split_frame(rest) {
         if !matches!(frame.header.kind, Kind::Data | Kind::DataZstd)
-            && let Ok(haul::protocol::haul::Message::Offer(offer)) = decode_message(frame.header.kind, frame.payload)
+            && let Ok(haul::protocol::haul::Message::Offer(offer)) =
+                decode_message(frame.header.kind, frame.payload)
         {
             let _ = RelPath::parse(offer.path);
         }

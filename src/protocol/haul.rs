@@ -36,6 +36,11 @@ pub type Hash = [u8; 32];
 /// frames, each decompressing to at most [`MAX_DATA_LEN`] bytes.
 pub const CAP_ZSTD: u64 = 1;
 
+/// Capability bit: everything after the Welcome is encrypted with the shared
+/// secret (see `secure`). A server with a secret requires it; a client with a
+/// secret refuses a server that does not grant it.
+pub const CAP_SECRET: u64 = 2;
+
 /// Frame kinds, as the first byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -6,15 +6,19 @@ use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::time::timeout;
 
 use super::walk::{Entry, Source, Walked, walk};
 use super::{Event, SendError, SendOptions, Summary, connect, unreadable};
 use crate::protocol::haul::{
-    self, Answer, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN, Message, Offer,
+    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN,
+    Message, Offer,
 };
+use crate::secure::{self, HandshakeError, Secret};
+use crate::text::printable;
 use crate::throttle::Throttle;
 use crate::transfer::{PumpError, pump};
 
@@ -37,13 +41,15 @@ pub async fn send_haul(
     let stream = connect(to).await?;
     let (reader, writer) = stream.into_split();
     let mut session = Session {
-        reader: BufReader::new(reader),
-        writer: BufWriter::with_capacity(64 * 1024, Throttle::new(writer, options.limit)),
+        reader: BufReader::new(Box::new(reader)),
+        writer: BufWriter::with_capacity(64 * 1024, Box::new(Throttle::new(writer, options.limit))),
         idle: options.idle,
         summary: Summary::default(),
         compressor: None,
     };
-    session.handshake(options.compress).await?;
+    session
+        .handshake(options.compress, options.secret.as_ref())
+        .await?;
 
     let mut walked = walk(sources, name);
     let mut differing: VecDeque<Entry> = VecDeque::new();
@@ -80,17 +86,24 @@ pub async fn send_haul(
         if batch.is_empty() {
             break;
         }
-        session
+        if let Err(error) = session
             .run_batch(batch, &mut differing, &mut on_event)
-            .await?;
+            .await
+        {
+            return Err(session.server_reason_for(error).await);
+        }
     }
     session.goodbye().await?;
     Ok(session.summary)
 }
 
+/// The session's byte streams: plain socket halves, or the encrypted channel.
+type BoxedReader = Box<dyn AsyncRead + Unpin + Send>;
+type BoxedWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
 struct Session {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<Throttle<OwnedWriteHalf>>,
+    reader: BufReader<BoxedReader>,
+    writer: BufWriter<BoxedWriter>,
     idle: Duration,
     summary: Summary,
     /// Present once the server granted compression.
@@ -107,31 +120,85 @@ struct Sending {
 }
 
 impl Session {
-    async fn handshake(&mut self, compress: bool) -> Result<(), SendError> {
+    async fn handshake(
+        &mut self,
+        compress: bool,
+        secret: Option<&Secret>,
+    ) -> Result<(), SendError> {
+        let mut wanted = 0;
+        if compress {
+            wanted |= CAP_ZSTD;
+        }
+        if secret.is_some() {
+            wanted |= CAP_SECRET;
+        }
         self.writer.write_all(&haul::MAGIC).await?;
         self.send(&Message::Hello {
             version: haul::VERSION,
-            capabilities: if compress { CAP_ZSTD } else { 0 },
+            capabilities: wanted,
         })
         .await?;
         self.writer.flush().await?;
         let frame = self.read_frame().await?;
-        match frame.message()? {
+        let granted = match frame.message()? {
             Message::Welcome {
                 version,
                 capabilities,
-            } if version >= haul::VERSION => {
-                if capabilities & CAP_ZSTD != 0 {
-                    self.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
-                }
-                Ok(())
+            } if version >= haul::VERSION => capabilities,
+            Message::Welcome { version, .. } => {
+                return Err(SendError::Protocol(format!(
+                    "the server speaks version {version}, this client {}",
+                    haul::VERSION
+                )));
             }
-            Message::Welcome { version, .. } => Err(SendError::Protocol(format!(
-                "the server speaks version {version}, this client {}",
-                haul::VERSION
-            ))),
-            other => Err(unexpected(&other, "Welcome")),
+            Message::Error { message } => {
+                return Err(SendError::Auth(printable(message.as_bytes())));
+            }
+            other => return Err(unexpected(&other, "Welcome")),
+        };
+        if granted & CAP_ZSTD != 0 {
+            self.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
         }
+        if let Some(secret) = secret {
+            if granted & CAP_SECRET == 0 {
+                return Err(SendError::Auth(
+                    "the server has no secret set, so the session would be neither authenticated nor \
+                     encrypted; unset HAUL_TOKEN to send in the clear"
+                        .into(),
+                ));
+            }
+            self.encrypt(secret).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the plain socket halves with the encrypted channel, keeping
+    /// any bytes already read ahead.
+    async fn encrypt(&mut self, secret: &Secret) -> Result<(), SendError> {
+        let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
+        let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
+        let reader = std::mem::replace(&mut self.reader, BufReader::new(placeholder_reader));
+        let writer = std::mem::replace(&mut self.writer, BufWriter::new(placeholder_writer));
+        let read_ahead = reader.buffer().to_vec();
+        let raw_reader = std::io::Cursor::new(read_ahead).chain(reader.into_inner());
+        let handshake = secure::connect(raw_reader, writer.into_inner(), secret);
+        let (opened, sealed) = match timeout(self.idle, handshake).await {
+            Err(_) => return Err(SendError::Silent(self.idle)),
+            Ok(Ok(channel)) => channel,
+            Ok(Err(HandshakeError::Io(error)))
+                if error.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                return Err(SendError::Auth(
+                    "authentication failed: the server hung up during the handshake; do both sides use \
+                     the same secret?"
+                        .into(),
+                ));
+            }
+            Ok(Err(error)) => return Err(SendError::Auth(error.to_string())),
+        };
+        self.reader = BufReader::new(Box::new(opened));
+        self.writer = BufWriter::with_capacity(64 * 1024, Box::new(sealed));
+        Ok(())
     }
 
     async fn run_batch(
@@ -178,7 +245,7 @@ impl Session {
                     self.summary.failed += 1;
                     on_event(Event::Failed {
                         path: &entry.path,
-                        reason: &format!("refused by the server: {reason}"),
+                        reason: &format!("refused by the server: {}", printable(reason.as_bytes())),
                     });
                 }
                 other => return Err(unexpected(&other, "an answer fitting the offer")),
@@ -206,7 +273,7 @@ impl Session {
                     self.summary.stored += 1;
                     on_event(Event::Stored {
                         path,
-                        stored_as: Some(stored_as),
+                        stored_as: Some(&printable(stored_as.as_bytes())),
                         bytes: size,
                         hash: Some(&hash),
                     });
@@ -219,6 +286,7 @@ impl Session {
                 Message::Failed { reason } => {
                     self.summary.failed += 1;
                     let reason = local_failure.unwrap_or_else(|| {
+                        let reason = printable(reason.as_bytes());
                         let hint = if reason.contains("No space left on device") {
                             "; the server's disk is full"
                         } else {
@@ -404,6 +472,36 @@ impl Session {
         Ok(())
     }
 
+    /// A write that failed because the server hung up usually has a reason
+    /// waiting in an Error frame: prefer it to the bare connection error.
+    async fn server_reason_for(&mut self, error: SendError) -> SendError {
+        let hung_up = match &error {
+            SendError::Pump(PumpError::Write { .. }) => true,
+            SendError::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            _ => false,
+        };
+        if !hung_up {
+            return error;
+        }
+        const REASON_WAIT: Duration = Duration::from_secs(2);
+        let idle = std::mem::replace(&mut self.idle, REASON_WAIT);
+        let reason = loop {
+            match self.read_frame().await {
+                Ok(frame) => match frame.message() {
+                    Ok(Message::Error { message }) => break Some(printable(message.as_bytes())),
+                    Ok(_) => continue,
+                    Err(_) => break None,
+                },
+                Err(_) => break None,
+            }
+        };
+        self.idle = idle;
+        reason.map_or(error, SendError::Server)
+    }
+
     async fn goodbye(&mut self) -> Result<(), SendError> {
         self.send(&Message::Bye).await?;
         self.writer.flush().await?;
@@ -474,7 +572,7 @@ impl Frame {
 
 fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
     match message {
-        Message::Error { message } => SendError::Server((*message).to_owned()),
+        Message::Error { message } => SendError::Server(printable(message.as_bytes())),
         other => SendError::Protocol(format!("expected {wanted}, got {other:?}")),
     }
 }

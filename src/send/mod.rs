@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::protocol::haul::{DecodeError, Hash};
 use crate::protocol::seed::EncodeError;
+use crate::secure::Secret;
 use crate::throttle::RateLimit;
 use crate::transfer::PumpError;
 
@@ -55,7 +56,7 @@ pub enum Event<'a> {
 }
 
 /// How to drive a send.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct SendOptions {
     /// How long to wait for any sign of progress from the server.
     pub idle: Duration,
@@ -63,6 +64,9 @@ pub struct SendOptions {
     pub compress: bool,
     /// Cap on the bytes per second written to the socket.
     pub limit: Option<RateLimit>,
+    /// Authenticate with this secret and encrypt the session (haul's
+    /// protocol only).
+    pub secret: Option<Secret>,
 }
 
 /// Counts for the closing line.
@@ -115,14 +119,17 @@ pub enum SendError {
     Decode(#[from] DecodeError),
     #[error("the server ended the session: {0}")]
     Server(String),
+    #[error("{0}")]
+    Auth(String),
     #[error("connection failed: {}", plain(.0))]
     Io(#[from] io::Error),
 }
 
 impl SendError {
-    /// True when the server could not be reached at all.
+    /// True when the server could not be reached, or would not let this
+    /// client in.
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect { .. })
+        matches!(self, SendError::Connect { .. } | SendError::Auth(_))
     }
 }
 

@@ -37,7 +37,7 @@ pub async fn send_seed(
                 }
             },
         };
-        match send_file(to, path, &name, options, &mut on_event).await {
+        match send_file(to, path, &name, &options, &mut on_event).await {
             Ok(bytes) => {
                 summary.stored += 1;
                 summary.bytes_sent += bytes;
@@ -68,7 +68,7 @@ async fn send_file(
     to: &str,
     path: &Path,
     name: &str,
-    options: SendOptions,
+    options: &SendOptions,
     on_event: &mut impl FnMut(Event<'_>),
 ) -> Result<u64, SendError> {
     let source_error = |source| SendError::Source {

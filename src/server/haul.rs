@@ -9,19 +9,20 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::{ServerConfig, blocking, log_transfer};
+use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_size};
 use crate::protocol::haul::{
-    self, Answer, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader, Hash, Kind,
-    MAX_DATA_LEN, Message, Mtime, Offer,
+    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
+    Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
 };
-use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store, printable};
-use crate::transfer::{PumpError, pump};
+use crate::secure::{self, HandshakeError, Secret};
+use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store};
+use crate::text::printable;
+use crate::transfer::{FileSink, PumpError, receive, receive_slice};
 
 /// Most offers one batch may carry: bounds what a client can make the
 /// server hold in memory, and the receipts that pile up before it reads them.
@@ -45,11 +46,21 @@ enum SessionError {
     Vanished,
     #[error(transparent)]
     Pump(#[from] PumpError),
+    #[error("no space left on the server")]
+    NoSpace,
+    #[error("this server requires a shared secret: set HAUL_TOKEN or use --token-file")]
+    SecretRequired,
+    #[error("{0}")]
+    Auth(HandshakeError),
     #[error("storage failed: {0}")]
     Storage(io::Error),
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
 }
+
+/// The session's byte streams: plain socket halves, or the encrypted channel.
+type BoxedReader = Box<dyn AsyncRead + Unpin + Send>;
+type BoxedWriter = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// An offer, owned, with what the server decided for it.
 struct Planned {
@@ -78,8 +89,8 @@ struct Stored {
 }
 
 struct Session<'a> {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<BoxedReader>,
+    writer: BufWriter<BoxedWriter>,
     peer: SocketAddr,
     store: Store,
     config: &'a ServerConfig,
@@ -105,8 +116,8 @@ pub(super) async fn serve(
 ) {
     let (reader, writer) = stream.into_split();
     let mut session = Session {
-        reader: BufReader::new(reader),
-        writer: BufWriter::new(writer),
+        reader: BufReader::new(Box::new(reader)),
+        writer: BufWriter::new(Box::new(writer)),
         peer,
         store,
         config,
@@ -115,6 +126,11 @@ pub(super) async fn serve(
     };
     match session.run().await {
         Ok(()) => debug!(%peer, "haul session ended"),
+        Err(error @ SessionError::Auth(_)) => {
+            // The client expects a handshake message now, not a frame: say
+            // nothing, so that nothing is given away to a wrong secret.
+            warn!(%peer, %error, "haul session refused");
+        }
         Err(error) => {
             warn!(%peer, %error, "haul session failed");
             let _ = session
@@ -123,11 +139,24 @@ pub(super) async fn serve(
                 })
                 .await;
             let _ = session.writer.flush().await;
+            session.linger().await;
         }
     }
 }
 
+/// How long a failed session keeps reading after its Error frame.
+const LINGER: Duration = Duration::from_secs(2);
+
 impl Session<'_> {
+    /// Half-closes and reads (and drops) what the client still sends, for a
+    /// short while. Closing with unread data would reset the connection, and
+    /// a client still sending could then lose the Error frame that says why.
+    async fn linger(&mut self) {
+        let _ = self.writer.shutdown().await;
+        let mut sink = tokio::io::sink();
+        let _ = timeout(LINGER, tokio::io::copy(&mut self.reader, &mut sink)).await;
+    }
+
     async fn run(&mut self) -> Result<(), SessionError> {
         self.handshake().await?;
         let mut batch: Vec<Planned> = Vec::new();
@@ -179,7 +208,15 @@ impl Session<'_> {
             return Err(SessionError::Version { client: version });
         }
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
-        let granted = capabilities & CAP_ZSTD;
+        if self.config.secret.is_some() && capabilities & CAP_SECRET == 0 {
+            return Err(SessionError::SecretRequired);
+        }
+        let secret_granted = if self.config.secret.is_some() {
+            CAP_SECRET
+        } else {
+            0
+        };
+        let granted = capabilities & CAP_ZSTD | secret_granted;
         if granted & CAP_ZSTD != 0 {
             self.zstd = Some(Zstd {
                 decompressor: zstd::bulk::Decompressor::new()?,
@@ -192,6 +229,29 @@ impl Session<'_> {
         })
         .await?;
         self.writer.flush().await?;
+        if let Some(secret) = &self.config.secret {
+            self.encrypt(secret).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the plain socket halves with the encrypted channel, keeping
+    /// any bytes already read ahead.
+    async fn encrypt(&mut self, secret: &Secret) -> Result<(), SessionError> {
+        let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
+        let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
+        let reader = std::mem::replace(&mut self.reader, BufReader::new(placeholder_reader));
+        let writer = std::mem::replace(&mut self.writer, BufWriter::new(placeholder_writer));
+        let read_ahead = reader.buffer().to_vec();
+        let raw_reader = std::io::Cursor::new(read_ahead).chain(reader.into_inner());
+        let handshake = secure::accept(raw_reader, writer.into_inner(), secret);
+        let (opened, sealed) = match timeout(self.config.header_timeout, handshake).await {
+            Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
+            Ok(result) => result.map_err(SessionError::Auth)?,
+        };
+        debug!(peer = %self.peer, "encrypted session established");
+        self.reader = BufReader::new(Box::new(opened));
+        self.writer = BufWriter::new(Box::new(sealed));
         Ok(())
     }
 
@@ -225,6 +285,22 @@ impl Session<'_> {
                 blocking(move || decide_file(&store, target, size, differs, mtime, on_conflict))
                     .await
             }
+        };
+        let decision = match decision {
+            Ok(Decision::Answer(Answer::Send { offset }, Some(partial))) => {
+                let needed = offer.size.map(|size| size.saturating_sub(offset));
+                match needed.and_then(|needed| refusal_for_size(&self.store, self.config, needed)) {
+                    Some(reason) => {
+                        if partial.offset() == 0 {
+                            // Created just now for this offer: nothing to keep.
+                            partial.discard();
+                        }
+                        Ok(Decision::Refuse(reason))
+                    }
+                    None => Ok(Decision::Answer(Answer::Send { offset }, Some(partial))),
+                }
+            }
+            other => other,
         };
         match decision {
             Ok(Decision::Answer(answer, partial)) => {
@@ -339,91 +415,34 @@ impl Session<'_> {
         partial: Partial,
         planned: &Planned,
     ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
-        let (partial, mut hasher) = blocking(move || {
+        let (partial, hasher) = blocking(move || {
             let mut hasher = blake3::Hasher::new();
             partial.hash_held_bytes(&mut hasher)?;
             Ok((partial, hasher))
         })
         .await
         .map_err(SessionError::Storage)?;
-        let mut file = tokio::fs::File::from_std(partial.writer().map_err(SessionError::Storage)?);
-        let mut received = partial.offset();
-        let claimed_hash = loop {
-            let Some(header) = self.read_frame_header(self.config.idle_timeout).await? else {
-                return Err(SessionError::Vanished);
-            };
-            match header.kind {
-                Kind::Data => {
-                    let len = u64::from(header.len);
-                    if planned.size.is_some_and(|size| received + len > size) {
-                        return Err(SessionError::Violation(format!(
-                            "more bytes than the {} offered for {}",
-                            planned.size.unwrap_or(0),
-                            planned.path_shown
-                        )));
-                    }
-                    let pumped = pump(
-                        &mut self.reader,
-                        &mut file,
-                        len,
-                        self.config.idle_timeout,
-                        |chunk| {
-                            hasher.update(chunk);
-                        },
-                    )
-                    .await;
-                    if let Err(error) = pumped {
-                        // A write still in flight would land after a resumed
-                        // transfer has measured the partial file: let it finish.
-                        let _ = file.flush().await;
-                        return Err(error.into());
-                    }
-                    received += len;
-                }
-                Kind::DataZstd => {
-                    let compressed = self.read_bytes(header.len as usize).await?;
-                    let Some(zstd) = self.zstd.as_mut() else {
-                        return Err(SessionError::Violation(
-                            "compressed data without compression".into(),
-                        ));
-                    };
-                    zstd.plain.clear();
-                    zstd.decompressor
-                        .decompress_to_buffer(&compressed, &mut zstd.plain)
-                        .map_err(|error| {
-                            SessionError::Violation(format!("bad compressed data: {error}"))
-                        })?;
-                    let len = zstd.plain.len() as u64;
-                    if planned.size.is_some_and(|size| received + len > size) {
-                        return Err(SessionError::Violation(format!(
-                            "more bytes than the {} offered for {}",
-                            planned.size.unwrap_or(0),
-                            planned.path_shown
-                        )));
-                    }
-                    hasher.update(&zstd.plain);
-                    match timeout(self.config.idle_timeout, file.write_all(&zstd.plain)).await {
-                        Err(_) => return Err(SessionError::Idle(self.config.idle_timeout)),
-                        Ok(result) => result.map_err(SessionError::Storage)?,
-                    }
-                    received += len;
-                }
-                Kind::FileEnd => {
-                    let payload = self.read_payload(header).await?;
-                    let Message::FileEnd { hash } = haul::decode_message(header.kind, &payload)?
-                    else {
-                        unreachable!("a FileEnd frame decodes to FileEnd");
-                    };
-                    break hash;
-                }
-                other => {
-                    return Err(SessionError::Violation(format!(
-                        "expected file data, got {other:?}"
-                    )));
-                }
+        let writer = partial.writer().map_err(SessionError::Storage)?;
+        let mut sink = FileSink::start(writer, Some(hasher));
+        let frames = self
+            .receive_frames(&mut sink, planned, partial.offset())
+            .await;
+        // Every queued write lands before anything else happens to the
+        // partial file, so that a resumed transfer measures it whole.
+        let written = sink.finish().await;
+        let (claimed_hash, received, hasher) = match (frames, written) {
+            (Ok((claimed, received)), Ok(Some(hasher))) => (claimed, received, hasher),
+            (Err(error @ (SessionError::Storage(_) | SessionError::NoSpace)), _) => {
+                partial.discard();
+                return Err(error);
             }
+            (Err(error), _) => return Err(error),
+            (Ok(_), Err(error)) => {
+                partial.discard();
+                return Err(storage_error(error));
+            }
+            (Ok(_), Ok(None)) => unreachable!("the sink was given a hasher"),
         };
-        drop(file);
         if let Some(size) = planned.size
             && received != size
         {
@@ -442,6 +461,73 @@ impl Session<'_> {
             .await
             .map_err(SessionError::Storage)?;
         Ok(Ok((partial, hash, received)))
+    }
+
+    /// Reads one file's Data frames into `sink`, up to its FileEnd;
+    /// returns the hash the client claims and the bytes now held in all.
+    async fn receive_frames(
+        &mut self,
+        sink: &mut FileSink,
+        planned: &Planned,
+        offset: u64,
+    ) -> Result<(Hash, u64), SessionError> {
+        let mut received = offset;
+        loop {
+            let Some(header) = self.read_frame_header(self.config.idle_timeout).await? else {
+                return Err(SessionError::Vanished);
+            };
+            let len = match header.kind {
+                Kind::Data => u64::from(header.len),
+                Kind::DataZstd => {
+                    let compressed = self.read_bytes(header.len as usize).await?;
+                    let Some(zstd) = self.zstd.as_mut() else {
+                        return Err(SessionError::Violation(
+                            "compressed data without compression".into(),
+                        ));
+                    };
+                    zstd.plain.clear();
+                    zstd.decompressor
+                        .decompress_to_buffer(&compressed, &mut zstd.plain)
+                        .map_err(|error| {
+                            SessionError::Violation(format!("bad compressed data: {error}"))
+                        })?;
+                    zstd.plain.len() as u64
+                }
+                Kind::FileEnd => {
+                    let payload = self.read_payload(header).await?;
+                    let Message::FileEnd { hash } = haul::decode_message(header.kind, &payload)?
+                    else {
+                        unreachable!("a FileEnd frame decodes to FileEnd");
+                    };
+                    return Ok((hash, received));
+                }
+                other => {
+                    return Err(SessionError::Violation(format!(
+                        "expected file data, got {other:?}"
+                    )));
+                }
+            };
+            check_stream_limit(self.config, received + len)?;
+            if planned.size.is_some_and(|size| received + len > size) {
+                return Err(SessionError::Violation(format!(
+                    "more bytes than the {} offered for {}",
+                    planned.size.unwrap_or(0),
+                    planned.path_shown
+                )));
+            }
+            if header.kind == Kind::DataZstd {
+                let plain = self.zstd.as_ref().map_or(&[][..], |zstd| &zstd.plain[..]);
+                receive_slice(sink, plain).await.map_err(storage_error)?;
+            } else {
+                receive(&mut self.reader, sink, len, self.config.idle_timeout)
+                    .await
+                    .map_err(|error| match error {
+                        PumpError::Write { source, .. } => storage_error(source),
+                        other => SessionError::Pump(other),
+                    })?;
+            }
+            received += len;
+        }
     }
 
     async fn finish_directories(&mut self) {
@@ -610,6 +696,24 @@ fn metadata_of(mtime: Mtime, mode: u32) -> Metadata {
     Metadata {
         modified,
         mode: Some(mode),
+    }
+}
+
+/// A stream of unknown size is held to the size limit as it grows.
+fn check_stream_limit(config: &ServerConfig, total: u64) -> Result<(), SessionError> {
+    match config.max_file_size {
+        Some(max) if total > max => Err(SessionError::Violation(format!(
+            "the file grew past this server's limit of {max} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn storage_error(error: io::Error) -> SessionError {
+    if is_out_of_space(&error) {
+        SessionError::NoSpace
+    } else {
+        SessionError::Storage(error)
     }
 }
 

@@ -22,11 +22,12 @@ use tokio::time::timeout;
 use tracing::{error, info, warn};
 
 use crate::protocol::haul::MAGIC;
+use crate::secure::Secret;
 use crate::store::{OnConflict, Store};
 use crate::transfer::Rate;
 
 /// Everything an operator can tune about the server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// The receive directory (the inbox).
     pub dir: PathBuf,
@@ -49,6 +50,13 @@ pub struct ServerConfig {
     pub partial_max_age: Duration,
     /// Accept the classroom protocol (haul's own is always accepted).
     pub accept_seed: bool,
+    /// Largest file accepted, if any limit.
+    pub max_file_size: Option<u64>,
+    /// Free space kept on the inbox's file system: a file that would eat
+    /// into it is refused before any of its bytes is written.
+    pub reserve: u64,
+    /// When set, haul sessions must prove they hold it, and are encrypted.
+    pub secret: Option<Secret>,
 }
 
 impl ServerConfig {
@@ -64,6 +72,9 @@ impl ServerConfig {
             grace: Duration::from_secs(10),
             partial_max_age: Duration::from_secs(24 * 60 * 60),
             accept_seed: true,
+            max_file_size: None,
+            reserve: 64 * 1024 * 1024,
+            secret: None,
         }
     }
 }
@@ -92,56 +103,66 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets
-    /// transfers in flight finish within the grace period and returns.
+    /// Serves until `shutdown` completes, then closes the listening socket,
+    /// lets transfers in flight finish within the grace period and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::spawn(remove_stale_partials(
-            self.store.clone(),
-            self.config.partial_max_age,
-        ));
-        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        let Server {
+            listener,
+            store,
+            config,
+        } = self;
+        tokio::spawn(remove_stale_partials(store.clone(), config.partial_max_age));
         // Every handler holds a clone; `recv` returns `None` once all are gone.
         let (handlers_alive, mut all_handlers_done) = mpsc::channel::<()>(1);
         tokio::select! {
-            () = self.accept_loop(&permits, &handlers_alive) => {}
-            () = shutdown => info!("shutting down: no new connections"),
+            () = accept_loop(listener, store, Arc::clone(&config), handlers_alive) => {}
+            () = shutdown => {}
         }
-        drop(handlers_alive);
-        if timeout(self.config.grace, all_handlers_done.recv())
+        // The accept loop, its listener and its sender are gone now.
+        info!(
+            grace_secs = config.grace.as_secs_f64(),
+            "shutting down: no new connections; transfers in flight may finish"
+        );
+        if timeout(config.grace, all_handlers_done.recv())
             .await
             .is_err()
         {
-            warn!(
-                grace_secs = self.config.grace.as_secs(),
-                "transfers still running after the grace period were cut"
-            );
+            warn!("transfers still running after the grace period were cut; they can resume");
         }
     }
+}
 
-    async fn accept_loop(&self, permits: &Arc<Semaphore>, handlers_alive: &mpsc::Sender<()>) {
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Typically out of file descriptors: wait for some to be
-                    // released instead of spinning or giving up.
-                    error!(%error, "accept failed; retrying shortly");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let store = self.store.clone();
-            let config = Arc::clone(&self.config);
-            let alive = handlers_alive.clone();
-            tokio::spawn(async move {
-                serve_connection(stream, peer, store, &config).await;
-                drop(permit);
-                drop(alive);
-            });
-        }
+/// Accepts connections for as long as it runs; dropping it closes the
+/// listening socket.
+async fn accept_loop(
+    listener: TcpListener,
+    store: Store,
+    config: Arc<ServerConfig>,
+    handlers_alive: mpsc::Sender<()>,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Typically out of file descriptors: wait for some to be
+                // released instead of spinning or giving up.
+                error!(%error, "accept failed; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let store = store.clone();
+        let config = Arc::clone(&config);
+        let alive = handlers_alive.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, store, &config).await;
+            drop(permit);
+            drop(alive);
+        });
     }
 }
 
@@ -185,6 +206,36 @@ async fn serve_connection(
         warn!(%peer, "refused a seed-protocol connection: this server accepts only haul's protocol");
         let _ = stream.set_zero_linger();
     }
+}
+
+/// Says why a file of `size` bytes cannot be taken, if it cannot: over the
+/// size limit, or more than the file system can hold beside the reserve.
+/// Checked before any byte is written; a stream of unknown size is checked
+/// as it grows.
+fn refusal_for_size(store: &Store, config: &ServerConfig, size: u64) -> Option<String> {
+    if let Some(max) = config.max_file_size
+        && size > max
+    {
+        return Some(format!(
+            "the file is {size} bytes; this server accepts at most {max}"
+        ));
+    }
+    match store.available_space() {
+        Ok(free) if size.saturating_add(config.reserve) > free => Some(format!(
+            "no space left on the server: the file needs {size} bytes and {} are free",
+            free.saturating_sub(config.reserve)
+        )),
+        Ok(_) => None,
+        Err(error) => Some(format!("cannot check the server's free space: {error}")),
+    }
+}
+
+/// Whether a write failed because the disk or a quota is full.
+fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Runs blocking file-system work off the async threads.

@@ -9,10 +9,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{ServerConfig, blocking, log_transfer};
+use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_size};
 use crate::protocol::seed::{self, Decoded, HeaderError};
-use crate::store::{NameError, RelPath, SafeName, Store, printable};
-use crate::transfer::{PumpError, pump};
+use crate::store::{NameError, RelPath, SafeName, Store};
+use crate::text::printable;
+use crate::transfer::{self, FileSink, PumpError};
 
 /// Why a seed connection ended without storing a file.
 #[derive(Debug, Error)]
@@ -25,6 +26,10 @@ enum SeedError {
     Header(#[from] HeaderError),
     #[error("refused name \"{shown}\": {reason}")]
     RefusedName { shown: String, reason: NameError },
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("no space left on the server")]
+    NoSpace,
     #[error("storage failed: {0}")]
     Storage(io::Error),
     #[error(transparent)]
@@ -81,17 +86,31 @@ async fn receive(
         reason,
     })?;
 
+    if let Some(reason) = refusal_for_size(store, config, header.size) {
+        return Err(SeedError::Refused(reason));
+    }
     let partial = {
         let store = store.clone();
         blocking(move || store.begin(RelPath::single(name)))
             .await
             .map_err(SeedError::Storage)?
     };
-    let mut file = tokio::fs::File::from_std(partial.writer().map_err(SeedError::Storage)?);
+    let mut sink = FileSink::start(partial.writer().map_err(SeedError::Storage)?, None);
 
     stream.write_all(seed::GO_AHEAD).await?;
-    pump(stream, &mut file, header.size, config.idle_timeout, |_| {}).await?;
-    drop(file);
+    let received = transfer::receive(stream, &mut sink, header.size, config.idle_timeout).await;
+    let written = sink.finish().await;
+    received.map_err(|error| match error {
+        PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
+        other => SeedError::Pump(other),
+    })?;
+    written.map_err(|error| {
+        if is_out_of_space(&error) {
+            SeedError::NoSpace
+        } else {
+            SeedError::Storage(error)
+        }
+    })?;
 
     blocking(move || partial.commit())
         .await

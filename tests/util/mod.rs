@@ -171,7 +171,9 @@ impl HaulServer {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(inbox)
-            .args(extra_args);
+            .args(extra_args)
+            // Session-level lines (handshakes) give tests points to wait on.
+            .env("RUST_LOG", "info,haul=debug");
         Running::start(command)
     }
 

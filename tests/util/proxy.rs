@@ -3,8 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Fault {
@@ -22,7 +22,15 @@ pub struct Proxy {
     pub addr: String,
     /// Client-to-server bytes forwarded, over all connections.
     forwarded: Arc<AtomicU64>,
+    /// Every byte seen in each direction, for tests that inspect the wire.
+    recording: Arc<Recording>,
     stop: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Recording {
+    upstream: Mutex<Vec<u8>>,
+    downstream: Mutex<Vec<u8>>,
 }
 
 impl Proxy {
@@ -31,10 +39,12 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let forwarded = Arc::new(AtomicU64::new(0));
+        let recording = Arc::new(Recording::default());
         let stop = Arc::new(AtomicBool::new(false));
         let upstream = upstream.to_owned();
         {
             let forwarded = Arc::clone(&forwarded);
+            let recording = Arc::clone(&recording);
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
                 for client in listener.incoming() {
@@ -49,22 +59,42 @@ impl Proxy {
                         (client.try_clone().unwrap(), server.try_clone().unwrap());
                     let forwarded = Arc::clone(&forwarded);
                     let stop = Arc::clone(&stop);
+                    let up = Arc::clone(&recording);
+                    let down = Arc::clone(&recording);
                     std::thread::spawn(move || {
-                        upstream_copy(client_read, server_write, fault, &forwarded, &stop)
+                        upstream_copy(
+                            client_read,
+                            server_write,
+                            fault,
+                            &forwarded,
+                            &up.upstream,
+                            &stop,
+                        )
                     });
-                    std::thread::spawn(move || downstream_copy(server, client));
+                    std::thread::spawn(move || downstream_copy(server, client, &down.downstream));
                 }
             });
         }
         Proxy {
             addr,
             forwarded,
+            recording,
             stop,
         }
     }
 
     pub fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// What the clients sent, as forwarded (after any fault).
+    pub fn upstream_bytes(&self) -> Vec<u8> {
+        self.recording.upstream.lock().unwrap().clone()
+    }
+
+    /// What the server answered.
+    pub fn downstream_bytes(&self) -> Vec<u8> {
+        self.recording.downstream.lock().unwrap().clone()
     }
 }
 
@@ -81,6 +111,7 @@ fn upstream_copy(
     mut server: TcpStream,
     fault: Fault,
     forwarded: &AtomicU64,
+    record: &Mutex<Vec<u8>>,
     stop: &AtomicBool,
 ) {
     let mut offset: u64 = 0;
@@ -121,6 +152,7 @@ fn upstream_copy(
         {
             buffer[(at - offset) as usize] ^= 0xff;
         }
+        record.lock().unwrap().extend_from_slice(&buffer[..read]);
         if server.write_all(&buffer[..read]).is_err() {
             let _ = client.shutdown(Shutdown::Both);
             return;
@@ -130,7 +162,7 @@ fn upstream_copy(
     }
 }
 
-fn downstream_copy(mut server: TcpStream, mut client: TcpStream) {
+fn downstream_copy(mut server: TcpStream, mut client: TcpStream, record: &Mutex<Vec<u8>>) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         match server.read(&mut buffer) {
@@ -139,6 +171,7 @@ fn downstream_copy(mut server: TcpStream, mut client: TcpStream) {
                 return;
             }
             Ok(read) => {
+                record.lock().unwrap().extend_from_slice(&buffer[..read]);
                 if client.write_all(&buffer[..read]).is_err() {
                     return;
                 }

@@ -1,0 +1,408 @@
+//! The encrypted channel: a Noise handshake keyed by the shared secret, then
+//! every byte in both directions sealed with AES-256-GCM.
+//!
+//! The pattern is `NNpsk0`: both sides contribute fresh ephemeral keys (so
+//! every session has its own keys and a recorded session cannot be
+//! replayed), and the pre-shared key derived from the secret is mixed in
+//! from the first message (so only holders of the secret get through, and
+//! the secret itself never crosses the wire). On the wire every Noise
+//! message is a u16 big-endian length followed by that many bytes.
+//!
+//! [`SealedWriter`] and [`OpenedReader`] wrap a socket's halves so that the
+//! protocol code above reads and writes plain frames and never sees this.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use snow::{Builder, HandshakeState, StatelessTransportState};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// The Noise protocol name, fixed for protocol version 1.
+const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+/// Largest Noise message.
+const MAX_MESSAGE: usize = 65535;
+/// Bytes of authentication tag per message.
+const TAG_LEN: usize = 16;
+/// Largest plaintext per message.
+const MAX_PLAIN: usize = MAX_MESSAGE - TAG_LEN;
+/// Context for deriving the Noise key from the secret, so that the same
+/// secret used elsewhere never yields the same key.
+const KEY_CONTEXT: &str = "haul 2026-11 noise psk v1";
+
+/// The shared secret, as given by the operator.
+#[derive(Clone)]
+pub struct Secret {
+    key: [u8; 32],
+}
+
+/// Fewest characters a secret may have. `haul token` makes 64 hex digits
+/// (256 bits); a short, guessable secret could be tried offline against a
+/// recorded handshake, so it is refused outright.
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl Secret {
+    /// Takes a secret from text, ignoring surrounding white space.
+    pub fn new(text: &str) -> Result<Secret, String> {
+        let text = text.trim();
+        if text.len() < MIN_SECRET_LEN {
+            return Err(format!(
+                "the secret is {} characters long; use at least {MIN_SECRET_LEN} (`haul token` makes a strong one)",
+                text.len()
+            ));
+        }
+        Ok(Secret {
+            key: blake3::derive_key(KEY_CONTEXT, text.as_bytes()),
+        })
+    }
+}
+
+/// A new random secret: 256 bits as 64 hexadecimal digits.
+pub fn new_token() -> io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(io::Error::other)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Why the secure channel could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("authentication failed: the secrets do not match")]
+    WrongSecret,
+    #[error("the encrypted handshake failed: {0}")]
+    Noise(snow::Error),
+    #[error("connection failed during the encrypted handshake: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The two halves of an established channel.
+pub type Channel<R, W> = (OpenedReader<R>, SealedWriter<W>);
+
+/// Runs the client's side of the handshake.
+pub async fn connect<R, W>(
+    mut reader: R,
+    mut writer: W,
+    secret: &Secret,
+) -> Result<Channel<R, W>, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut noise = builder(secret)?
+        .build_initiator()
+        .map_err(HandshakeError::Noise)?;
+    let mut message = vec![0u8; MAX_MESSAGE];
+    let len = noise
+        .write_message(&[], &mut message)
+        .map_err(HandshakeError::Noise)?;
+    write_message(&mut writer, &message[..len]).await?;
+    let reply = read_message(&mut reader).await?;
+    noise
+        .read_message(&reply, &mut message)
+        .map_err(|_| HandshakeError::WrongSecret)?;
+    established(noise, reader, writer)
+}
+
+/// Runs the server's side of the handshake.
+pub async fn accept<R, W>(
+    mut reader: R,
+    mut writer: W,
+    secret: &Secret,
+) -> Result<Channel<R, W>, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut noise = builder(secret)?
+        .build_responder()
+        .map_err(HandshakeError::Noise)?;
+    let mut message = vec![0u8; MAX_MESSAGE];
+    let hello = read_message(&mut reader).await?;
+    noise
+        .read_message(&hello, &mut message)
+        .map_err(|_| HandshakeError::WrongSecret)?;
+    let len = noise
+        .write_message(&[], &mut message)
+        .map_err(HandshakeError::Noise)?;
+    write_message(&mut writer, &message[..len]).await?;
+    established(noise, reader, writer)
+}
+
+fn builder(secret: &Secret) -> Result<Builder<'_>, HandshakeError> {
+    let params = NOISE_PARAMS.parse().map_err(HandshakeError::Noise)?;
+    Builder::new(params)
+        .psk(0, &secret.key)
+        .map_err(HandshakeError::Noise)
+}
+
+fn established<R, W>(
+    noise: HandshakeState,
+    reader: R,
+    writer: W,
+) -> Result<Channel<R, W>, HandshakeError> {
+    let keys = Arc::new(
+        noise
+            .into_stateless_transport_mode()
+            .map_err(HandshakeError::Noise)?,
+    );
+    Ok((
+        OpenedReader {
+            inner: reader,
+            keys: Arc::clone(&keys),
+            nonce: 0,
+            incoming: vec![0u8; READ_AHEAD],
+            start: 0,
+            end: 0,
+            plain: vec![0u8; MAX_MESSAGE],
+            plain_start: 0,
+            plain_end: 0,
+        },
+        SealedWriter {
+            inner: writer,
+            keys,
+            nonce: 0,
+            plain: Vec::with_capacity(MAX_PLAIN),
+            sealed: vec![0u8; 2 + MAX_MESSAGE],
+            sealed_start: 0,
+            sealed_end: 0,
+        },
+    ))
+}
+
+async fn write_message(writer: &mut (impl AsyncWrite + Unpin), message: &[u8]) -> io::Result<()> {
+    let len =
+        u16::try_from(message.len()).map_err(|_| io::Error::other("handshake message too long"))?;
+    writer.write_all(&len.to_be_bytes()).await?;
+    writer.write_all(message).await?;
+    writer.flush().await
+}
+
+async fn read_message(reader: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    reader.read_exact(&mut len).await?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    reader.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+fn tampered() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the encrypted stream failed authentication: it was damaged or tampered with",
+    )
+}
+
+/// Encrypts everything written through it, a Noise message at a time.
+pub struct SealedWriter<W> {
+    inner: W,
+    keys: Arc<StatelessTransportState>,
+    nonce: u64,
+    /// Plaintext waiting to fill a message.
+    plain: Vec<u8>,
+    /// One sealed message (length prefix included) being written out.
+    sealed: Vec<u8>,
+    sealed_start: usize,
+    sealed_end: usize,
+}
+
+impl<W: AsyncWrite + Unpin> SealedWriter<W> {
+    fn seal(&mut self) -> io::Result<()> {
+        let len = self
+            .keys
+            .write_message(self.nonce, &self.plain, &mut self.sealed[2..])
+            .map_err(io::Error::other)?;
+        self.nonce += 1;
+        self.sealed[..2].copy_from_slice(&(len as u16).to_be_bytes());
+        self.sealed_start = 0;
+        self.sealed_end = 2 + len;
+        self.plain.clear();
+        Ok(())
+    }
+
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sealed_start < self.sealed_end {
+            let written = ready!(
+                Pin::new(&mut self.inner)
+                    .poll_write(cx, &self.sealed[self.sealed_start..self.sealed_end])
+            )?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sealed_start += written;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for SealedWriter<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        let taken = buf.len().min(MAX_PLAIN - this.plain.len());
+        this.plain.extend_from_slice(&buf[..taken]);
+        if this.plain.len() == MAX_PLAIN {
+            this.seal()?;
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        if !this.plain.is_empty() {
+            this.seal()?;
+            ready!(this.poll_drain(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Decrypts and authenticates everything read through it.
+pub struct OpenedReader<R> {
+    inner: R,
+    keys: Arc<StatelessTransportState>,
+    nonce: u64,
+    /// Sealed bytes read ahead: `incoming[start..end]` is not yet opened.
+    /// Reading several messages per system call halves the calls a
+    /// message-at-a-time reader would make.
+    incoming: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The last message's plaintext, and how much of it was handed out.
+    plain: Vec<u8>,
+    plain_start: usize,
+    plain_end: usize,
+}
+
+/// Sealed bytes an [`OpenedReader`] reads ahead at most.
+const READ_AHEAD: usize = 4 * (2 + MAX_MESSAGE);
+
+impl<R: AsyncRead + Unpin> OpenedReader<R> {
+    /// The length of the whole next message (prefix included), if its
+    /// prefix has arrived.
+    fn next_message_len(&self) -> Option<usize> {
+        let prefix = self.incoming.get(self.start..self.start + 2)?;
+        (self.end - self.start >= 2)
+            .then(|| 2 + usize::from(u16::from_be_bytes([prefix[0], prefix[1]])))
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for OpenedReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.plain_start == this.plain_end {
+            if let Some(len) = this.next_message_len()
+                && this.end - this.start >= len
+            {
+                let sealed = &this.incoming[this.start + 2..this.start + len];
+                let opened = this
+                    .keys
+                    .read_message(this.nonce, sealed, &mut this.plain)
+                    .map_err(|_| tampered())?;
+                this.nonce += 1;
+                this.start += len;
+                this.plain_start = 0;
+                this.plain_end = opened;
+                continue;
+            }
+            // Not a whole message yet: make room at the end, then read.
+            if this.start > 0 && this.incoming.len() - this.end < 2 + MAX_MESSAGE {
+                this.incoming.copy_within(this.start..this.end, 0);
+                this.end -= this.start;
+                this.start = 0;
+            }
+            let mut window = ReadBuf::new(&mut this.incoming[this.end..]);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut window))?;
+            let read = window.filled().len();
+            if read == 0 {
+                return if this.start == this.end {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+                };
+            }
+            this.end += read;
+        }
+        let take = buf.remaining().min(this.plain_end - this.plain_start);
+        buf.put_slice(&this.plain[this.plain_start..this.plain_start + take]);
+        this.plain_start += take;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(
+        client_secret: &str,
+        server_secret: &str,
+    ) -> (Result<(), HandshakeError>, Result<(), HandshakeError>) {
+        let (client_side, server_side) = tokio::io::duplex(1 << 20);
+        let (client_read, client_write) = tokio::io::split(client_side);
+        let (server_read, server_write) = tokio::io::split(server_side);
+        let client_secret = Secret::new(client_secret).unwrap();
+        let server_secret = Secret::new(server_secret).unwrap();
+        let (client, server) = tokio::join!(
+            connect(client_read, client_write, &client_secret),
+            accept(server_read, server_write, &server_secret)
+        );
+        (client.map(drop), server.map(drop))
+    }
+
+    #[tokio::test]
+    async fn matching_secrets_carry_bytes_both_ways_intact() {
+        let (client_side, server_side) = tokio::io::duplex(1 << 20);
+        let (client_read, client_write) = tokio::io::split(client_side);
+        let (server_read, server_write) = tokio::io::split(server_side);
+        let secret = Secret::new("a shared secret of some length").unwrap();
+        let (client, server) = tokio::join!(
+            connect(client_read, client_write, &secret),
+            accept(server_read, server_write, &secret)
+        );
+        let ((_, mut client_writer), (mut server_reader, _)) = (client.unwrap(), server.unwrap());
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client_writer.write_all(&sent).await.unwrap();
+            client_writer.shutdown().await.unwrap();
+        });
+        let mut received = Vec::new();
+        server_reader.read_to_end(&mut received).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(received, payload);
+    }
+
+    #[tokio::test]
+    async fn different_secrets_fail_the_handshake() {
+        let (client, server) = pair("the client's secret, long", "the server's secret, long").await;
+        assert!(
+            matches!(server, Err(HandshakeError::WrongSecret)),
+            "{server:?}"
+        );
+        assert!(client.is_err());
+    }
+
+    #[test]
+    fn short_secrets_are_refused_and_tokens_are_long_and_fresh() {
+        assert!(Secret::new("hunter2").is_err());
+        let (first, second) = (new_token().unwrap(), new_token().unwrap());
+        assert_eq!(first.len(), 64);
+        assert_ne!(first, second);
+        assert!(Secret::new(&first).is_ok());
+    }
+}

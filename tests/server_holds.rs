@@ -1,0 +1,562 @@
+//! The server under hostile input, load and faults: it refuses what it must,
+//! writes nothing outside its inbox, never leaves a partial file under a
+//! final name, and keeps serving everyone else.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use haul::protocol::haul::{
+    self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
+};
+use util::proxy::{Fault, Proxy};
+use util::{HAUL, HaulServer, Running, haul, random_bytes, seed_client, stderr_of};
+
+fn seed_header(size: u64, name: &[u8]) -> Vec<u8> {
+    let mut header = size.to_be_bytes().to_vec();
+    header.extend_from_slice(name);
+    header
+}
+
+fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    received
+}
+
+fn frame(message: &Message<'_>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    wire::encode(message, &mut bytes);
+    bytes
+}
+
+/// Reads one frame and renders its message for assertions.
+fn read_message(stream: &mut TcpStream) -> String {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream.read_exact(&mut header).unwrap();
+    let header = wire::decode_frame_header(header).unwrap();
+    let mut payload = vec![0u8; header.len as usize];
+    stream.read_exact(&mut payload).unwrap();
+    format!("{:?}", wire::decode_message(header.kind, &payload).unwrap())
+}
+
+/// Opens a haul session by hand, past the handshake.
+fn raw_haul_session(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(&MAGIC).unwrap();
+    stream
+        .write_all(&frame(&Message::Hello {
+            version: wire::VERSION,
+            capabilities: 0,
+        }))
+        .unwrap();
+    assert!(read_message(&mut stream).starts_with("Welcome"));
+    stream
+}
+
+fn file_offer(path: &[u8], size: u64) -> Message<'_> {
+    Message::Offer(Offer {
+        kind: EntryKind::File,
+        size: Some(size),
+        differs: false,
+        mtime: Mtime::default(),
+        mode: 0o644,
+        path,
+    })
+}
+
+/// Everything under `root` except the inbox's own hidden area.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|entry| entry.unwrap().path().to_owned())
+        .filter(|path| path.is_file() && !path.components().any(|part| part.as_os_str() == ".haul"))
+        .collect()
+}
+
+#[test]
+fn traversal_names_never_leave_the_inbox_in_either_protocol() {
+    let server = HaulServer::start(&[]);
+    let sandbox = server.inbox.parent().unwrap().to_owned();
+
+    // Seed: only the last component counts, so these land inside, by that name.
+    for (raw, stored) in [
+        (&b"../../escaped-1"[..], "escaped-1"),
+        (b"/etc/escaped-2", "escaped-2"),
+        (b"a/../../escaped-3", "escaped-3"),
+        (b"..\\..\\escaped-4", "escaped-4"),
+    ] {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        stream.write_all(&seed_header(2, raw)).unwrap();
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"go ahead");
+        stream.write_all(b"ok").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        read_until_closed(&mut stream);
+        assert_eq!(std::fs::read(server.inbox.join(stored)).unwrap(), b"ok");
+    }
+
+    // haul: a path is judged whole, and any bad component refuses it.
+    let mut session = raw_haul_session(server.addr());
+    let long_component = vec![b'n'; 256];
+    let bad_paths: Vec<&[u8]> = vec![
+        b"../../x",
+        b"/abs/x",
+        b"a/../../b",
+        b"a\\b",
+        b"a\0b",
+        b"\xff\xfe",
+        &long_component,
+        b".haul/resume-x",
+        b"a//b",
+    ];
+    for path in &bad_paths {
+        session.write_all(&frame(&file_offer(path, 1))).unwrap();
+    }
+    session.write_all(&frame(&Message::BatchEnd)).unwrap();
+    for path in &bad_paths {
+        let answer = read_message(&mut session);
+        assert!(
+            answer.contains("Refused") && answer.contains("refused path"),
+            "{path:?}: {answer}"
+        );
+    }
+    session.write_all(&frame(&Message::Bye)).unwrap();
+    session.shutdown(Shutdown::Write).unwrap();
+    read_until_closed(&mut session);
+
+    let mut stored = files_under(&sandbox);
+    stored.sort();
+    let expected: Vec<PathBuf> = (1..=4)
+        .map(|n| server.inbox.join(format!("escaped-{n}")))
+        .collect();
+    assert_eq!(stored, expected);
+}
+
+#[test]
+fn an_absurd_size_is_refused_before_any_byte_in_either_protocol() {
+    let server = HaulServer::start(&[]);
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .write_all(&seed_header(1 << 63, b"huge.bin"))
+        .unwrap();
+    assert!(read_until_closed(&mut stream).is_empty());
+    server
+        .running
+        .wait_for_log(&["huge.bin", "no space left on the server"]);
+
+    let mut session = raw_haul_session(server.addr());
+    session
+        .write_all(&frame(&file_offer(b"huge.bin", 1 << 63)))
+        .unwrap();
+    session.write_all(&frame(&Message::BatchEnd)).unwrap();
+    let answer = read_message(&mut session);
+    assert!(
+        answer.contains("Refused") && answer.contains("no space left"),
+        "{answer}"
+    );
+    assert!(server.stored_names().is_empty());
+    assert_eq!(server.partial_count(), 0);
+}
+
+#[test]
+fn a_megabyte_of_random_bytes_gets_a_closed_connection_and_no_file() {
+    let server = HaulServer::start(&[]);
+    let garbage = random_bytes(1024 * 1024, 42);
+
+    let mut as_seed = TcpStream::connect(server.addr()).unwrap();
+    let _ = as_seed.write_all(&garbage);
+    let reply = read_until_closed(&mut as_seed);
+    assert!(reply.is_empty(), "{reply:?}");
+    server.running.wait_for_log(&["result=\"failed\""]);
+
+    let mut as_haul = TcpStream::connect(server.addr()).unwrap();
+    as_haul.write_all(&MAGIC).unwrap();
+    let _ = as_haul.write_all(&garbage);
+    let reply = read_until_closed(&mut as_haul);
+    assert_eq!(
+        reply.first(),
+        Some(&0x31),
+        "expected an Error frame, got {reply:?}"
+    );
+    server
+        .running
+        .wait_for_log(&["haul session failed", "bad frame"]);
+
+    // Frames out of order: file data before any batch.
+    let mut session = raw_haul_session(server.addr());
+    let mut data = Vec::new();
+    wire::encode_data_header(wire::Kind::Data, 3, &mut data);
+    data.extend_from_slice(b"abc");
+    session.write_all(&data).unwrap();
+    let reply = read_until_closed(&mut session);
+    assert_eq!(reply.first(), Some(&0x31));
+    server
+        .running
+        .wait_for_log(&["haul session failed", "file data outside a file"]);
+
+    // A truncated frame: the client vanishes mid-header.
+    let mut session = raw_haul_session(server.addr());
+    session.write_all(&[0x10, 0, 0]).unwrap();
+    drop(session);
+    server
+        .running
+        .wait_for_log(&["haul session failed", "without saying goodbye"]);
+
+    assert!(server.stored_names().is_empty());
+    assert_eq!(server.partial_count(), 0);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("after.txt");
+    std::fs::write(&path, b"still serving").unwrap();
+    let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+}
+
+#[test]
+fn three_hundred_idle_connections_do_not_stop_real_transfers() {
+    let server = HaulServer::start(&[]);
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("real.bin");
+    let content = random_bytes(2 * 1024 * 1024, 8);
+    std::fs::write(&path, &content).unwrap();
+    let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let port = server.addr().rsplit(':').next().unwrap().to_owned();
+    std::fs::write(source.path().join("seed.txt"), b"seed too").unwrap();
+    let output = seed_client("seed.txt", &port, source.path());
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    server.wait_stored("seed.txt");
+    assert_eq!(
+        std::fs::read(server.inbox.join("real.bin")).unwrap(),
+        content
+    );
+    drop(idle);
+}
+
+#[test]
+fn silent_clients_are_dropped_and_free_their_slot() {
+    let server = HaulServer::start(&["--max-connections", "2", "--header-timeout", "1s"]);
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("patient.txt");
+    std::fs::write(&path, b"waited for a slot").unwrap();
+    let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    server.running.wait_for_log(&["no first 8 bytes in time"]);
+    assert_eq!(
+        std::fs::read(server.inbox.join("patient.txt")).unwrap(),
+        b"waited for a slot"
+    );
+    drop(silent);
+}
+
+/// A small tmpfs mounted for one test and unmounted after it.
+struct SmallDisk {
+    mount_point: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let mount_point = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(mount_point.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (this test needs root, as CI has): {status}"
+        );
+        SmallDisk { mount_point }
+    }
+
+    fn path(&self) -> &Path {
+        self.mount_point.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.mount_point.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_or_fails_cleanly_and_the_server_keeps_serving() {
+    let disk = SmallDisk::mount("16m");
+    let inbox = disk.path().join("inbox");
+    let mut command = Command::new(HAUL);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--reserve",
+            "0",
+            "--dir",
+        ])
+        .arg(&inbox);
+    let server = Running::start(command);
+    let source = tempfile::tempdir().unwrap();
+
+    // Known to be too big: refused before any byte is written.
+    let big = source.path().join("big.bin");
+    std::fs::write(&big, random_bytes(32 * 1024 * 1024, 9)).unwrap();
+    let output = haul(&["send", "--to", &server.addr, big.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("no space left on the server"),
+        "{}",
+        stderr_of(&output)
+    );
+
+    // A stream of unknown size fills the disk on the way.
+    let mut sender = Command::new(HAUL)
+        .args(["send", "--to", &server.addr, "-", "--name", "stream.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    let _ = stdin.write_all(&random_bytes(32 * 1024 * 1024, 10));
+    drop(stdin);
+    let output = sender.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("no space left on the server"),
+        "{}",
+        stderr_of(&output)
+    );
+    server.wait_for_log(&["haul session failed", "no space left on the server"]);
+    let hidden = inbox.join(".haul");
+    assert_eq!(
+        std::fs::read_dir(&hidden).unwrap().count(),
+        0,
+        "partial data was left"
+    );
+    assert!(!inbox.join("stream.bin").exists());
+
+    // The seed protocol is refused up front, without `go ahead`.
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .write_all(&seed_header(32 * 1024 * 1024, b"seed.bin"))
+        .unwrap();
+    assert!(read_until_closed(&mut stream).is_empty());
+
+    let small = source.path().join("small.txt");
+    std::fs::write(&small, b"fits").unwrap();
+    let output = haul(&["send", "--to", &server.addr, small.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(std::fs::read(inbox.join("small.txt")).unwrap(), b"fits");
+}
+
+#[test]
+fn a_server_killed_during_a_seed_transfer_leaves_no_partial_file_and_restarts_cleanly() {
+    let mut server = HaulServer::start(&[]);
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .write_all(&seed_header(1_000_000, b"interrupted.bin"))
+        .unwrap();
+    let mut reply = [0u8; 8];
+    stream.read_exact(&mut reply).unwrap();
+    stream.write_all(&random_bytes(500_000, 11)).unwrap();
+    server.kill_and_restart(&[]);
+    drop(stream);
+    assert!(
+        server.stored_names().is_empty(),
+        "{:?}",
+        server.stored_names()
+    );
+
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("interrupted.bin");
+    let content = random_bytes(1_000_000, 11);
+    std::fs::write(&path, &content).unwrap();
+    let output = haul(&[
+        "send",
+        "--protocol",
+        "seed",
+        "--to",
+        server.addr(),
+        path.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        std::fs::read(server.inbox.join("interrupted.bin")).unwrap(),
+        content
+    );
+}
+
+#[test]
+fn ten_senders_of_one_name_at_once_all_land_intact() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let contents: Vec<Vec<u8>> = (0..10).map(|i| random_bytes(100_000, 100 + i)).collect();
+    let senders: Vec<_> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, content)| {
+            let dir = source.path().join(format!("sender-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("same.txt");
+            std::fs::write(&path, content).unwrap();
+            let protocol = if i % 2 == 0 { "haul" } else { "seed" };
+            Command::new(HAUL)
+                .args([
+                    "send",
+                    "--protocol",
+                    protocol,
+                    "--to",
+                    server.addr(),
+                    path.to_str().unwrap(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for sender in senders {
+        let output = sender.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr_of(&output));
+    }
+    let mut stored: Vec<Vec<u8>> = server
+        .stored_names()
+        .iter()
+        .map(|name| std::fs::read(server.inbox.join(name)).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 10, "{:?}", server.stored_names());
+    let mut expected = contents.clone();
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored, expected);
+}
+
+#[test]
+fn forty_clients_with_five_files_each_at_once_all_arrive() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let senders: Vec<_> = (0..40u64)
+        .map(|client| {
+            let paths: Vec<String> = (0..5u64)
+                .map(|file| {
+                    let path = source.path().join(format!("c{client}-f{file}.bin"));
+                    std::fs::write(
+                        &path,
+                        random_bytes(50_000 + (client * 5 + file) as usize, client * 5 + file),
+                    )
+                    .unwrap();
+                    path.to_str().unwrap().to_owned()
+                })
+                .collect();
+            let protocol = if client % 4 == 0 { "seed" } else { "haul" };
+            Command::new(HAUL)
+                .args(["send", "--protocol", protocol, "--to", server.addr()])
+                .args(&paths)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for sender in senders {
+        let output = sender.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr_of(&output));
+    }
+    assert_eq!(server.stored_names().len(), 200);
+    for client in 0..40u64 {
+        for file in 0..5u64 {
+            let name = format!("c{client}-f{file}.bin");
+            let expected = random_bytes(50_000 + (client * 5 + file) as usize, client * 5 + file);
+            assert_eq!(
+                std::fs::read(server.inbox.join(&name)).unwrap(),
+                expected,
+                "{name}"
+            );
+        }
+    }
+}
+
+fn signal(running: &Running, signal: libc::c_int) {
+    // SAFETY: kill only sends a signal to the child process this test started.
+    assert_eq!(
+        unsafe { libc::kill(running.pid() as libc::pid_t, signal) },
+        0
+    );
+}
+
+#[test]
+fn sigterm_lets_a_transfer_in_flight_finish_and_exits_zero() {
+    let mut server = HaulServer::start(&[]);
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    let content = random_bytes(200_000, 12);
+    stream
+        .write_all(&seed_header(content.len() as u64, b"in-flight.bin"))
+        .unwrap();
+    let mut reply = [0u8; 8];
+    stream.read_exact(&mut reply).unwrap();
+    stream.write_all(&content[..100_000]).unwrap();
+
+    signal(&server.running, libc::SIGTERM);
+    server.running.wait_for_log(&["shutting down"]);
+    assert!(
+        TcpStream::connect(server.addr()).is_err(),
+        "still accepting after SIGTERM"
+    );
+    stream.write_all(&content[100_000..]).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    read_until_closed(&mut stream);
+
+    let status = server.running.child_mut().wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(server.inbox.join("in-flight.bin")).unwrap(),
+        content
+    );
+}
+
+#[test]
+fn sigint_cuts_a_stalled_transfer_after_the_grace_period_and_it_resumes_later() {
+    let mut server = HaulServer::start(&["--grace", "1s"]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("stalled.bin");
+    let content = random_bytes(16 * 1024 * 1024, 13);
+    std::fs::write(&path, &content).unwrap();
+    let stalling = Proxy::start(server.addr(), Fault::StallAfter(6 * 1024 * 1024));
+    let mut sender = Command::new(HAUL)
+        .args(["send", "--to", &stalling.addr, path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    server.running.wait_for_log(&["haul handshake"]);
+
+    signal(&server.running, libc::SIGINT);
+    server.running.wait_for_log(&["grace period were cut"]);
+    let status = server.running.child_mut().wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = sender.kill();
+    let _ = sender.wait();
+    assert!(server.stored_names().is_empty());
+
+    server.kill_and_restart(&[]);
+    let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        std::fs::read(server.inbox.join("stalled.bin")).unwrap(),
+        content
+    );
+}
