@@ -10,6 +10,7 @@
 //! - [`transfer`] is the one byte pump both sides and both protocols use to
 //!   move a known number of bytes from a reader to a writer.
 //! - [`throttle`] caps the rate at which a sender writes to its socket.
+//! - [`size`] reads byte sizes and rates given on the command line.
 //! - [`store`] is the only code that creates, renames or deletes files in the
 //!   server's inbox, and the only place where a received name is judged.
 //! - [`text`] makes text from the other side safe to log or print.
@@ -26,6 +27,7 @@ pub mod protocol;
 pub mod secure;
 pub mod send;
 pub mod server;
+pub mod size;
 pub mod store;
 pub mod text;
 pub mod throttle;

