@@ -471,3 +471,46 @@ fn nobody_listening_names_the_address_and_the_fix() {
         )
     );
 }
+
+#[test]
+fn a_wrong_secret_is_one_line_with_a_hint_and_exit_code_3() {
+    let keys = tempfile::tempdir().unwrap();
+    let token_file = |name: &str, secret: &str| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let server_token = token_file("server", "the-server-holds-this-secret");
+    let client_token = token_file("client", "the-client-holds-another-one");
+    let server = HaulServer::start(&["--token-file", &server_token]);
+    let source = tempfile::tempdir().unwrap();
+    let path = write_file(source.path(), "private.bin", 1000);
+    let send = |extra: &[&str]| {
+        let mut args = vec!["send", "--to", server.addr(), "--token-file", &client_token];
+        args.extend_from_slice(extra);
+        args.push(&path);
+        haul(&args)
+    };
+
+    let output = send(&[]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("haul: authentication failed")
+            && stderr.contains("do both sides use the same secret?"),
+        "{stderr}"
+    );
+
+    let output = send(&["--json"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    let lines = json_lines(&output.stdout);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["event"], "summary");
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("authentication failed") && error.contains("same secret"),
+        "{error}"
+    );
+    assert!(server.stored_names().is_empty());
+}

@@ -185,14 +185,27 @@ impl Session {
         let (opened, sealed) = match timeout(self.idle, handshake).await {
             Err(_) => return Err(SendError::Silent(self.idle)),
             Ok(Ok(channel)) => channel,
+            // A server that holds another secret just hangs up (or resets,
+            // if our bytes were still unread): say what most likely happened.
             Ok(Err(HandshakeError::Io(error)))
-                if error.kind() == std::io::ErrorKind::UnexpectedEof =>
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                ) =>
             {
                 return Err(SendError::Auth(
                     "authentication failed: the server hung up during the handshake; do both sides use \
                      the same secret?"
                         .into(),
                 ));
+            }
+            Ok(Err(HandshakeError::WrongSecret)) => {
+                return Err(SendError::Auth(format!(
+                    "{}; do both sides use the same secret?",
+                    HandshakeError::WrongSecret
+                )));
             }
             Ok(Err(error)) => return Err(SendError::Auth(error.to_string())),
         };
