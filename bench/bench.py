@@ -35,7 +35,7 @@ PAGE = os.sysconf('SC_PAGE_SIZE')
 GIB = 1 << 30
 MIB = 1 << 20
 
-ALL_PEERS = ['socat', 'nc', 'rsync', 'scp', 'seed-py', 'haul-seed', 'haul']
+ALL_PEERS = ['socat', 'nc', 'rsync', 'scp', 'seed-py', 'haul-seed', 'haul', 'haul-secret']
 ALL_SCENARIOS = ['large', 'small', 'concurrent']
 
 PEER_HELP = {
@@ -46,6 +46,8 @@ PEER_HELP = {
     'seed-py': 'tests/peers/seed_client.py -> tests/peers/seed_server.py (classroom protocol)',
     'haul-seed': 'haul send --protocol seed -> haul serve (one connection per file)',
     'haul': 'haul send --protocol haul -> haul serve (directories sent whole)',
+    'haul-secret': 'as haul, with a shared secret (--token-file): authenticated, encrypted '
+                   '(Noise, AES-256-GCM)',
 }
 
 # ---------------------------------------------------------------------------
@@ -711,9 +713,20 @@ class SeedPy(Peer):
     strip_suffix = '.temp'
 
 
+def haul_env() -> dict:
+    """The environment for haul processes: without HAUL_TOKEN, so that the
+    haul and haul-seed peers stay unauthenticated whatever the caller's shell
+    holds, and haul-secret uses only the secret it passes with --token-file."""
+    env = dict(os.environ)
+    env.pop('HAUL_TOKEN', None)
+    return env
+
+
 class HaulSeed(Peer):
     name = 'haul-seed'
     protocol = 'seed'
+    # Extra arguments for `haul serve` and `haul send` (the secret, for haul-secret).
+    secret_args: list[str] = []
 
     def check(self):
         if not self.ctx.haul or not Path(self.ctx.haul).exists():
@@ -724,20 +737,25 @@ class HaulSeed(Peer):
         return data.files if cap <= 0 else data.files[:cap]
 
     def serve(self, dst, run) -> str:
-        srv = run.receiver([self.ctx.haul, 'serve', '--listen', '127.0.0.1:0', '--dir', str(dst)],
-                           stdout=subprocess.PIPE, stderr=self.logf('serve'))
+        srv = run.receiver([self.ctx.haul, 'serve', '--listen', '127.0.0.1:0', '--dir', str(dst)]
+                           + self.secret_args,
+                           stdout=subprocess.PIPE, stderr=self.logf('serve'), env=haul_env())
         return read_listen_line(srv)
+
+    def send_argv(self, addr: str) -> list[str]:
+        return [self.ctx.haul, 'send', '--protocol', self.protocol, '--to', addr] + self.secret_args
 
     def start(self, data, dst, run):
         addr = self.serve(dst, run)
-        send = [self.ctx.haul, 'send', '--protocol', self.protocol, '--to', addr]
+        send = self.send_argv(addr)
         log = self.log_path('send')
         run.start_clock()
         if data.scenario == 'small':
-            run.sender(send + self.small_names(data), cwd=data.root, stderr=open(log, 'ab'))
+            run.sender(send + self.small_names(data), cwd=data.root, stderr=open(log, 'ab'),
+                       env=haul_env())
         else:
             for n in data.files:
-                run.sender(send + [n], cwd=data.root, stderr=open(log, 'ab'))
+                run.sender(send + [n], cwd=data.root, stderr=open(log, 'ab'), env=haul_env())
         run.wait_senders()
         run.stop_clock()
 
@@ -752,7 +770,7 @@ class HaulProto(HaulSeed):
         # loopback, a file that does not exist: nothing is sent anywhere.)
         r = subprocess.run([self.ctx.haul, 'send', '--protocol', 'haul', '--to', '127.0.0.1:9',
                             '/nonexistent/haul-bench-probe'],
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env=haul_env())
         err = r.stderr.decode(errors='replace')
         if r.returncode == 2 and ('invalid value' in err or 'possible values' in err):
             raise PeerUnavailable('not available: this haul binary rejects --protocol haul')
@@ -762,19 +780,41 @@ class HaulProto(HaulSeed):
 
     def start(self, data, dst, run):
         addr = self.serve(dst, run)
-        send = [self.ctx.haul, 'send', '--protocol', 'haul', '--to', addr]
+        send = self.send_argv(addr)
         log = self.log_path('send')
         run.start_clock()
         if data.scenario == 'small':
-            run.sender(send + [str(data.root)], stderr=open(log, 'ab'))
+            run.sender(send + [str(data.root)], stderr=open(log, 'ab'), env=haul_env())
         else:
             for n in data.files:
-                run.sender(send + [n], cwd=data.root, stderr=open(log, 'ab'))
+                run.sender(send + [n], cwd=data.root, stderr=open(log, 'ab'), env=haul_env())
         run.wait_senders()
         run.stop_clock()
 
 
-PEER_CLASSES = {c.name: c for c in (Socat, Nc, Rsync, Scp, SeedPy, HaulSeed, HaulProto)}
+class HaulSecret(HaulProto):
+    """haul's protocol with a shared secret: the session is authenticated and
+    encrypted (Noise, AES-256-GCM). One secret per benchmark run, made by
+    `haul token`, handed to server and clients with --token-file."""
+    name = 'haul-secret'
+
+    def setup(self):
+        super().setup()
+        token = self.ctx.tmp / 'token'
+        with open(token, 'wb') as out:
+            os.fchmod(out.fileno(), 0o600)
+            r = subprocess.run([self.ctx.haul, 'token'], stdin=subprocess.DEVNULL, stdout=out,
+                               stderr=subprocess.PIPE, timeout=30, env=haul_env())
+        if r.returncode != 0:
+            err = r.stderr.decode(errors='replace').strip().splitlines()
+            raise PeerUnavailable(f'not available: `haul token` failed (exit {r.returncode}'
+                                  f'{": " + err[-1] if err else ""})')
+        if not re.fullmatch(r'[0-9a-f]{64}\n?', token.read_text()):
+            raise PeerUnavailable('not available: `haul token` did not print 64 hex characters')
+        self.secret_args = ['--token-file', str(token)]
+
+
+PEER_CLASSES = {c.name: c for c in (Socat, Nc, Rsync, Scp, SeedPy, HaulSeed, HaulProto, HaulSecret)}
 
 
 # ---------------------------------------------------------------------------
@@ -1128,12 +1168,12 @@ def parse_args(argv):
                     'the classroom Python peers. Builds haul (cargo build --release), installs '
                     'missing peers with apt-get, moves data only over 127.0.0.1 into tmpfs, '
                     'verifies every received file by SHA-256 and prints medians.',
-        epilog='Peers:\n' + '\n'.join(f'  {k:<10} {v}' for k, v in PEER_HELP.items()) + '''
+        epilog='Peers:\n' + '\n'.join(f'  {k:<12} {v}' for k, v in PEER_HELP.items()) + '''
 
 Scenarios (repetitions are interleaved: for each scenario, for rep 1..N, for each peer):
   large       one large file
   small       many small files (tar | socat/nc, rsync -r, scp -r, one connection per
-              file for the seed peers, the whole directory for --protocol haul)
+              file for the seed peers, the whole directory for haul and haul-secret)
   concurrent  N clients at once, one file each (one process per client)
 
 Every size/count flag also reads an environment variable (shown in brackets).
@@ -1273,7 +1313,7 @@ def main(argv=None) -> int:
             data = make_dataset(scen, tmp / 'src', args)
             for rep in range(1, args.reps + 1):
                 for peer in peers:
-                    label = f'[{scen} rep {rep}/{args.reps}] {peer.name:<9}'
+                    label = f'[{scen} rep {rep}/{args.reps}] {peer.name:<11}'
                     if args.idle_wait > 0:
                         bg = wait_quiet(args.idle_wait)
                         if bg >= 0.25:
