@@ -314,6 +314,7 @@ impl Store {
                         offset: 0,
                         resumable: false,
                         committed: false,
+                        metadata: Metadata::default(),
                     });
                 }
                 // Left over from an earlier process with the same id.
@@ -358,6 +359,7 @@ impl Store {
             offset,
             resumable: true,
             committed: false,
+            metadata: Metadata::default(),
         })
     }
 
@@ -384,6 +386,11 @@ impl Store {
     /// its final name and syncs the directories that changed. Returns, for
     /// each partial in order, the path it was stored under.
     pub fn commit_all(&self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
+        // Times and modes first, so that the sync below covers them too.
+        let prepared: Vec<io::Result<()>> = partials
+            .iter()
+            .map(|partial| apply_metadata(&partial.file, partial.metadata))
+            .collect();
         let synced = match partials.as_slice() {
             [] => return Vec::new(),
             [only] => only.file.sync_all(),
@@ -398,9 +405,10 @@ impl Store {
         let mut changed_dirs: HashSet<PathBuf> = HashSet::new();
         let results: Vec<io::Result<String>> = partials
             .into_iter()
-            .map(|partial| {
+            .zip(prepared)
+            .map(|(partial, prepared)| {
                 let parent = partial.target.parent().unwrap_or_default();
-                let stored = partial.place();
+                let stored = prepared.and_then(|()| partial.place());
                 if stored.is_ok() {
                     changed_dirs.insert(parent);
                 }
@@ -446,6 +454,8 @@ pub struct Partial {
     /// Kept when dropped uncommitted, so that a later transfer resumes it.
     resumable: bool,
     committed: bool,
+    /// Applied at commit, before the data is synced.
+    metadata: Metadata,
 }
 
 impl Partial {
@@ -485,9 +495,9 @@ impl Partial {
         Ok(())
     }
 
-    /// Gives the file its modification time and mode before it is placed.
-    pub fn set_metadata(&self, metadata: Metadata) -> io::Result<()> {
-        apply_metadata(&self.file, metadata)
+    /// The modification time and mode to give the file when it is committed.
+    pub fn set_metadata(&mut self, metadata: Metadata) {
+        self.metadata = metadata;
     }
 
     /// Deletes the data, resumable or not: it is known to be wrong.

@@ -82,15 +82,43 @@ where
 /// connection stays small (at most `(SINK_DEPTH + 2) * CHUNK_LEN`).
 const SINK_DEPTH: usize = 2;
 
-/// Writes chunks to a file, and hashes them, on a blocking thread.
+/// Files up to this size are written by the connection's task itself: for
+/// them, handing chunks to a thread costs more than the write.
+pub const SMALL_FILE: u64 = 64 * 1024;
+
+/// Writes chunks to a file, and hashes them, on a blocking thread (or, for a
+/// small file, right away).
 pub struct FileSink {
     chunks: Option<mpsc::Sender<Vec<u8>>>,
     /// Buffers the worker is done with, to be filled again.
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
     worker: Option<JoinHandle<io::Result<Option<blake3::Hasher>>>>,
+    /// Set for a small file: the file and hasher, used without a worker.
+    inline: Option<(std::fs::File, Option<blake3::Hasher>)>,
 }
 
 impl FileSink {
+    /// A sink for a file expected to be `len` bytes (if known): a worker
+    /// thread for large files, direct writes for small ones.
+    pub fn for_len(
+        file: std::fs::File,
+        hasher: Option<blake3::Hasher>,
+        len: Option<u64>,
+    ) -> FileSink {
+        match len {
+            Some(len) if len <= SMALL_FILE => {
+                let (_, spare) = std::sync::mpsc::channel();
+                FileSink {
+                    chunks: None,
+                    spare,
+                    worker: None,
+                    inline: Some((file, hasher)),
+                }
+            }
+            _ => FileSink::start(file, hasher),
+        }
+    }
+
     /// Starts a worker appending to `file`, feeding `hasher` if given.
     pub fn start(mut file: std::fs::File, mut hasher: Option<blake3::Hasher>) -> FileSink {
         let (chunks, mut incoming) = mpsc::channel::<Vec<u8>>(SINK_DEPTH);
@@ -109,6 +137,7 @@ impl FileSink {
             chunks: Some(chunks),
             spare,
             worker: Some(worker),
+            inline: None,
         }
     }
 
@@ -124,6 +153,12 @@ impl FileSink {
 
     /// Queues a chunk; waits while the worker is behind.
     async fn push(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        if let Some((file, hasher)) = self.inline.as_mut() {
+            if let Some(hasher) = hasher.as_mut() {
+                hasher.update(&chunk);
+            }
+            return file.write_all(&chunk);
+        }
         let sent = match &self.chunks {
             Some(chunks) => chunks.send(chunk).await.is_ok(),
             None => false,
@@ -142,6 +177,9 @@ impl FileSink {
     /// the way to stop cleanly after a failure elsewhere, so that no write
     /// lands after the caller has moved on.
     pub async fn finish(&mut self) -> io::Result<Option<blake3::Hasher>> {
+        if let Some((_, hasher)) = self.inline.take() {
+            return Ok(hasher);
+        }
         self.chunks = None;
         match self.worker.take() {
             Some(worker) => worker.await.map_err(io::Error::other)?,

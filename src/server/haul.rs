@@ -159,7 +159,7 @@ impl Session<'_> {
 
     async fn run(&mut self) -> Result<(), SessionError> {
         self.handshake().await?;
-        let mut batch: Vec<Planned> = Vec::new();
+        let mut offers: Vec<OwnedOffer> = Vec::new();
         loop {
             let header = match self.read_frame_header(self.config.idle_timeout).await? {
                 Some(header) => header,
@@ -168,15 +168,17 @@ impl Session<'_> {
             let payload = self.read_payload(header).await?;
             match haul::decode_message(header.kind, &payload)? {
                 Message::Offer(offer) => {
-                    if batch.len() == MAX_BATCH {
+                    if offers.len() == MAX_BATCH {
                         return Err(SessionError::Violation(format!(
                             "more than {MAX_BATCH} offers in a batch"
                         )));
                     }
-                    let planned = self.plan(offer).await?;
-                    batch.push(planned);
+                    offers.push(OwnedOffer::from(offer));
                 }
-                Message::BatchEnd => self.run_batch(std::mem::take(&mut batch)).await?,
+                Message::BatchEnd => {
+                    let batch = self.plan(std::mem::take(&mut offers)).await?;
+                    self.run_batch(batch).await?;
+                }
                 Message::Bye => break,
                 other => {
                     return Err(SessionError::Violation(format!(
@@ -255,68 +257,52 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Decides what to do with one offer; the answer is sent with the batch.
-    async fn plan(&mut self, offer: Offer<'_>) -> Result<Planned, SessionError> {
-        let mut planned = Planned {
-            path_shown: printable(offer.path),
-            size: offer.size,
-            mtime: offer.mtime,
-            mode: offer.mode,
-            partial: None,
-        };
-        let path = match RelPath::parse(offer.path) {
-            Ok(path) => path,
-            Err(reason) => {
-                return Ok(planned
-                    .refused(self, format!("refused path: {reason}"))
-                    .await?);
-            }
-        };
+    /// Decides what to do with every offer of a batch, in one trip to a
+    /// blocking thread, and sends the answers in order.
+    async fn plan(&mut self, offers: Vec<OwnedOffer>) -> Result<Vec<Planned>, SessionError> {
         let store = self.store.clone();
-        let on_conflict = self.config.on_conflict;
-        let (size, differs, mtime) = (offer.size, offer.differs, offer.mtime);
-        let decision = match offer.kind {
-            EntryKind::Directory => {
-                let directory = path.clone();
-                blocking(move || decide_directory(&store, &directory)).await
-            }
-            EntryKind::File => {
-                let target = path.clone();
-                blocking(move || decide_file(&store, target, size, differs, mtime, on_conflict))
-                    .await
-            }
-        };
-        let decision = match decision {
-            Ok(Decision::Answer(Answer::Send { offset }, Some(partial))) => {
-                let needed = offer.size.map(|size| size.saturating_sub(offset));
-                match needed.and_then(|needed| refusal_for_size(&self.store, self.config, needed)) {
-                    Some(reason) => {
-                        if partial.offset() == 0 {
-                            // Created just now for this offer: nothing to keep.
-                            partial.discard();
-                        }
-                        Ok(Decision::Refuse(reason))
+        let config = self.config.clone();
+        let decided = blocking(move || {
+            Ok(offers
+                .into_iter()
+                .map(|offer| {
+                    let decision = decide(&store, &config, &offer);
+                    (offer, decision)
+                })
+                .collect::<Vec<_>>())
+        })
+        .await
+        .map_err(SessionError::Storage)?;
+        let mut batch = Vec::with_capacity(decided.len());
+        for (offer, decision) in decided {
+            let mut planned = Planned {
+                path_shown: printable(&offer.path),
+                size: offer.size,
+                mtime: offer.mtime,
+                mode: offer.mode,
+                partial: None,
+            };
+            match decision {
+                Ok(Decision::Answer(answer, partial)) => {
+                    if let (EntryKind::Directory, Ok(path)) =
+                        (offer.kind, RelPath::parse(&offer.path))
+                    {
+                        self.directories
+                            .push((path, metadata_of(offer.mtime, offer.mode)));
                     }
-                    None => Ok(Decision::Answer(Answer::Send { offset }, Some(partial))),
+                    planned.partial = partial;
+                    self.send(&Message::Answer(answer)).await?;
+                }
+                Ok(Decision::Refuse(reason)) => planned = planned.refused(self, reason).await?,
+                Err(error) => {
+                    planned = planned
+                        .refused(self, format!("storage failed: {error}"))
+                        .await?
                 }
             }
-            other => other,
-        };
-        match decision {
-            Ok(Decision::Answer(answer, partial)) => {
-                if offer.kind == EntryKind::Directory {
-                    self.directories
-                        .push((path, metadata_of(offer.mtime, offer.mode)));
-                }
-                planned.partial = partial;
-                self.send(&Message::Answer(answer)).await?;
-                Ok(planned)
-            }
-            Ok(Decision::Refuse(reason)) => Ok(planned.refused(self, reason).await?),
-            Err(error) => Ok(planned
-                .refused(self, format!("storage failed: {error}"))
-                .await?),
+            batch.push(planned);
         }
+        Ok(batch)
     }
 
     async fn run_batch(&mut self, mut batch: Vec<Planned>) -> Result<(), SessionError> {
@@ -415,15 +401,19 @@ impl Session<'_> {
         partial: Partial,
         planned: &Planned,
     ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
-        let (partial, hasher) = blocking(move || {
-            let mut hasher = blake3::Hasher::new();
-            partial.hash_held_bytes(&mut hasher)?;
-            Ok((partial, hasher))
-        })
-        .await
-        .map_err(SessionError::Storage)?;
+        let (mut partial, hasher) = if partial.offset() == 0 {
+            (partial, blake3::Hasher::new())
+        } else {
+            blocking(move || {
+                let mut hasher = blake3::Hasher::new();
+                partial.hash_held_bytes(&mut hasher)?;
+                Ok((partial, hasher))
+            })
+            .await
+            .map_err(SessionError::Storage)?
+        };
         let writer = partial.writer().map_err(SessionError::Storage)?;
-        let mut sink = FileSink::start(writer, Some(hasher));
+        let mut sink = FileSink::for_len(writer, Some(hasher), planned.size);
         let frames = self
             .receive_frames(&mut sink, planned, partial.offset())
             .await;
@@ -456,10 +446,7 @@ impl Session<'_> {
                 "BLAKE3 mismatch: the data was damaged on the way; nothing was stored".to_owned(),
             ));
         }
-        let metadata = metadata_of(planned.mtime, planned.mode);
-        let partial = blocking(move || partial.set_metadata(metadata).map(|()| partial))
-            .await
-            .map_err(SessionError::Storage)?;
+        partial.set_metadata(metadata_of(planned.mtime, planned.mode));
         Ok(Ok((partial, hash, received)))
     }
 
@@ -619,6 +606,63 @@ impl Planned {
 enum Decision {
     Answer(Answer<'static>, Option<Partial>),
     Refuse(String),
+}
+
+/// An offer, owned, so that a whole batch can be judged on one thread.
+struct OwnedOffer {
+    kind: EntryKind,
+    size: Option<u64>,
+    differs: bool,
+    mtime: Mtime,
+    mode: u32,
+    path: Vec<u8>,
+}
+
+impl From<Offer<'_>> for OwnedOffer {
+    fn from(offer: Offer<'_>) -> OwnedOffer {
+        OwnedOffer {
+            kind: offer.kind,
+            size: offer.size,
+            differs: offer.differs,
+            mtime: offer.mtime,
+            mode: offer.mode,
+            path: offer.path.to_vec(),
+        }
+    }
+}
+
+/// What to answer one offer: path rules, what the inbox holds, the conflict
+/// policy, then size and space limits for what is still to come.
+fn decide(store: &Store, config: &ServerConfig, offer: &OwnedOffer) -> io::Result<Decision> {
+    let path = match RelPath::parse(&offer.path) {
+        Ok(path) => path,
+        Err(reason) => return Ok(Decision::Refuse(format!("refused path: {reason}"))),
+    };
+    let decision = match offer.kind {
+        EntryKind::Directory => decide_directory(store, &path)?,
+        EntryKind::File => decide_file(
+            store,
+            path,
+            offer.size,
+            offer.differs,
+            offer.mtime,
+            config.on_conflict,
+        )?,
+    };
+    if let Decision::Answer(Answer::Send { offset }, Some(_)) = &decision
+        && let Some(needed) = offer.size.map(|size| size.saturating_sub(*offset))
+        && let Some(reason) = refusal_for_size(store, config, needed)
+    {
+        let Decision::Answer(_, Some(partial)) = decision else {
+            unreachable!("matched just above");
+        };
+        if partial.offset() == 0 {
+            // Created just now for this offer: nothing to keep.
+            partial.discard();
+        }
+        return Ok(Decision::Refuse(reason));
+    }
+    Ok(decision)
 }
 
 fn decide_directory(store: &Store, path: &RelPath) -> io::Result<Decision> {

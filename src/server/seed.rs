@@ -95,7 +95,11 @@ async fn receive(
             .await
             .map_err(SeedError::Storage)?
     };
-    let mut sink = FileSink::start(partial.writer().map_err(SeedError::Storage)?, None);
+    let mut sink = FileSink::for_len(
+        partial.writer().map_err(SeedError::Storage)?,
+        None,
+        Some(header.size),
+    );
 
     stream.write_all(seed::GO_AHEAD).await?;
     let received = transfer::receive(stream, &mut sink, header.size, config.idle_timeout).await;
