@@ -186,6 +186,9 @@ async fn serve_connection(
     store: Store,
     config: &ServerConfig,
 ) {
+    // Replies are written whole and flushed on purpose; Nagle's algorithm
+    // would hold a batch's receipts back until the client's delayed ACK.
+    let _ = stream.set_nodelay(true);
     let mut opening = [0u8; 8];
     match timeout(config.header_timeout, stream.read_exact(&mut opening)).await {
         Ok(Ok(_)) => {}
