@@ -130,6 +130,12 @@ to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
         /// they are cut (they can resume later).
         #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
         grace: Duration,
+        /// How long a classroom-protocol client must pause before its file
+        /// name counts as complete (the header has no length). Shorter is
+        /// faster per file but may cut the name of a client that sends its
+        /// header in pieces over a slow link.
+        #[arg(long, default_value = "200ms", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        seed_settle: Duration,
     },
     /// Send files to a haul server, or to any server of the classroom protocol.
     #[command(after_help = "Examples:
@@ -272,6 +278,7 @@ fn main() -> ExitCode {
             token_file,
             allow_seed,
             grace,
+            seed_settle,
         } => {
             init_logging(match (verbose, quiet) {
                 (true, _) => Some("debug"),
@@ -323,6 +330,7 @@ fn main() -> ExitCode {
             config.max_file_size = max_file_size;
             config.reserve = reserve;
             config.grace = grace;
+            config.seed_settle = seed_settle;
             let result = runtime.block_on(serve(listen, config));
             // Transfers still running after the grace period are cut here.
             runtime.shutdown_timeout(Duration::from_secs(2));
