@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use snow::{Builder, HandshakeState, StatelessTransportState};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf,
+};
 
 /// The Noise protocol name, fixed for protocol version 1.
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
@@ -78,6 +80,43 @@ pub enum HandshakeError {
 
 /// The two halves of an established channel.
 pub type Channel<R, W> = (OpenedReader<R>, SealedWriter<W>);
+
+/// A session's byte streams, plain or encrypted, behind one type.
+pub type BoxedReader = Box<dyn AsyncRead + Unpin + Send>;
+pub type BoxedWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Which side of the handshake this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// Runs the handshake over a session's buffered halves and replaces them
+/// with the encrypted channel, keeping any bytes already read ahead. On
+/// failure the halves are left unusable: the session must end.
+pub async fn upgrade(
+    reader: &mut BufReader<BoxedReader>,
+    writer: &mut BufWriter<BoxedWriter>,
+    secret: &Secret,
+    role: Role,
+) -> Result<(), HandshakeError> {
+    let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
+    let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
+    let plain_reader = std::mem::replace(reader, BufReader::new(placeholder_reader));
+    let plain_writer = std::mem::replace(writer, BufWriter::new(placeholder_writer));
+    let read_ahead = plain_reader.buffer().to_vec();
+    let raw_reader = std::io::Cursor::new(read_ahead).chain(plain_reader.into_inner());
+    let raw_writer = plain_writer.into_inner();
+    let (opened, sealed) = match role {
+        Role::Client => connect(raw_reader, raw_writer, secret).await?,
+        Role::Server => accept(raw_reader, raw_writer, secret).await?,
+    };
+    *reader = BufReader::new(Box::new(opened));
+    // A message's worth, so that small frames are sealed together.
+    *writer = BufWriter::with_capacity(MAX_PLAIN, Box::new(sealed));
+    Ok(())
+}
 
 /// Runs the client's side of the handshake.
 pub async fn connect<R, W>(

@@ -6,9 +6,7 @@ use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::time::timeout;
 
 use super::walk::{Entry, Source, Walked, walk};
@@ -17,7 +15,7 @@ use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN,
     Message, Offer,
 };
-use crate::secure::{self, HandshakeError, Secret};
+use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::text::printable;
 use crate::throttle::Throttle;
 use crate::transfer::{PumpError, SMALL_FILE, pump};
@@ -97,10 +95,6 @@ pub async fn send_haul(
     Ok(session.summary)
 }
 
-/// The session's byte streams: plain socket halves, or the encrypted channel.
-type BoxedReader = Box<dyn AsyncRead + Unpin + Send>;
-type BoxedWriter = Box<dyn AsyncWrite + Unpin + Send>;
-
 struct Session {
     reader: BufReader<BoxedReader>,
     writer: BufWriter<BoxedWriter>,
@@ -172,19 +166,12 @@ impl Session {
         Ok(())
     }
 
-    /// Replaces the plain socket halves with the encrypted channel, keeping
-    /// any bytes already read ahead.
+    /// Replaces the plain socket halves with the encrypted channel.
     async fn encrypt(&mut self, secret: &Secret) -> Result<(), SendError> {
-        let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
-        let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
-        let reader = std::mem::replace(&mut self.reader, BufReader::new(placeholder_reader));
-        let writer = std::mem::replace(&mut self.writer, BufWriter::new(placeholder_writer));
-        let read_ahead = reader.buffer().to_vec();
-        let raw_reader = std::io::Cursor::new(read_ahead).chain(reader.into_inner());
-        let handshake = secure::connect(raw_reader, writer.into_inner(), secret);
-        let (opened, sealed) = match timeout(self.idle, handshake).await {
-            Err(_) => return Err(SendError::Silent(self.idle)),
-            Ok(Ok(channel)) => channel,
+        let handshake = secure::upgrade(&mut self.reader, &mut self.writer, secret, Role::Client);
+        match timeout(self.idle, handshake).await {
+            Err(_) => Err(SendError::Silent(self.idle)),
+            Ok(Ok(())) => Ok(()),
             // A server that holds another secret just hangs up (or resets,
             // if our bytes were still unread): say what most likely happened.
             Ok(Err(HandshakeError::Io(error)))
@@ -195,23 +182,18 @@ impl Session {
                         | std::io::ErrorKind::ConnectionAborted
                 ) =>
             {
-                return Err(SendError::Auth(
+                Err(SendError::Auth(
                     "authentication failed: the server hung up during the handshake; do both sides use \
                      the same secret?"
                         .into(),
-                ));
+                ))
             }
-            Ok(Err(HandshakeError::WrongSecret)) => {
-                return Err(SendError::Auth(format!(
-                    "{}; do both sides use the same secret?",
-                    HandshakeError::WrongSecret
-                )));
-            }
-            Ok(Err(error)) => return Err(SendError::Auth(error.to_string())),
-        };
-        self.reader = BufReader::new(Box::new(opened));
-        self.writer = BufWriter::with_capacity(64 * 1024, Box::new(sealed));
-        Ok(())
+            Ok(Err(HandshakeError::WrongSecret)) => Err(SendError::Auth(format!(
+                "{}; do both sides use the same secret?",
+                HandshakeError::WrongSecret
+            ))),
+            Ok(Err(error)) => Err(SendError::Auth(error.to_string())),
+        }
     }
 
     async fn run_batch(

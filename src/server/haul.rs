@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
@@ -19,7 +19,7 @@ use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
 };
-use crate::secure::{self, HandshakeError, Secret};
+use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
 use crate::transfer::{FileSink, PumpError, receive, receive_slice};
@@ -57,10 +57,6 @@ enum SessionError {
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
 }
-
-/// The session's byte streams: plain socket halves, or the encrypted channel.
-type BoxedReader = Box<dyn AsyncRead + Unpin + Send>;
-type BoxedWriter = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// An offer, owned, with what the server decided for it.
 struct Planned {
@@ -237,23 +233,14 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Replaces the plain socket halves with the encrypted channel, keeping
-    /// any bytes already read ahead.
+    /// Replaces the plain socket halves with the encrypted channel.
     async fn encrypt(&mut self, secret: &Secret) -> Result<(), SessionError> {
-        let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
-        let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
-        let reader = std::mem::replace(&mut self.reader, BufReader::new(placeholder_reader));
-        let writer = std::mem::replace(&mut self.writer, BufWriter::new(placeholder_writer));
-        let read_ahead = reader.buffer().to_vec();
-        let raw_reader = std::io::Cursor::new(read_ahead).chain(reader.into_inner());
-        let handshake = secure::accept(raw_reader, writer.into_inner(), secret);
-        let (opened, sealed) = match timeout(self.config.header_timeout, handshake).await {
+        let handshake = secure::upgrade(&mut self.reader, &mut self.writer, secret, Role::Server);
+        match timeout(self.config.header_timeout, handshake).await {
             Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
             Ok(result) => result.map_err(SessionError::Auth)?,
-        };
+        }
         debug!(peer = %self.peer, "encrypted session established");
-        self.reader = BufReader::new(Box::new(opened));
-        self.writer = BufWriter::new(Box::new(sealed));
         Ok(())
     }
 
