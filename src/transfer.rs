@@ -188,6 +188,78 @@ impl FileSink {
     }
 }
 
+/// Reads a file in chunks, and hashes them, on a blocking thread, so that
+/// the connection's task only frames and sends (the sending side's mirror of
+/// [`FileSink`]).
+pub struct FileSource {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    worker: Option<JoinHandle<Option<blake3::Hasher>>>,
+}
+
+impl FileSource {
+    /// Starts reading `len` bytes from `file`'s current position, in chunks
+    /// of `chunk_len`, feeding `hasher` if given. Fewer bytes arrive if the
+    /// file ends early; a read error arrives as the last item.
+    pub fn start(
+        mut file: std::fs::File,
+        len: u64,
+        chunk_len: usize,
+        mut hasher: Option<blake3::Hasher>,
+    ) -> FileSource {
+        let (sender, chunks) = mpsc::channel(SINK_DEPTH);
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut left = len;
+            while left > 0 {
+                let want = usize::try_from(left).map_or(chunk_len, |left| left.min(chunk_len));
+                let mut chunk = vec![0u8; want];
+                let mut filled = 0;
+                while filled < want {
+                    match io::Read::read(&mut file, &mut chunk[filled..]) {
+                        Ok(0) => break,
+                        Ok(read) => filled += read,
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => {
+                            let _ = sender.blocking_send(Err(error));
+                            return hasher;
+                        }
+                    }
+                }
+                chunk.truncate(filled);
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&chunk);
+                }
+                left -= filled as u64;
+                let ended = filled < want;
+                if filled > 0 && sender.blocking_send(Ok(chunk)).is_err() {
+                    break;
+                }
+                if ended {
+                    break;
+                }
+            }
+            hasher
+        });
+        FileSource {
+            chunks,
+            worker: Some(worker),
+        }
+    }
+
+    /// The next chunk; `None` once the file's bytes are all delivered.
+    pub async fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
+        self.chunks.recv().await
+    }
+
+    /// Stops reading and returns the hasher, fed with every chunk read.
+    pub async fn finish(mut self) -> io::Result<Option<blake3::Hasher>> {
+        self.chunks.close();
+        match self.worker.take() {
+            Some(worker) => worker.await.map_err(io::Error::other),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Reads exactly `len` bytes from `reader` into `sink`, in chunks of at most
 /// [`CHUNK_LEN`]. Fails if the reader ends early, stays silent for `idle`,
 /// or the sink cannot write.
@@ -339,6 +411,30 @@ mod tests {
             "{error}"
         );
         sink.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_source_delivers_every_byte_hashed_and_stops_at_the_end() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("source");
+        let content: Vec<u8> = (0..CHUNK_LEN * 2 + 99).map(|i| (i % 239) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(7)).unwrap();
+        // Asking for more than is there: the source stops at the file's end.
+        let mut source = FileSource::start(
+            file,
+            content.len() as u64,
+            100_000,
+            Some(blake3::Hasher::new()),
+        );
+        let mut received = Vec::new();
+        while let Some(chunk) = source.next().await {
+            received.extend_from_slice(&chunk.unwrap());
+        }
+        let hasher = source.finish().await.unwrap().unwrap();
+        assert_eq!(received, &content[7..]);
+        assert_eq!(hasher.finalize(), blake3::hash(&content[7..]));
     }
 
     #[tokio::test]

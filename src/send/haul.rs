@@ -18,7 +18,7 @@ use crate::protocol::haul::{
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::text::printable;
 use crate::throttle::Throttle;
-use crate::transfer::{PumpError, SMALL_FILE, pump};
+use crate::transfer::{FileSource, PumpError, SMALL_FILE};
 
 /// Most entries offered in one batch.
 const BATCH_ENTRIES: usize = 256;
@@ -341,7 +341,12 @@ impl Session {
                     let size = file.entry.size.unwrap_or(0);
                     self.send_known_length(&mut source, file.offset, size, &mut hasher, on_event)
                         .await?
-                        .map(|error| format!("cannot read {}: {error}", path.display()))
+                        .map(|error| match error {
+                            PumpError::EarlyEof { .. } => {
+                                format!("{} shrank while it was being sent", path.display())
+                            }
+                            other => format!("cannot read {}: {other}", path.display()),
+                        })
                 }
                 Err(error) => Some(format!(
                     "cannot read {}: {}",
@@ -407,23 +412,52 @@ impl Session {
                 expected: left,
             }));
         }
-        let mut position = offset;
-        while position < size {
-            let len = (size - position).min(u64::from(MAX_DATA_LEN));
-            self.write_data_header(Kind::Data, len as u32).await?;
-            // A frame once announced must be filled: if the file cannot
-            // fill it, the stream is out of step and the session ends.
-            pump(source, &mut self.writer, len, self.idle, |chunk| {
-                hasher.update(chunk);
-                on_event(Event::Progress {
-                    bytes: chunk.len() as u64,
-                });
-            })
-            .await?;
-            position += len;
-            self.summary.bytes_sent += len;
+        // Reading and hashing run on a thread of their own; this task frames
+        // and sends. A chunk is framed only once it has been read whole, so
+        // a file that fails or shrinks leaves the stream in step.
+        let left = size - offset;
+        let file = source.try_clone().await?.into_std().await;
+        let mut chunks = FileSource::start(
+            file,
+            left,
+            MAX_DATA_LEN as usize,
+            Some(std::mem::take(hasher)),
+        );
+        let mut sent = 0u64;
+        let mut failure = None;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    failure = Some(PumpError::Read {
+                        moved: sent,
+                        source: error,
+                    });
+                    break;
+                }
+            };
+            self.write_data_header(Kind::Data, chunk.len() as u32)
+                .await?;
+            match timeout(self.idle, self.writer.write_all(&chunk)).await {
+                Err(_) => return Err(SendError::Pump(PumpError::Idle(self.idle))),
+                Ok(result) => result.map_err(|source| PumpError::Write {
+                    moved: sent,
+                    source,
+                })?,
+            }
+            sent += chunk.len() as u64;
+            self.summary.bytes_sent += chunk.len() as u64;
+            on_event(Event::Progress {
+                bytes: chunk.len() as u64,
+            });
         }
-        Ok(None)
+        if let Some(hashed) = chunks.finish().await? {
+            *hasher = hashed;
+        }
+        Ok(failure.or((sent < left).then_some(PumpError::EarlyEof {
+            moved: sent,
+            expected: left,
+        })))
     }
 
     /// Sends what `source` yields, up to `limit` bytes or its end, in
