@@ -7,22 +7,12 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 
-use util::{HaulServer, SeedPeerServer, haul, random_bytes, seed_client, stderr_of};
+use util::{
+    HaulServer, SeedPeerServer, haul, random_bytes, read_until_closed, seed_client, seed_header,
+    stderr_of,
+};
 
 const EDGE_SIZES: [usize; 6] = [0, 1, 1023, 1024, 1025, 5 * 1024 * 1024 + 3];
-
-fn seed_header(size: u64, name: &[u8]) -> Vec<u8> {
-    let mut header = size.to_be_bytes().to_vec();
-    header.extend_from_slice(name);
-    header
-}
-
-/// Reads everything until the server closes; a reset counts as a close.
-fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut received = Vec::new();
-    let _ = stream.read_to_end(&mut received);
-    received
-}
 
 #[test]
 fn python_client_files_of_every_edge_size_arrive_identical() {

@@ -13,19 +13,10 @@ use haul::protocol::haul::{
     self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
 };
 use util::proxy::{Fault, Proxy};
-use util::{HAUL, HaulServer, Running, haul, random_bytes, seed_client, stderr_of};
-
-fn seed_header(size: u64, name: &[u8]) -> Vec<u8> {
-    let mut header = size.to_be_bytes().to_vec();
-    header.extend_from_slice(name);
-    header
-}
-
-fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut received = Vec::new();
-    let _ = stream.read_to_end(&mut received);
-    received
-}
+use util::{
+    HAUL, HaulServer, Running, haul, random_bytes, read_until_closed, seed_client, seed_header,
+    stderr_of,
+};
 
 fn frame(message: &Message<'_>) -> Vec<u8> {
     let mut bytes = Vec::new();

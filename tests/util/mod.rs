@@ -259,6 +259,20 @@ pub fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A classroom header: the size, 8 bytes big-endian, then the name.
+pub fn seed_header(size: u64, name: &[u8]) -> Vec<u8> {
+    let mut header = size.to_be_bytes().to_vec();
+    header.extend_from_slice(name);
+    header
+}
+
+/// Reads everything until the server closes; a reset counts as a close.
+pub fn read_until_closed(stream: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let _ = std::io::Read::read_to_end(stream, &mut received);
+    received
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
