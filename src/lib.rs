@@ -7,8 +7,11 @@
 //! - [`server`] owns the listening socket: it accepts connections, applies
 //!   limits and timeouts, and drives one task per connection.
 //! - [`send`] is the sending side: it opens the sources and drives a connection.
-//! - [`transfer`] is the one byte pump both sides and both protocols use to
-//!   move a known number of bytes from a reader to a writer.
+//! - [`transfer`] moves file bytes for both protocols: a reader thread that
+//!   hashes ahead of the sender, a writer thread that hashes and writes
+//!   behind the receiver, and the pump between them and the sockets.
+//! - [`secure`] is the encrypted channel (Noise with the shared secret) that
+//!   a haul session runs over when a secret is set.
 //! - [`throttle`] caps the rate at which a sender writes to its socket.
 //! - [`size`] reads byte sizes and rates given on the command line.
 //! - [`store`] is the only code that creates, renames or deletes files in the
