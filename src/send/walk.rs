@@ -61,7 +61,7 @@ pub struct Totals {
 }
 
 /// Counts the files under `sources` and adds up their sizes, walking them
-/// exactly as [`walk`] does.
+/// exactly as the walk that sends them does.
 pub fn measure(sources: &[PathBuf], name: Option<&str>) -> Totals {
     let mut totals = Totals {
         files: 0,
