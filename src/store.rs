@@ -464,11 +464,6 @@ impl Partial {
         self.file.try_clone()
     }
 
-    /// Where the file will be stored.
-    pub fn target(&self) -> &RelPath {
-        &self.target
-    }
-
     /// Bytes already held from an earlier, interrupted transfer.
     pub fn offset(&self) -> u64 {
         self.offset

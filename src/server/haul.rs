@@ -636,20 +636,20 @@ fn decide(store: &Store, config: &ServerConfig, offer: &OwnedOffer) -> io::Resul
             config.on_conflict,
         )?,
     };
-    if let Decision::Answer(Answer::Send { offset }, Some(_)) = &decision
-        && let Some(needed) = offer.size.map(|size| size.saturating_sub(*offset))
-        && let Some(reason) = refusal_for_size(store, config, needed)
-    {
-        let Decision::Answer(_, Some(partial)) = decision else {
-            unreachable!("matched just above");
-        };
-        if partial.offset() == 0 {
-            // Created just now for this offer: nothing to keep.
-            partial.discard();
+    let Decision::Answer(Answer::Send { offset }, Some(partial)) = decision else {
+        return Ok(decision);
+    };
+    let needed = offer.size.map(|size| size.saturating_sub(offset));
+    match needed.and_then(|needed| refusal_for_size(store, config, needed)) {
+        None => Ok(Decision::Answer(Answer::Send { offset }, Some(partial))),
+        Some(reason) => {
+            if partial.offset() == 0 {
+                // Created just now for this offer: nothing to keep.
+                partial.discard();
+            }
+            Ok(Decision::Refuse(reason))
         }
-        return Ok(Decision::Refuse(reason));
     }
-    Ok(decision)
 }
 
 fn decide_directory(store: &Store, path: &RelPath) -> io::Result<Decision> {

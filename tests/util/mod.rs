@@ -123,14 +123,6 @@ impl Running {
             })
     }
 
-    /// Waits for a stdout line containing every one of `parts`.
-    pub fn wait_for_output(&self, parts: &[&str]) -> String {
-        self.stdout
-            .wait_for(&format!("containing {parts:?}"), |line| {
-                parts.iter().all(|part| line.contains(part))
-            })
-    }
-
     /// Stops the process and returns its exit status.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -228,10 +220,6 @@ impl SeedPeerServer {
             running: Running::start(command),
             dir,
         }
-    }
-
-    pub fn port(&self) -> &str {
-        self.running.addr.rsplit(':').next().unwrap()
     }
 }
 
