@@ -202,7 +202,7 @@ fn established<R, W>(
             keys,
             nonce: 0,
             plain: Vec::with_capacity(MAX_PLAIN),
-            sealed: vec![0u8; 2 + MAX_MESSAGE],
+            sealed: vec![0u8; SEALED_AT + MAX_MESSAGE],
             sealed_start: 0,
             sealed_end: 0,
         },
@@ -232,6 +232,13 @@ fn tampered() -> io::Error {
     )
 }
 
+/// Where a sealed message starts in [`SealedWriter`]'s buffer, its length
+/// prefix just before. The cipher copies the plaintext there first; on this
+/// machine's AMD cores a copy to an address 2 bytes off alignment ran about
+/// 7 times slower than an aligned one (a third of the sender's time), so the
+/// message starts at an offset that keeps the destination aligned.
+const SEALED_AT: usize = 64;
+
 /// Encrypts everything written through it, a Noise message at a time.
 pub struct SealedWriter<W> {
     inner: W,
@@ -249,12 +256,12 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
     fn seal(&mut self) -> io::Result<()> {
         let len = self
             .keys
-            .write_message(self.nonce, &self.plain, &mut self.sealed[2..])
+            .write_message(self.nonce, &self.plain, &mut self.sealed[SEALED_AT..])
             .map_err(io::Error::other)?;
         self.nonce += 1;
-        self.sealed[..2].copy_from_slice(&(len as u16).to_be_bytes());
-        self.sealed_start = 0;
-        self.sealed_end = 2 + len;
+        self.sealed[SEALED_AT - 2..SEALED_AT].copy_from_slice(&(len as u16).to_be_bytes());
+        self.sealed_start = SEALED_AT - 2;
+        self.sealed_end = SEALED_AT + len;
         self.plain.clear();
         Ok(())
     }
