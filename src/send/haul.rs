@@ -450,6 +450,7 @@ impl Session {
             on_event(Event::Progress {
                 bytes: chunk.len() as u64,
             });
+            chunks.recycle(chunk);
         }
         if let Some(hashed) = chunks.finish().await? {
             *hasher = hashed;
