@@ -10,6 +10,8 @@
 //! - [`transfer`] moves file bytes for both protocols: a reader thread that
 //!   hashes ahead of the sender, a writer thread that hashes and writes
 //!   behind the receiver, and the pump between them and the sockets.
+//! - [`zero_copy`] moves bytes that nothing hashes or transforms (the
+//!   classroom protocol) between file and socket inside the kernel.
 //! - [`secure`] is the encrypted channel (Noise with the shared secret) that
 //!   a haul session runs over when a secret is set.
 //! - [`throttle`] caps the rate at which a sender writes to its socket.
@@ -35,3 +37,4 @@ pub mod store;
 pub mod text;
 pub mod throttle;
 pub mod transfer;
+pub mod zero_copy;

@@ -85,6 +85,12 @@ impl<W> Throttle<W> {
         });
         Throttle { inner, bucket }
     }
+
+    /// The wrapped writer, and so a way around the limit: only for when
+    /// there is none.
+    pub fn unlimited(&self) -> Option<&W> {
+        self.bucket.is_none().then_some(&self.inner)
+    }
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Throttle<W> {

@@ -10,6 +10,7 @@ use super::{Event, SendError, SendOptions, Summary, base_name, connect};
 use crate::protocol::seed::{self, Reply};
 use crate::throttle::Throttle;
 use crate::transfer::pump;
+use crate::zero_copy;
 
 /// Sends each source with the seed protocol, one connection per file,
 /// reporting each file to `on_event`. An `Err` means the server could not be
@@ -92,12 +93,24 @@ async fn send_file(
         size: Some(size),
         offset: 0,
     });
-    pump(&mut file, &mut stream, size, idle, |chunk| {
-        on_event(Event::Progress {
-            bytes: chunk.len() as u64,
-        });
-    })
-    .await?;
+    match stream.unlimited() {
+        // Nothing to pace: the kernel moves the bytes from the page cache.
+        Some(socket) => {
+            let file = file.into_std().await;
+            zero_copy::send_file(socket, &file, 0, size, idle, |bytes| {
+                on_event(Event::Progress { bytes });
+            })
+            .await?;
+        }
+        None => {
+            pump(&mut file, &mut stream, size, idle, |chunk| {
+                on_event(Event::Progress {
+                    bytes: chunk.len() as u64,
+                });
+            })
+            .await?;
+        }
+    }
     stream.shutdown().await?;
     await_close(&mut stream, idle).await?;
     Ok(size)

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -13,7 +14,8 @@ use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_s
 use crate::protocol::seed::{self, Decoded, HeaderError};
 use crate::store::{NameError, RelPath, SafeName, Store};
 use crate::text::printable;
-use crate::transfer::{self, FileSink, PumpError};
+use crate::transfer::PumpError;
+use crate::zero_copy;
 
 /// Why a seed connection ended without storing a file.
 #[derive(Debug, Error)]
@@ -95,26 +97,20 @@ async fn receive(
             .await
             .map_err(SeedError::Storage)?
     };
-    let mut sink = FileSink::for_len(
-        partial.writer().map_err(SeedError::Storage)?,
-        None,
-        Some(header.size),
-    );
-
+    let file = partial.writer().map_err(SeedError::Storage)?;
+    // The bytes are stored as they come, unhashed and unchanged, so they go
+    // from the socket to the file inside the kernel, on a thread that may
+    // block on the disk.
+    let socket = stream.as_fd().try_clone_to_owned()?;
     stream.write_all(seed::GO_AHEAD).await?;
-    let received = transfer::receive(stream, &mut sink, header.size, config.idle_timeout).await;
-    let written = sink.finish().await;
-    received.map_err(|error| match error {
-        PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
-        other => SeedError::Pump(other),
-    })?;
-    written.map_err(|error| {
-        if is_out_of_space(&error) {
-            SeedError::NoSpace
-        } else {
-            SeedError::Storage(error)
-        }
-    })?;
+    let (size, idle) = (header.size, config.idle_timeout);
+    blocking(move || Ok(zero_copy::receive_to_file(socket, &file, size, idle)))
+        .await
+        .map_err(SeedError::Storage)?
+        .map_err(|error| match error {
+            PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
+            other => SeedError::Pump(other),
+        })?;
 
     blocking(move || partial.commit())
         .await
