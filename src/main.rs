@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use haul::secure::Secret;
 use haul::send::{self, SendError, SendOptions, Summary};
-use haul::server::{Server, ServerConfig};
+use haul::server::{SeedSettle, Server, ServerConfig};
 use haul::size::parse_byte_size;
 use haul::store::OnConflict;
 use haul::throttle::RateLimit;
@@ -131,11 +131,12 @@ to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
         #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
         grace: Duration,
         /// How long a classroom-protocol client must pause before its file
-        /// name counts as complete (the header has no length). Shorter is
-        /// faster per file but may cut the name of a client that sends its
-        /// header in pieces over a slow link.
-        #[arg(long, default_value = "200ms", value_name = "DURATION", value_parser = humantime::parse_duration)]
-        seed_settle: Duration,
+        /// name counts as complete (the header has no length). `auto` waits
+        /// 4 of the connection's round trips plus 10ms, at most 1s: enough
+        /// for a header that TCP split in pieces. A fixed wait that is
+        /// shorter may cut names; a longer one costs every file the wait.
+        #[arg(long, default_value = "auto", value_name = "DURATION|auto")]
+        seed_settle: SeedSettle,
     },
     /// Send files to a haul server, or to any server of the classroom protocol.
     #[command(after_help = "Examples:

@@ -227,7 +227,9 @@ fn haul_client_and_server_speak_seed_to_each_other() {
 
 #[test]
 fn a_header_split_across_writes_is_reassembled() {
-    let server = HaulServer::start(&[]);
+    // The automatic settle waits a few round trips: on loopback, less than
+    // the pause below. A client that pauses on purpose needs a fixed one.
+    let server = HaulServer::start(&["--seed-settle", "300ms"]);
     for (index, split_at) in [3usize, 8, 12].into_iter().enumerate() {
         let name = format!("split-{index}.txt");
         let content = format!("content {index}").into_bytes();
@@ -235,8 +237,8 @@ fn a_header_split_across_writes_is_reassembled() {
         let mut stream = TcpStream::connect(server.addr()).unwrap();
         stream.set_nodelay(true).unwrap();
         stream.write_all(&header[..split_at]).unwrap();
-        // A pause makes the split real on the wire; correctness does not
-        // depend on its length, only on the server waiting for the name.
+        // A pause makes the split real on the wire; correctness depends
+        // only on it being shorter than the settle.
         std::thread::sleep(std::time::Duration::from_millis(30));
         stream.write_all(&header[split_at..]).unwrap();
         let mut reply = [0u8; 8];

@@ -9,6 +9,8 @@
 mod haul;
 mod seed;
 
+pub use seed::SeedSettle;
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,7 +45,7 @@ pub struct ServerConfig {
     /// byte of name before the name counts as complete. The seed header has
     /// no length field: the name ends when the client stops to wait for
     /// `go ahead`, and a pause is the only sign of that.
-    pub seed_settle: Duration,
+    pub seed_settle: SeedSettle,
     /// How long transfers in flight may run on after a shutdown request.
     pub grace: Duration,
     /// Partial data not written to for this long is deleted.
@@ -68,7 +70,7 @@ impl ServerConfig {
             max_connections: 1024,
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
-            seed_settle: Duration::from_millis(200),
+            seed_settle: SeedSettle::Auto,
             grace: Duration::from_secs(10),
             partial_max_age: Duration::from_secs(24 * 60 * 60),
             accept_seed: true,

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -117,8 +117,80 @@ async fn receive(
         .map_err(SeedError::Storage)
 }
 
-/// Reads until the bytes form a header and the client has paused for
-/// `seed_settle`, the sign that it is waiting for `go ahead`.
+/// How long a seed client's silence must last before its header counts as
+/// complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeedSettle {
+    /// Measured per connection: a header split by TCP (a client that sends
+    /// size and name in two writes, held back by Nagle's algorithm until
+    /// the first is acknowledged) has its pieces about one round trip
+    /// apart, so the wait is [`AUTO_ROUND_TRIPS`] round trips plus
+    /// [`AUTO_MARGIN`] for scheduling, at most [`AUTO_MAX`].
+    Auto,
+    /// The same wait for every connection.
+    Fixed(Duration),
+}
+
+/// Round trips an automatic settle waits.
+const AUTO_ROUND_TRIPS: u32 = 4;
+/// Added to an automatic settle: a client may be descheduled between two
+/// writes however short the link.
+const AUTO_MARGIN: Duration = Duration::from_millis(10);
+/// Longest automatic settle.
+const AUTO_MAX: Duration = Duration::from_secs(1);
+/// The settle when the round trip cannot be read.
+const AUTO_FALLBACK: Duration = Duration::from_millis(200);
+
+impl SeedSettle {
+    /// The wait for a connection whose smoothed round-trip time is
+    /// `round_trip`, if known.
+    pub fn wait(self, round_trip: Option<Duration>) -> Duration {
+        match (self, round_trip) {
+            (SeedSettle::Fixed(wait), _) => wait,
+            (SeedSettle::Auto, Some(round_trip)) => {
+                (round_trip * AUTO_ROUND_TRIPS + AUTO_MARGIN).min(AUTO_MAX)
+            }
+            (SeedSettle::Auto, None) => AUTO_FALLBACK,
+        }
+    }
+}
+
+impl std::str::FromStr for SeedSettle {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SeedSettle, String> {
+        if text == "auto" {
+            return Ok(SeedSettle::Auto);
+        }
+        humantime::parse_duration(text)
+            .map(SeedSettle::Fixed)
+            .map_err(|error| format!("{error}; give a duration such as 200ms, or auto"))
+    }
+}
+
+/// The kernel's smoothed round-trip time for `stream`.
+fn smoothed_round_trip(stream: &TcpStream) -> Option<Duration> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, which is
+    // that large and zeroed, so it is initialised whatever it writes; the
+    // descriptor is borrowed from a live socket.
+    let info = unsafe {
+        let result = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        );
+        (result == 0).then(|| info.assume_init())?
+    };
+    // tcpi_rtt is in microseconds; 0 means no sample yet.
+    (info.tcpi_rtt > 0).then(|| Duration::from_micros(info.tcpi_rtt.into()))
+}
+
+/// Reads until the bytes form a header and the client has paused for the
+/// settle time, the sign that it is waiting for `go ahead`.
 async fn read_header(
     stream: &mut TcpStream,
     opening: [u8; 8],
@@ -128,11 +200,14 @@ async fn read_header(
     let mut received = Vec::with_capacity(seed::SEED_RECV_LEN);
     received.extend_from_slice(&opening);
     let mut chunk = [0u8; seed::SEED_RECV_LEN];
+    let mut settle = None;
     loop {
         let has_header = matches!(seed::decode_header(&received)?, Decoded::Header(_));
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = if has_header {
-            config.seed_settle.min(left)
+            let settle =
+                *settle.get_or_insert_with(|| config.seed_settle.wait(smoothed_round_trip(stream)));
+            settle.min(left)
         } else {
             left
         };
@@ -143,5 +218,34 @@ async fn read_header(
             Ok(Ok(read)) => received.extend_from_slice(&chunk[..read]),
             Ok(Err(error)) => return Err(error.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_automatic_settle_follows_the_round_trip_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            SeedSettle::Auto.wait(Some(Duration::from_micros(50))),
+            ms(10) + Duration::from_micros(200)
+        );
+        assert_eq!(SeedSettle::Auto.wait(Some(ms(40))), ms(170));
+        assert_eq!(SeedSettle::Auto.wait(Some(ms(600))), ms(1000));
+        assert_eq!(SeedSettle::Auto.wait(None), ms(200));
+        assert_eq!(SeedSettle::Fixed(ms(5)).wait(Some(ms(600))), ms(5));
+    }
+
+    #[test]
+    fn a_settle_is_auto_or_a_duration() {
+        assert_eq!("auto".parse(), Ok(SeedSettle::Auto));
+        assert_eq!(
+            "250ms".parse(),
+            Ok(SeedSettle::Fixed(Duration::from_millis(250)))
+        );
+        let error = "soon".parse::<SeedSettle>().unwrap_err();
+        assert!(error.contains("or auto"), "{error}");
     }
 }
