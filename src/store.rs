@@ -10,7 +10,7 @@
 //! This module must never read from the network or decide what a protocol
 //! means; it is handed names and bytes, and it keeps them safe.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -402,19 +402,27 @@ impl Store {
                 .map(|_| Err(io::Error::new(error.kind(), error.to_string())))
                 .collect();
         }
-        let mut changed_dirs: HashSet<PathBuf> = HashSet::new();
+        // Each folder is made and opened once per batch, not once per file:
+        // for a folder of small files that was 6 of the 19 calls per file.
+        let mut parents: HashMap<PathBuf, io::Result<Dir>> = HashMap::new();
         let results: Vec<io::Result<String>> = partials
             .into_iter()
             .zip(prepared)
             .map(|(partial, prepared)| {
                 let parent = partial.target.parent().unwrap_or_default();
-                let stored = prepared.and_then(|()| partial.place());
-                if stored.is_ok() {
-                    changed_dirs.insert(parent);
+                prepared?;
+                let dir = parents
+                    .entry(parent)
+                    .or_insert_with_key(|parent| self.open_parent(parent));
+                match dir {
+                    Ok(dir) => partial.place(dir),
+                    Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
                 }
-                stored
             })
             .collect();
+        let changed_dirs = parents
+            .into_iter()
+            .filter_map(|(path, dir)| dir.is_ok().then_some(path));
         for dir in changed_dirs {
             if let Err(error) = self.sync_dir(&dir) {
                 return results
@@ -424,6 +432,16 @@ impl Store {
             }
         }
         results
+    }
+
+    /// The folder (relative to the inbox, empty for the inbox itself) that
+    /// received files go in, made if missing.
+    fn open_parent(&self, relative: &Path) -> io::Result<Dir> {
+        if relative.as_os_str().is_empty() {
+            return self.inner.dir.try_clone();
+        }
+        self.inner.dir.create_dir_all(relative)?;
+        self.inner.dir.open_dir(relative)
     }
 
     /// Makes a directory's entries durable. The handle `cap-std` keeps may be
@@ -510,12 +528,10 @@ impl Partial {
             .unwrap_or_else(|| Err(io::Error::other("nothing committed")))
     }
 
-    /// Gives the synced data its final name, by the store's conflict policy.
-    fn place(mut self) -> io::Result<String> {
+    /// Gives the synced data its final name in `parent`, the target's
+    /// folder, by the store's conflict policy.
+    fn place(mut self, parent: &Dir) -> io::Result<String> {
         let inner = Arc::clone(&self.store.inner);
-        if let Some(parent) = self.target.parent() {
-            inner.dir.create_dir_all(parent)?;
-        }
         let stored_as = match inner.on_conflict {
             OnConflict::Overwrite => {
                 if let Existing::Directory | Existing::Other = self.store.existing(&self.target)? {
@@ -524,13 +540,15 @@ impl Partial {
                         "a directory or link is in the way",
                     ));
                 }
-                let to = self.target.to_path();
-                inner.hidden.rename(&self.temp_name, &inner.dir, &to)?;
+                inner
+                    .hidden
+                    .rename(&self.temp_name, parent, self.target.last().as_str())?;
                 self.committed = true;
-                to
+                self.target.to_path()
             }
             OnConflict::Rename | OnConflict::Refuse => {
-                let to = self.link_under_free_name(inner.on_conflict == OnConflict::Rename)?;
+                let numbered = inner.on_conflict == OnConflict::Rename;
+                let to = self.link_under_free_name(parent, numbered)?;
                 self.committed = true;
                 inner.hidden.remove_file(&self.temp_name)?;
                 to
@@ -542,17 +560,14 @@ impl Partial {
     /// Links the data under the first name not taken. A hard link, unlike a
     /// rename, fails when the target exists, so two receivers racing for one
     /// name can never replace each other's file.
-    fn link_under_free_name(&self, numbered: bool) -> io::Result<PathBuf> {
+    fn link_under_free_name(&self, parent: &Dir, numbered: bool) -> io::Result<PathBuf> {
         let inner = &self.store.inner;
-        let mut candidate = self.target.to_path();
+        let mut candidate = self.target.last().as_str().to_owned();
         for n in 1u64.. {
-            match inner
-                .hidden
-                .hard_link(&self.temp_name, &inner.dir, &candidate)
-            {
-                Ok(()) => return Ok(candidate),
+            match inner.hidden.hard_link(&self.temp_name, parent, &candidate) {
+                Ok(()) => return Ok(self.target.with_last(candidate)),
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists && numbered => {
-                    candidate = self.target.with_last(self.target.last().numbered(n));
+                    candidate = self.target.last().numbered(n);
                 }
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
                     return Err(io::Error::new(
