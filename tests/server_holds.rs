@@ -347,6 +347,33 @@ fn a_full_disk_refuses_or_fails_cleanly_and_the_server_keeps_serving() {
         .unwrap();
     assert!(read_until_closed(&mut stream).is_empty());
 
+    // A batch that fits file by file but not as a whole: the files that
+    // would not fit are refused up front, not failed half-written.
+    let trio = source.path().join("trio");
+    std::fs::create_dir(&trio).unwrap();
+    for (index, name) in ["a.bin", "b.bin", "c.bin"].into_iter().enumerate() {
+        std::fs::write(
+            trio.join(name),
+            random_bytes(6 * 1024 * 1024, 20 + index as u64),
+        )
+        .unwrap();
+    }
+    let output = haul(&["send", "--to", &server.addr, trio.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    // Refused before sending: the reason gives the size the batch lacked.
+    let refusals = stderr_of(&output)
+        .matches("no space left on the server: the file needs 6291456 bytes")
+        .count();
+    assert_eq!(refusals, 1, "{}", stderr_of(&output));
+    let stored = std::fs::read_dir(inbox.join("trio")).unwrap().count();
+    assert_eq!(stored, 2, "{}", stderr_of(&output));
+    assert_eq!(
+        std::fs::read_dir(&hidden).unwrap().count(),
+        0,
+        "partial data was left"
+    );
+    std::fs::remove_dir_all(inbox.join("trio")).unwrap();
+
     let small = source.path().join("small.txt");
     std::fs::write(&small, b"fits").unwrap();
     let output = haul(&["send", "--to", &server.addr, small.to_str().unwrap()]);

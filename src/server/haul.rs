@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_size};
+use super::{ServerConfig, SpaceBudget, blocking, is_out_of_space, log_transfer};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
@@ -250,10 +250,11 @@ impl Session<'_> {
         let store = self.store.clone();
         let config = self.config.clone();
         let decided = blocking(move || {
+            let mut space = SpaceBudget::default();
             Ok(offers
                 .into_iter()
                 .map(|offer| {
-                    let decision = decide(&store, &config, &offer);
+                    let decision = decide(&store, &config, &mut space, &offer);
                     (offer, decision)
                 })
                 .collect::<Vec<_>>())
@@ -620,7 +621,12 @@ impl From<Offer<'_>> for OwnedOffer {
 
 /// What to answer one offer: path rules, what the inbox holds, the conflict
 /// policy, then size and space limits for what is still to come.
-fn decide(store: &Store, config: &ServerConfig, offer: &OwnedOffer) -> io::Result<Decision> {
+fn decide(
+    store: &Store,
+    config: &ServerConfig,
+    space: &mut SpaceBudget,
+    offer: &OwnedOffer,
+) -> io::Result<Decision> {
     let path = match RelPath::parse(&offer.path) {
         Ok(path) => path,
         Err(reason) => return Ok(Decision::Refuse(format!("refused path: {reason}"))),
@@ -640,7 +646,7 @@ fn decide(store: &Store, config: &ServerConfig, offer: &OwnedOffer) -> io::Resul
         return Ok(decision);
     };
     let needed = offer.size.map(|size| size.saturating_sub(offset));
-    match needed.and_then(|needed| refusal_for_size(store, config, needed)) {
+    match needed.and_then(|needed| space.refusal_for(store, config, needed)) {
         None => Ok(Decision::Answer(Answer::Send { offset }, Some(partial))),
         Some(reason) => {
             if partial.offset() == 0 {

@@ -218,20 +218,44 @@ async fn serve_connection(
 /// Checked before any byte is written; a stream of unknown size is checked
 /// as it grows.
 fn refusal_for_size(store: &Store, config: &ServerConfig, size: u64) -> Option<String> {
-    if let Some(max) = config.max_file_size
-        && size > max
-    {
-        return Some(format!(
-            "the file is {size} bytes; this server accepts at most {max}"
-        ));
-    }
-    match store.available_space() {
-        Ok(free) if size.saturating_add(config.reserve) > free => Some(format!(
-            "no space left on the server: the file needs {size} bytes and {} are free",
-            free.saturating_sub(config.reserve)
-        )),
-        Ok(_) => None,
-        Err(error) => Some(format!("cannot check the server's free space: {error}")),
+    SpaceBudget::default().refusal_for(store, config, size)
+}
+
+/// The free space for a batch of files: read from the file system once,
+/// then counted down by each file accepted, so that a batch that would not
+/// fit as a whole is refused file by file before any byte is written.
+#[derive(Default)]
+struct SpaceBudget {
+    free: Option<u64>,
+}
+
+impl SpaceBudget {
+    /// [`refusal_for_size`], with `size` taken from the budget if accepted.
+    fn refusal_for(&mut self, store: &Store, config: &ServerConfig, size: u64) -> Option<String> {
+        if let Some(max) = config.max_file_size
+            && size > max
+        {
+            return Some(format!(
+                "the file is {size} bytes; this server accepts at most {max}"
+            ));
+        }
+        let free = match self.free {
+            Some(free) => free,
+            None => match store.available_space() {
+                Ok(free) => *self.free.insert(free),
+                Err(error) => {
+                    return Some(format!("cannot check the server's free space: {error}"));
+                }
+            },
+        };
+        if size.saturating_add(config.reserve) > free {
+            return Some(format!(
+                "no space left on the server: the file needs {size} bytes and {} are free",
+                free.saturating_sub(config.reserve)
+            ));
+        }
+        self.free = Some(free - size);
+        None
     }
 }
 
