@@ -8,6 +8,7 @@
 //! side, both protocols). None of it knows names or headers.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -94,14 +95,14 @@ pub struct FileSink {
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
     worker: Option<JoinHandle<io::Result<Option<blake3::Hasher>>>>,
     /// Set for a small file: the file and hasher, used without a worker.
-    inline: Option<(std::fs::File, Option<blake3::Hasher>)>,
+    inline: Option<(Arc<std::fs::File>, Option<blake3::Hasher>)>,
 }
 
 impl FileSink {
     /// A sink for a file expected to be `len` bytes (if known): a worker
     /// thread for large files, direct writes for small ones.
     pub fn for_len(
-        file: std::fs::File,
+        file: Arc<std::fs::File>,
         hasher: Option<blake3::Hasher>,
         len: Option<u64>,
     ) -> FileSink {
@@ -120,7 +121,7 @@ impl FileSink {
     }
 
     /// Starts a worker appending to `file`, feeding `hasher` if given.
-    pub fn start(mut file: std::fs::File, mut hasher: Option<blake3::Hasher>) -> FileSink {
+    pub fn start(file: Arc<std::fs::File>, mut hasher: Option<blake3::Hasher>) -> FileSink {
         let (chunks, mut incoming) = mpsc::channel::<Vec<u8>>(SINK_DEPTH);
         let (recycle, spare) = std::sync::mpsc::channel();
         let worker = tokio::task::spawn_blocking(move || {
@@ -128,7 +129,7 @@ impl FileSink {
                 if let Some(hasher) = hasher.as_mut() {
                     hasher.update(&chunk);
                 }
-                file.write_all(&chunk)?;
+                file.as_ref().write_all(&chunk)?;
                 let _ = recycle.send(chunk);
             }
             Ok(hasher)
@@ -155,7 +156,7 @@ impl FileSink {
             if let Some(hasher) = hasher.as_mut() {
                 hasher.update(&chunk);
             }
-            return file.write_all(&chunk);
+            return file.as_ref().write_all(&chunk);
         }
         let sent = match &self.chunks {
             Some(chunks) => chunks.send(chunk).await.is_ok(),
@@ -392,7 +393,7 @@ mod tests {
         let path = temp.path().join("sink");
         let source: Vec<u8> = (0..CHUNK_LEN * 3 + 11).map(|i| (i % 241) as u8).collect();
         let mut sink = FileSink::start(
-            std::fs::File::create(&path).unwrap(),
+            Arc::new(std::fs::File::create(&path).unwrap()),
             Some(blake3::Hasher::new()),
         );
         let mut reader = source.as_slice();
@@ -411,7 +412,7 @@ mod tests {
     async fn an_early_end_is_reported_with_what_was_received() {
         let temp = tempfile::tempdir().unwrap();
         let mut sink = FileSink::start(
-            std::fs::File::create(temp.path().join("sink")).unwrap(),
+            Arc::new(std::fs::File::create(temp.path().join("sink")).unwrap()),
             None,
         );
         let error = receive(&mut &b"abc"[..], &mut sink, 10, IDLE)

@@ -97,7 +97,7 @@ async fn receive(
             .await
             .map_err(SeedError::Storage)?
     };
-    let file = partial.writer().map_err(SeedError::Storage)?;
+    let file = partial.writer();
     // The bytes are stored as they come, unhashed and unchanged, so they go
     // from the socket to the file inside the kernel, on a thread that may
     // block on the disk.
