@@ -1201,7 +1201,8 @@ Examples:
                    help='file size per concurrent client [BENCH_CLIENT_SIZE] (default 20M)')
     p.add_argument('--haul-seed-small-max', type=int, default=None,
                    help='haul-seed times only the first N small files, because its server waits '
-                        '200 ms per connection for the header to settle; 0 = all '
+                        'on every connection for the header to settle (about 10 ms on loopback); '
+                        '0 = all '
                         '[BENCH_HAUL_SEED_SMALL_MAX] (default 100, --quick 25)')
     p.add_argument('--peers', default=env('BENCH_PEERS', ','.join(ALL_PEERS)),
                    help='comma-separated peers [BENCH_PEERS] (default all: %(default)s)')
