@@ -74,12 +74,26 @@ def human(n: float) -> str:
     return f'{int(n)} B'
 
 
+def free_ports(count: int) -> list[int]:
+    """Ask the kernel for `count` distinct free loopback ports (for peers that
+    cannot bind port 0 and report it). All are held until all are chosen: the
+    kernel may hand out a port again once it is released, and two listeners
+    given one port made a concurrent run fail. They are released before the
+    peers bind them."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    """Ask the kernel for a free loopback port (for peers that cannot bind port 0
-    and report it). The port is released again before the peer binds it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def listening_ports() -> set[int]:
@@ -540,7 +554,7 @@ class StreamPeer(Peer):
             streams = [(f'tar -C {q(str(data.root))} -cf - .', f'tar -C {q(str(dst))} -xf -')]
         else:
             streams = [(f'< {q(str(data.root / n))}', f'> {q(str(dst / n))}') for n in data.files]
-        ports = [free_port() for _ in streams]
+        ports = free_ports(len(streams))
         recvs = []
         for port, (_, sink) in zip(ports, streams):
             if sink.startswith('tar'):
