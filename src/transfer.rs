@@ -8,7 +8,8 @@
 //! side, both protocols). None of it knows names or headers.
 
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -83,6 +84,57 @@ where
 /// connection stays small (at most `(SINK_DEPTH + 2) * CHUNK_LEN`).
 const SINK_DEPTH: usize = 2;
 
+/// The queue depth of the first sinks running at once, one per core (see
+/// [`DeepQueues`]): at most `(DEEP_SINK_DEPTH + 2) * CHUNK_LEN` each. A
+/// deeper queue absorbs longer stalls between the reading task and the
+/// writer: one 1 GiB file took 8-11% less time with it. Giving it to every
+/// sink would cost a server with 50 clients 1 MiB more per connection for
+/// nothing, since there the connections keep the cores busy anyway.
+const DEEP_SINK_DEPTH: usize = 6;
+
+/// Hands out a fixed number of deep-queue slots; a slot is free again once
+/// its [`DeepQueue`] is dropped.
+pub struct DeepQueues {
+    in_use: AtomicUsize,
+    limit: usize,
+}
+
+/// A claimed deep-queue slot.
+pub struct DeepQueue<'a>(&'a DeepQueues);
+
+impl DeepQueues {
+    pub const fn new(limit: usize) -> DeepQueues {
+        DeepQueues {
+            in_use: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// A slot, if one is free.
+    pub fn claim(&self) -> Option<DeepQueue<'_>> {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| DeepQueue(self))
+    }
+}
+
+impl Drop for DeepQueue<'_> {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The process's deep-queue slots: one per core.
+fn deep_queues() -> &'static DeepQueues {
+    static QUEUES: OnceLock<DeepQueues> = OnceLock::new();
+    QUEUES.get_or_init(|| {
+        DeepQueues::new(std::thread::available_parallelism().map_or(1, |cores| cores.get()))
+    })
+}
+
 /// Files up to this size are written by the connection's task itself: for
 /// them, handing chunks to a thread costs more than the write.
 pub const SMALL_FILE: u64 = 64 * 1024;
@@ -122,9 +174,16 @@ impl FileSink {
 
     /// Starts a worker appending to `file`, feeding `hasher` if given.
     pub fn start(file: Arc<std::fs::File>, mut hasher: Option<blake3::Hasher>) -> FileSink {
-        let (chunks, mut incoming) = mpsc::channel::<Vec<u8>>(SINK_DEPTH);
+        let deep = deep_queues().claim();
+        let depth = if deep.is_some() {
+            DEEP_SINK_DEPTH
+        } else {
+            SINK_DEPTH
+        };
+        let (chunks, mut incoming) = mpsc::channel::<Vec<u8>>(depth);
         let (recycle, spare) = std::sync::mpsc::channel();
         let worker = tokio::task::spawn_blocking(move || {
+            let _deep = deep;
             while let Some(chunk) = incoming.blocking_recv() {
                 if let Some(hasher) = hasher.as_mut() {
                     hasher.update(&chunk);
@@ -342,6 +401,22 @@ mod tests {
     use super::*;
 
     const IDLE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn deep_queues_go_to_the_first_sinks_and_come_back() {
+        let queues = DeepQueues::new(2);
+        let first = queues.claim();
+        let second = queues.claim();
+        assert!(first.is_some() && second.is_some());
+        assert!(
+            queues.claim().is_none(),
+            "a third sink must get a shallow queue"
+        );
+        drop(first);
+        let again = queues.claim();
+        assert!(again.is_some(), "a finished sink gives its slot back");
+        assert!(queues.claim().is_none());
+    }
 
     #[tokio::test]
     async fn moves_exactly_len_bytes_and_leaves_the_rest() {
