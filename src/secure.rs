@@ -526,6 +526,18 @@ mod tests {
         assert!(received == payload, "the bytes changed on the way");
     }
 
+    #[test]
+    fn copies_landing_just_past_their_source_are_flagged_slow() {
+        let buffer = [0u8; 8192];
+        let at = |offset: usize| buffer[offset..].as_ptr();
+        assert!(!copy_is_slow(at(100), at(100)), "same offset");
+        assert!(copy_is_slow(at(100), at(101)), "1 byte past");
+        assert!(copy_is_slow(at(100), at(163)), "63 bytes past");
+        assert!(!copy_is_slow(at(100), at(164)), "64 bytes past");
+        assert!(!copy_is_slow(at(102), at(100)), "before the source");
+        assert!(copy_is_slow(at(0), at(4096 + 2)), "modulo 4 KiB");
+    }
+
     #[tokio::test]
     async fn different_secrets_fail_the_handshake() {
         let (client, server) = pair("the client's secret, long", "the server's secret, long").await;
