@@ -458,9 +458,15 @@ mod tests {
         (client.map(drop), server.map(drop))
     }
 
-    #[tokio::test]
-    async fn matching_secrets_carry_bytes_both_ways_intact() {
-        let (client_side, server_side) = tokio::io::duplex(1 << 20);
+    /// A client's sealed writer and a server's opened reader, after a
+    /// handshake with one secret over an in-memory pipe of `capacity` bytes.
+    async fn established(
+        capacity: usize,
+    ) -> (
+        SealedWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+        OpenedReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+    ) {
+        let (client_side, server_side) = tokio::io::duplex(capacity);
         let (client_read, client_write) = tokio::io::split(client_side);
         let (server_read, server_write) = tokio::io::split(server_side);
         let secret = Secret::new("a shared secret of some length").unwrap();
@@ -468,7 +474,13 @@ mod tests {
             connect(client_read, client_write, &secret),
             accept(server_read, server_write, &secret)
         );
-        let ((_, mut client_writer), (mut server_reader, _)) = (client.unwrap(), server.unwrap());
+        let ((_, client_writer), (server_reader, _)) = (client.unwrap(), server.unwrap());
+        (client_writer, server_reader)
+    }
+
+    #[tokio::test]
+    async fn matching_secrets_carry_bytes_both_ways_intact() {
+        let (mut client_writer, mut server_reader) = established(1 << 20).await;
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
@@ -487,15 +499,7 @@ mod tests {
     /// channel's own buffers, and the bytes must come out the same.
     #[tokio::test]
     async fn bytes_survive_any_mix_of_write_and_read_sizes() {
-        let (client_side, server_side) = tokio::io::duplex(1 << 16);
-        let (client_read, client_write) = tokio::io::split(client_side);
-        let (server_read, server_write) = tokio::io::split(server_side);
-        let secret = Secret::new("a shared secret of some length").unwrap();
-        let (client, server) = tokio::join!(
-            connect(client_read, client_write, &secret),
-            accept(server_read, server_write, &secret)
-        );
-        let ((_, mut client_writer), (mut server_reader, _)) = (client.unwrap(), server.unwrap());
+        let (mut client_writer, mut server_reader) = established(1 << 16).await;
         let write_sizes = [1, MAX_PLAIN, 70_000, 3, 3 * MAX_PLAIN + 5, 200_000, 65_536];
         let total: usize = write_sizes.iter().sum();
         let payload: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
