@@ -94,16 +94,16 @@ const DEEP_SINK_DEPTH: usize = 6;
 
 /// Hands out a fixed number of deep-queue slots; a slot is free again once
 /// its [`DeepQueue`] is dropped.
-pub struct DeepQueues {
+struct DeepQueues {
     in_use: AtomicUsize,
     limit: usize,
 }
 
 /// A claimed deep-queue slot.
-pub struct DeepQueue<'a>(&'a DeepQueues);
+struct DeepQueue<'a>(&'a DeepQueues);
 
 impl DeepQueues {
-    pub const fn new(limit: usize) -> DeepQueues {
+    const fn new(limit: usize) -> DeepQueues {
         DeepQueues {
             in_use: AtomicUsize::new(0),
             limit,
@@ -111,7 +111,7 @@ impl DeepQueues {
     }
 
     /// A slot, if one is free.
-    pub fn claim(&self) -> Option<DeepQueue<'_>> {
+    fn claim(&self) -> Option<DeepQueue<'_>> {
         self.in_use
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.limit).then_some(n + 1)
