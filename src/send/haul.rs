@@ -321,7 +321,7 @@ impl Session {
                 // A small file is read whole, here: the runtime's hand-offs
                 // to a file thread would cost more than the read itself.
                 let size = file.entry.size.unwrap_or(0);
-                match std::fs::read(path) {
+                match read_small(path, size) {
                     Ok(bytes) => {
                         let sent = self
                             .send_chunks(&mut &bytes[..], Some(size), &mut hasher, on_event)
@@ -634,6 +634,17 @@ fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
 }
 
 /// The BLAKE3 hash of a local file, for comparing with the server's copy.
+/// The first `size` bytes of the file at `path`, fewer if it shrank. With
+/// the size known from the walk, this is an open, one read and a close:
+/// `std::fs::read` also asks the size and reads once more to see the end,
+/// two calls more per file.
+fn read_small(path: &std::path::Path, size: u64) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut bytes)?;
+    Ok(bytes)
+}
+
 async fn local_hash(entry: &Entry) -> std::io::Result<Hash> {
     let Source::File(path) = &entry.source else {
         return Err(std::io::Error::other("only files can be compared"));
