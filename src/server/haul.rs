@@ -836,9 +836,8 @@ mod tests {
         let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
         let mut space = SpaceBudget::default();
         let mut fresh = HashSet::new();
-        let mut decide_one = |offer: OwnedOffer| {
-            decide(&store, &config, &mut space, &mut fresh, &offer).unwrap()
-        };
+        let mut decide_one =
+            |offer: OwnedOffer| decide(&store, &config, &mut space, &mut fresh, &offer).unwrap();
         let theirs = b"someone else's";
         let ours = b"the sender's!!";
 
@@ -860,7 +859,10 @@ mod tests {
         partial.writer().as_ref().write_all(ours).unwrap();
         assert_eq!(partial.commit().unwrap(), "made/x (1)");
         assert_eq!(std::fs::read(inbox.path().join("made/x")).unwrap(), theirs);
-        assert_eq!(std::fs::read(inbox.path().join("made/x (1)")).unwrap(), ours);
+        assert_eq!(
+            std::fs::read(inbox.path().join("made/x (1)")).unwrap(),
+            ours
+        );
         assert!(fresh.contains(&b"made"[..]) && !fresh.contains(&b"found"[..]));
     }
 }
