@@ -633,7 +633,6 @@ fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
     }
 }
 
-/// The BLAKE3 hash of a local file, for comparing with the server's copy.
 /// The first `size` bytes of the file at `path`, fewer if it shrank. With
 /// the size known from the walk, this is an open, one read and a close:
 /// `std::fs::read` also asks the size and reads once more to see the end,
@@ -645,6 +644,7 @@ fn read_small(path: &std::path::Path, size: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The BLAKE3 hash of a local file, for comparing with the server's copy.
 async fn local_hash(entry: &Entry) -> std::io::Result<Hash> {
     let Source::File(path) = &entry.source else {
         return Err(std::io::Error::other("only files can be compared"));
