@@ -49,47 +49,12 @@ pub async fn send_haul(
         .handshake(options.compress, options.secret.as_ref())
         .await?;
 
-    let mut walked = walk(sources, name);
-    let mut differing: VecDeque<Entry> = VecDeque::new();
-    loop {
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        while batch.len() < BATCH_ENTRIES && batch_bytes < BATCH_BYTES {
-            let entry = match differing.pop_front() {
-                Some(entry) => entry,
-                None => match walked.next() {
-                    None => break,
-                    Some(Walked::Entry(entry)) => entry,
-                    Some(Walked::Unsendable { path, reason }) => {
-                        session.summary.failed += 1;
-                        on_event(Event::Failed {
-                            path: &path,
-                            reason: &reason,
-                        });
-                        continue;
-                    }
-                    Some(Walked::Skipped { path, reason }) => {
-                        session.summary.skipped += 1;
-                        on_event(Event::Skipped {
-                            path: &path,
-                            reason: &reason,
-                        });
-                        continue;
-                    }
-                },
-            };
-            batch_bytes += entry.size.unwrap_or(BATCH_BYTES);
-            batch.push(entry);
-        }
-        if batch.is_empty() {
-            break;
-        }
-        if let Err(error) = session
-            .run_batch(batch, &mut differing, &mut on_event)
-            .await
-        {
-            return Err(session.server_reason_for(error).await);
-        }
+    let mut batches = Batches {
+        walked: Box::new(walk(sources, name)),
+        differing: VecDeque::new(),
+    };
+    if let Err(error) = session.send_batches(&mut batches, &mut on_event).await {
+        return Err(session.server_reason_for(error).await);
     }
     session.goodbye().await?;
     Ok(session.summary)
@@ -111,6 +76,79 @@ const ZSTD_LEVEL: i32 = 3;
 struct Sending {
     entry: Entry,
     offset: u64,
+}
+
+/// A file whose bytes went out, waiting for its receipt.
+struct Streamed {
+    path: String,
+    hash: Hash,
+    /// Why the local side could not send all it announced, if it could not.
+    local_failure: Option<String>,
+}
+
+/// Cuts the walk into batches, putting first the files to offer again
+/// because the server's copy differs.
+struct Batches<'a> {
+    walked: Box<dyn Iterator<Item = Walked> + 'a>,
+    differing: VecDeque<Entry>,
+}
+
+impl Batches<'_> {
+    /// The next batch; empty once everything was offered. What the walk
+    /// cannot send or passes over is counted and reported here.
+    fn next(&mut self, summary: &mut Summary, on_event: &mut impl FnMut(Event<'_>)) -> Vec<Entry> {
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        while batch.len() < BATCH_ENTRIES && batch_bytes < BATCH_BYTES {
+            let entry = match self.differing.pop_front() {
+                Some(entry) => entry,
+                None => match self.walked.next() {
+                    None => break,
+                    Some(Walked::Entry(entry)) => entry,
+                    Some(Walked::Unsendable { path, reason }) => {
+                        summary.failed += 1;
+                        on_event(Event::Failed {
+                            path: &path,
+                            reason: &reason,
+                        });
+                        continue;
+                    }
+                    Some(Walked::Skipped { path, reason }) => {
+                        summary.skipped += 1;
+                        on_event(Event::Skipped {
+                            path: &path,
+                            reason: &reason,
+                        });
+                        continue;
+                    }
+                },
+            };
+            batch_bytes += entry.size.unwrap_or(BATCH_BYTES);
+            batch.push(entry);
+        }
+        batch
+    }
+}
+
+/// A batch's Offer frames and its BatchEnd; nothing for an empty batch.
+fn encode_offers(batch: &[Entry]) -> Vec<u8> {
+    let mut frames = Vec::new();
+    if batch.is_empty() {
+        return frames;
+    }
+    for entry in batch {
+        let offer = Offer {
+            kind: entry.kind,
+            size: entry.size,
+            differs: entry.differs,
+            mtime: entry.mtime,
+            mode: entry.mode,
+            path: entry.path.as_bytes(),
+        };
+        haul::encode(&Message::Offer(offer), &mut frames);
+    }
+    haul::encode(&Message::BatchEnd, &mut frames);
+    frames
 }
 
 impl Session {
@@ -196,26 +234,63 @@ impl Session {
         }
     }
 
-    async fn run_batch(
+    /// Offers every batch and sends what the server asks for. The next
+    /// batch's offers go out while this one's receipts come in, so the
+    /// server finds them waiting once it has sent its receipts, and the walk
+    /// of the next batch happens while the server stores this one.
+    async fn send_batches(
+        &mut self,
+        batches: &mut Batches<'_>,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), SendError> {
+        let mut batch = batches.next(&mut self.summary, on_event);
+        self.writer.write_all(&encode_offers(&batch)).await?;
+        self.writer.flush().await?;
+        while !batch.is_empty() {
+            let sending = self
+                .read_answers(batch, &mut batches.differing, on_event)
+                .await?;
+            let mut streamed = Vec::with_capacity(sending.len());
+            for file in sending {
+                let (hash, local_failure) = self.stream_file(&file, on_event).await?;
+                streamed.push(Streamed {
+                    path: file.entry.path,
+                    hash,
+                    local_failure,
+                });
+            }
+            self.writer.flush().await?;
+
+            batch = batches.next(&mut self.summary, on_event);
+            let offers = encode_offers(&batch);
+            // Written and read at once: neither side may wait for the other
+            // to read before it reads, or both could stop with full buffers.
+            let writer = &mut self.writer;
+            let send_offers = async move {
+                writer.write_all(&offers).await?;
+                writer.flush().await?;
+                Ok(())
+            };
+            let receipts = read_receipts(
+                &mut self.reader,
+                self.idle,
+                streamed,
+                &mut self.summary,
+                on_event,
+            );
+            tokio::try_join!(send_offers, receipts)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the answers to a batch's offers: the files the server asks for
+    /// come back; files to offer again go to `differing`.
+    async fn read_answers(
         &mut self,
         batch: Vec<Entry>,
         differing: &mut VecDeque<Entry>,
         on_event: &mut impl FnMut(Event<'_>),
-    ) -> Result<(), SendError> {
-        for entry in &batch {
-            let offer = Offer {
-                kind: entry.kind,
-                size: entry.size,
-                differs: entry.differs,
-                mtime: entry.mtime,
-                mode: entry.mode,
-                path: entry.path.as_bytes(),
-            };
-            self.send(&Message::Offer(offer)).await?;
-        }
-        self.send(&Message::BatchEnd).await?;
-        self.writer.flush().await?;
-
+    ) -> Result<Vec<Sending>, SendError> {
         let mut sending = Vec::new();
         for mut entry in batch {
             let frame = self.read_frame().await?;
@@ -246,58 +321,7 @@ impl Session {
                 other => return Err(unexpected(&other, "an answer fitting the offer")),
             }
         }
-
-        let mut local_failures = Vec::with_capacity(sending.len());
-        let mut hashes = Vec::with_capacity(sending.len());
-        for file in &sending {
-            let (hash, local_failure) = self.stream_file(file, on_event).await?;
-            hashes.push(hash);
-            local_failures.push(local_failure);
-        }
-        self.writer.flush().await?;
-
-        for ((file, hash), local_failure) in sending.iter().zip(hashes).zip(local_failures) {
-            let path = file.entry.path.as_str();
-            let frame = self.read_frame().await?;
-            match frame.message()? {
-                Message::Receipt {
-                    size,
-                    hash: stored_hash,
-                    stored_as,
-                } if stored_hash == hash => {
-                    self.summary.stored += 1;
-                    on_event(Event::Stored {
-                        path,
-                        stored_as: Some(&printable(stored_as.as_bytes())),
-                        bytes: size,
-                        hash: Some(&hash),
-                    });
-                }
-                Message::Receipt { .. } => {
-                    return Err(SendError::Protocol(format!(
-                        "the receipt for {path} has the wrong hash"
-                    )));
-                }
-                Message::Failed { reason } => {
-                    self.summary.failed += 1;
-                    let reason = local_failure.unwrap_or_else(|| {
-                        let reason = printable(reason.as_bytes());
-                        let hint = if reason.contains("No space left on device") {
-                            "; the server's disk is full"
-                        } else {
-                            ""
-                        };
-                        format!("the server did not store it: {reason}{hint}")
-                    });
-                    on_event(Event::Failed {
-                        path,
-                        reason: &reason,
-                    });
-                }
-                other => return Err(unexpected(&other, "a receipt")),
-            }
-        }
-        Ok(())
+        Ok(sending)
     }
 
     /// Streams one file from its offset as Data frames, then its FileEnd.
@@ -582,36 +606,99 @@ impl Session {
 
     /// Reads one whole frame; decode it with [`Frame::message`].
     async fn read_frame(&mut self) -> Result<Frame, SendError> {
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        match timeout(self.idle, self.reader.read_exact(&mut header)).await {
-            Err(_) => return Err(SendError::Silent(self.idle)),
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(SendError::Protocol(
-                    "the server closed the connection".into(),
-                ));
-            }
-            Ok(result) => {
-                result?;
-            }
-        }
-        if &header == b"go ah" {
+        read_frame(&mut self.reader, self.idle).await
+    }
+}
+
+/// Reads one whole frame from the server, waiting at most `idle` for each
+/// part of it.
+async fn read_frame(
+    reader: &mut BufReader<BoxedReader>,
+    idle: Duration,
+) -> Result<Frame, SendError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match timeout(idle, reader.read_exact(&mut header)).await {
+        Err(_) => return Err(SendError::Silent(idle)),
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(SendError::Protocol(
-                "it answered \"go ahead\": it speaks only the classroom protocol; use --protocol seed".into(),
+                "the server closed the connection".into(),
             ));
         }
-        let header = haul::decode_frame_header(header)?;
-        let mut payload = vec![0u8; header.len as usize];
-        match timeout(self.idle, self.reader.read_exact(&mut payload)).await {
-            Err(_) => Err(SendError::Silent(self.idle)),
-            Ok(result) => {
-                result?;
-                Ok(Frame {
-                    kind: header.kind,
-                    payload,
-                })
-            }
+        Ok(result) => {
+            result?;
         }
     }
+    if &header == b"go ah" {
+        return Err(SendError::Protocol(
+            "it answered \"go ahead\": it speaks only the classroom protocol; use --protocol seed"
+                .into(),
+        ));
+    }
+    let header = haul::decode_frame_header(header)?;
+    let mut payload = vec![0u8; header.len as usize];
+    match timeout(idle, reader.read_exact(&mut payload)).await {
+        Err(_) => Err(SendError::Silent(idle)),
+        Ok(result) => {
+            result?;
+            Ok(Frame {
+                kind: header.kind,
+                payload,
+            })
+        }
+    }
+}
+
+/// Reads one receipt (or failure) per streamed file, in order, and reports
+/// each.
+async fn read_receipts(
+    reader: &mut BufReader<BoxedReader>,
+    idle: Duration,
+    streamed: Vec<Streamed>,
+    summary: &mut Summary,
+    on_event: &mut impl FnMut(Event<'_>),
+) -> Result<(), SendError> {
+    for file in streamed {
+        let path = file.path.as_str();
+        let frame = read_frame(reader, idle).await?;
+        match frame.message()? {
+            Message::Receipt {
+                size,
+                hash: stored_hash,
+                stored_as,
+            } if stored_hash == file.hash => {
+                summary.stored += 1;
+                on_event(Event::Stored {
+                    path,
+                    stored_as: Some(&printable(stored_as.as_bytes())),
+                    bytes: size,
+                    hash: Some(&file.hash),
+                });
+            }
+            Message::Receipt { .. } => {
+                return Err(SendError::Protocol(format!(
+                    "the receipt for {path} has the wrong hash"
+                )));
+            }
+            Message::Failed { reason } => {
+                summary.failed += 1;
+                let reason = file.local_failure.unwrap_or_else(|| {
+                    let reason = printable(reason.as_bytes());
+                    let hint = if reason.contains("No space left on device") {
+                        "; the server's disk is full"
+                    } else {
+                        ""
+                    };
+                    format!("the server did not store it: {reason}{hint}")
+                });
+                on_event(Event::Failed {
+                    path,
+                    reason: &reason,
+                });
+            }
+            other => return Err(unexpected(&other, "a receipt")),
+        }
+    }
+    Ok(())
 }
 
 /// A frame read from the server, decoded on demand.
@@ -657,4 +744,51 @@ async fn local_hash(entry: &Entry) -> std::io::Result<Hash> {
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::haul::Mtime;
+
+    fn entry(kind: EntryKind, path: &str, size: Option<u64>) -> Walked {
+        Walked::Entry(Entry {
+            source: match kind {
+                EntryKind::File => Source::File(PathBuf::from(path)),
+                EntryKind::Directory => Source::Directory,
+            },
+            path: path.to_owned(),
+            kind,
+            size,
+            mtime: Mtime { secs: 0, nanos: 0 },
+            mode: 0o644,
+            differs: false,
+        })
+    }
+
+    fn paths_of_batches(walked: Vec<Walked>) -> Vec<Vec<String>> {
+        let mut batches = Batches {
+            walked: Box::new(walked.into_iter()),
+            differing: VecDeque::new(),
+        };
+        let mut summary = Summary::default();
+        std::iter::from_fn(|| {
+            let batch = batches.next(&mut summary, &mut |_| {});
+            (!batch.is_empty()).then(|| batch.into_iter().map(|entry| entry.path).collect())
+        })
+        .collect()
+    }
+
+    #[test]
+    fn batches_close_at_their_entry_or_byte_limit_and_after_a_stream() {
+        let mut walked: Vec<Walked> = (0..BATCH_ENTRIES + 1)
+            .map(|index| entry(EntryKind::File, &format!("f{index}"), Some(1)))
+            .collect();
+        walked.push(entry(EntryKind::File, "big", Some(BATCH_BYTES)));
+        walked.push(entry(EntryKind::File, "after-big", Some(1)));
+        walked.push(entry(EntryKind::File, "-", None));
+        walked.push(entry(EntryKind::File, "after-stream", Some(1)));
+        let sizes: Vec<usize> = paths_of_batches(walked).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [BATCH_ENTRIES, 2, 2, 1]);
+    }
 }
