@@ -123,7 +123,12 @@ impl Batches<'_> {
                     }
                 },
             };
-            batch_bytes += entry.size.unwrap_or(BATCH_BYTES);
+            batch_bytes += match (entry.kind, entry.size) {
+                (EntryKind::Directory, _) => 0,
+                (EntryKind::File, Some(size)) => size,
+                // A stream of unknown length closes the batch.
+                (EntryKind::File, None) => BATCH_BYTES,
+            };
             batch.push(entry);
         }
         batch
@@ -777,6 +782,20 @@ mod tests {
             (!batch.is_empty()).then(|| batch.into_iter().map(|entry| entry.path).collect())
         })
         .collect()
+    }
+
+    #[test]
+    fn folders_share_a_batch_with_their_files() {
+        let mut walked = Vec::new();
+        for dir in 0..3 {
+            walked.push(entry(EntryKind::Directory, &format!("d{dir}"), None));
+            for file in 0..2 {
+                walked.push(entry(EntryKind::File, &format!("d{dir}/f{file}"), Some(10)));
+            }
+        }
+        let batches = paths_of_batches(walked);
+        assert_eq!(batches.len(), 1, "{batches:?}");
+        assert_eq!(batches[0].len(), 9);
     }
 
     #[test]
