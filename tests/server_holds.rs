@@ -508,6 +508,77 @@ fn forty_clients_with_five_files_each_at_once_all_arrive() {
     }
 }
 
+/// Starts `haul serve` on a fresh inbox with its open-file limits lowered to
+/// `soft` and, if given, `hard`.
+fn server_with_open_file_limit(inbox: &Path, soft: u64, hard: Option<u64>) -> Running {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(HAUL);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(inbox);
+    // SAFETY: between fork and exec this only calls getrlimit and setrlimit,
+    // which are async-signal-safe, on a local struct.
+    unsafe {
+        command.pre_exec(move || {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = soft;
+            if let Some(hard) = hard {
+                limit.rlim_max = hard;
+            }
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Running::start(command)
+}
+
+/// A folder of `count` small files with distinct contents; returns its path.
+fn folder_of_small_files(root: &Path, count: usize) -> PathBuf {
+    let folder = root.join("many");
+    for index in 0..count {
+        let sub = folder.join(format!("d{}", index / 50));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{index}.txt")), format!("file {index}")).unwrap();
+    }
+    folder
+}
+
+fn assert_small_files_stored(inbox: &Path, count: usize) {
+    for index in 0..count {
+        let stored = inbox.join(format!("many/d{}/f{index}.txt", index / 50));
+        assert_eq!(
+            std::fs::read_to_string(&stored).unwrap(),
+            format!("file {index}")
+        );
+    }
+}
+
+#[test]
+fn a_low_soft_open_file_limit_does_not_fail_a_batch_of_many_files() {
+    // 1,024 is a common soft limit; 64 makes one batch of 256 files reach it.
+    let temp = tempfile::tempdir().unwrap();
+    let inbox = temp.path().join("inbox");
+    let mut server = server_with_open_file_limit(&inbox, 64, None);
+    let folder = folder_of_small_files(temp.path(), 300);
+    let output = haul(&["send", "--to", &server.addr, folder.to_str().unwrap()]);
+    server.kill();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("300 stored, 0 already there, 0 failed"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert_small_files_stored(&inbox, 300);
+}
+
 fn signal(running: &Running, signal: libc::c_int) {
     // SAFETY: kill only sends a signal to the child process this test started.
     assert_eq!(

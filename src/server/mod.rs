@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::timeout;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::protocol::haul::MAGIC;
 use crate::secure::Secret;
@@ -91,6 +91,7 @@ pub struct Server {
 impl Server {
     /// Opens the inbox and binds the listening socket.
     pub async fn bind(listen: SocketAddr, config: ServerConfig) -> io::Result<Server> {
+        raise_open_file_limit();
         let store = Store::open(&config.dir, config.on_conflict)?;
         let listener = TcpListener::bind(listen).await?;
         Ok(Server {
@@ -131,6 +132,26 @@ impl Server {
         {
             warn!("transfers still running after the grace period were cut; they can resume");
         }
+    }
+}
+
+/// Lifts the soft limit on open files to the hard one, as servers that hold
+/// many connections and files commonly do: the usual soft limit of 1,024 is
+/// below what the default `--max-connections` alone needs, and a client
+/// that finds the server out of descriptors gets its files failed.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        ..limit
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => debug!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit"),
+        Err(error) => warn!(%error, limit = ?limit.current, "cannot raise the open-file limit"),
     }
 }
 
