@@ -198,6 +198,9 @@ struct StoreInner {
     dir: Dir,
     /// Handle on [`HIDDEN_AREA`], where partial files live.
     hidden: Dir,
+    /// The same folder opened for reading: `hidden` may be a path-only
+    /// handle, which cannot name the file system to sync.
+    hidden_for_sync: std::fs::File,
     on_conflict: OnConflict,
     /// Makes temporary names unique within this process.
     next_temp: AtomicU64,
@@ -215,10 +218,14 @@ impl Store {
         let dir = Dir::open_ambient_dir(path, ambient_authority())?;
         dir.create_dir_all(HIDDEN_AREA)?;
         let hidden = dir.open_dir(HIDDEN_AREA)?;
+        let hidden_for_sync = dir
+            .open_with(HIDDEN_AREA, OpenOptions::new().read(true))?
+            .into_std();
         Ok(Store {
             inner: Arc::new(StoreInner {
                 dir,
                 hidden,
+                hidden_for_sync,
                 on_conflict,
                 next_temp: AtomicU64::new(0),
                 no_replace_unsupported: AtomicBool::new(false),
@@ -301,29 +308,22 @@ impl Store {
     }
 
     /// Starts receiving a file that will be stored as `target`, in a fresh
-    /// temporary file. Until it is committed nothing exists under a final
-    /// name, and dropping the [`Partial`] removes what was written.
-    pub fn begin(&self, target: RelPath) -> io::Result<Partial> {
-        loop {
-            let serial = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
-            let temp_name = format!("tmp-{}-{serial}", std::process::id());
-            match self.open_partial(&temp_name, true) {
-                Ok(file) => {
-                    return Ok(Partial {
-                        store: self.clone(),
-                        file: Arc::new(file),
-                        temp_name,
-                        target,
-                        offset: 0,
-                        resumable: false,
-                        committed: false,
-                        metadata: Metadata::default(),
-                    });
-                }
-                // Left over from an earlier process with the same id.
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(error) => return Err(error),
-            }
+    /// temporary file (made on the first [`Partial::writer`]). Until it is
+    /// committed nothing exists under a final name, and dropping the
+    /// [`Partial`] removes what was written.
+    pub fn begin(&self, target: RelPath) -> Partial {
+        Partial {
+            store: self.clone(),
+            file: None,
+            on_disk: OnDisk::NotYet,
+            temp_name: String::new(),
+            target,
+            offset: 0,
+            resumable: false,
+            claimed: false,
+            committed: false,
+            metadata: Metadata::default(),
+            metadata_applied: false,
         }
     }
 
@@ -332,6 +332,9 @@ impl Store {
     /// held is kept across connections and server restarts; [`Partial::offset`]
     /// says how much there is. If another connection is receiving the same
     /// key right now, this one gets a fresh, private temporary file.
+    ///
+    /// Only looks: the file is opened, or made, by [`Partial::writer`], so
+    /// that a batch of answered offers holds no open file each.
     pub fn begin_resumable(&self, target: RelPath, key: &str) -> io::Result<Partial> {
         let temp_name = format!("resume-{key}");
         let claimed = self
@@ -341,21 +344,18 @@ impl Store {
             .unwrap_or_else(|poison| poison.into_inner())
             .insert(temp_name.clone());
         if !claimed {
-            return self.begin(target);
+            return Ok(self.begin(target));
         }
-        // Most keys are new: creating first spares them the size lookup.
-        let opened = match self.open_partial(&temp_name, true) {
-            Ok(file) => Ok((file, 0)),
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                self.open_partial(&temp_name, false).and_then(|file| {
-                    let offset = file.metadata()?.len();
-                    Ok((file, offset))
-                })
+        let held = match self.inner.hidden.symlink_metadata(&temp_name) {
+            Ok(metadata) if metadata.is_file() => Some(metadata.len()),
+            Ok(_) => {
+                self.release(&temp_name);
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "something other than partial data is in the way in the hidden area",
+                ));
             }
-            Err(error) => Err(error),
-        };
-        let (file, offset) = match opened {
-            Ok(opened) => opened,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
             Err(error) => {
                 self.release(&temp_name);
                 return Err(error);
@@ -363,14 +363,35 @@ impl Store {
         };
         Ok(Partial {
             store: self.clone(),
-            file: Arc::new(file),
+            file: None,
+            on_disk: if held.is_some() {
+                OnDisk::Held
+            } else {
+                OnDisk::NotYet
+            },
             temp_name,
             target,
-            offset,
+            offset: held.unwrap_or(0),
             resumable: true,
+            claimed: true,
             committed: false,
             metadata: Metadata::default(),
+            metadata_applied: false,
         })
+    }
+
+    /// Makes a new temporary file under a name unique to this process.
+    fn create_temp(&self) -> io::Result<(String, std::fs::File)> {
+        loop {
+            let serial = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
+            let temp_name = format!("tmp-{}-{serial}", std::process::id());
+            match self.open_partial(&temp_name, true) {
+                Ok(file) => return Ok((temp_name, file)),
+                // Left over from an earlier process with the same id.
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     fn open_partial(&self, temp_name: &str, create_new: bool) -> io::Result<std::fs::File> {
@@ -395,16 +416,18 @@ impl Store {
     /// Makes every partial durable with one file-system sync, then gives each
     /// its final name and syncs the directories that changed. Returns, for
     /// each partial in order, the path it was stored under.
-    pub fn commit_all(&self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
+    pub fn commit_all(&self, mut partials: Vec<Partial>) -> Vec<io::Result<String>> {
         // Times and modes first, so that the sync below covers them too.
-        let prepared: Vec<io::Result<()>> = partials
-            .iter()
-            .map(|partial| apply_metadata(&partial.file, partial.metadata))
-            .collect();
+        let prepared: Vec<io::Result<()>> =
+            partials.iter_mut().map(Partial::apply_metadata).collect();
         let synced = match partials.as_slice() {
             [] => return Vec::new(),
-            [only] => only.file.sync_all(),
-            [first, ..] => rustix::fs::syncfs(&first.file).map_err(io::Error::from),
+            [
+                Partial {
+                    file: Some(only), ..
+                },
+            ] => only.sync_all(),
+            _ => rustix::fs::syncfs(&self.inner.hidden_for_sync).map_err(io::Error::from),
         };
         if let Err(error) = synced {
             return partials
@@ -474,23 +497,102 @@ impl Store {
 /// A file being received, under a temporary name in the hidden area.
 pub struct Partial {
     store: Store,
-    file: Arc<std::fs::File>,
+    /// Open while data is written, and closed by [`Partial::close`] once the
+    /// file is whole, so that a batch does not hold a descriptor per file.
+    file: Option<Arc<std::fs::File>>,
+    on_disk: OnDisk,
+    /// Empty until a private temporary file is made.
     temp_name: String,
     target: RelPath,
     /// Bytes already held when this partial was opened.
     offset: u64,
     /// Kept when dropped uncommitted, so that a later transfer resumes it.
     resumable: bool,
+    /// Holds the store's claim on `temp_name` (see `StoreInner::busy`).
+    claimed: bool,
     committed: bool,
-    /// Applied at commit, before the data is synced.
+    /// Applied at close or commit, before the data is synced.
     metadata: Metadata,
+    metadata_applied: bool,
+}
+
+/// Whether a partial's file exists yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDisk {
+    /// Made on the first write.
+    NotYet,
+    /// Held from an earlier transfer, [`Partial::offset`] bytes long when
+    /// the offer was answered.
+    Held,
+    /// Made or opened by this partial.
+    Opened,
 }
 
 impl Partial {
-    /// A handle to append the received bytes to. Shared, not duplicated:
-    /// a duplicate cost two system calls per file.
-    pub fn writer(&self) -> Arc<std::fs::File> {
-        Arc::clone(&self.file)
+    /// A handle to append the received bytes to, opening (or making) the
+    /// file on first use. Shared, not duplicated: a duplicate cost two
+    /// system calls per file.
+    pub fn writer(&mut self) -> io::Result<Arc<std::fs::File>> {
+        if let Some(file) = &self.file {
+            return Ok(Arc::clone(file));
+        }
+        let file = match self.on_disk {
+            OnDisk::Opened => {
+                return Err(io::Error::other("the partial file was already closed"));
+            }
+            OnDisk::Held => {
+                let file = self.store.open_partial(&self.temp_name, false)?;
+                if file.metadata()?.len() != self.offset {
+                    return Err(io::Error::other(
+                        "the partial data changed after the offer was answered",
+                    ));
+                }
+                file
+            }
+            OnDisk::NotYet if self.temp_name.is_empty() => {
+                let (temp_name, file) = self.store.create_temp()?;
+                self.temp_name = temp_name;
+                file
+            }
+            OnDisk::NotYet => match self.store.open_partial(&self.temp_name, true) {
+                Ok(file) => file,
+                // Made since the offer was answered, by another process on
+                // this inbox: write privately, from 0 as answered.
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                    self.store.release(&self.temp_name);
+                    self.claimed = false;
+                    self.resumable = false;
+                    let (temp_name, file) = self.store.create_temp()?;
+                    self.temp_name = temp_name;
+                    file
+                }
+                Err(error) => return Err(error),
+            },
+        };
+        self.on_disk = OnDisk::Opened;
+        let file = Arc::new(file);
+        self.file = Some(Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// Gives the whole file its time and mode and closes it. The data is
+    /// synced at commit all the same, by a sync of the whole file system
+    /// when the batch has more than one file.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.apply_metadata()?;
+        self.file = None;
+        Ok(())
+    }
+
+    fn apply_metadata(&mut self) -> io::Result<()> {
+        match &self.file {
+            Some(file) if !self.metadata_applied => {
+                apply_metadata(file, self.metadata)?;
+                self.metadata_applied = true;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Bytes already held from an earlier, interrupted transfer.
@@ -500,13 +602,14 @@ impl Partial {
 
     /// Feeds the first [`Partial::offset`] bytes to `hasher`, so that a
     /// resumed file is verified whole.
-    pub fn hash_held_bytes(&self, hasher: &mut blake3::Hasher) -> io::Result<()> {
+    pub fn hash_held_bytes(&mut self, hasher: &mut blake3::Hasher) -> io::Result<()> {
+        let file = self.writer()?;
         let mut buffer = vec![0u8; 1024 * 1024];
         let mut position = 0;
         while position < self.offset {
             let want = usize::try_from(self.offset - position)
                 .map_or(buffer.len(), |left| left.min(buffer.len()));
-            let read = self.file.read_at(&mut buffer[..want], position)?;
+            let read = file.read_at(&mut buffer[..want], position)?;
             if read == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -621,12 +724,12 @@ impl StoreInner {
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        if !self.committed && !self.resumable {
+        if !self.committed && !self.resumable && self.on_disk != OnDisk::NotYet {
             // The data is incomplete; a failure to remove it only leaves
             // litter in the hidden area, never a partial file under its name.
             let _ = self.store.inner.hidden.remove_file(&self.temp_name);
         }
-        if self.resumable {
+        if self.claimed {
             self.store.release(&self.temp_name);
         }
     }
@@ -712,20 +815,30 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"dir/big.bin").unwrap();
-        let first = store.begin_resumable(target.clone(), "key").unwrap();
+        let mut first = store.begin_resumable(target.clone(), "key").unwrap();
         assert_eq!(first.offset(), 0);
-        first.writer().as_ref().write_all(b"first half ").unwrap();
+        first
+            .writer()
+            .unwrap()
+            .as_ref()
+            .write_all(b"first half ")
+            .unwrap();
         // While one connection holds the key, a second gets a private file.
         let second = store.begin_resumable(target.clone(), "key").unwrap();
         assert_eq!(second.offset(), 0);
         drop(second);
         drop(first);
-        let resumed = store.begin_resumable(target, "key").unwrap();
+        let mut resumed = store.begin_resumable(target, "key").unwrap();
         assert_eq!(resumed.offset(), 11);
         let mut hasher = blake3::Hasher::new();
         resumed.hash_held_bytes(&mut hasher).unwrap();
         assert_eq!(hasher.finalize(), blake3::hash(b"first half "));
-        resumed.writer().as_ref().write_all(b"second half").unwrap();
+        resumed
+            .writer()
+            .unwrap()
+            .as_ref()
+            .write_all(b"second half")
+            .unwrap();
         assert_eq!(resumed.commit().unwrap(), "dir/big.bin");
         assert_eq!(
             std::fs::read(temp.path().join("dir/big.bin")).unwrap(),
@@ -737,6 +850,85 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn a_batch_of_closed_partials_commits_with_content_time_and_mode() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let partials: Vec<Partial> = (0..3)
+            .map(|index| {
+                let name = format!("dir/{index}.txt");
+                let key = format!("key-{index}");
+                let mut partial = store
+                    .begin_resumable(RelPath::parse(name.as_bytes()).unwrap(), &key)
+                    .unwrap();
+                let file = partial.writer().unwrap();
+                file.as_ref().write_all(name.as_bytes()).unwrap();
+                drop(file);
+                partial.set_metadata(Metadata {
+                    modified: Some(modified),
+                    mode: Some(0o640),
+                });
+                partial.close().unwrap();
+                assert!(partial.file.is_none(), "closed before the commit");
+                partial
+            })
+            .collect();
+        store.create_dir(&RelPath::parse(b"dir").unwrap()).unwrap();
+        let stored: Vec<String> = store
+            .commit_all(partials)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(stored, ["dir/0.txt", "dir/1.txt", "dir/2.txt"]);
+        for name in stored {
+            let path = temp.path().join(&name);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), name);
+            let metadata = std::fs::metadata(&path).unwrap();
+            assert_eq!(metadata.modified().unwrap(), modified);
+            assert_eq!(metadata.permissions().mode() & 0o777, 0o640);
+        }
+        let leftovers = std::fs::read_dir(temp.path().join(HIDDEN_AREA)).unwrap();
+        assert_eq!(leftovers.count(), 0);
+    }
+
+    #[test]
+    fn an_answered_partial_holds_no_file_until_written() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let target = RelPath::parse(b"a.bin").unwrap();
+        let fresh = store.begin_resumable(target.clone(), "fresh").unwrap();
+        let private = store.begin(target.clone());
+        assert!(fresh.file.is_none() && private.file.is_none());
+        let hidden = temp.path().join(HIDDEN_AREA);
+        assert_eq!(std::fs::read_dir(&hidden).unwrap().count(), 0);
+        drop((fresh, private));
+        // Its claim was released: the same key resumes rather than going
+        // to a private file.
+        let mut again = store.begin_resumable(target, "fresh").unwrap();
+        again.writer().unwrap();
+        assert_eq!(again.temp_name, "resume-fresh");
+    }
+
+    #[test]
+    fn discarded_data_is_deleted_and_its_key_can_be_used_again() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let target = RelPath::parse(b"a.bin").unwrap();
+        let mut damaged = store.begin_resumable(target.clone(), "key").unwrap();
+        damaged
+            .writer()
+            .unwrap()
+            .as_ref()
+            .write_all(b"bad")
+            .unwrap();
+        damaged.discard();
+        let mut next = store.begin_resumable(target, "key").unwrap();
+        assert_eq!(next.offset(), 0);
+        next.writer().unwrap();
+        assert_eq!(next.temp_name, "resume-key", "not a private file");
     }
 
     #[test]
@@ -752,10 +944,13 @@ mod tests {
     }
 
     fn receive(store: &Store, name: &str, content: &[u8]) -> String {
-        let partial = store
-            .begin(RelPath::parse(name.as_bytes()).unwrap())
+        let mut partial = store.begin(RelPath::parse(name.as_bytes()).unwrap());
+        partial
+            .writer()
+            .unwrap()
+            .as_ref()
+            .write_all(content)
             .unwrap();
-        partial.writer().as_ref().write_all(content).unwrap();
         partial.commit().unwrap()
     }
 
@@ -788,8 +983,13 @@ mod tests {
     fn an_abandoned_partial_leaves_nothing() {
         let temp = tempfile::tempdir().unwrap();
         let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
-        let partial = store.begin(RelPath::parse(b"a.txt").unwrap()).unwrap();
-        partial.writer().as_ref().write_all(b"half").unwrap();
+        let mut partial = store.begin(RelPath::parse(b"a.txt").unwrap());
+        partial
+            .writer()
+            .unwrap()
+            .as_ref()
+            .write_all(b"half")
+            .unwrap();
         drop(partial);
         assert!(!temp.path().join("a.txt").exists());
         let leftovers = std::fs::read_dir(temp.path().join(HIDDEN_AREA)).unwrap();
@@ -808,8 +1008,13 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
 
         let overwrite = Store::open(temp.path(), OnConflict::Overwrite).unwrap();
-        let partial = overwrite.begin(RelPath::parse(b"a.txt").unwrap()).unwrap();
-        partial.writer().as_ref().write_all(b"attack").unwrap();
+        let mut partial = overwrite.begin(RelPath::parse(b"a.txt").unwrap());
+        partial
+            .writer()
+            .unwrap()
+            .as_ref()
+            .write_all(b"attack")
+            .unwrap();
         let error = partial.commit().unwrap_err();
         assert!(error.to_string().contains("link is in the way"), "{error}");
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");

@@ -579,6 +579,48 @@ fn a_low_soft_open_file_limit_does_not_fail_a_batch_of_many_files() {
     assert_small_files_stored(&inbox, 300);
 }
 
+#[test]
+fn a_batch_needs_no_open_file_per_file_even_under_a_low_hard_limit() {
+    // Here the server cannot raise its limit: a batch of 256 files must fit
+    // in 64 descriptors, with two clients at once.
+    let temp = tempfile::tempdir().unwrap();
+    let inbox = temp.path().join("inbox");
+    let mut server = server_with_open_file_limit(&inbox, 64, Some(64));
+    let folder = folder_of_small_files(temp.path(), 300);
+    let senders: Vec<_> = ["first", "second"]
+        .into_iter()
+        .map(|name| {
+            Command::new(HAUL)
+                .args(["send", "--to", &server.addr, "--name", name])
+                .arg(&folder)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = senders
+        .into_iter()
+        .map(|sender| sender.wait_with_output().unwrap())
+        .collect();
+    server.kill();
+    for (output, name) in outputs.iter().zip(["first", "second"]) {
+        assert!(output.status.success(), "{}", stderr_of(output));
+        assert!(
+            stderr_of(output).contains("300 stored, 0 already there, 0 failed"),
+            "{}",
+            stderr_of(output)
+        );
+        for index in 0..300 {
+            let stored = inbox.join(format!("{name}/d{}/f{index}.txt", index / 50));
+            assert_eq!(
+                std::fs::read_to_string(&stored).unwrap(),
+                format!("file {index}")
+            );
+        }
+    }
+}
+
 fn signal(running: &Running, signal: libc::c_int) {
     // SAFETY: kill only sends a signal to the child process this test started.
     assert_eq!(

@@ -23,7 +23,7 @@ use crate::protocol::haul::{
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
-use crate::transfer::{FileSink, PumpError, receive, receive_slice};
+use crate::transfer::{FileSink, PumpError, SMALL_FILE, receive, receive_slice};
 
 /// Most offers one batch may carry: bounds what a client can make the
 /// server hold in memory, and the receipts that pile up before it reads them.
@@ -312,12 +312,20 @@ impl Session<'_> {
         let mut arrived: Vec<Arrived> = Vec::new();
         let mut partials: Vec<Partial> = Vec::new();
         let mut replies: Vec<(usize, Result<Stored, String>)> = Vec::new();
+        // A lone file stays open to be synced by itself; in a batch of many,
+        // each is closed once whole and one sync of the file system covers
+        // them all, so the batch holds no open file per file.
+        let keep_open = batch
+            .iter()
+            .filter(|planned| planned.partial.is_some())
+            .count()
+            == 1;
         for (index, planned) in batch.iter_mut().enumerate() {
             let Some(partial) = planned.partial.take() else {
                 continue;
             };
             let started = Instant::now();
-            match self.receive_file(partial, planned).await? {
+            match self.receive_file(partial, planned, keep_open).await? {
                 Ok((partial, hash, bytes)) => {
                     partials.push(partial);
                     arrived.push(Arrived {
@@ -400,21 +408,25 @@ impl Session<'_> {
     /// the connection; the inner one fails this file alone.
     async fn receive_file(
         &mut self,
-        partial: Partial,
+        mut partial: Partial,
         planned: &Planned,
+        keep_open: bool,
     ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
-        let (mut partial, hasher) = if partial.offset() == 0 {
-            (partial, blake3::Hasher::new())
+        let small = partial.offset() == 0 && planned.size.is_some_and(|size| size <= SMALL_FILE);
+        let (mut partial, hasher, writer) = if small {
+            // Made right here: a hand-off to a file thread would cost more.
+            let writer = partial.writer().map_err(storage_error)?;
+            (partial, blake3::Hasher::new(), writer)
         } else {
             blocking(move || {
                 let mut hasher = blake3::Hasher::new();
                 partial.hash_held_bytes(&mut hasher)?;
-                Ok((partial, hasher))
+                let writer = partial.writer()?;
+                Ok((partial, hasher, writer))
             })
             .await
-            .map_err(SessionError::Storage)?
+            .map_err(storage_error)?
         };
-        let writer = partial.writer();
         let mut sink = FileSink::for_len(writer, Some(hasher), planned.size);
         let frames = self
             .receive_frames(&mut sink, planned, partial.offset())
@@ -449,6 +461,10 @@ impl Session<'_> {
             ));
         }
         partial.set_metadata(metadata_of(planned.mtime, planned.mode));
+        if !keep_open && let Err(error) = partial.close() {
+            partial.discard();
+            return Ok(Err(format!("could not store it: {error}")));
+        }
         Ok(Ok((partial, hash, received)))
     }
 
@@ -679,7 +695,7 @@ fn decide(
         None => Ok(Decision::Answer(Answer::Send { offset }, Some(partial))),
         Some(reason) => {
             if partial.offset() == 0 {
-                // Created just now for this offer: nothing to keep.
+                // Nothing was held for this offer: nothing to keep.
                 partial.discard();
             }
             Ok(Decision::Refuse(reason))
@@ -733,7 +749,7 @@ fn decide_file(
     }
     let partial = match size {
         // A stream cannot be identified before it ends, so it cannot resume.
-        None => store.begin(target)?,
+        None => store.begin(target),
         Some(size) => {
             let key = resume_key(&target, size, mtime);
             let partial = store.begin_resumable(target.clone(), &key)?;
@@ -853,10 +869,10 @@ mod tests {
         decide_one(offer(EntryKind::Directory, "made", None));
         std::fs::write(inbox.path().join("made/x"), theirs).unwrap();
         let decision = decide_one(offer(EntryKind::File, "made/x", Some(14)));
-        let Decision::Answer(Answer::Send { offset: 0 }, Some(partial)) = decision else {
+        let Decision::Answer(Answer::Send { offset: 0 }, Some(mut partial)) = decision else {
             panic!("a file in a directory made by this session is asked for whole");
         };
-        partial.writer().as_ref().write_all(ours).unwrap();
+        partial.writer().unwrap().as_ref().write_all(ours).unwrap();
         assert_eq!(partial.commit().unwrap(), "made/x (1)");
         assert_eq!(std::fs::read(inbox.path().join("made/x")).unwrap(), theirs);
         assert_eq!(

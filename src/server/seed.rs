@@ -91,13 +91,15 @@ async fn receive(
     if let Some(reason) = refusal_for_size(store, config, header.size) {
         return Err(SeedError::Refused(reason));
     }
-    let partial = {
-        let store = store.clone();
-        blocking(move || store.begin(RelPath::single(name)))
-            .await
-            .map_err(SeedError::Storage)?
+    let (partial, file) = {
+        let mut partial = store.begin(RelPath::single(name));
+        blocking(move || {
+            let file = partial.writer()?;
+            Ok((partial, file))
+        })
+        .await
+        .map_err(SeedError::Storage)?
     };
-    let file = partial.writer();
     // The bytes are stored as they come, unhashed and unchanged, so they go
     // from the socket to the file inside the kernel, on a thread that may
     // block on the disk.
