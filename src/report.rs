@@ -232,10 +232,17 @@ impl Reporter {
 
     fn print(&self, line: &str) {
         match &self.progress {
-            Some(progress) => progress.multi.suspend(|| eprintln!("haul: {line}")),
-            None => eprintln!("haul: {line}"),
+            Some(progress) => progress.multi.suspend(|| print_to_stderr(line)),
+            None => print_to_stderr(line),
         }
     }
+}
+
+/// Writes `haul: LINE` to stderr in one call: `eprintln!` makes one per
+/// piece of its format, three system calls per file sent.
+fn print_to_stderr(line: &str) {
+    let text = format!("haul: {line}\n");
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 /// The live display: the whole send on one line, the current file below.
