@@ -728,11 +728,20 @@ fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
 /// The first `size` bytes of the file at `path`, fewer if it shrank. With
 /// the size known from the walk, this is an open, one read and a close:
 /// `std::fs::read` also asks the size and reads once more to see the end,
-/// two calls more per file.
+/// and `read_to_end` reads at most 8 KiB at first, two calls more per file.
 fn read_small(path: &std::path::Path, size: u64) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut bytes)?;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match std::io::Read::read(&mut file, &mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    bytes.truncate(filled);
     Ok(bytes)
 }
 
