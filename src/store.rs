@@ -27,6 +27,9 @@ use thiserror::Error;
 /// reserved: no sender may store a file under it.
 pub const HIDDEN_AREA: &str = ".haul";
 
+/// How the names of resumable partial files begin, in [`HIDDEN_AREA`].
+const RESUME_PREFIX: &str = "resume-";
+
 /// Longest file name most Linux file systems accept, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -209,6 +212,12 @@ struct StoreInner {
     /// Resumable partials being written now: a second sender of the same
     /// file gets a private temporary file instead of sharing one.
     busy: Mutex<HashSet<String>>,
+    /// Resumable partial files known to be on disk. An offer whose key is
+    /// not here is answered without a lookup (one call per file, 5% of the
+    /// server's time for small files); should another process have made
+    /// that file meanwhile, creating it fails and the transfer goes to a
+    /// private file instead, from 0 as answered.
+    held: Mutex<HashSet<String>>,
 }
 
 impl Store {
@@ -218,6 +227,14 @@ impl Store {
         let dir = Dir::open_ambient_dir(path, ambient_authority())?;
         dir.create_dir_all(HIDDEN_AREA)?;
         let hidden = dir.open_dir(HIDDEN_AREA)?;
+        let mut held = HashSet::new();
+        for entry in hidden.entries()? {
+            if let Some(name) = entry?.file_name().to_str()
+                && name.starts_with(RESUME_PREFIX)
+            {
+                held.insert(name.to_owned());
+            }
+        }
         let hidden_for_sync = dir
             .open_with(HIDDEN_AREA, OpenOptions::new().read(true))?
             .into_std();
@@ -230,6 +247,7 @@ impl Store {
                 next_temp: AtomicU64::new(0),
                 no_replace_unsupported: AtomicBool::new(false),
                 busy: Mutex::new(HashSet::new()),
+                held: Mutex::new(held),
             }),
         })
     }
@@ -258,6 +276,7 @@ impl Store {
                 .elapsed()
                 .unwrap_or_default();
             if age >= max_age && self.inner.hidden.remove_file(name).is_ok() {
+                self.inner.forget_held(name);
                 removed += 1;
             }
         }
@@ -336,7 +355,7 @@ impl Store {
     /// Only looks: the file is opened, or made, by [`Partial::writer`], so
     /// that a batch of answered offers holds no open file each.
     pub fn begin_resumable(&self, target: RelPath, key: &str) -> io::Result<Partial> {
-        let temp_name = format!("resume-{key}");
+        let temp_name = format!("{RESUME_PREFIX}{key}");
         let claimed = self
             .inner
             .busy
@@ -346,7 +365,18 @@ impl Store {
         if !claimed {
             return Ok(self.begin(target));
         }
-        let held = match self.inner.hidden.symlink_metadata(&temp_name) {
+        let known = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains(&temp_name);
+        let looked_up = if known {
+            self.inner.hidden.symlink_metadata(&temp_name)
+        } else {
+            Err(io::ErrorKind::NotFound.into())
+        };
+        let held = match looked_up {
             Ok(metadata) if metadata.is_file() => Some(metadata.len()),
             Ok(_) => {
                 self.release(&temp_name);
@@ -555,7 +585,15 @@ impl Partial {
                 file
             }
             OnDisk::NotYet => match self.store.open_partial(&self.temp_name, true) {
-                Ok(file) => file,
+                Ok(file) => {
+                    self.store
+                        .inner
+                        .held
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .insert(self.temp_name.clone());
+                    file
+                }
                 // Made since the offer was answered, by another process on
                 // this inbox: write privately, from 0 as answered.
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
@@ -696,6 +734,14 @@ impl Partial {
 }
 
 impl StoreInner {
+    /// Notes that a resumable partial file is no longer on disk.
+    fn forget_held(&self, temp_name: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(temp_name);
+    }
+
     /// Moves `temp_name` out of the hidden area to `name` in `parent`,
     /// failing with `AlreadyExists` if `name` is taken. One
     /// `renameat2(RENAME_NOREPLACE)` where the filesystem supports it;
@@ -728,6 +774,10 @@ impl Drop for Partial {
             // The data is incomplete; a failure to remove it only leaves
             // litter in the hidden area, never a partial file under its name.
             let _ = self.store.inner.hidden.remove_file(&self.temp_name);
+            self.store.inner.forget_held(&self.temp_name);
+        }
+        if self.committed {
+            self.store.inner.forget_held(&self.temp_name);
         }
         if self.claimed {
             self.store.release(&self.temp_name);
@@ -929,6 +979,35 @@ mod tests {
         assert_eq!(next.offset(), 0);
         next.writer().unwrap();
         assert_eq!(next.temp_name, "resume-key", "not a private file");
+    }
+
+    #[test]
+    fn data_held_before_start_resumes_and_data_made_since_is_left_alone() {
+        let temp = tempfile::tempdir().unwrap();
+        let hidden = temp.path().join(HIDDEN_AREA);
+        std::fs::create_dir_all(&hidden).unwrap();
+        std::fs::write(hidden.join("resume-earlier"), b"held").unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let earlier = store
+            .begin_resumable(RelPath::parse(b"a.bin").unwrap(), "earlier")
+            .unwrap();
+        assert_eq!(earlier.offset(), 4);
+
+        // Made by another process after this one looked: not known, so
+        // answered from 0, and written to a private file instead.
+        let mut since = store
+            .begin_resumable(RelPath::parse(b"b.bin").unwrap(), "since")
+            .unwrap();
+        std::fs::write(hidden.join("resume-since"), b"theirs").unwrap();
+        assert_eq!(since.offset(), 0);
+        since.writer().unwrap().as_ref().write_all(b"ours").unwrap();
+        assert_ne!(since.temp_name, "resume-since");
+        assert_eq!(since.commit().unwrap(), "b.bin");
+        assert_eq!(std::fs::read(temp.path().join("b.bin")).unwrap(), b"ours");
+        assert_eq!(
+            std::fs::read(hidden.join("resume-since")).unwrap(),
+            b"theirs"
+        );
     }
 
     #[test]
