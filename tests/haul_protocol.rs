@@ -328,6 +328,31 @@ fn ten_thousand_small_files_arrive_in_one_send() {
 }
 
 #[test]
+fn every_stored_file_gets_its_log_line_in_order() {
+    // Lines of a batch are written together; long names make a batch's
+    // lines overflow the gathering buffer too.
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let folder = source.path().join("logged");
+    std::fs::create_dir(&folder).unwrap();
+    let names: Vec<String> = (0..600)
+        .map(|index| format!("{index:03}-{}.txt", "n".repeat(150)))
+        .collect();
+    for name in &names {
+        std::fs::write(folder.join(name), name).unwrap();
+    }
+    let output = send(server.addr(), &[&folder]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let mut previous = String::new();
+    for name in &names {
+        let line = server.wait_stored(&format!("logged/{name}"));
+        assert_eq!(line.matches(" INFO ").count(), 1, "one line each: {line}");
+        assert!(line > previous, "in order: {line}");
+        previous = line;
+    }
+}
+
+#[test]
 fn both_protocols_share_one_port_and_seed_can_be_turned_off() {
     let source = tempfile::tempdir().unwrap();
     std::fs::write(source.path().join("seed.txt"), b"from the classroom").unwrap();

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::{ServerConfig, SpaceBudget, blocking, is_out_of_space, log_transfer};
+use super::{ServerConfig, SpaceBudget, blocking, is_out_of_space, log_output, log_transfer};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
@@ -387,6 +387,7 @@ impl Session<'_> {
             }
         }
 
+        log_output::write_gathered();
         // Receipts and failures go out in the order the files were offered.
         replies.sort_by_key(|(index, _)| *index);
         for (_, reply) in &replies {

@@ -7,8 +7,10 @@
 //! codec and the store; they never name a file themselves.
 
 mod haul;
+mod log_output;
 mod seed;
 
+pub use log_output::LogOutput;
 pub use seed::SeedSettle;
 
 use std::io;
@@ -132,6 +134,7 @@ impl Server {
         {
             warn!("transfers still running after the grace period were cut; they can resume");
         }
+        log_output::write_gathered();
     }
 }
 
@@ -309,6 +312,7 @@ fn log_transfer(
     let secs = format_args!("{:.3}", elapsed.as_secs_f64());
     match outcome {
         Ok(stored_as) => info!(
+            target: log_output::STORED_TARGET,
             %peer,
             name,
             size = %size_shown,

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{ServerConfig, blocking, is_out_of_space, log_transfer, refusal_for_size};
+use super::{ServerConfig, blocking, is_out_of_space, log_output, log_transfer, refusal_for_size};
 use crate::protocol::seed::{self, Decoded, HeaderError};
 use crate::store::{NameError, RelPath, SafeName, Store};
 use crate::text::printable;
@@ -67,6 +67,7 @@ pub(super) async fn serve(
         Ok(stored_as) => log_transfer(peer, name, announced.size, started.elapsed(), Ok(stored_as)),
         Err(error) => log_transfer(peer, name, announced.size, started.elapsed(), Err(error)),
     }
+    log_output::write_gathered();
 }
 
 async fn receive(
