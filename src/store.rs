@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use thiserror::Error;
 
 /// Folder inside the inbox that holds data still arriving. Its name is
@@ -218,6 +218,9 @@ struct StoreInner {
     /// that file meanwhile, creating it fails and the transfer goes to a
     /// private file instead, from 0 as answered.
     held: Mutex<HashSet<String>>,
+    /// The process's umask, when it could be read: a file made with the
+    /// mode it is to have then needs no change of mode afterwards.
+    umask: Option<u32>,
 }
 
 impl Store {
@@ -248,6 +251,7 @@ impl Store {
                 no_replace_unsupported: AtomicBool::new(false),
                 busy: Mutex::new(HashSet::new()),
                 held: Mutex::new(held),
+                umask: process_umask(),
             }),
         })
     }
@@ -323,7 +327,7 @@ impl Store {
             .dir
             .open_with(path.to_path(), OpenOptions::new().read(true))?
             .into_std();
-        apply_metadata(&dir, metadata)
+        apply_metadata(&dir, metadata, None)
     }
 
     /// Starts receiving a file that will be stored as `target`, in a fresh
@@ -343,6 +347,7 @@ impl Store {
             committed: false,
             metadata: Metadata::default(),
             metadata_applied: false,
+            created_mode: None,
         }
     }
 
@@ -407,15 +412,16 @@ impl Store {
             committed: false,
             metadata: Metadata::default(),
             metadata_applied: false,
+            created_mode: None,
         })
     }
 
     /// Makes a new temporary file under a name unique to this process.
-    fn create_temp(&self) -> io::Result<(String, std::fs::File)> {
+    fn create_temp(&self, mode: u32) -> io::Result<(String, std::fs::File)> {
         loop {
             let serial = self.inner.next_temp.fetch_add(1, Ordering::Relaxed);
             let temp_name = format!("tmp-{}-{serial}", std::process::id());
-            match self.open_partial(&temp_name, true) {
+            match self.open_partial(&temp_name, true, mode) {
                 Ok(file) => return Ok((temp_name, file)),
                 // Left over from an earlier process with the same id.
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -424,9 +430,16 @@ impl Store {
         }
     }
 
-    fn open_partial(&self, temp_name: &str, create_new: bool) -> io::Result<std::fs::File> {
+    /// Opens the partial file `temp_name`; a file it makes gets `mode`,
+    /// less the umask.
+    fn open_partial(
+        &self,
+        temp_name: &str,
+        create_new: bool,
+        mode: u32,
+    ) -> io::Result<std::fs::File> {
         let mut options = OpenOptions::new();
-        options.read(true).append(true);
+        options.read(true).append(true).mode(mode);
         if create_new {
             options.create_new(true);
         } else {
@@ -544,6 +557,8 @@ pub struct Partial {
     /// Applied at close or commit, before the data is synced.
     metadata: Metadata,
     metadata_applied: bool,
+    /// The mode the file was made with, when this partial made it.
+    created_mode: Option<u32>,
 }
 
 /// Whether a partial's file exists yet.
@@ -566,12 +581,21 @@ impl Partial {
         if let Some(file) = &self.file {
             return Ok(Arc::clone(file));
         }
+        // Made with its final mode where it can be, so that it needs no
+        // change of mode once whole; always writable by the server, so
+        // that an interrupted transfer can resume.
+        let mode = self
+            .metadata
+            .mode
+            .map_or(0o666, |mode| (mode & 0o777) | 0o600);
+        let mut made = true;
         let file = match self.on_disk {
             OnDisk::Opened => {
                 return Err(io::Error::other("the partial file was already closed"));
             }
             OnDisk::Held => {
-                let file = self.store.open_partial(&self.temp_name, false)?;
+                made = false;
+                let file = self.store.open_partial(&self.temp_name, false, mode)?;
                 if file.metadata()?.len() != self.offset {
                     return Err(io::Error::other(
                         "the partial data changed after the offer was answered",
@@ -580,11 +604,11 @@ impl Partial {
                 file
             }
             OnDisk::NotYet if self.temp_name.is_empty() => {
-                let (temp_name, file) = self.store.create_temp()?;
+                let (temp_name, file) = self.store.create_temp(mode)?;
                 self.temp_name = temp_name;
                 file
             }
-            OnDisk::NotYet => match self.store.open_partial(&self.temp_name, true) {
+            OnDisk::NotYet => match self.store.open_partial(&self.temp_name, true, mode) {
                 Ok(file) => {
                     self.store
                         .inner
@@ -600,7 +624,7 @@ impl Partial {
                     self.store.release(&self.temp_name);
                     self.claimed = false;
                     self.resumable = false;
-                    let (temp_name, file) = self.store.create_temp()?;
+                    let (temp_name, file) = self.store.create_temp(mode)?;
                     self.temp_name = temp_name;
                     file
                 }
@@ -608,6 +632,9 @@ impl Partial {
             },
         };
         self.on_disk = OnDisk::Opened;
+        if made {
+            self.created_mode = self.store.inner.umask.map(|umask| mode & !umask);
+        }
         let file = Arc::new(file);
         self.file = Some(Arc::clone(&file));
         Ok(file)
@@ -625,7 +652,7 @@ impl Partial {
     fn apply_metadata(&mut self) -> io::Result<()> {
         match &self.file {
             Some(file) if !self.metadata_applied => {
-                apply_metadata(file, self.metadata)?;
+                apply_metadata(file, self.metadata, self.created_mode)?;
                 self.metadata_applied = true;
                 Ok(())
             }
@@ -785,14 +812,32 @@ impl Drop for Partial {
     }
 }
 
-fn apply_metadata(file: &std::fs::File, metadata: Metadata) -> io::Result<()> {
-    if let Some(mode) = metadata.mode {
+/// Gives `file` the time and mode in `metadata`; the mode is left alone
+/// when the file was made with it (`created_mode`).
+fn apply_metadata(
+    file: &std::fs::File,
+    metadata: Metadata,
+    created_mode: Option<u32>,
+) -> io::Result<()> {
+    if let Some(mode) = metadata.mode
+        && created_mode != Some(mode & 0o777)
+    {
         file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
     }
     if let Some(modified) = metadata.modified {
         file.set_modified(modified)?;
     }
     Ok(())
+}
+
+/// The umask, from `/proc/self/status`: asking the kernel for it means
+/// setting it, which would race with files being made by other threads.
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
 }
 
 #[cfg(test)]
@@ -907,6 +952,10 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
         let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        // Made with their modes where the umask allows, changed after
+        // where it does not (0o666), or where the server keeps the right to
+        // write (0o444).
+        let modes = [0o640, 0o444, 0o666];
         let partials: Vec<Partial> = (0..3)
             .map(|index| {
                 let name = format!("dir/{index}.txt");
@@ -914,13 +963,13 @@ mod tests {
                 let mut partial = store
                     .begin_resumable(RelPath::parse(name.as_bytes()).unwrap(), &key)
                     .unwrap();
+                partial.set_metadata(Metadata {
+                    modified: Some(modified),
+                    mode: Some(modes[index]),
+                });
                 let file = partial.writer().unwrap();
                 file.as_ref().write_all(name.as_bytes()).unwrap();
                 drop(file);
-                partial.set_metadata(Metadata {
-                    modified: Some(modified),
-                    mode: Some(0o640),
-                });
                 partial.close().unwrap();
                 assert!(partial.file.is_none(), "closed before the commit");
                 partial
@@ -933,12 +982,12 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(stored, ["dir/0.txt", "dir/1.txt", "dir/2.txt"]);
-        for name in stored {
+        for (name, mode) in stored.into_iter().zip(modes) {
             let path = temp.path().join(&name);
             assert_eq!(std::fs::read_to_string(&path).unwrap(), name);
             let metadata = std::fs::metadata(&path).unwrap();
             assert_eq!(metadata.modified().unwrap(), modified);
-            assert_eq!(metadata.permissions().mode() & 0o777, 0o640);
+            assert_eq!(metadata.permissions().mode() & 0o777, mode, "{name}");
         }
         let leftovers = std::fs::read_dir(temp.path().join(HIDDEN_AREA)).unwrap();
         assert_eq!(leftovers.count(), 0);

@@ -413,6 +413,8 @@ impl Session<'_> {
         planned: &Planned,
         keep_open: bool,
     ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
+        // Known before the file is made, so that it is made with its mode.
+        partial.set_metadata(metadata_of(planned.mtime, planned.mode));
         let small = partial.offset() == 0 && planned.size.is_some_and(|size| size <= SMALL_FILE);
         let (mut partial, hasher, writer) = if small {
             // Made right here: a hand-off to a file thread would cost more.
@@ -461,7 +463,6 @@ impl Session<'_> {
                 "BLAKE3 mismatch: the data was damaged on the way; nothing was stored".to_owned(),
             ));
         }
-        partial.set_metadata(metadata_of(planned.mtime, planned.mode));
         if !keep_open && let Err(error) = partial.close() {
             partial.discard();
             return Ok(Err(format!("could not store it: {error}")));
