@@ -121,8 +121,11 @@ pub(super) async fn serve(
     let (reader, writer) = stream.into_split();
     let mut session = Session {
         // Room for several small files' frames per read: with the default
-        // 8 KiB, a 16 KiB file took three reads. Large payloads bypass it.
-        reader: BufReader::with_capacity(64 * 1024, Box::new(reader)),
+        // 8 KiB, a 16 KiB file took three reads; 128 KiB, eight files per
+        // read, was 6% faster for small files than 64 KiB, and 256 KiB no
+        // faster for the memory it takes per connection. Large payloads
+        // bypass it.
+        reader: BufReader::with_capacity(128 * 1024, Box::new(reader)),
         writer: BufWriter::new(Box::new(writer)),
         peer,
         store,
