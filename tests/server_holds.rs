@@ -562,13 +562,19 @@ fn assert_small_files_stored(inbox: &Path, count: usize) {
 }
 
 #[test]
-fn a_low_soft_open_file_limit_does_not_fail_a_batch_of_many_files() {
-    // 1,024 is a common soft limit; 64 makes one batch of 256 files reach it.
+fn a_low_soft_open_file_limit_is_raised_so_that_connections_fit() {
+    // 1,024 is a common soft limit, below the default --max-connections;
+    // with 64, a hundred idle connections would leave no descriptor to
+    // accept a real sender with.
     let temp = tempfile::tempdir().unwrap();
     let inbox = temp.path().join("inbox");
     let mut server = server_with_open_file_limit(&inbox, 64, None);
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
     let folder = folder_of_small_files(temp.path(), 300);
     let output = haul(&["send", "--to", &server.addr, folder.to_str().unwrap()]);
+    drop(idle);
     server.kill();
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert!(
