@@ -346,7 +346,6 @@ impl Store {
             claimed: false,
             committed: false,
             metadata: Metadata::default(),
-            metadata_applied: false,
             created_mode: None,
         }
     }
@@ -411,7 +410,6 @@ impl Store {
             claimed: true,
             committed: false,
             metadata: Metadata::default(),
-            metadata_applied: false,
             created_mode: None,
         })
     }
@@ -459,10 +457,9 @@ impl Store {
     /// Makes every partial durable with one file-system sync, then gives each
     /// its final name and syncs the directories that changed. Returns, for
     /// each partial in order, the path it was stored under.
-    pub fn commit_all(&self, mut partials: Vec<Partial>) -> Vec<io::Result<String>> {
+    pub fn commit_all(&self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
         // Times and modes first, so that the sync below covers them too.
-        let prepared: Vec<io::Result<()>> =
-            partials.iter_mut().map(Partial::apply_metadata).collect();
+        let prepared: Vec<io::Result<()>> = partials.iter().map(Partial::apply_metadata).collect();
         let synced = match partials.as_slice() {
             [] => return Vec::new(),
             [
@@ -556,7 +553,6 @@ pub struct Partial {
     committed: bool,
     /// Applied at close or commit, before the data is synced.
     metadata: Metadata,
-    metadata_applied: bool,
     /// The mode the file was made with, when this partial made it.
     created_mode: Option<u32>,
 }
@@ -649,14 +645,12 @@ impl Partial {
         Ok(())
     }
 
-    fn apply_metadata(&mut self) -> io::Result<()> {
+    /// Gives the file its time and mode while it is open; a closed one got
+    /// them when it was closed.
+    fn apply_metadata(&self) -> io::Result<()> {
         match &self.file {
-            Some(file) if !self.metadata_applied => {
-                apply_metadata(file, self.metadata, self.created_mode)?;
-                self.metadata_applied = true;
-                Ok(())
-            }
-            _ => Ok(()),
+            Some(file) => apply_metadata(file, self.metadata, self.created_mode),
+            None => Ok(()),
         }
     }
 
