@@ -259,12 +259,7 @@ impl Store {
     /// Removes partial data not written to for `max_age`; returns how many
     /// files went.
     pub fn remove_stale(&self, max_age: Duration) -> io::Result<usize> {
-        let busy = self
-            .inner
-            .busy
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
+        let busy = locked(&self.inner.busy).clone();
         let mut removed = 0;
         for entry in self.inner.hidden.entries()? {
             let entry = entry?;
@@ -360,21 +355,11 @@ impl Store {
     /// that a batch of answered offers holds no open file each.
     pub fn begin_resumable(&self, target: RelPath, key: &str) -> io::Result<Partial> {
         let temp_name = format!("{RESUME_PREFIX}{key}");
-        let claimed = self
-            .inner
-            .busy
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .insert(temp_name.clone());
+        let claimed = locked(&self.inner.busy).insert(temp_name.clone());
         if !claimed {
             return Ok(self.begin(target));
         }
-        let known = self
-            .inner
-            .held
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .contains(&temp_name);
+        let known = locked(&self.inner.held).contains(&temp_name);
         let looked_up = if known {
             self.inner.hidden.symlink_metadata(&temp_name)
         } else {
@@ -447,11 +432,7 @@ impl Store {
     }
 
     fn release(&self, temp_name: &str) {
-        self.inner
-            .busy
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .remove(temp_name);
+        locked(&self.inner.busy).remove(temp_name);
     }
 
     /// Makes every partial durable with one file-system sync, then gives each
@@ -606,12 +587,7 @@ impl Partial {
             }
             OnDisk::NotYet => match self.store.open_partial(&self.temp_name, true, mode) {
                 Ok(file) => {
-                    self.store
-                        .inner
-                        .held
-                        .lock()
-                        .unwrap_or_else(|poison| poison.into_inner())
-                        .insert(self.temp_name.clone());
+                    locked(&self.store.inner.held).insert(self.temp_name.clone());
                     file
                 }
                 // Made since the offer was answered, by another process on
@@ -757,10 +733,7 @@ impl Partial {
 impl StoreInner {
     /// Notes that a resumable partial file is no longer on disk.
     fn forget_held(&self, temp_name: &str) {
-        self.held
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .remove(temp_name);
+        locked(&self.held).remove(temp_name);
     }
 
     /// Moves `temp_name` out of the hidden area to `name` in `parent`,
@@ -804,6 +777,12 @@ impl Drop for Partial {
             self.store.release(&self.temp_name);
         }
     }
+}
+
+/// Locks `mutex`. The sets of names it guards here stay whole even if a
+/// thread panicked while holding one, so the poison is ignored.
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// Gives `file` the time and mode in `metadata`; the mode is left alone
