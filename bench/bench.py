@@ -36,7 +36,7 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 ALL_PEERS = ['socat', 'nc', 'rsync', 'scp', 'seed-py', 'haul-seed', 'haul', 'haul-secret']
-ALL_SCENARIOS = ['large', 'small', 'concurrent']
+ALL_SCENARIOS = ['large', 'small', 'one-client', 'concurrent']
 
 PEER_HELP = {
     'socat': 'socat -b 1048576 -u, one TCP stream (tar piped for many files)',
@@ -412,12 +412,15 @@ def write_random(path: Path, size: int) -> None:
 
 
 def make_dataset(scenario: str, base: Path, args) -> DataSet:
-    root = base / {'large': 'large', 'small': 'files', 'concurrent': 'clients'}[scenario]
+    root = base / {'large': 'large', 'small': 'files', 'one-client': 'one-client',
+                   'concurrent': 'clients'}[scenario]
     root.mkdir(parents=True)
     if scenario == 'large':
         specs = [('big.bin', args.large_size)]
     elif scenario == 'small':
         specs = [(f'f{i:05d}.bin', args.small_size) for i in range(args.small_count)]
+    elif scenario == 'one-client':
+        specs = [('c000.bin', args.client_size)]
     else:
         specs = [(f'c{i:03d}.bin', args.client_size) for i in range(args.clients)]
     sizes, hashes = {}, {}
@@ -1101,8 +1104,14 @@ def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
 SCEN_TITLE = {
     'large': lambda a: f'One large file ({human(a.large_size)})',
     'small': lambda a: f'Many small files ({a.small_count} x {human(a.small_size)})',
+    'one-client': lambda a: f'One client alone ({human(a.client_size)}, the concurrent clients\' baseline)',
     'concurrent': lambda a: f'Concurrent clients ({a.clients} clients x {human(a.client_size)}, one file each)',
 }
+
+
+def median_rate(runs: list[dict]) -> float:
+    """Bytes per second of the median run."""
+    return runs[0]['bytes'] / statistics.median(r['wall'] for r in runs)
 
 
 def summarize(results: dict, unavailable: dict, failures: dict, args) -> str:
@@ -1127,15 +1136,20 @@ def summarize(results: dict, unavailable: dict, failures: dict, args) -> str:
         rate_head = 'files/s' if scen == 'small' else 'GiB/s'
         headers = ['peer', 'wall s (median)', 'min-max s', rate_head, 'CPU s/GiB',
                    'send RSS MiB', 'recv RSS MiB', 'x socat', 'x rsync']
+        # The concurrent clients' aggregate throughput against one client's,
+        # the same peer's in this run: alone with the same file, and with
+        # the large file.
+        baselines = [b for b in ('one-client', 'large') if scen == 'concurrent' and b in args.scenarios]
+        headers += [f'aggregate / {b}' for b in baselines]
         rows, notes = [], []
         for peer in args.peers:
             if peer in unavailable:
-                rows.append([peer, 'n/a'] + [''] * 7)
+                rows.append([peer, 'n/a'] + [''] * (len(headers) - 2))
                 notes.append(f'{peer}: {unavailable[peer]}')
                 continue
             if peer not in med:
                 why = failures.get((scen, peer), 'no successful run')
-                rows.append([peer, 'FAILED'] + [''] * 7)
+                rows.append([peer, 'FAILED'] + [''] * (len(headers) - 2))
                 notes.append(f'{peer}: {why}')
                 continue
             m = med[peer]
@@ -1147,6 +1161,10 @@ def summarize(results: dict, unavailable: dict, failures: dict, args) -> str:
             ratios = []
             for ref in ('socat', 'rsync'):
                 ratios.append(f'{per_unit(m) / per_unit(med[ref]):.2f}' if ref in med else '-')
+            for b in baselines:
+                alone = results.get((b, peer), [])
+                ratios.append(f'{median_rate(results[(scen, peer)]) / median_rate(alone):.2f}'
+                              if alone else '-')
             label = peer
             if scen == 'small' and m['files'] != args.small_count:
                 label += ' *'
@@ -1188,7 +1206,12 @@ Scenarios (repetitions are interleaved: for each scenario, for rep 1..N, for eac
   large       one large file
   small       many small files (tar | socat/nc, rsync -r, scp -r, one connection per
               file for the seed peers, the whole directory for haul and haul-secret)
-  concurrent  N clients at once, one file each (one process per client)
+  one-client  one client alone with one file of the concurrent clients' size: the
+              baseline the concurrent clients' aggregate is compared with
+  concurrent  N clients at once, one file each (one process per client); its table
+              also gives the aggregate throughput over each peer's own one-client
+              and large-file throughput in the same run (1.00 or more: the crowd
+              moves bytes at least as fast as a lone client)
 
 Every size/count flag also reads an environment variable (shown in brackets).
 Sizes take K/M/G suffixes (binary). CARGO_TARGET_DIR is honoured for the build.
@@ -1279,10 +1302,10 @@ def main(argv=None) -> int:
     ctx = Context(args, tmp)
     status = 0
     try:
-        need = sum({'large': args.large_size, 'small': args.small_count * args.small_size,
-                    'concurrent': args.clients * args.client_size}[s] for s in args.scenarios)
-        peak = max({'large': args.large_size, 'small': args.small_count * args.small_size,
-                    'concurrent': args.clients * args.client_size}[s] for s in args.scenarios)
+        size_of = {'large': args.large_size, 'small': args.small_count * args.small_size,
+                   'one-client': args.client_size, 'concurrent': args.clients * args.client_size}
+        need = sum(size_of[s] for s in args.scenarios)
+        peak = max(size_of[s] for s in args.scenarios)
         st = os.statvfs(tmp)
         if st.f_bavail * st.f_frsize < 2 * peak + 64 * MIB:
             sys.exit(f'{base} has {human(st.f_bavail * st.f_frsize)} free; this run needs about '
@@ -1363,7 +1386,9 @@ def main(argv=None) -> int:
                   'CPU s/GiB = user+sys of sender and receiver processes (and their children) per GiB '
                   'moved; RSS = peak resident memory of each side, summed over its concurrent '
                   'processes; '
-                  'x socat / x rsync = time per byte relative to that peer (lower is faster).\n')
+                  'x socat / x rsync = time per byte relative to that peer (lower is faster); '
+                  'aggregate / one-client and aggregate / large = the concurrent clients\' '
+                  'throughput over the same peer\'s throughput alone (higher is better).\n')
         print()
         print(header)
         print(table)
