@@ -26,6 +26,25 @@ const BATCH_ENTRIES: usize = 256;
 /// come at the end of a batch, are never far behind.
 const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Files with at least this many bytes left to send are read in chunks of
+/// [`MAX_DATA_LEN`]; shorter ones in [`SHORT_CHUNK`]s.
+const LONG_TRANSFER: u64 = 64 * 1024 * 1024;
+/// The chunk for a shorter transfer. The reading thread holds up to four
+/// chunks, all fresh memory in a new process: for 1 MiB chunks about 1,000
+/// page faults, 12% of the CPU of a `haul send` of 20 MiB. 1 MiB chunks pay
+/// that back only over a long transfer (one large file went about 5%
+/// faster with them than with 256 KiB).
+const SHORT_CHUNK: usize = 256 * 1024;
+
+/// The chunk to read a file in when `left` bytes of it are to be sent.
+fn chunk_len_for(left: u64) -> usize {
+    if left >= LONG_TRANSFER {
+        MAX_DATA_LEN as usize
+    } else {
+        SHORT_CHUNK
+    }
+}
+
 /// Sends every source over one haul connection, reporting each entry to
 /// `on_event`. An `Err` means the session itself failed; per-file failures
 /// are events and counts.
@@ -449,7 +468,7 @@ impl Session {
         let mut chunks = FileSource::start(
             file,
             left,
-            MAX_DATA_LEN as usize,
+            chunk_len_for(left),
             Some(std::mem::take(hasher)),
         );
         let mut sent = 0u64;
@@ -791,6 +810,14 @@ mod tests {
             (!batch.is_empty()).then(|| batch.into_iter().map(|entry| entry.path).collect())
         })
         .collect()
+    }
+
+    #[test]
+    fn only_a_long_transfer_reads_in_the_largest_chunks() {
+        assert_eq!(chunk_len_for(20 * 1024 * 1024), SHORT_CHUNK);
+        assert_eq!(chunk_len_for(LONG_TRANSFER - 1), SHORT_CHUNK);
+        assert_eq!(chunk_len_for(LONG_TRANSFER), MAX_DATA_LEN as usize);
+        assert!(SHORT_CHUNK <= MAX_DATA_LEN as usize);
     }
 
     #[test]
