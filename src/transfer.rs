@@ -8,12 +8,14 @@
 //! side, both protocols). None of it knows names or headers.
 
 use std::io::{self, Write};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -376,6 +378,28 @@ where
     Ok(())
 }
 
+/// Reads through a `BufReader` without refilling it: the bytes it holds
+/// come first, then reads go straight to the reader inside. For a large
+/// file's frames: a refill reads up to a buffer's worth of the payload
+/// ahead, and every byte of that is copied twice.
+pub struct Unbuffered<'a, R>(pub &'a mut BufReader<R>);
+
+impl<R: AsyncRead + Unpin> AsyncRead for Unbuffered<'_, R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let reader = &mut *self.get_mut().0;
+        if reader.buffer().is_empty() {
+            Pin::new(reader.get_mut()).poll_read(cx, buf)
+        } else {
+            // A BufReader hands out what it holds without reading more.
+            Pin::new(reader).poll_read(cx, buf)
+        }
+    }
+}
+
 /// Queues bytes already in memory (a decompressed chunk) into `sink`.
 pub async fn receive_slice(sink: &mut FileSink, bytes: &[u8]) -> io::Result<()> {
     let mut chunk = sink.buffer(bytes.len());
@@ -433,6 +457,34 @@ mod tests {
         assert_eq!(sink, &source[..source.len() - 3]);
         assert_eq!(reader, &source[source.len() - 3..]);
         assert_eq!(seen, sink);
+    }
+
+    #[tokio::test]
+    async fn unbuffered_reads_empty_the_buffer_then_bypass_it() {
+        let source: Vec<u8> = (0..64u8).collect();
+        let mut reader = BufReader::with_capacity(8, source.as_slice());
+        let mut first = [0u8; 3];
+        reader.read_exact(&mut first).await.unwrap();
+        assert_eq!(reader.buffer(), &source[3..8], "the buffered read filled 8");
+
+        let mut held = [0u8; 16];
+        let read = Unbuffered(&mut reader).read(&mut held).await.unwrap();
+        assert_eq!(
+            &held[..read],
+            &source[3..8],
+            "what was held comes first, alone"
+        );
+
+        let mut rest = [0u8; 5];
+        Unbuffered(&mut reader).read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, source[8..13]);
+        assert!(
+            reader.buffer().is_empty(),
+            "a read past the buffer must not refill it"
+        );
+        let mut after = Vec::new();
+        reader.read_to_end(&mut after).await.unwrap();
+        assert_eq!(after, &source[13..]);
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
@@ -23,7 +23,7 @@ use crate::protocol::haul::{
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::store::{Existing, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
-use crate::transfer::{FileSink, PumpError, SMALL_FILE, receive, receive_slice};
+use crate::transfer::{FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_slice};
 
 /// Most offers one batch may carry: bounds what a client can make the
 /// server hold in memory, and the receipts that pile up before it reads them.
@@ -482,8 +482,17 @@ impl Session<'_> {
         offset: u64,
     ) -> Result<(Hash, u64), SessionError> {
         let mut received = offset;
+        // A large file's frames are read without refilling the session's
+        // buffer; a small file's come out of it, several per read.
+        let direct = planned.size.is_none_or(|size| size > SMALL_FILE);
         loop {
-            let Some(header) = self.read_frame_header(self.config.idle_timeout).await? else {
+            let header = if direct {
+                read_frame_header(&mut Unbuffered(&mut self.reader), self.config.idle_timeout)
+                    .await?
+            } else {
+                self.read_frame_header(self.config.idle_timeout).await?
+            };
+            let Some(header) = header else {
                 return Err(SessionError::Vanished);
             };
             let len = match header.kind {
@@ -528,13 +537,19 @@ impl Session<'_> {
             if header.kind == Kind::DataZstd {
                 let plain = self.zstd.as_ref().map_or(&[][..], |zstd| &zstd.plain[..]);
                 receive_slice(sink, plain).await.map_err(storage_error)?;
+            } else if direct {
+                receive(
+                    &mut Unbuffered(&mut self.reader),
+                    sink,
+                    len,
+                    self.config.idle_timeout,
+                )
+                .await
+                .map_err(pump_error)?;
             } else {
                 receive(&mut self.reader, sink, len, self.config.idle_timeout)
                     .await
-                    .map_err(|error| match error {
-                        PumpError::Write { source, .. } => storage_error(source),
-                        other => SessionError::Pump(other),
-                    })?;
+                    .map_err(pump_error)?;
             }
             received += len;
         }
@@ -565,13 +580,7 @@ impl Session<'_> {
         &mut self,
         wait: Duration,
     ) -> Result<Option<FrameHeader>, SessionError> {
-        let mut bytes = [0u8; FRAME_HEADER_LEN];
-        match timeout(wait, self.reader.read_exact(&mut bytes)).await {
-            Err(_) => Err(SessionError::Idle(wait)),
-            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-            Ok(Err(error)) => Err(error.into()),
-            Ok(Ok(_)) => Ok(Some(haul::decode_frame_header(bytes)?)),
-        }
+        read_frame_header(&mut self.reader, wait).await
     }
 
     async fn read_payload(&mut self, header: FrameHeader) -> Result<Vec<u8>, SessionError> {
@@ -801,6 +810,27 @@ fn check_stream_limit(config: &ServerConfig, total: u64) -> Result<(), SessionEr
             "the file grew past this server's limit of {max} bytes"
         ))),
         _ => Ok(()),
+    }
+}
+
+/// The next frame's header; `None` if the connection ended cleanly first.
+async fn read_frame_header(
+    reader: &mut (impl AsyncRead + Unpin),
+    wait: Duration,
+) -> Result<Option<FrameHeader>, SessionError> {
+    let mut bytes = [0u8; FRAME_HEADER_LEN];
+    match timeout(wait, reader.read_exact(&mut bytes)).await {
+        Err(_) => Err(SessionError::Idle(wait)),
+        Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Ok(Err(error)) => Err(error.into()),
+        Ok(Ok(_)) => Ok(Some(haul::decode_frame_header(bytes)?)),
+    }
+}
+
+fn pump_error(error: PumpError) -> SessionError {
+    match error {
+        PumpError::Write { source, .. } => storage_error(source),
+        other => SessionError::Pump(other),
     }
 }
 
