@@ -31,9 +31,9 @@ const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 const LONG_TRANSFER: u64 = 64 * 1024 * 1024;
 /// The chunk for a shorter transfer. The reading thread holds up to four
 /// chunks, all fresh memory in a new process: for 1 MiB chunks about 1,000
-/// page faults, 12% of the CPU of a `haul send` of 20 MiB. 1 MiB chunks pay
-/// that back only over a long transfer (one large file went about 5%
-/// faster with them than with 256 KiB).
+/// page faults, which took about an eighth of the CPU of 50 `haul send`s
+/// of 20 MiB each. 1 MiB chunks pay that back only over a long transfer
+/// (one large file went about 5% faster with them than with 256 KiB).
 const SHORT_CHUNK: usize = 256 * 1024;
 
 /// The chunk to read a file in when `left` bytes of it are to be sent.
