@@ -439,53 +439,18 @@ impl Store {
     /// its final name and syncs the directories that changed. Returns, for
     /// each partial in order, the path it was stored under.
     pub fn commit_all(&self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
-        // Times and modes first, so that the sync below covers them too.
-        let prepared: Vec<io::Result<()>> = partials.iter().map(Partial::apply_metadata).collect();
-        let synced = match partials.as_slice() {
-            [] => return Vec::new(),
-            [
-                Partial {
-                    file: Some(only), ..
-                },
-            ] => only.sync_all(),
-            _ => rustix::fs::syncfs(&self.inner.hidden_for_sync).map_err(io::Error::from),
-        };
-        if let Err(error) = synced {
-            return partials
-                .iter()
-                .map(|_| Err(io::Error::new(error.kind(), error.to_string())))
-                .collect();
+        let mut commit = self.start_commit();
+        let placed = commit.place(partials);
+        commit.finish(placed)
+    }
+
+    /// Starts committing one batch of files group by group, so that the
+    /// first groups get their names while the rest are still arriving.
+    pub fn start_commit(&self) -> Commit {
+        Commit {
+            store: self.clone(),
+            parents: HashMap::new(),
         }
-        // Each folder is made and opened once per batch, not once per file:
-        // for a folder of small files that was 6 of the 19 calls per file.
-        let mut parents: HashMap<PathBuf, io::Result<Dir>> = HashMap::new();
-        let results: Vec<io::Result<String>> = partials
-            .into_iter()
-            .zip(prepared)
-            .map(|(partial, prepared)| {
-                let parent = partial.target.parent().unwrap_or_default();
-                prepared?;
-                let dir = parents
-                    .entry(parent)
-                    .or_insert_with_key(|parent| self.open_parent(parent));
-                match dir {
-                    Ok(dir) => partial.place(dir),
-                    Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
-                }
-            })
-            .collect();
-        let changed_dirs = parents
-            .into_iter()
-            .filter_map(|(path, dir)| dir.is_ok().then_some(path));
-        for dir in changed_dirs {
-            if let Err(error) = self.sync_dir(&dir) {
-                return results
-                    .into_iter()
-                    .map(|result| result.and(Err(io::Error::new(error.kind(), error.to_string()))))
-                    .collect();
-            }
-        }
-        results
     }
 
     /// The folder (relative to the inbox, empty for the inbox itself) that
@@ -512,6 +477,78 @@ impl Store {
             .open_with(path, OpenOptions::new().read(true))?
             .into_std()
             .sync_all()
+    }
+}
+
+/// One batch's commit, made of groups: each group's data is synced and
+/// named as soon as it is whole, and the folders that gained names are
+/// synced once, at the end. A file is named only after its data is durable,
+/// and the batch is durable when [`Commit::finish`] returns, as with one
+/// [`Store::commit_all`].
+pub struct Commit {
+    store: Store,
+    /// Each folder is made and opened once per batch, not once per file:
+    /// for a folder of small files that was 6 of the 19 calls per file.
+    parents: HashMap<PathBuf, io::Result<Dir>>,
+}
+
+impl Commit {
+    /// Makes the data of `partials` durable with one sync, then gives each
+    /// its final name. Returns, for each partial in order, the path it was
+    /// stored under; the names are durable only after [`Commit::finish`].
+    pub fn place(&mut self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
+        let store = &self.store;
+        // Times and modes first, so that the sync below covers them too.
+        let prepared: Vec<io::Result<()>> = partials.iter().map(Partial::apply_metadata).collect();
+        let synced = match partials.as_slice() {
+            [] => return Vec::new(),
+            [
+                Partial {
+                    file: Some(only), ..
+                },
+            ] => only.sync_all(),
+            _ => rustix::fs::syncfs(&store.inner.hidden_for_sync).map_err(io::Error::from),
+        };
+        if let Err(error) = synced {
+            return partials
+                .iter()
+                .map(|_| Err(io::Error::new(error.kind(), error.to_string())))
+                .collect();
+        }
+        partials
+            .into_iter()
+            .zip(prepared)
+            .map(|(partial, prepared)| {
+                let parent = partial.target.parent().unwrap_or_default();
+                prepared?;
+                let dir = self
+                    .parents
+                    .entry(parent)
+                    .or_insert_with_key(|parent| store.open_parent(parent));
+                match dir {
+                    Ok(dir) => partial.place(dir),
+                    Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+                }
+            })
+            .collect()
+    }
+
+    /// Syncs every folder that gained a name, so that the names placed are
+    /// durable; if that fails, every result in `placed` becomes the failure.
+    pub fn finish(self, placed: Vec<io::Result<String>>) -> Vec<io::Result<String>> {
+        let changed_dirs = self
+            .parents
+            .into_iter()
+            .filter_map(|(path, dir)| dir.is_ok().then_some(path));
+        for dir in changed_dirs {
+            if let Err(error) = self.store.sync_dir(&dir) {
+                return placed
+                    .into_iter()
+                    .map(|result| result.and(Err(io::Error::new(error.kind(), error.to_string()))))
+                    .collect();
+            }
+        }
+        placed
     }
 }
 
@@ -961,6 +998,45 @@ mod tests {
             let metadata = std::fs::metadata(&path).unwrap();
             assert_eq!(metadata.modified().unwrap(), modified);
             assert_eq!(metadata.permissions().mode() & 0o777, mode, "{name}");
+        }
+        let leftovers = std::fs::read_dir(temp.path().join(HIDDEN_AREA)).unwrap();
+        assert_eq!(leftovers.count(), 0);
+    }
+
+    #[test]
+    fn a_commit_names_each_group_when_placed_and_keeps_the_conflict_policy_across_groups() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let whole = |name: &str, content: &str| {
+            let mut partial = store.begin(RelPath::parse(name.as_bytes()).unwrap());
+            partial
+                .writer()
+                .unwrap()
+                .as_ref()
+                .write_all(content.as_bytes())
+                .unwrap();
+            partial.close().unwrap();
+            partial
+        };
+        let mut commit = store.start_commit();
+        let first = commit.place(vec![whole("a.txt", "one"), whole("b.txt", "two")]);
+        assert_eq!(
+            std::fs::read_to_string(temp.path().join("b.txt")).unwrap(),
+            "two",
+            "a group is in place before the batch is finished"
+        );
+        let second = commit.place(vec![whole("a.txt", "three")]);
+        let stored: Vec<String> = commit
+            .finish(first.into_iter().chain(second).collect())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(stored, ["a.txt", "b.txt", "a (1).txt"]);
+        for (name, content) in stored.iter().zip(["one", "two", "three"]) {
+            assert_eq!(
+                std::fs::read_to_string(temp.path().join(name)).unwrap(),
+                content
+            );
         }
         let leftovers = std::fs::read_dir(temp.path().join(HIDDEN_AREA)).unwrap();
         assert_eq!(leftovers.count(), 0);
