@@ -187,6 +187,34 @@ fn without_a_terminal_nothing_is_drawn() {
     );
 }
 
+#[test]
+fn without_a_terminal_every_file_gets_its_line_in_order_before_the_closing_line() {
+    // More files than one batch, so that lines gathered per batch must all
+    // come out, in order, and before the closing line.
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let folder = source.path().join("many");
+    std::fs::create_dir(&folder).unwrap();
+    let names: Vec<String> = (0..600).map(|index| format!("f{index:03}.txt")).collect();
+    for name in &names {
+        write_file(&folder, name, 10);
+    }
+    let output = haul(&["send", "--to", server.addr(), folder.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected: Vec<String> = names
+        .iter()
+        .map(|name| format!("haul: stored many/{name} (10 bytes)"))
+        .collect();
+    assert_eq!(lines.len(), names.len() + 1, "{stderr}");
+    assert_eq!(lines[..names.len()], expected);
+    assert!(
+        lines[names.len()].starts_with("haul: 600 stored, 0 already there, 0 failed"),
+        "{stderr}"
+    );
+}
+
 /// Parses stdout as JSON lines; every line must be one JSON object.
 fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8(stdout.to_vec())

@@ -303,6 +303,7 @@ impl Session {
                 on_event,
             );
             tokio::try_join!(send_offers, receipts)?;
+            on_event(Event::BatchSettled);
         }
         Ok(())
     }

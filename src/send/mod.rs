@@ -53,6 +53,10 @@ pub enum Event<'a> {
     Failed { path: &'a str, reason: &'a str },
     /// Something was passed over on purpose.
     Skipped { path: &'a str, reason: &'a str },
+    /// Every file offered so far has its outcome; the next events may be a
+    /// while coming. With haul's protocol, after each batch's receipts; with
+    /// the seed protocol, after each file.
+    BatchSettled,
 }
 
 /// How to drive a send.

@@ -48,6 +48,7 @@ pub async fn send_seed(
                     bytes,
                     hash: None,
                 });
+                on_event(Event::BatchSettled);
             }
             Err(error) if error.is_connect() => return Err(error),
             Err(error) => {
