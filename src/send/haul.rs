@@ -20,6 +20,9 @@ use crate::text::printable;
 use crate::throttle::Throttle;
 use crate::transfer::{FileSource, PumpError, SMALL_FILE};
 
+// A small file, read whole, goes out as one Data frame.
+const _: () = assert!(SMALL_FILE <= MAX_DATA_LEN as u64);
+
 /// Most entries offered in one batch.
 const BATCH_ENTRIES: usize = 256;
 /// A batch closes once its files add up to this much, so that receipts, which
@@ -63,6 +66,7 @@ pub async fn send_haul(
         idle: options.idle,
         summary: Summary::default(),
         compressor: None,
+        small_file: Vec::new(),
     };
     session
         .handshake(options.compress, options.secret.as_ref())
@@ -86,6 +90,8 @@ struct Session {
     summary: Summary,
     /// Present once the server granted compression.
     compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// Where each small file is read whole, reused from file to file.
+    small_file: Vec<u8>,
 }
 
 /// zstd's default level: fast, and most of the gain.
@@ -370,19 +376,25 @@ impl Session {
                 // A small file is read whole, here: the runtime's hand-offs
                 // to a file thread would cost more than the read itself.
                 let size = file.entry.size.unwrap_or(0);
-                match read_small(path, size) {
-                    Ok(bytes) => {
+                let mut buffer = std::mem::take(&mut self.small_file);
+                match read_small(path, size, &mut buffer) {
+                    Ok(filled) => {
                         let sent = self
-                            .send_chunks(&mut &bytes[..], Some(size), &mut hasher, on_event)
-                            .await?;
-                        (sent < size)
+                            .send_whole(&buffer[..filled], &mut hasher, on_event)
+                            .await;
+                        self.small_file = buffer;
+                        sent?;
+                        ((filled as u64) < size)
                             .then(|| format!("{} shrank while it was being sent", path.display()))
                     }
-                    Err(error) => Some(format!(
-                        "cannot read {}: {}",
-                        path.display(),
-                        unreadable(&error)
-                    )),
+                    Err(error) => {
+                        self.small_file = buffer;
+                        Some(format!(
+                            "cannot read {}: {}",
+                            path.display(),
+                            unreadable(&error)
+                        ))
+                    }
                 }
             }
             Source::File(path) => match tokio::fs::File::open(path).await {
@@ -508,6 +520,28 @@ impl Session {
             moved: sent,
             expected: left,
         })))
+    }
+
+    /// Sends a small file read whole as one chunk: it fits one Data frame.
+    /// Through
+    /// [`Session::send_chunks`] it was copied into a fresh, zeroed buffer of
+    /// its own first.
+    async fn send_whole(
+        &mut self,
+        bytes: &[u8],
+        hasher: &mut blake3::Hasher,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), SendError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        hasher.update(bytes);
+        self.write_chunk(bytes).await?;
+        on_event(Event::Progress {
+            bytes: bytes.len() as u64,
+        });
+        self.summary.bytes_sent += bytes.len() as u64;
+        Ok(())
     }
 
     /// Sends what `source` yields, up to `limit` bytes or its end, in
@@ -745,24 +779,29 @@ fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
     }
 }
 
-/// The first `size` bytes of the file at `path`, fewer if it shrank. With
-/// the size known from the walk, this is an open, one read and a close:
-/// `std::fs::read` also asks the size and reads once more to see the end,
-/// and `read_to_end` reads at most 8 KiB at first, two calls more per file.
-fn read_small(path: &std::path::Path, size: u64) -> std::io::Result<Vec<u8>> {
+/// Reads the first `size` bytes of the file at `path` (fewer if it shrank)
+/// into the start of `buffer`; returns how many. With the size known from
+/// the walk, this is an open, one read and a close: `std::fs::read` also
+/// asks the size and reads once more to see the end, and `read_to_end`
+/// reads at most 8 KiB at first, two calls more per file. The buffer is
+/// reused from file to file and only grows, so it is zeroed once rather
+/// than per file.
+fn read_small(path: &std::path::Path, size: u64, buffer: &mut Vec<u8>) -> std::io::Result<usize> {
     let mut file = std::fs::File::open(path)?;
-    let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
+    let size = usize::try_from(size).unwrap_or(0);
+    if buffer.len() < size {
+        buffer.resize(size, 0);
+    }
     let mut filled = 0;
-    while filled < bytes.len() {
-        match std::io::Read::read(&mut file, &mut bytes[filled..]) {
+    while filled < size {
+        match std::io::Read::read(&mut file, &mut buffer[filled..size]) {
             Ok(0) => break,
             Ok(read) => filled += read,
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
     }
-    bytes.truncate(filled);
-    Ok(bytes)
+    Ok(filled)
 }
 
 /// The BLAKE3 hash of a local file, for comparing with the server's copy.
@@ -811,6 +850,24 @@ mod tests {
             (!batch.is_empty()).then(|| batch.into_iter().map(|entry| entry.path).collect())
         })
         .collect()
+    }
+
+    #[test]
+    fn a_small_file_is_read_into_the_reused_buffer_and_a_shrunk_one_reads_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = dir.path().join("long");
+        let short = dir.path().join("short");
+        std::fs::write(&long, [7u8; 300]).unwrap();
+        std::fs::write(&short, b"abc").unwrap();
+        let mut buffer = Vec::new();
+        assert_eq!(read_small(&long, 300, &mut buffer).unwrap(), 300);
+        assert_eq!(buffer[..300], [7u8; 300]);
+        // Announced as 10 bytes by the walk, 3 by the time it is read: the
+        // 3 come first, and what the last file left behind them is not sent.
+        assert_eq!(read_small(&short, 10, &mut buffer).unwrap(), 3);
+        assert_eq!(&buffer[..3], b"abc");
+        assert_eq!(buffer.len(), 300, "the buffer is reused, not shrunk");
+        assert!(read_small(&dir.path().join("gone"), 5, &mut buffer).is_err());
     }
 
     #[test]
