@@ -15,7 +15,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -142,14 +144,16 @@ fn deep_queues() -> &'static DeepQueues {
 pub const SMALL_FILE: u64 = 64 * 1024;
 
 /// Writes chunks to a file, and hashes them, on a blocking thread (or, for a
-/// small file, right away).
+/// small file, right away). The hasher is boxed: at about 2 KiB, moving it
+/// into and out of the sink by value was the server's largest copy for
+/// small files after the data itself.
 pub struct FileSink {
     chunks: Option<mpsc::Sender<Vec<u8>>>,
     /// Buffers the worker is done with, to be filled again.
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
-    worker: Option<JoinHandle<io::Result<Option<blake3::Hasher>>>>,
+    worker: Option<JoinHandle<io::Result<Option<Box<blake3::Hasher>>>>>,
     /// Set for a small file: the file and hasher, used without a worker.
-    inline: Option<(Arc<std::fs::File>, Option<blake3::Hasher>)>,
+    inline: Option<(Arc<std::fs::File>, Option<Box<blake3::Hasher>>)>,
 }
 
 impl FileSink {
@@ -157,7 +161,7 @@ impl FileSink {
     /// thread for large files, direct writes for small ones.
     pub fn for_len(
         file: Arc<std::fs::File>,
-        hasher: Option<blake3::Hasher>,
+        hasher: Option<Box<blake3::Hasher>>,
         len: Option<u64>,
     ) -> FileSink {
         match len {
@@ -175,7 +179,7 @@ impl FileSink {
     }
 
     /// Starts a worker appending to `file`, feeding `hasher` if given.
-    pub fn start(file: Arc<std::fs::File>, mut hasher: Option<blake3::Hasher>) -> FileSink {
+    pub fn start(file: Arc<std::fs::File>, mut hasher: Option<Box<blake3::Hasher>>) -> FileSink {
         let deep = deep_queues().claim();
         let depth = if deep.is_some() {
             DEEP_SINK_DEPTH
@@ -236,7 +240,7 @@ impl FileSink {
     /// Waits until every queued byte is written; returns the hasher. Also
     /// the way to stop cleanly after a failure elsewhere, so that no write
     /// lands after the caller has moved on.
-    pub async fn finish(&mut self) -> io::Result<Option<blake3::Hasher>> {
+    pub async fn finish(&mut self) -> io::Result<Option<Box<blake3::Hasher>>> {
         if let Some((_, hasher)) = self.inline.take() {
             return Ok(hasher);
         }
@@ -402,9 +406,51 @@ impl<R: AsyncRead + Unpin> AsyncRead for Unbuffered<'_, R> {
 
 /// Queues bytes already in memory (a decompressed chunk) into `sink`.
 pub async fn receive_slice(sink: &mut FileSink, bytes: &[u8]) -> io::Result<()> {
+    if let Some((file, hasher)) = sink.inline.as_mut() {
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(bytes);
+        }
+        return file.as_ref().write_all(bytes);
+    }
     let mut chunk = sink.buffer(bytes.len());
     chunk.copy_from_slice(bytes);
     sink.push(chunk).await
+}
+
+/// [`receive`] for bytes that come through `reader`'s buffer, as a small
+/// file's do: into a small file's sink they are written and hashed where
+/// they lie. Copying each into a fresh, zeroed chunk first was 3.7% of the
+/// connection task's samples for many small files.
+pub async fn receive_buffered<R>(
+    reader: &mut BufReader<R>,
+    sink: &mut FileSink,
+    len: u64,
+    idle: Duration,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut moved: u64 = 0;
+    while moved < len {
+        let held = match timeout(idle, reader.fill_buf()).await {
+            Err(_) => return Err(PumpError::Idle(idle)),
+            Ok(Err(source)) => return Err(PumpError::Read { moved, source }),
+            Ok(Ok([])) => {
+                return Err(PumpError::EarlyEof {
+                    moved,
+                    expected: len,
+                });
+            }
+            Ok(Ok(held)) => held,
+        };
+        let take = usize::try_from(len - moved).map_or(held.len(), |left| left.min(held.len()));
+        receive_slice(sink, &held[..take])
+            .await
+            .map_err(|source| PumpError::Write { moved, source })?;
+        reader.consume(take);
+        moved += take as u64;
+    }
+    Ok(())
 }
 
 /// A transfer rate, printed in binary units.
@@ -421,10 +467,21 @@ impl std::fmt::Display for Rate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const IDLE: Duration = Duration::from_secs(5);
+
+    /// Asserts that `error` says the reader ended after `moved` of `expected`.
+    pub(crate) fn assert_early_eof(error: &PumpError, moved: u64, expected: u64) {
+        assert!(
+            matches!(
+                error,
+                PumpError::EarlyEof { moved: m, expected: e } if *m == moved && *e == expected
+            ),
+            "{error}"
+        );
+    }
 
     #[test]
     fn deep_queues_go_to_the_first_sinks_and_come_back() {
@@ -502,16 +559,7 @@ mod tests {
         let error = pump(&mut &b"abc"[..], &mut sink, 10, IDLE, |_| {})
             .await
             .unwrap_err();
-        assert!(
-            matches!(
-                error,
-                PumpError::EarlyEof {
-                    moved: 3,
-                    expected: 10
-                }
-            ),
-            "{error}"
-        );
+        assert_early_eof(&error, 3, 10);
     }
 
     #[tokio::test]
@@ -521,7 +569,7 @@ mod tests {
         let source: Vec<u8> = (0..CHUNK_LEN * 3 + 11).map(|i| (i % 241) as u8).collect();
         let mut sink = FileSink::start(
             Arc::new(std::fs::File::create(&path).unwrap()),
-            Some(blake3::Hasher::new()),
+            Some(Box::default()),
         );
         let mut reader = source.as_slice();
         receive(&mut reader, &mut sink, source.len() as u64 - 5, IDLE)
@@ -536,6 +584,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_small_file_is_written_from_the_read_buffer_across_refills() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("small");
+        let file = Arc::new(std::fs::File::create(&path).unwrap());
+        let mut sink = FileSink::for_len(file, Some(Box::default()), Some(1000));
+        let source: Vec<u8> = (0..1003).map(|i| (i % 251) as u8).collect();
+        // A 64-byte buffer: the file's bytes arrive in 16 refills.
+        let mut reader = BufReader::with_capacity(64, source.as_slice());
+        receive_buffered(&mut reader, &mut sink, 1000, IDLE)
+            .await
+            .unwrap();
+        let hasher = sink.finish().await.unwrap().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), &source[..1000]);
+        assert_eq!(hasher.finalize(), blake3::hash(&source[..1000]));
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, &source[1000..], "what follows the file is left");
+
+        let file = Arc::new(std::fs::File::create(temp.path().join("cut")).unwrap());
+        let mut sink = FileSink::for_len(file, None, Some(10));
+        let mut reader = BufReader::new(&b"abc"[..]);
+        let error = receive_buffered(&mut reader, &mut sink, 10, IDLE)
+            .await
+            .unwrap_err();
+        assert_early_eof(&error, 3, 10);
+    }
+
+    #[tokio::test]
     async fn an_early_end_is_reported_with_what_was_received() {
         let temp = tempfile::tempdir().unwrap();
         let mut sink = FileSink::start(
@@ -545,16 +621,7 @@ mod tests {
         let error = receive(&mut &b"abc"[..], &mut sink, 10, IDLE)
             .await
             .unwrap_err();
-        assert!(
-            matches!(
-                error,
-                PumpError::EarlyEof {
-                    moved: 3,
-                    expected: 10
-                }
-            ),
-            "{error}"
-        );
+        assert_early_eof(&error, 3, 10);
         sink.finish().await.unwrap();
     }
 

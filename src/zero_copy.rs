@@ -288,16 +288,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert!(
-            matches!(
-                error,
-                PumpError::EarlyEof {
-                    moved: 3,
-                    expected: 10
-                }
-            ),
-            "{error}"
-        );
+        crate::transfer::tests::assert_early_eof(&error, 3, 10);
 
         let (_silent, receiver) = connected_pair().await;
         let socket = receiver.as_fd().try_clone_to_owned().unwrap();

@@ -24,7 +24,9 @@ use crate::protocol::haul::{
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::store::{Commit, Existing, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
-use crate::transfer::{FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_slice};
+use crate::transfer::{
+    FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_buffered, receive_slice,
+};
 
 /// Most offers one batch may carry: bounds what a client can make the
 /// server hold in memory, and the receipts that pile up before it reads them.
@@ -574,10 +576,10 @@ impl Session<'_> {
         let (mut partial, hasher, writer) = if small {
             // Made right here: a hand-off to a file thread would cost more.
             let writer = partial.writer().map_err(storage_error)?;
-            (partial, blake3::Hasher::new(), writer)
+            (partial, Box::default(), writer)
         } else {
             blocking(move || {
-                let mut hasher = blake3::Hasher::new();
+                let mut hasher = Box::<blake3::Hasher>::default();
                 partial.hash_held_bytes(&mut hasher)?;
                 let writer = partial.writer()?;
                 Ok((partial, hasher, writer))
@@ -699,7 +701,7 @@ impl Session<'_> {
                 .await
                 .map_err(pump_error)?;
             } else {
-                receive(&mut self.reader, sink, len, self.config.idle_timeout)
+                receive_buffered(&mut self.reader, sink, len, self.config.idle_timeout)
                     .await
                     .map_err(pump_error)?;
             }
