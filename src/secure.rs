@@ -112,7 +112,11 @@ pub async fn upgrade(
         Role::Client => connect(raw_reader, raw_writer, secret).await?,
         Role::Server => accept(raw_reader, raw_writer, secret).await?,
     };
-    *reader = BufReader::new(Box::new(opened));
+    // Room for a whole message, so that each opens straight into the
+    // session's buffer and a small file's frame is usually whole in it. With
+    // the default 8 KiB every message was opened aside and handed out 8 KiB
+    // at a time.
+    *reader = BufReader::with_capacity(2 * MAX_MESSAGE, Box::new(opened));
     // A message's worth, so that small frames are sealed together.
     *writer = BufWriter::with_capacity(MAX_PLAIN, Box::new(sealed));
     Ok(())
