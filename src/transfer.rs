@@ -217,11 +217,8 @@ impl FileSink {
 
     /// Queues a chunk; waits while the worker is behind.
     async fn push(&mut self, chunk: Vec<u8>) -> io::Result<()> {
-        if let Some((file, hasher)) = self.inline.as_mut() {
-            if let Some(hasher) = hasher.as_mut() {
-                hasher.update(&chunk);
-            }
-            return file.as_ref().write_all(&chunk);
+        if let Some(written) = self.write_inline(&chunk) {
+            return written;
         }
         let sent = match &self.chunks {
             Some(chunks) => chunks.send(chunk).await.is_ok(),
@@ -235,6 +232,16 @@ impl FileSink {
             Err(error) => Err(error),
             Ok(_) => Err(io::Error::other("the file writer stopped")),
         }
+    }
+
+    /// For a small file's sink, hashes and writes `bytes` right away;
+    /// `None` for a sink with a worker.
+    fn write_inline(&mut self, bytes: &[u8]) -> Option<io::Result<()>> {
+        let (file, hasher) = self.inline.as_mut()?;
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(bytes);
+        }
+        Some(file.as_ref().write_all(bytes))
     }
 
     /// Waits until every queued byte is written; returns the hasher. Also
@@ -406,11 +413,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for Unbuffered<'_, R> {
 
 /// Queues bytes already in memory (a decompressed chunk) into `sink`.
 pub async fn receive_slice(sink: &mut FileSink, bytes: &[u8]) -> io::Result<()> {
-    if let Some((file, hasher)) = sink.inline.as_mut() {
-        if let Some(hasher) = hasher.as_mut() {
-            hasher.update(bytes);
-        }
-        return file.as_ref().write_all(bytes);
+    if let Some(written) = sink.write_inline(bytes) {
+        return written;
     }
     let mut chunk = sink.buffer(bytes.len());
     chunk.copy_from_slice(bytes);

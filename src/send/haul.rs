@@ -379,9 +379,15 @@ impl Session {
                 let mut buffer = std::mem::take(&mut self.small_file);
                 match read_small(path, size, &mut buffer) {
                     Ok(filled) => {
-                        let sent = self
-                            .send_whole(&buffer[..filled], &mut hasher, on_event)
-                            .await;
+                        // Sent from the buffer it was read into, as one Data
+                        // frame: a copy into a chunk buffer of its own cost
+                        // two fresh, zeroed buffers per file.
+                        let sent = if filled == 0 {
+                            Ok(())
+                        } else {
+                            self.send_chunk(&buffer[..filled], &mut hasher, on_event)
+                                .await
+                        };
                         self.small_file = buffer;
                         sent?;
                         ((filled as u64) < size)
@@ -522,25 +528,19 @@ impl Session {
         })))
     }
 
-    /// Sends a small file read whole as one chunk: it fits one Data frame.
-    /// Through
-    /// [`Session::send_chunks`] it was copied into a fresh, zeroed buffer of
-    /// its own first.
-    async fn send_whole(
+    /// Hashes and sends one chunk of a file, and counts it.
+    async fn send_chunk(
         &mut self,
-        bytes: &[u8],
+        chunk: &[u8],
         hasher: &mut blake3::Hasher,
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<(), SendError> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        hasher.update(bytes);
-        self.write_chunk(bytes).await?;
+        hasher.update(chunk);
+        self.write_chunk(chunk).await?;
         on_event(Event::Progress {
-            bytes: bytes.len() as u64,
+            bytes: chunk.len() as u64,
         });
-        self.summary.bytes_sent += bytes.len() as u64;
+        self.summary.bytes_sent += chunk.len() as u64;
         Ok(())
     }
 
@@ -575,14 +575,8 @@ impl Session {
             if filled == 0 {
                 return Ok(total);
             }
-            let chunk = &buffer[..filled];
-            hasher.update(chunk);
-            self.write_chunk(chunk).await?;
-            on_event(Event::Progress {
-                bytes: filled as u64,
-            });
+            self.send_chunk(&buffer[..filled], hasher, on_event).await?;
             total += filled as u64;
-            self.summary.bytes_sent += filled as u64;
         }
     }
 
