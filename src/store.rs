@@ -30,6 +30,13 @@ pub const HIDDEN_AREA: &str = ".haul";
 /// How the names of resumable partial files begin, in [`HIDDEN_AREA`].
 const RESUME_PREFIX: &str = "resume-";
 
+/// The umask assumed when the process's cannot be read.
+const DEFAULT_UMASK: u32 = 0o022;
+
+/// Most target paths whose next copy number is remembered; the hints are
+/// forgotten all at once when there are more, and rebuilt as needed.
+const MAX_COPY_HINTS: usize = 4096;
+
 /// Longest file name most Linux file systems accept, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -186,7 +193,8 @@ pub enum Existing {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Metadata {
     pub modified: Option<SystemTime>,
-    /// Permission bits; anything beyond `0o777` is ignored.
+    /// Permission bits; anything beyond `0o777` is ignored, and the
+    /// server's umask is applied.
     pub mode: Option<u32>,
 }
 
@@ -218,9 +226,17 @@ struct StoreInner {
     /// that file meanwhile, creating it fails and the transfer goes to a
     /// private file instead, from 0 as answered.
     held: Mutex<HashSet<String>>,
-    /// The process's umask, when it could be read: a file made with the
-    /// mode it is to have then needs no change of mode afterwards.
-    umask: Option<u32>,
+    /// The process's umask (022 when it cannot be read). Every mode a
+    /// sender asks for is masked by it, as a file the server made itself
+    /// would be; and a file made with the mode it is to have then needs no
+    /// change of mode afterwards.
+    umask: u32,
+    /// For each target path that needed a numbered name, the number to try
+    /// next, so that the k-th copy of a name is placed in one try, not k.
+    copy_hints: Mutex<HashMap<PathBuf, u64>>,
+    /// Moves into place tried, for the tests of what naming costs.
+    #[cfg(test)]
+    moves_tried: AtomicU64,
 }
 
 impl Store {
@@ -251,7 +267,10 @@ impl Store {
                 no_replace_unsupported: AtomicBool::new(false),
                 busy: Mutex::new(HashSet::new()),
                 held: Mutex::new(held),
-                umask: process_umask(),
+                umask: process_umask().unwrap_or(DEFAULT_UMASK),
+                copy_hints: Mutex::new(HashMap::new()),
+                #[cfg(test)]
+                moves_tried: AtomicU64::new(0),
             }),
         })
     }
@@ -314,15 +333,21 @@ impl Store {
         self.inner.dir.create_dir_all(path.to_path())
     }
 
-    /// Gives an existing directory its modification time and mode. Done after
-    /// its files are in place, since adding a file changes the time.
+    /// Gives a directory its modification time and mode. Done after its
+    /// files are in place, since adding a file changes the time. The mode
+    /// is masked by the umask, and the owner (the server) keeps every right
+    /// on it, so that later files can still be placed in it.
     pub fn set_dir_metadata(&self, path: &RelPath, metadata: Metadata) -> io::Result<()> {
         let dir = self
             .inner
             .dir
             .open_with(path.to_path(), OpenOptions::new().read(true))?
             .into_std();
-        apply_metadata(&dir, metadata, None)
+        let metadata = Metadata {
+            mode: metadata.mode.map(|mode| mode | 0o700),
+            ..metadata
+        };
+        apply_metadata(&dir, metadata, self.inner.umask, None)
     }
 
     /// Starts receiving a file that will be stored as `target`, in a fresh
@@ -449,7 +474,7 @@ impl Store {
     pub fn start_commit(&self) -> Commit {
         Commit {
             store: self.clone(),
-            parents: HashMap::new(),
+            changed: HashSet::new(),
         }
     }
 
@@ -487,9 +512,10 @@ impl Store {
 /// [`Store::commit_all`].
 pub struct Commit {
     store: Store,
-    /// Each folder is made and opened once per batch, not once per file:
-    /// for a folder of small files that was 6 of the 19 calls per file.
-    parents: HashMap<PathBuf, io::Result<Dir>>,
+    /// The folders that gained names, to be synced at the end. Paths, not
+    /// open handles: a batch spread over many folders must not hold a
+    /// descriptor for each until it ends.
+    changed: HashSet<PathBuf>,
 }
 
 impl Commit {
@@ -515,14 +541,17 @@ impl Commit {
                 .map(|_| Err(io::Error::new(error.kind(), error.to_string())))
                 .collect();
         }
-        partials
+        // Each folder is opened once per group, not once per file, and
+        // closed with the group, so that a session holds at most a group's
+        // worth of folder descriptors.
+        let mut parents: HashMap<PathBuf, io::Result<Dir>> = HashMap::new();
+        let placed = partials
             .into_iter()
             .zip(prepared)
             .map(|(partial, prepared)| {
                 let parent = partial.target.parent().unwrap_or_default();
                 prepared?;
-                let dir = self
-                    .parents
+                let dir = parents
                     .entry(parent)
                     .or_insert_with_key(|parent| store.open_parent(parent));
                 match dir {
@@ -530,17 +559,19 @@ impl Commit {
                     Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
                 }
             })
-            .collect()
+            .collect();
+        self.changed.extend(
+            parents
+                .into_iter()
+                .filter_map(|(path, dir)| dir.is_ok().then_some(path)),
+        );
+        placed
     }
 
     /// Syncs every folder that gained a name, so that the names placed are
     /// durable; if that fails, every result in `placed` becomes the failure.
     pub fn finish(self, placed: Vec<io::Result<String>>) -> Vec<io::Result<String>> {
-        let changed_dirs = self
-            .parents
-            .into_iter()
-            .filter_map(|(path, dir)| dir.is_ok().then_some(path));
-        for dir in changed_dirs {
+        for dir in self.changed {
             if let Err(error) = self.store.sync_dir(&dir) {
                 return placed
                     .into_iter()
@@ -642,7 +673,7 @@ impl Partial {
         };
         self.on_disk = OnDisk::Opened;
         if made {
-            self.created_mode = self.store.inner.umask.map(|umask| mode & !umask);
+            self.created_mode = Some(mode & !self.store.inner.umask);
         }
         let file = Arc::new(file);
         self.file = Some(Arc::clone(&file));
@@ -662,7 +693,12 @@ impl Partial {
     /// them when it was closed.
     fn apply_metadata(&self) -> io::Result<()> {
         match &self.file {
-            Some(file) => apply_metadata(file, self.metadata, self.created_mode),
+            Some(file) => apply_metadata(
+                file,
+                self.metadata,
+                self.store.inner.umask,
+                self.created_mode,
+            ),
             None => Ok(()),
         }
     }
@@ -742,29 +778,79 @@ impl Partial {
         Ok(stored_as.to_string_lossy().into_owned())
     }
 
-    /// Moves the data to the first name not taken. The move never replaces
-    /// an existing file, so two receivers racing for one name can never
-    /// replace each other's file.
+    /// Moves the data to a name not taken: its own, or else (when
+    /// `numbered`) a numbered one. The move never replaces an existing
+    /// file, so two receivers racing for one name can never replace each
+    /// other's file. The number tried first is remembered per target, or
+    /// found by [`first_free_number`], so that a copy costs a few tries
+    /// whatever the number of copies before it.
     fn move_under_free_name(&self, parent: &Dir, numbered: bool) -> io::Result<PathBuf> {
         let inner = &self.store.inner;
-        let mut candidate = self.target.last().as_str().to_owned();
-        for n in 1u64.. {
+        let name = self.target.last();
+        match inner.move_without_replacing(&self.temp_name, parent, name.as_str()) {
+            Ok(()) => return Ok(self.target.to_path()),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists && numbered => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a different file already exists under this name",
+                ));
+            }
+            Err(error) => return Err(error),
+        }
+        let key = self.target.to_path();
+        let hint = locked(&inner.copy_hints).get(&key).copied();
+        let mut n = match hint {
+            Some(n) => n,
+            None => first_free_number(parent, name),
+        };
+        loop {
+            let candidate = name.numbered(n);
             match inner.move_without_replacing(&self.temp_name, parent, &candidate) {
-                Ok(()) => return Ok(self.target.with_last(candidate)),
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists && numbered => {
-                    candidate = self.target.last().numbered(n);
+                Ok(()) => {
+                    let mut hints = locked(&inner.copy_hints);
+                    if hints.len() >= MAX_COPY_HINTS && !hints.contains_key(&key) {
+                        hints.clear();
+                    }
+                    hints.insert(key, n.saturating_add(1));
+                    return Ok(self.target.with_last(candidate));
                 }
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "a different file already exists under this name",
-                    ));
+                    n = n.checked_add(1).ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::AlreadyExists, "no free numbered name")
+                    })?;
                 }
                 Err(error) => return Err(error),
             }
         }
-        unreachable!("u64 counter exhausted")
     }
+}
+
+/// A number `n` such that `name (n)` is free in `parent` and `name (n-1)`
+/// is not (or `n` is 1), found in a number of looks that grows with the
+/// logarithm of the copies there, not with the copies: doubling until a
+/// free number, then halving the gap. With gaps (copies deleted since) it
+/// may find a free number that is not the lowest, which is fine.
+fn first_free_number(parent: &Dir, name: &SafeName) -> u64 {
+    let taken = |n: u64| parent.symlink_metadata(name.numbered(n)).is_ok();
+    // Invariant: `below` is 0 or taken; `free` is free.
+    let (mut below, mut free) = (0u64, 1u64);
+    while taken(free) {
+        below = free;
+        match free.checked_mul(2) {
+            Some(next) => free = next,
+            None => return free,
+        }
+    }
+    while free - below > 1 {
+        let middle = below + (free - below) / 2;
+        if taken(middle) {
+            below = middle;
+        } else {
+            free = middle;
+        }
+    }
+    free
 }
 
 impl StoreInner {
@@ -779,6 +865,8 @@ impl StoreInner {
     /// elsewhere a hard link, which also refuses to replace, and an unlink
     /// (one system call more per file, which small files notice).
     fn move_without_replacing(&self, temp_name: &str, parent: &Dir, name: &str) -> io::Result<()> {
+        #[cfg(test)]
+        self.moves_tried.fetch_add(1, Ordering::Relaxed);
         if !self.no_replace_unsupported.load(Ordering::Relaxed) {
             match rustix::fs::renameat_with(
                 &self.hidden,
@@ -822,17 +910,21 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// Gives `file` the time and mode in `metadata`; the mode is left alone
-/// when the file was made with it (`created_mode`).
+/// Gives `file` the time and mode in `metadata`. The mode keeps only
+/// permission bits (never setuid, setgid or sticky) and is masked by
+/// `umask`; it is left alone when the file was made with it
+/// (`created_mode`).
 fn apply_metadata(
     file: &std::fs::File,
     metadata: Metadata,
+    umask: u32,
     created_mode: Option<u32>,
 ) -> io::Result<()> {
-    if let Some(mode) = metadata.mode
-        && created_mode != Some(mode & 0o777)
-    {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
+    if let Some(mode) = metadata.mode {
+        let mode = mode & 0o777 & !umask;
+        if created_mode != Some(mode) {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
     }
     if let Some(modified) = metadata.modified {
         file.set_modified(modified)?;
@@ -964,9 +1056,9 @@ mod tests {
         let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         // Made with their modes where the umask allows, changed after
         // where it does not (0o666), or where the server keeps the right to
-        // write (0o444).
-        let modes = [0o640, 0o444, 0o666];
-        let partials: Vec<Partial> = (0..3)
+        // write (0o444); setuid, setgid and sticky bits never survive.
+        let modes = [0o640, 0o444, 0o666, 0o7777];
+        let partials: Vec<Partial> = (0..modes.len())
             .map(|index| {
                 let name = format!("dir/{index}.txt");
                 let key = format!("key-{index}");
@@ -991,13 +1083,18 @@ mod tests {
             .into_iter()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(stored, ["dir/0.txt", "dir/1.txt", "dir/2.txt"]);
+        assert_eq!(stored, ["dir/0.txt", "dir/1.txt", "dir/2.txt", "dir/3.txt"]);
+        let umask = store.inner.umask;
         for (name, mode) in stored.into_iter().zip(modes) {
             let path = temp.path().join(&name);
             assert_eq!(std::fs::read_to_string(&path).unwrap(), name);
             let metadata = std::fs::metadata(&path).unwrap();
             assert_eq!(metadata.modified().unwrap(), modified);
-            assert_eq!(metadata.permissions().mode() & 0o777, mode, "{name}");
+            assert_eq!(
+                metadata.permissions().mode() & 0o7777,
+                mode & 0o777 & !umask,
+                "{name}: the sender's mode, masked by the umask"
+            );
         }
         let leftovers = std::fs::read_dir(temp.path().join(HIDDEN_AREA)).unwrap();
         assert_eq!(leftovers.count(), 0);
@@ -1118,6 +1215,60 @@ mod tests {
         let numbered = long.numbered(7);
         assert!(numbered.len() <= MAX_NAME_LEN);
         assert!(numbered.ends_with(" (7)"));
+    }
+
+    /// The k-th copy of a name is placed in as few tries as the first:
+    /// its own name, then the number remembered for it. A store that has
+    /// no memory of the name (a restarted server) finds a free number in a
+    /// number of looks that grows with the logarithm of the copies.
+    #[test]
+    fn the_three_thousandth_copy_of_a_name_costs_no_more_than_the_first() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let tries = || store.inner.moves_tried.load(Ordering::Relaxed);
+        // Committed a hundred at a time, to spare the test 3,000 syncs.
+        // Every copy takes at least two tries (its own name, taken, and a
+        // numbered one), so a batch's total says that each took exactly
+        // as many.
+        for batch in 0..30u32 {
+            let partials: Vec<Partial> = (0..100u32)
+                .map(|index| {
+                    let mut partial = store.begin(RelPath::parse(b"x.txt").unwrap());
+                    let content = (batch * 100 + index).to_be_bytes();
+                    partial
+                        .writer()
+                        .unwrap()
+                        .as_ref()
+                        .write_all(&content)
+                        .unwrap();
+                    partial
+                })
+                .collect();
+            let before = tries();
+            let stored: Vec<String> = store
+                .commit_all(partials)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            let first = batch * 100;
+            assert_eq!(stored.last().unwrap(), &format!("x ({}).txt", first + 99));
+            let expected = if batch == 0 { 1 + 2 * 99 } else { 2 * 100 };
+            assert_eq!(tries() - before, expected, "batch {batch}");
+        }
+        assert_eq!(
+            std::fs::read(temp.path().join("x (2999).txt")).unwrap(),
+            2999u32.to_be_bytes()
+        );
+        let restarted = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        assert_eq!(
+            receive(&restarted, "x.txt", b"after a restart"),
+            "x (3000).txt"
+        );
+        assert_eq!(
+            restarted.inner.moves_tried.load(Ordering::Relaxed),
+            2,
+            "the free number is found by looking, not by trying each"
+        );
     }
 
     fn receive(store: &Store, name: &str, content: &[u8]) -> String {
