@@ -104,7 +104,12 @@ to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
         /// Connections served at once; more wait until one ends.
         #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
-        /// Time a client has to send its header or handshake.
+        /// Connections one address (an IPv6 /64) may hold at once; more are
+        /// closed at once. 0: no limit.
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        max_connections_per_ip: u32,
+        /// Time a client has, from connecting, to send its header or finish
+        /// its handshake (encryption included).
         #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
         header_timeout: Duration,
         /// Time a transfer may make no progress before it is dropped.
@@ -272,6 +277,7 @@ fn main() -> ExitCode {
             protocols,
             partial_max_age,
             max_connections,
+            max_connections_per_ip,
             header_timeout,
             idle_timeout,
             max_file_size,
@@ -326,6 +332,8 @@ fn main() -> ExitCode {
             config.secret = secret;
             config.partial_max_age = partial_max_age;
             config.max_connections = max_connections as usize;
+            config.max_connections_per_ip =
+                (max_connections_per_ip > 0).then_some(max_connections_per_ip as usize);
             config.header_timeout = header_timeout;
             config.idle_timeout = idle_timeout;
             config.max_file_size = max_file_size;

@@ -5,7 +5,6 @@
 //! group, which gets its names while the rest of the batch arrives. The
 //! receipts follow the batch's last group.
 
-use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -46,6 +45,8 @@ enum SessionError {
     Version { client: u16 },
     #[error("nothing received for {}s", .0.as_secs())]
     Idle(Duration),
+    #[error("the handshake was not complete within {}s of connecting", .0.as_secs())]
+    HandshakeTimeout(Duration),
     #[error("the client left without saying goodbye")]
     Vanished,
     #[error(transparent)]
@@ -101,16 +102,9 @@ struct Session<'a> {
     peer: SocketAddr,
     store: Store,
     config: &'a ServerConfig,
-    /// Directories whose times and modes are set when the client says
-    /// goodbye, after their files have been written into them.
-    directories: Vec<(RelPath, Metadata)>,
-    /// Directories this session created, as offered. Nothing can be under
-    /// a name in them unless someone put it there since, so a file offered
-    /// in one skips the check for a file already under its name (a
-    /// failed lookup per file, 6% of the time for a fresh folder of small
-    /// files). A file that did land there since is still never replaced:
-    /// the move into place refuses to.
-    fresh_directories: HashSet<Vec<u8>>,
+    /// Directories this session created, with the time and mode they get
+    /// when the client says goodbye (after their files are in them).
+    created: CreatedDirs,
     /// Present once the client asked for compression and it was granted.
     zstd: Option<Zstd>,
 }
@@ -127,6 +121,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     store: Store,
     config: &ServerConfig,
+    deadline: tokio::time::Instant,
 ) {
     let (reader, writer) = stream.into_split();
     let mut session = Session {
@@ -140,11 +135,10 @@ pub(super) async fn serve(
         peer,
         store,
         config,
-        directories: Vec::new(),
-        fresh_directories: HashSet::new(),
+        created: CreatedDirs::default(),
         zstd: None,
     };
-    match session.run().await {
+    match session.run(deadline).await {
         Ok(()) => debug!(%peer, "haul session ended"),
         Err(error @ SessionError::Auth(_)) => {
             // The client expects a handshake message now, not a frame: say
@@ -346,8 +340,13 @@ impl Session<'_> {
         let _ = timeout(LINGER, tokio::io::copy(&mut self.reader, &mut sink)).await;
     }
 
-    async fn run(&mut self) -> Result<(), SessionError> {
-        self.handshake().await?;
+    /// Serves the session; the Hello and the handshake (encryption
+    /// included) must be done by `deadline`.
+    async fn run(&mut self, deadline: tokio::time::Instant) -> Result<(), SessionError> {
+        match tokio::time::timeout_at(deadline, self.handshake()).await {
+            Err(_) => return Err(SessionError::HandshakeTimeout(self.config.header_timeout)),
+            Ok(result) => result?,
+        }
         let mut offers: Vec<OwnedOffer> = Vec::new();
         loop {
             let header = match self.read_frame_header(self.config.idle_timeout).await? {
@@ -442,21 +441,25 @@ impl Session<'_> {
     async fn plan(&mut self, offers: Vec<OwnedOffer>) -> Result<Vec<Planned>, SessionError> {
         let store = self.store.clone();
         let config = self.config.clone();
-        let mut fresh = std::mem::take(&mut self.fresh_directories);
-        let (decided, fresh) = blocking(move || {
+        let mut created = std::mem::take(&mut self.created);
+        let peer = self.peer;
+        let (decided, created) = blocking(move || {
             let mut space = SpaceBudget::default();
             let decided = offers
                 .into_iter()
                 .map(|offer| {
-                    let decision = decide(&store, &config, &mut space, &mut fresh, &offer);
+                    let decision = decide(&store, &config, &mut space, &mut created, &offer);
+                    if created.full_noticed() {
+                        warn!(%peer, limit = MAX_CREATED_DIRS, "this session created more directories than are tracked; the rest keep the server's time and mode");
+                    }
                     (offer, decision)
                 })
                 .collect::<Vec<_>>();
-            Ok((decided, fresh))
+            Ok((decided, created))
         })
         .await
         .map_err(SessionError::Storage)?;
-        self.fresh_directories = fresh;
+        self.created = created;
         let mut batch = Vec::with_capacity(decided.len());
         for (offer, decision) in decided {
             let mut planned = Planned {
@@ -468,12 +471,6 @@ impl Session<'_> {
             };
             match decision {
                 Ok(Decision::Answer(answer, partial)) => {
-                    if let (EntryKind::Directory, Ok(path)) =
-                        (offer.kind, RelPath::parse(&offer.path))
-                    {
-                        self.directories
-                            .push((path, metadata_of(offer.mtime, offer.mode)));
-                    }
                     planned.partial = partial;
                     self.send(&Message::Answer(answer)).await?;
                 }
@@ -712,13 +709,18 @@ impl Session<'_> {
     async fn finish_directories(&mut self) {
         // Deepest first, so that setting a child's time does not disturb its
         // parent's afterwards.
-        let mut directories = std::mem::take(&mut self.directories);
-        directories
-            .sort_by_key(|(path, _)| std::cmp::Reverse(path.to_string().matches('/').count()));
+        let mut directories: Vec<(Vec<u8>, Metadata)> =
+            std::mem::take(&mut self.created).dirs.into_iter().collect();
+        directories.sort_by_key(|(path, _)| {
+            std::cmp::Reverse(path.iter().filter(|&&byte| byte == b'/').count())
+        });
         let store = self.store.clone();
         let peer = self.peer;
         let _ = blocking(move || {
-            for (path, metadata) in directories {
+            for (raw, metadata) in directories {
+                let Ok(path) = RelPath::parse(&raw) else {
+                    continue;
+                };
                 if let Err(error) = store.set_dir_metadata(&path, metadata) {
                     warn!(%peer, %path, %error, "could not set directory time or mode");
                 }
@@ -794,6 +796,61 @@ enum Decision {
     Refuse(String),
 }
 
+/// Most directories whose creation one session remembers (their time and
+/// mode, applied at goodbye), and most bytes of their paths: what a
+/// session's directory offers can make the server hold, across batches.
+/// Directories created past either bound are still made; they keep the
+/// time and mode the server gave them.
+pub const MAX_CREATED_DIRS: usize = 65_536;
+pub const MAX_CREATED_DIR_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a session's own directories cost to remember, counted with the
+/// map's overhead, per entry.
+const CREATED_DIR_OVERHEAD: usize = 64;
+
+/// The directories a session created, as offered, with the time and mode
+/// each gets at goodbye. Directories that were there already are not in
+/// it: they are someone else's, and keep their time and mode.
+///
+/// Nothing can be under a name in one of them unless someone put it there
+/// since, so a file offered in one skips the check for a file already
+/// under its name (a failed lookup per file for a fresh folder of small
+/// files). A file that did land there since is still never replaced: the
+/// move into place refuses to.
+#[derive(Default)]
+struct CreatedDirs {
+    dirs: std::collections::HashMap<Vec<u8>, Metadata>,
+    bytes: usize,
+    /// Set when an insert was refused for the bounds.
+    full: bool,
+    /// Set once that was logged.
+    full_logged: bool,
+}
+
+impl CreatedDirs {
+    fn insert(&mut self, path: &[u8], metadata: Metadata) {
+        let cost = path.len() + CREATED_DIR_OVERHEAD;
+        if self.dirs.len() >= MAX_CREATED_DIRS || self.bytes + cost > MAX_CREATED_DIR_BYTES {
+            self.full = true;
+            return;
+        }
+        if self.dirs.insert(path.to_vec(), metadata).is_none() {
+            self.bytes += cost;
+        }
+    }
+
+    fn contains(&self, path: &[u8]) -> bool {
+        self.dirs.contains_key(path)
+    }
+
+    /// True once, the first time the bounds turned a directory away.
+    fn full_noticed(&mut self) -> bool {
+        let first = self.full && !self.full_logged;
+        self.full_logged |= self.full;
+        first
+    }
+}
+
 /// An offer, owned, so that a whole batch can be judged on one thread.
 struct OwnedOffer {
     kind: EntryKind,
@@ -823,7 +880,7 @@ fn decide(
     store: &Store,
     config: &ServerConfig,
     space: &mut SpaceBudget,
-    fresh_directories: &mut HashSet<Vec<u8>>,
+    created: &mut CreatedDirs,
     offer: &OwnedOffer,
 ) -> io::Result<Decision> {
     let path = match RelPath::parse(&offer.path) {
@@ -832,9 +889,9 @@ fn decide(
     };
     let decision = match offer.kind {
         EntryKind::Directory => {
-            let (decision, created) = decide_directory(store, &path)?;
-            if created {
-                fresh_directories.insert(offer.path.clone());
+            let (decision, made) = decide_directory(store, &path)?;
+            if made {
+                created.insert(&offer.path, metadata_of(offer.mtime, offer.mode));
             }
             decision
         }
@@ -843,7 +900,7 @@ fn decide(
                 .path
                 .iter()
                 .rposition(|&byte| byte == b'/')
-                .is_some_and(|slash| fresh_directories.contains(&offer.path[..slash]));
+                .is_some_and(|slash| created.contains(&offer.path[..slash]));
             decide_file(
                 store,
                 path,
@@ -1040,7 +1097,7 @@ mod tests {
         };
         let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
         let mut space = SpaceBudget::default();
-        let mut fresh = HashSet::new();
+        let mut fresh = CreatedDirs::default();
         let mut decide_one =
             |offer: OwnedOffer| decide(&store, &config, &mut space, &mut fresh, &offer).unwrap();
         let theirs = b"someone else's";
@@ -1068,6 +1125,9 @@ mod tests {
             std::fs::read(inbox.path().join("made/x (1)")).unwrap(),
             ours
         );
-        assert!(fresh.contains(&b"made"[..]) && !fresh.contains(&b"found"[..]));
+        assert!(
+            fresh.contains(b"made") && !fresh.contains(b"found"),
+            "only the directory this session made is its own"
+        );
     }
 }

@@ -13,8 +13,9 @@ mod seed;
 pub use log_output::LogOutput;
 pub use seed::SeedSettle;
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, error, info, warn};
 
 use crate::protocol::haul::MAGIC;
@@ -39,6 +40,11 @@ pub struct ServerConfig {
     pub on_conflict: OnConflict,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one peer address (an IPv6 peer's /64) may hold at once;
+    /// further ones are closed at once. `None`: no limit. Without it, one
+    /// host could take every one of `max_connections` and leave others
+    /// waiting in the backlog.
+    pub max_connections_per_ip: Option<usize>,
     /// How long a client may take to send its whole header.
     pub header_timeout: Duration,
     /// How long a transfer may make no progress before it is dropped.
@@ -70,6 +76,7 @@ impl ServerConfig {
             dir,
             on_conflict: OnConflict::Rename,
             max_connections: 1024,
+            max_connections_per_ip: Some(64),
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             seed_settle: SeedSettle::Auto,
@@ -167,6 +174,7 @@ async fn accept_loop(
     handlers_alive: mpsc::Sender<()>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let per_peer = PerPeer::default();
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
@@ -181,14 +189,103 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(held) = per_peer.admit(peer, config.max_connections_per_ip) else {
+            // Closed before a byte is read: the seed protocol's only way to
+            // say no is a reset, and haul's client reports the closed
+            // connection.
+            let _ = stream.set_zero_linger();
+            continue;
+        };
         let store = store.clone();
         let config = Arc::clone(&config);
         let alive = handlers_alive.clone();
         tokio::spawn(async move {
             serve_connection(stream, peer, store, &config).await;
+            drop(held);
             drop(permit);
             drop(alive);
         });
+    }
+}
+
+/// How many connections each peer holds, for `max_connections_per_ip`.
+/// Holds an entry only for peers with a connection open, so it is bounded
+/// by `max_connections`.
+#[derive(Clone, Default)]
+struct PerPeer {
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, PeerCount>>>,
+}
+
+#[derive(Default)]
+struct PeerCount {
+    connections: usize,
+    /// Set once a refusal was logged, until the peer is below the limit
+    /// again: a flood of connections is not a flood of log lines.
+    warned: bool,
+}
+
+/// One connection counted in [`PerPeer`]; uncounted when dropped.
+struct PeerSlot {
+    peers: PerPeer,
+    key: IpAddr,
+}
+
+impl PerPeer {
+    /// Counts a new connection from `peer`, unless that peer already holds
+    /// `limit`: then returns `None`.
+    fn admit(&self, peer: SocketAddr, limit: Option<usize>) -> Option<PeerSlot> {
+        let key = peer_key(peer.ip());
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let count = open.entry(key).or_default();
+        if let Some(limit) = limit
+            && count.connections >= limit
+        {
+            if !count.warned {
+                count.warned = true;
+                warn!(%peer, limit, "refusing further connections from this address: it holds --max-connections-per-ip");
+            }
+            return None;
+        }
+        count.connections += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .peers
+            .open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            count.connections = count.connections.saturating_sub(1);
+            count.warned = false;
+            if count.connections == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What counts as one peer: an IPv4 address, or an IPv6 /64 (what one
+/// site or host is usually given), an IPv4-mapped IPv6 address as IPv4.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -215,8 +312,13 @@ async fn serve_connection(
     // Replies are written whole and flushed on purpose; Nagle's algorithm
     // would hold a batch's receipts back until the client's delayed ACK.
     let _ = stream.set_nodelay(true);
+    // One deadline for everything before a client is known: the first
+    // 8 bytes, the seed header or haul's Hello and handshake together, so a
+    // silent or slow client holds its slot for `header_timeout` at most,
+    // however it spreads its bytes over the stages.
+    let deadline = Instant::now() + config.header_timeout;
     let mut opening = [0u8; 8];
-    match timeout(config.header_timeout, stream.read_exact(&mut opening)).await {
+    match timeout_at(deadline, stream.read_exact(&mut opening)).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => {
             warn!(%peer, %error, "connection closed before the first 8 bytes");
@@ -228,9 +330,9 @@ async fn serve_connection(
         }
     }
     if opening == MAGIC {
-        haul::serve(stream, peer, store, config).await;
+        haul::serve(stream, peer, store, config, deadline).await;
     } else if config.accept_seed {
-        seed::serve(stream, peer, opening, store, config).await;
+        seed::serve(stream, peer, opening, store, config, deadline).await;
     } else {
         warn!(%peer, "refused a seed-protocol connection: this server accepts only haul's protocol");
         let _ = stream.set_zero_linger();

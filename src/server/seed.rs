@@ -53,10 +53,19 @@ pub(super) async fn serve(
     opening: [u8; 8],
     store: Store,
     config: &ServerConfig,
+    deadline: tokio::time::Instant,
 ) {
     let started = Instant::now();
     let mut announced = Announced::default();
-    let result = receive(&mut stream, opening, &store, config, &mut announced).await;
+    let result = receive(
+        &mut stream,
+        opening,
+        &store,
+        config,
+        deadline,
+        &mut announced,
+    )
+    .await;
     if result.is_err() {
         // The seed protocol has no message for "not stored": a reset instead
         // of an orderly close is the only way to tell the client it failed.
@@ -75,9 +84,10 @@ async fn receive(
     opening: [u8; 8],
     store: &Store,
     config: &ServerConfig,
+    deadline: tokio::time::Instant,
     announced: &mut Announced,
 ) -> Result<String, SeedError> {
-    let header_bytes = read_header(stream, opening, config).await?;
+    let header_bytes = read_header(stream, opening, config, deadline).await?;
     let Ok(Decoded::Header(header)) = seed::decode_header(&header_bytes) else {
         unreachable!("read_header returns only complete headers");
     };
@@ -193,20 +203,21 @@ fn smoothed_round_trip(stream: &TcpStream) -> Option<Duration> {
 }
 
 /// Reads until the bytes form a header and the client has paused for the
-/// settle time, the sign that it is waiting for `go ahead`.
+/// settle time, the sign that it is waiting for `go ahead`; the whole
+/// header must be there by `deadline`.
 async fn read_header(
     stream: &mut TcpStream,
     opening: [u8; 8],
     config: &ServerConfig,
+    deadline: tokio::time::Instant,
 ) -> Result<Vec<u8>, SeedError> {
-    let deadline = Instant::now() + config.header_timeout;
     let mut received = Vec::with_capacity(seed::SEED_RECV_LEN);
     received.extend_from_slice(&opening);
     let mut chunk = [0u8; seed::SEED_RECV_LEN];
     let mut settle = None;
     loop {
         let has_header = matches!(seed::decode_header(&received)?, Decoded::Header(_));
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let wait = if has_header {
             let settle =
                 *settle.get_or_insert_with(|| config.seed_settle.wait(smoothed_round_trip(stream)));
