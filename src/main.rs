@@ -14,6 +14,7 @@ use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{SeedSettle, Server, ServerConfig};
 use haul::size::parse_byte_size;
 use haul::store::OnConflict;
+use haul::text::shown;
 use haul::throttle::RateLimit;
 use report::{Output, Reporter};
 
@@ -301,7 +302,7 @@ fn main() -> ExitCode {
             let secret = match load_secret(token_file.as_deref()) {
                 Ok(secret) => secret,
                 Err(error) => {
-                    eprintln!("haul: {error}");
+                    eprintln!("haul: {}", shown(&error));
                     return ExitCode::from(exit::USAGE);
                 }
             };
@@ -338,7 +339,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("haul: {error:#}");
+                    eprintln!("haul: {}", shown(&format!("{error:#}")));
                     ExitCode::FAILURE
                 }
             }
@@ -372,7 +373,7 @@ fn main() -> ExitCode {
                 Protocol::Haul => match load_secret(token_file.as_deref()) {
                     Ok(secret) => secret,
                     Err(error) => {
-                        eprintln!("haul: {error}");
+                        eprintln!("haul: {}", shown(&error));
                         return ExitCode::from(exit::USAGE);
                     }
                 },

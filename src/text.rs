@@ -5,10 +5,40 @@
 //! characters could rewrite a terminal or forge log lines, and direction
 //! changes or invisible characters could make one name look like another.
 
+use std::borrow::Cow;
+
 /// `raw` made safe to print: invalid UTF-8 is replaced and control
 /// characters (terminal escape sequences among them) are escaped.
 pub fn printable(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).escape_debug().to_string()
+}
+
+/// `text` made safe to show on a terminal: control characters, direction
+/// changes, invisible characters and line separators are written as
+/// escapes (`\n`, `\u{1b}`, `\u{202e}`); everything else, quotes and
+/// backslashes included, is left as it is, so that messages around a name
+/// read as written. Borrows when there is nothing to escape, which is
+/// almost always.
+pub fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs_escape(c) {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || changes_direction(c)
+        || is_invisible(c)
+        || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Whether `c` is a bidirectional control: an embedding, override, isolate
@@ -57,5 +87,31 @@ mod tests {
         assert_eq!(printable(b"\x1b[2Jx\n"), "\\u{1b}[2Jx\\n");
         assert_eq!(printable(b"\xffok"), "\u{fffd}ok");
         assert_eq!(printable("naïve 日本".as_bytes()), "naïve 日本");
+    }
+
+    #[test]
+    fn shown_escapes_what_could_rewrite_or_disguise_a_line() {
+        assert_eq!(shown("\x1b]0;pwned\x07a\nb"), "\\u{1b}]0;pwned\\u{7}a\\nb");
+        assert_eq!(shown("a\u{9b}b\u{7f}"), "a\\u{9b}b\\u{7f}");
+        assert_eq!(shown("report\u{202e}fdp.exe"), "report\\u{202e}fdp.exe");
+        assert_eq!(shown("pay\u{200b}pal\u{feff}"), "pay\\u{200b}pal\\u{feff}");
+        assert_eq!(shown("one\u{2028}two"), "one\\u{2028}two");
+    }
+
+    #[test]
+    fn shown_leaves_ordinary_text_alone_and_borrows_it() {
+        for text in [
+            "report.pdf",
+            "naïve – 日本.txt",
+            "e\u{301}t\u{e9}",
+            "the server answered \"no\" instead of \"go ahead\"",
+            "C:\\path",
+            "❤\u{fe0f}",
+        ] {
+            assert!(
+                matches!(shown(text), Cow::Borrowed(same) if same == text),
+                "{text:?}"
+            );
+        }
     }
 }

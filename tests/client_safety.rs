@@ -6,11 +6,166 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use haul::protocol::haul::{
     self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
 };
-use util::{HaulServer, read_until_closed, seed_header};
+use util::{HAUL, HaulServer, SeedPeerServer, read_until_closed, seed_header, stderr_of};
+
+/// A file name that, printed raw, would retitle the terminal window, clear
+/// the screen and start a line of its own.
+const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2J\nhaul: forged line.txt";
+/// The same name as the terminal must show it.
+const HOSTILE_SHOWN: &str = "\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\nhaul: forged line.txt";
+
+/// `haul send ARGS` with no secret in its environment.
+fn send(args: &[&str]) -> Output {
+    Command::new(HAUL)
+        .arg("send")
+        .args(args)
+        .env_remove("HAUL_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Asserts that `stderr` holds no byte a terminal would act on, and that
+/// every line is one of haul's own (a name cannot start a line).
+fn assert_terminal_safe(stderr: &[u8]) {
+    let forbidden = stderr
+        .iter()
+        .find(|&&byte| byte < 0x20 && byte != b'\n' || byte == 0x7f);
+    assert_eq!(
+        forbidden,
+        None,
+        "a raw control byte reached stderr: {:?}",
+        String::from_utf8_lossy(stderr)
+    );
+    let text = String::from_utf8_lossy(stderr);
+    for line in text.lines() {
+        assert!(line.starts_with("haul: "), "{line:?} in {text}");
+        assert!(!line.starts_with("haul: forged"), "{line:?} in {text}");
+    }
+}
+
+/// A folder `sent` holding an ordinary file, a file with [`HOSTILE`] as
+/// its name and a symbolic link with [`HOSTILE`] in its name.
+fn hostile_folder(root: &Path) -> std::path::PathBuf {
+    let folder = root.join("sent");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("plain.txt"), b"plain").unwrap();
+    std::fs::write(folder.join(HOSTILE), b"hostile").unwrap();
+    std::os::unix::fs::symlink("plain.txt", folder.join(format!("link {HOSTILE}"))).unwrap();
+    folder
+}
+
+#[test]
+fn a_hostile_file_name_reaches_stderr_escaped_in_every_line() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let folder = hostile_folder(source.path());
+    let missing = source.path().join(format!("missing {HOSTILE}"));
+
+    let output = send(&["--to", server.addr(), path_str(&folder), path_str(&missing)]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert_terminal_safe(&output.stderr);
+    let stderr = stderr_of(&output);
+    // The server refuses the name; the walk skips the link; the missing
+    // source cannot be read: each line shows the name, escaped.
+    for expected in [
+        format!("haul: sent/{HOSTILE_SHOWN}: refused by the server"),
+        format!("link {HOSTILE_SHOWN}: symbolic links are not followed"),
+        format!("missing {HOSTILE_SHOWN}: no such file"),
+        "haul: 1 stored".to_owned(),
+    ] {
+        assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    }
+    assert_eq!(server.stored_names(), ["sent"]);
+    assert_eq!(
+        std::fs::read_dir(server.inbox.join("sent"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
+/// The JSON objects of `stdout`, each line parsed on its own.
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8(stdout.to_vec())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?}: {error}")))
+        .collect()
+}
+
+fn events<'a>(lines: &'a [serde_json::Value], event: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|line| line["event"] == event).collect()
+}
+
+#[test]
+fn json_lines_stay_valid_and_carry_a_hostile_name_exactly() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let folder = hostile_folder(source.path());
+
+    let output = send(&["--json", "--to", server.addr(), path_str(&folder)]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert_terminal_safe(&output.stderr);
+    let lines = json_lines(&output.stdout);
+    let failed = events(&lines, "failed");
+    assert_eq!(failed.len(), 1, "{lines:?}");
+    assert_eq!(failed[0]["path"], format!("sent/{HOSTILE}"));
+    let skipped = events(&lines, "skipped");
+    assert_eq!(skipped.len(), 1, "{lines:?}");
+    let skipped_path = skipped[0]["path"].as_str().unwrap();
+    assert!(
+        skipped_path.ends_with(&format!("link {HOSTILE}")),
+        "{skipped_path:?}"
+    );
+    assert_eq!(events(&lines, "stored").len(), 1, "{lines:?}");
+    assert_eq!(events(&lines, "summary")[0]["failed"], 1);
+}
+
+#[test]
+fn a_hostile_name_a_seed_server_accepts_is_shown_escaped_and_carried_exactly() {
+    let peer = SeedPeerServer::start();
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join(HOSTILE);
+    std::fs::write(&file, b"hostile").unwrap();
+    let args = [
+        "--protocol",
+        "seed",
+        "--to",
+        &peer.running.addr,
+        path_str(&file),
+    ];
+
+    let output = send(&args);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_terminal_safe(&output.stderr);
+    let stderr = stderr_of(&output);
+    let expected = format!("haul: sent {HOSTILE_SHOWN} (7 bytes)");
+    assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    // The server closes only after writing the file, and haul waits for that.
+    let stored = peer.dir.path().join(format!("{HOSTILE}.temp"));
+    assert_eq!(std::fs::read(&stored).unwrap(), b"hostile");
+
+    let mut json_args = vec!["--json"];
+    json_args.extend_from_slice(&args);
+    let output = send(&json_args);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(output.stderr.is_empty(), "{}", stderr_of(&output));
+    let lines = json_lines(&output.stdout);
+    assert_eq!(events(&lines, "started")[0]["path"], HOSTILE);
+    assert_eq!(events(&lines, "stored")[0]["path"], HOSTILE);
+    assert_eq!(std::fs::read(&stored).unwrap(), b"hostile");
+}
 
 /// Names that reorder or hide characters, one per kind of trick, with the
 /// words the server's reason must contain.
@@ -109,4 +264,44 @@ fn a_haul_path_that_hides_or_reorders_characters_is_refused_and_nothing_is_store
         server.stored_names()
     );
     assert_eq!(server.partial_count(), 0);
+}
+
+#[test]
+fn the_progress_display_shows_a_hostile_name_escaped() {
+    let peer = SeedPeerServer::start();
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join(HOSTILE);
+    std::fs::write(&file, vec![b'x'; 96 * 1024]).unwrap();
+    // `script` gives haul a terminal, so that it draws its live display; the
+    // rate limit keeps the file on it for a number of redraws.
+    let output = Command::new("script")
+        .args([
+            "--quiet",
+            "--return",
+            "--command",
+            r#"stty cols 200 rows 40; exec "$HAUL_BIN" send --protocol seed --limit-rate 48K --to "$TO" "$FILE""#,
+            "/dev/null",
+        ])
+        .env("HAUL_BIN", HAUL)
+        .env("TO", &peer.running.addr)
+        .env("FILE", &file)
+        .env_remove("HAUL_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("`script` (util-linux) runs haul on a terminal");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let screen = &output.stdout;
+    let contains = |needle: &[u8]| screen.windows(needle.len()).any(|window| window == needle);
+    assert!(
+        contains(HOSTILE_SHOWN.as_bytes()),
+        "the display never showed the name: {:?}",
+        String::from_utf8_lossy(screen)
+    );
+    for raw in [&b"\x1b]0;pwned"[..], b"\x07", b"\x1b[2J"] {
+        assert!(
+            !contains(raw),
+            "{raw:?} reached the terminal: {:?}",
+            String::from_utf8_lossy(screen)
+        );
+    }
 }
