@@ -305,3 +305,244 @@ fn the_progress_display_shows_a_hostile_name_escaped() {
         );
     }
 }
+
+const SECRET: &str = "9c1e5a7b3d2f4e6a8b0c1d3e5f7a9b2c4d6e8f0a1b3c5d7e9f2a4b6c8d0e1f3a";
+
+/// `haul ARGS` with `HAUL_TOKEN` set to `token`, or unset for `None`.
+fn haul_with_token(token: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(HAUL);
+    command.args(args).stdin(Stdio::null());
+    match token {
+        Some(token) => command.env("HAUL_TOKEN", token),
+        None => command.env_remove("HAUL_TOKEN"),
+    };
+    command.output().unwrap()
+}
+
+/// A token file holding [`SECRET`] with the given permission bits.
+fn token_file(dir: &Path, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("token-{mode:o}"));
+    std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn with_a_secret_set_the_seed_protocol_is_refused_unless_cleartext_is_asked_for() {
+    // The server takes the classroom protocol from anyone: only the sender's
+    // refusal stands between the secret's owner and a send in the clear.
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join("private.txt");
+    std::fs::write(&file, b"meant to be encrypted").unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let token = token_file(keys.path(), 0o600);
+    let seed = ["send", "--protocol", "seed", "--to", server.addr()];
+
+    for (variable, extra, origin) in [
+        (Some(SECRET), vec![], "HAUL_TOKEN".to_owned()),
+        (
+            None,
+            vec!["--token-file", &token],
+            format!("--token-file {token}"),
+        ),
+    ] {
+        let mut args = seed.to_vec();
+        args.extend_from_slice(&extra);
+        args.push(path_str(&file));
+        let output = haul_with_token(variable, &args);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+        let stderr = stderr_of(&output);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        for part in [
+            "haul: a secret is set (",
+            &origin,
+            "the classroom protocol cannot be encrypted",
+            "--cleartext",
+        ] {
+            assert!(stderr.contains(part), "{part:?} not in {stderr}");
+        }
+        assert!(output.stdout.is_empty());
+    }
+    assert!(
+        server.stored_names().is_empty(),
+        "{:?}",
+        server.stored_names()
+    );
+    assert_eq!(server.partial_count(), 0);
+
+    let mut args = seed.to_vec();
+    args.extend_from_slice(&["--cleartext", path_str(&file)]);
+    let output = haul_with_token(Some(SECRET), &args);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    server.wait_stored("private.txt");
+    assert_eq!(
+        std::fs::read(server.inbox.join("private.txt")).unwrap(),
+        b"meant to be encrypted"
+    );
+}
+
+#[test]
+fn cleartext_with_haul_s_own_protocol_is_a_usage_error() {
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join("a.txt");
+    std::fs::write(&file, b"a").unwrap();
+    let output = haul_with_token(
+        Some(SECRET),
+        &[
+            "send",
+            "--cleartext",
+            "--to",
+            "127.0.0.1:9",
+            path_str(&file),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("--cleartext applies to --protocol seed only"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+/// Runs `haul serve` that must refuse to start: returns its exit code and
+/// stderr, and fails (stopping the server) if it announces an address.
+fn serve_must_refuse(token: Option<&str>, extra: &[&str]) -> (Option<i32>, String) {
+    use std::io::BufRead;
+    let inbox = tempfile::tempdir().unwrap();
+    let mut command = Command::new(HAUL);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(inbox.path())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match token {
+        Some(token) => command.env("HAUL_TOKEN", token),
+        None => command.env_remove("HAUL_TOKEN"),
+    };
+    let mut child = command.spawn().unwrap();
+    let mut first = String::new();
+    let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first);
+    if first.starts_with("listening on") {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server started: {first:?}");
+    }
+    let output = child.wait_with_output().unwrap();
+    (output.status.code(), stderr_of(&output))
+}
+
+#[test]
+fn a_blank_secret_stops_the_server_and_the_sender() {
+    let keys = tempfile::tempdir().unwrap();
+    let empty = keys.path().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = path_str(&empty).to_owned();
+    let cases: [(Option<&str>, Vec<&str>, &str); 3] = [
+        (Some(""), vec![], "HAUL_TOKEN is set but blank"),
+        (Some("   "), vec![], "HAUL_TOKEN is set but blank"),
+        (
+            None,
+            vec!["--token-file", &empty],
+            "holds no secret (it is empty or blank)",
+        ),
+    ];
+
+    for (token, extra, reason) in &cases {
+        let (code, stderr) = serve_must_refuse(*token, extra);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("haul: "), "{stderr}");
+        assert!(stderr.contains(reason), "{reason:?} not in {stderr}");
+    }
+
+    // A server without a secret, which would store whatever came.
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join("a.txt");
+    std::fs::write(&file, b"a").unwrap();
+    for protocol in ["haul", "seed"] {
+        for (token, extra, reason) in &cases {
+            let mut args = vec!["send", "--protocol", protocol, "--to", server.addr()];
+            args.extend_from_slice(extra);
+            args.push(path_str(&file));
+            let output = haul_with_token(*token, &args);
+            assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+            let stderr = stderr_of(&output);
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(reason), "{reason:?} not in {stderr}");
+        }
+    }
+    assert!(
+        server.stored_names().is_empty(),
+        "{:?}",
+        server.stored_names()
+    );
+}
+
+#[test]
+fn a_token_file_others_can_read_draws_a_warning_on_both_sides_and_still_works() {
+    let keys = tempfile::tempdir().unwrap();
+    let loose = token_file(keys.path(), 0o644);
+    let server = HaulServer::start(&["--token-file", &loose]);
+    let warning = server
+        .running
+        .wait_for_log(&["WARN", &loose, "other users", "chmod 600"]);
+    assert!(
+        warning.contains(&format!("`chmod 600 {loose}`")),
+        "{warning}"
+    );
+
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join("kept.txt");
+    std::fs::write(&file, b"kept").unwrap();
+    let output = haul_with_token(
+        None,
+        &[
+            "send",
+            "--to",
+            server.addr(),
+            "--token-file",
+            &loose,
+            path_str(&file),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    let expected = format!(
+        "haul: warning: the token file {loose} can be read or written by other users (mode 0644)"
+    );
+    assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    assert!(
+        stderr.contains(&format!("run `chmod 600 {loose}`")),
+        "{stderr}"
+    );
+    server.wait_stored("kept.txt");
+    assert_eq!(
+        std::fs::read(server.inbox.join("kept.txt")).unwrap(),
+        b"kept"
+    );
+
+    // Kept as `haul token` advises, the same file draws no warning.
+    let strict = token_file(keys.path(), 0o600);
+    let output = haul_with_token(
+        None,
+        &[
+            "send",
+            "--to",
+            server.addr(),
+            "--token-file",
+            &strict,
+            path_str(&file),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(
+        !stderr_of(&output).contains("warning"),
+        "{}",
+        stderr_of(&output)
+    );
+}
