@@ -266,6 +266,85 @@ fn a_haul_path_that_hides_or_reorders_characters_is_refused_and_nothing_is_store
     assert_eq!(server.partial_count(), 0);
 }
 
+/// Reads one frame: its kind and payload.
+fn read_frame(stream: &mut TcpStream) -> (wire::Kind, Vec<u8>) {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream.read_exact(&mut header).unwrap();
+    let header = wire::decode_frame_header(header).unwrap();
+    let mut payload = vec![0u8; header.len as usize];
+    stream.read_exact(&mut payload).unwrap();
+    (header.kind, payload)
+}
+
+/// A haul server that takes one file and hands back a receipt saying it
+/// stored it under `stored_as`, as a hostile server may. Returns its
+/// address and what it was sent.
+fn rogue_haul_server(stored_as: &'static str) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut magic = [0u8; MAGIC.len()];
+        stream.read_exact(&mut magic).unwrap();
+        assert_eq!(magic, MAGIC);
+        assert_eq!(read_frame(&mut stream).0, wire::Kind::Hello);
+        stream
+            .write_all(&frame(&Message::Welcome {
+                version: wire::VERSION,
+                capabilities: 0,
+            }))
+            .unwrap();
+        while read_frame(&mut stream).0 != wire::Kind::BatchEnd {}
+        stream
+            .write_all(&frame(&Message::Answer(wire::Answer::Send { offset: 0 })))
+            .unwrap();
+        let mut received = Vec::new();
+        loop {
+            let (kind, payload) = read_frame(&mut stream);
+            if kind == wire::Kind::Data {
+                received.extend_from_slice(&payload);
+                continue;
+            }
+            let Ok(Message::FileEnd { hash }) = wire::decode_message(kind, &payload) else {
+                panic!("expected data or FileEnd, got {kind:?}");
+            };
+            let receipt = Message::Receipt {
+                size: received.len() as u64,
+                hash,
+                stored_as,
+            };
+            stream.write_all(&frame(&receipt)).unwrap();
+            break;
+        }
+        read_until_closed(&mut stream);
+        received
+    });
+    (addr, server)
+}
+
+#[test]
+fn a_name_from_a_hostile_server_is_shown_escaped_and_carried_exactly() {
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join("report.txt");
+    std::fs::write(&file, b"report").unwrap();
+
+    let (addr, server) = rogue_haul_server(HOSTILE);
+    let output = send(&["--to", &addr, path_str(&file)]);
+    assert_eq!(server.join().unwrap(), b"report");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_terminal_safe(&output.stderr);
+    let stderr = stderr_of(&output);
+    let expected = format!("haul: stored report.txt as {HOSTILE_SHOWN} (6 bytes)");
+    assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+
+    let (addr, server) = rogue_haul_server(HOSTILE);
+    let output = send(&["--json", "--to", &addr, path_str(&file)]);
+    server.join().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let lines = json_lines(&output.stdout);
+    assert_eq!(events(&lines, "stored")[0]["stored_as"], HOSTILE);
+}
+
 #[test]
 fn the_progress_display_shows_a_hostile_name_escaped() {
     let peer = SeedPeerServer::start();
