@@ -40,7 +40,7 @@ fn path_str(path: &Path) -> &str {
 fn assert_terminal_safe(stderr: &[u8]) {
     let forbidden = stderr
         .iter()
-        .find(|&&byte| byte < 0x20 && byte != b'\n' || byte == 0x7f);
+        .find(|&&byte| (byte < 0x20 && byte != b'\n') || byte == 0x7f);
     assert_eq!(
         forbidden,
         None,
