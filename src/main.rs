@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use haul::secure::Secret;
+use haul::secure::{self, LoadedSecret, SecretError};
 use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{SeedSettle, Server, ServerConfig};
 use haul::size::parse_byte_size;
 use haul::store::OnConflict;
+use haul::text::shown;
 use haul::throttle::RateLimit;
 use report::{Output, Reporter};
 
@@ -189,6 +190,10 @@ Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unre
         /// Read the shared secret from this file (instead of HAUL_TOKEN).
         #[arg(long, value_name = "PATH")]
         token_file: Option<PathBuf>,
+        /// Send with the classroom protocol even though a secret is set:
+        /// the bytes go unencrypted and unauthenticated.
+        #[arg(long)]
+        cleartext: bool,
         /// Files or folders to send; `-` sends standard input.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
@@ -305,9 +310,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit::USAGE);
             }
             let secret = match load_secret(token_file.as_deref()) {
-                Ok(secret) => secret,
+                Ok(loaded) => loaded.map(|loaded| {
+                    if let Some(loose) = &loaded.loose {
+                        tracing::warn!("{}", shown(&loose.to_string()));
+                    }
+                    loaded.secret
+                }),
                 Err(error) => {
-                    eprintln!("haul: {error}");
+                    eprintln!("haul: {}", shown(&error.to_string()));
                     return ExitCode::from(exit::USAGE);
                 }
             };
@@ -346,7 +356,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("haul: {error:#}");
+                    eprintln!("haul: {}", shown(&format!("{error:#}")));
                     ExitCode::FAILURE
                 }
             }
@@ -360,6 +370,7 @@ fn main() -> ExitCode {
             quiet,
             json,
             token_file,
+            cleartext,
             paths,
         } => {
             if compress && protocol == Protocol::Seed {
@@ -375,16 +386,37 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             }
-            // The classroom protocol cannot authenticate: only haul's uses a secret.
-            let secret = match protocol {
-                Protocol::Haul => match load_secret(token_file.as_deref()) {
-                    Ok(secret) => secret,
-                    Err(error) => {
-                        eprintln!("haul: {error}");
-                        return ExitCode::from(exit::USAGE);
-                    }
-                },
-                Protocol::Seed => None,
+            if cleartext && protocol == Protocol::Haul {
+                eprintln!(
+                    "haul: --cleartext applies to --protocol seed only; haul's protocol encrypts whenever a secret is set"
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+            let loaded = match load_secret(token_file.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    eprintln!("haul: {}", shown(&error.to_string()));
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            if let Some(loose) = loaded.as_ref().and_then(|loaded| loaded.loose.as_ref()) {
+                eprintln!("haul: warning: {}", shown(&loose.to_string()));
+            }
+            // The classroom protocol cannot authenticate or encrypt: with a
+            // secret set, it goes only when the user says the bytes may go
+            // in the clear, and is refused before anything is sent.
+            let secret = match (protocol, loaded) {
+                (Protocol::Haul, loaded) => loaded.map(|loaded| loaded.secret),
+                (Protocol::Seed, Some(loaded)) if !cleartext => {
+                    eprintln!(
+                        "haul: a secret is set ({}), but the classroom protocol cannot be encrypted or \
+                         authenticated; leave out --protocol seed to send encrypted with haul's protocol, \
+                         or add --cleartext to send in the clear anyway",
+                        shown(&loaded.origin.to_string())
+                    );
+                    return ExitCode::from(exit::USAGE);
+                }
+                (Protocol::Seed, _) => None,
             };
             let options = SendOptions {
                 idle: SEND_IDLE_TIMEOUT,
@@ -429,17 +461,11 @@ fn main() -> ExitCode {
 }
 
 /// The shared secret from `--token-file`, else from HAUL_TOKEN, if any.
-/// Never from a plain argument, where other users could read it in `ps`.
-fn load_secret(token_file: Option<&std::path::Path>) -> Result<Option<Secret>, String> {
-    let text = match token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|error| format!("cannot read the secret from {}: {error}", path.display()))?,
-        None => match std::env::var("HAUL_TOKEN") {
-            Ok(text) if !text.trim().is_empty() => text,
-            _ => return Ok(None),
-        },
-    };
-    Secret::new(&text).map(Some)
+fn load_secret(token_file: Option<&std::path::Path>) -> Result<Option<LoadedSecret>, SecretError> {
+    secure::load_secret(
+        token_file,
+        std::env::var_os(secure::TOKEN_VARIABLE).as_deref(),
+    )
 }
 
 /// Logs to stderr at `level` if given, else as RUST_LOG says, else at info.

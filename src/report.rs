@@ -2,6 +2,12 @@
 //! the library reports [`Event`]s and a [`Summary`]; this module decides how
 //! they look. Everything for people goes to stderr; with `--json`, stdout
 //! carries one JSON object per event and nothing else.
+//!
+//! Names come from the file system and the server, and may hold anything:
+//! every line for the terminal passes through [`shown`] on its way out (in
+//! [`print_to_stderr`], [`Reporter::routine`] and the progress display), so
+//! that no name can send the terminal an escape sequence or break a line.
+//! JSON carries the real names; serde escapes control characters in it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use haul::send::{self, Event, SendError, Summary};
+use haul::text::shown;
 use haul::transfer::Rate;
 use indicatif::{
     HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState,
@@ -179,21 +186,23 @@ impl Reporter {
             .print();
         }
         match outcome {
-            Ok(summary) if matches!(self.output, Output::Lines | Output::Progress) => eprintln!(
-                "haul: {} stored, {} already there, {} failed, {} skipped; {} bytes sent to {} ({})",
-                summary.stored,
-                summary.already_there,
-                summary.failed,
-                summary.skipped,
-                summary.bytes_sent,
-                self.to,
-                Rate {
-                    bytes: summary.bytes_sent,
-                    elapsed: self.started.elapsed()
-                }
-            ),
+            Ok(summary) if matches!(self.output, Output::Lines | Output::Progress) => {
+                print_to_stderr(&format!(
+                    "{} stored, {} already there, {} failed, {} skipped; {} bytes sent to {} ({})",
+                    summary.stored,
+                    summary.already_there,
+                    summary.failed,
+                    summary.skipped,
+                    summary.bytes_sent,
+                    self.to,
+                    Rate {
+                        bytes: summary.bytes_sent,
+                        elapsed: self.started.elapsed()
+                    }
+                ));
+            }
             Ok(_) => {}
-            Err(error) => eprintln!("haul: {error}"),
+            Err(error) => print_to_stderr(&error.to_string()),
         }
     }
 
@@ -232,7 +241,7 @@ impl Reporter {
     fn routine(&mut self, line: &str) {
         if self.output == Output::Lines {
             self.gathered.push_str("haul: ");
-            self.gathered.push_str(line);
+            self.gathered.push_str(&shown(line));
             self.gathered.push('\n');
             if self.gathered.len() >= GATHER_LIMIT {
                 self.write_gathered();
@@ -266,10 +275,11 @@ impl Reporter {
 /// Most bytes of routine lines held before they are written anyway.
 const GATHER_LIMIT: usize = 64 * 1024;
 
-/// Writes `haul: LINE` to stderr in one call: `eprintln!` makes one per
-/// piece of its format, three system calls per file sent.
+/// Writes `haul: LINE` to stderr in one call, escaped for the terminal:
+/// `eprintln!` makes one call per piece of its format, three system calls
+/// per file sent.
 fn print_to_stderr(line: &str) {
-    let text = format!("haul: {line}\n");
+    let text = format!("haul: {}\n", shown(line));
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
@@ -328,7 +338,7 @@ impl Progress {
                     None => self.current.unset_length(),
                 }
                 self.current.set_position(offset);
-                self.current.set_message(path.to_owned());
+                self.current.set_message(shown(path).into_owned());
                 self.overall.inc(offset);
                 self.files_done.fetch_add(1, Ordering::Relaxed);
             }

@@ -11,7 +11,11 @@
 //! [`SealedWriter`] and [`OpenedReader`] wrap a socket's halves so that the
 //! protocol code above reads and writes plain frames and never sees this.
 
+use std::ffi::OsStr;
+use std::fmt;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -44,20 +48,138 @@ pub struct Secret {
 /// recorded handshake, so it is refused outright.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// The environment variable that holds the secret when no token file is
+/// given. Unset means no secret; set but blank is an error, so that a
+/// variable emptied by mistake never starts a server, or a send, without
+/// the protection its user asked for.
+pub const TOKEN_VARIABLE: &str = "HAUL_TOKEN";
+
+/// Permission bits of a token file that let other users read or replace
+/// the secret, which draw a warning (as ssh warns of a private key that
+/// others can read).
+const LOOSE_BITS: u32 = 0o066;
+
 impl Secret {
     /// Takes a secret from text, ignoring surrounding white space.
-    pub fn new(text: &str) -> Result<Secret, String> {
+    pub fn new(text: &str) -> Result<Secret, SecretError> {
         let text = text.trim();
         if text.len() < MIN_SECRET_LEN {
-            return Err(format!(
-                "the secret is {} characters long; use at least {MIN_SECRET_LEN} (`haul token` makes a strong one)",
-                text.len()
-            ));
+            return Err(SecretError::TooShort(text.len()));
         }
         Ok(Secret {
             key: blake3::derive_key(KEY_CONTEXT, text.as_bytes()),
         })
     }
+}
+
+/// Why no secret could be had from where the user said it is.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "the secret is {0} characters long; use at least {MIN_SECRET_LEN} (`haul token` makes a strong one)"
+    )]
+    TooShort(usize),
+    #[error("cannot read the secret from {}: {source}", .path.display())]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error(
+        "the token file {} holds no secret (it is empty or blank); put one in it (`haul token` makes one) or leave out --token-file",
+        .0.display()
+    )]
+    EmptyFile(PathBuf),
+    #[error(
+        "{TOKEN_VARIABLE} is set but blank; set it to a secret (`haul token` makes one), or unset it to go without"
+    )]
+    BlankVariable,
+    #[error("{TOKEN_VARIABLE} is not valid UTF-8")]
+    VariableNotUtf8,
+}
+
+/// Where a secret was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretOrigin {
+    TokenFile(PathBuf),
+    Variable,
+}
+
+impl fmt::Display for SecretOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretOrigin::TokenFile(path) => write!(f, "--token-file {}", path.display()),
+            SecretOrigin::Variable => f.write_str(TOKEN_VARIABLE),
+        }
+    }
+}
+
+/// A token file that users other than its owner can read or write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LooseTokenFile {
+    pub path: PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+impl fmt::Display for LooseTokenFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.path.display();
+        write!(
+            f,
+            "the token file {path} can be read or written by other users (mode {:04o}), who could \
+             learn or replace the secret; run `chmod 600 {path}`",
+            self.mode
+        )
+    }
+}
+
+/// A secret, where it came from, and what is wrong with how it is kept.
+pub struct LoadedSecret {
+    pub secret: Secret,
+    pub origin: SecretOrigin,
+    /// Set when the token file is open to other users; the secret is still
+    /// used, and the caller warns.
+    pub loose: Option<LooseTokenFile>,
+}
+
+/// The shared secret from `token_file` if given, else from `variable` (the
+/// value of [`TOKEN_VARIABLE`], if set), else none. Never from a plain
+/// argument, where other users could read it in `ps`.
+pub fn load_secret(
+    token_file: Option<&Path>,
+    variable: Option<&OsStr>,
+) -> Result<Option<LoadedSecret>, SecretError> {
+    let Some(path) = token_file else {
+        let Some(value) = variable else {
+            return Ok(None);
+        };
+        let text = value.to_str().ok_or(SecretError::VariableNotUtf8)?;
+        if text.trim().is_empty() {
+            return Err(SecretError::BlankVariable);
+        }
+        return Ok(Some(LoadedSecret {
+            secret: Secret::new(text)?,
+            origin: SecretOrigin::Variable,
+            loose: None,
+        }));
+    };
+    let unreadable = |source| SecretError::Unreadable {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    // The mode of the file read, not of whatever the path names later.
+    let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o7777;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(unreadable)?;
+    if text.trim().is_empty() {
+        return Err(SecretError::EmptyFile(path.to_owned()));
+    }
+    Ok(Some(LoadedSecret {
+        secret: Secret::new(&text)?,
+        origin: SecretOrigin::TokenFile(path.to_owned()),
+        loose: (mode & LOOSE_BITS != 0).then(|| LooseTokenFile {
+            path: path.to_owned(),
+            mode,
+        }),
+    }))
 }
 
 /// A new random secret: 256 bits as 64 hexadecimal digits.
@@ -554,6 +676,93 @@ mod tests {
             "{server:?}"
         );
         assert!(client.is_err());
+    }
+
+    const LONG_SECRET: &str = "a shared secret of some length";
+
+    fn token_file(dir: &Path, contents: &str, mode: u32) -> PathBuf {
+        let path = dir.join("token");
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_unset_variable_means_no_secret_and_a_blank_one_is_an_error() {
+        assert!(matches!(load_secret(None, None), Ok(None)));
+        for blank in ["", "   ", "\n\t "] {
+            assert!(
+                matches!(
+                    load_secret(None, Some(OsStr::new(blank))),
+                    Err(SecretError::BlankVariable)
+                ),
+                "{blank:?}"
+            );
+        }
+        let loaded = load_secret(None, Some(OsStr::new(LONG_SECRET)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.origin, SecretOrigin::Variable);
+        assert!(loaded.loose.is_none());
+        let not_utf8 = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff secret secret");
+        assert!(matches!(
+            load_secret(None, Some(not_utf8)),
+            Err(SecretError::VariableNotUtf8)
+        ));
+    }
+
+    #[test]
+    fn an_empty_or_blank_token_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for blank in ["", "\n", "  \n\n"] {
+            let path = token_file(dir.path(), blank, 0o600);
+            match load_secret(Some(&path), None) {
+                Err(SecretError::EmptyFile(named)) => assert_eq!(named, path),
+                Err(other) => panic!("{blank:?}: {other}"),
+                Ok(_) => panic!("{blank:?} was taken as a secret"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_or_write_is_used_and_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, loose) in [
+            (0o600, false),
+            (0o400, false),
+            (0o700, false),
+            (0o640, true),
+            (0o604, true),
+            (0o620, true),
+            (0o602, true),
+        ] {
+            let path = token_file(dir.path(), &format!("{LONG_SECRET}\n"), mode);
+            let loaded = load_secret(Some(&path), None).unwrap().unwrap();
+            assert_eq!(loaded.origin, SecretOrigin::TokenFile(path.clone()));
+            let expected = loose.then(|| LooseTokenFile {
+                path: path.clone(),
+                mode,
+            });
+            assert_eq!(loaded.loose, expected, "{mode:o}");
+        }
+        let warning = LooseTokenFile {
+            path: PathBuf::from("/k/token"),
+            mode: 0o644,
+        }
+        .to_string();
+        assert!(warning.contains("/k/token"), "{warning}");
+        assert!(warning.contains("(mode 0644)"), "{warning}");
+        assert!(warning.contains("chmod 600 /k/token"), "{warning}");
+    }
+
+    #[test]
+    fn a_token_file_wins_over_the_variable_even_a_blank_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_file(dir.path(), LONG_SECRET, 0o600);
+        let loaded = load_secret(Some(&path), Some(OsStr::new("")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.origin, SecretOrigin::TokenFile(path));
     }
 
     #[test]

@@ -23,6 +23,8 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use thiserror::Error;
 
+use crate::text;
+
 /// Folder inside the inbox that holds data still arriving. Its name is
 /// reserved: no sender may store a file under it.
 pub const HIDDEN_AREA: &str = ".haul";
@@ -55,6 +57,20 @@ pub enum NameError {
     NotUtf8,
     #[error("the name contains a NUL or another control character")]
     ControlCharacter,
+    /// A bidirectional control (U+202E and its kin), which reorders what
+    /// follows it on screen: the name would not read as it is.
+    #[error(
+        "the name contains U+{:04X}, a bidirectional control that reorders the text around it",
+        u32::from(*.0)
+    )]
+    DirectionChange(char),
+    /// A zero-width or otherwise invisible character: the name would look
+    /// like another one that lacks it.
+    #[error(
+        "the name contains U+{:04X}, an invisible character (zero-width or default-ignorable)",
+        u32::from(*.0)
+    )]
+    Invisible(char),
     #[error("the name contains a path separator")]
     Separator,
     #[error("the name is {0} bytes long; at most {MAX_NAME_LEN} are allowed")]
@@ -65,7 +81,8 @@ pub enum NameError {
 
 impl SafeName {
     /// Judges a received name. Only a single, printable, UTF-8 component of at
-    /// most [`MAX_NAME_LEN`] bytes passes.
+    /// most [`MAX_NAME_LEN`] bytes passes, which reads on screen as it is
+    /// stored: no direction changes, no invisible characters.
     pub fn parse(raw: &[u8]) -> Result<SafeName, NameError> {
         if raw.is_empty() {
             return Err(NameError::Empty);
@@ -73,6 +90,12 @@ impl SafeName {
         let name = std::str::from_utf8(raw).map_err(|_| NameError::NotUtf8)?;
         if name.chars().any(char::is_control) {
             return Err(NameError::ControlCharacter);
+        }
+        if let Some(c) = name.chars().find(|&c| text::changes_direction(c)) {
+            return Err(NameError::DirectionChange(c));
+        }
+        if let Some(c) = name.chars().find(|&c| text::is_invisible(c)) {
+            return Err(NameError::Invisible(c));
         }
         if name.contains(['/', '\\']) {
             return Err(NameError::Separator);
@@ -953,6 +976,10 @@ mod tests {
             "report.pdf",
             "a b c.txt",
             "naïve – 日本.txt",
+            "שלום.txt",
+            "e\u{301}t\u{e9}",
+            "\u{2764}\u{fe0f} notes",
+            "葛\u{e0100}城",
             ".bashrc",
             "x",
         ] {
@@ -973,6 +1000,35 @@ mod tests {
             (b"\x1b[31mred", NameError::ControlCharacter),
             ("a\u{9b}b".as_bytes(), NameError::ControlCharacter),
             (b"\xff\xfe", NameError::NotUtf8),
+            (
+                "invoice\u{202e}fdp.exe".as_bytes(),
+                NameError::DirectionChange('\u{202e}'),
+            ),
+            (
+                "\u{2067}x".as_bytes(),
+                NameError::DirectionChange('\u{2067}'),
+            ),
+            (
+                "a\u{200f}".as_bytes(),
+                NameError::DirectionChange('\u{200f}'),
+            ),
+            (
+                "a\u{61c}b".as_bytes(),
+                NameError::DirectionChange('\u{61c}'),
+            ),
+            (
+                "pay\u{200b}pal".as_bytes(),
+                NameError::Invisible('\u{200b}'),
+            ),
+            ("a\u{200d}b".as_bytes(), NameError::Invisible('\u{200d}')),
+            (
+                "\u{feff}report".as_bytes(),
+                NameError::Invisible('\u{feff}'),
+            ),
+            ("a\u{2060}b".as_bytes(), NameError::Invisible('\u{2060}')),
+            ("a\u{ad}b".as_bytes(), NameError::Invisible('\u{ad}')),
+            ("\u{3164}".as_bytes(), NameError::Invisible('\u{3164}')),
+            ("x\u{e0041}".as_bytes(), NameError::Invisible('\u{e0041}')),
             (b"a/b", NameError::Separator),
             (b"..\\x", NameError::Separator),
             (b".haul", NameError::Reserved),

@@ -503,9 +503,13 @@ fn nobody_listening_names_the_address_and_the_fix() {
 #[test]
 fn a_wrong_secret_is_one_line_with_a_hint_and_exit_code_3() {
     let keys = tempfile::tempdir().unwrap();
+    // Kept private, as `haul token` advises: a token file others can read
+    // would draw a warning line of its own.
     let token_file = |name: &str, secret: &str| {
+        use std::os::unix::fs::PermissionsExt;
         let path = keys.path().join(name);
         std::fs::write(&path, format!("{secret}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path.to_str().unwrap().to_owned()
     };
     let server_token = token_file("server", "the-server-holds-this-secret");

@@ -722,7 +722,7 @@ async fn read_receipts(
                 summary.stored += 1;
                 on_event(Event::Stored {
                     path,
-                    stored_as: Some(&printable(stored_as.as_bytes())),
+                    stored_as: Some(stored_as),
                     bytes: size,
                     hash: Some(&file.hash),
                 });

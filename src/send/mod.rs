@@ -26,6 +26,10 @@ use crate::transfer::PumpError;
 /// What happened to one entry, as it happens. `path` is the path the entry
 /// is sent under, relative to the server's directory, except for sources
 /// that could not be read at all, which are named as given.
+///
+/// Names and reasons are as they are, not made safe to print: they may
+/// hold control characters, and a terminal must be shown them through
+/// [`crate::text::shown`].
 #[derive(Debug)]
 pub enum Event<'a> {
     /// A file's bytes start to go out; the server already holds the first
