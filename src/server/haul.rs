@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use thiserror::Error;
@@ -16,7 +17,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::{ServerConfig, SpaceBudget, blocking, is_out_of_space, log_output, log_transfer};
+use super::space::{Charge, Sender, SpaceLedger, sender_of};
+use super::{ServerConfig, blocking, is_out_of_space, log_output, log_transfer};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
@@ -70,6 +72,8 @@ struct Planned {
     mode: u32,
     /// Where the data goes, for files the server asked to receive.
     partial: Option<Partial>,
+    /// The room granted to that data.
+    charge: Option<Charge>,
 }
 
 /// A file that arrived whole and verified, waiting for the batch's commit.
@@ -100,6 +104,12 @@ struct Session<'a> {
     writer: BufWriter<BoxedWriter>,
     peer: SocketAddr,
     store: Store,
+    /// The server's account of disk space, shared by every session.
+    space: Arc<SpaceLedger>,
+    /// Whose partial data this session leaves, for `--max-partial`.
+    sender: Sender,
+    /// Set once an interrupted file left data to be resumed.
+    left_partial: bool,
     config: &'a ServerConfig,
     /// Directories whose times and modes are set when the client says
     /// goodbye, after their files have been written into them.
@@ -126,6 +136,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     store: Store,
+    space: Arc<SpaceLedger>,
     config: &ServerConfig,
 ) {
     let (reader, writer) = stream.into_split();
@@ -139,6 +150,9 @@ pub(super) async fn serve(
         writer: BufWriter::new(Box::new(writer)),
         peer,
         store,
+        space,
+        sender: sender_of(peer),
+        left_partial: false,
         config,
         directories: Vec::new(),
         fresh_directories: HashSet::new(),
@@ -161,6 +175,15 @@ pub(super) async fn serve(
             let _ = session.writer.flush().await;
             session.linger().await;
         }
+    }
+    session.space.session_ended();
+    if session.left_partial {
+        let (space, sender) = (Arc::clone(&session.space), session.sender);
+        let _ = blocking(move || {
+            space.cap_partials(Some(sender));
+            Ok(())
+        })
+        .await;
     }
 }
 
@@ -442,13 +465,13 @@ impl Session<'_> {
     async fn plan(&mut self, offers: Vec<OwnedOffer>) -> Result<Vec<Planned>, SessionError> {
         let store = self.store.clone();
         let config = self.config.clone();
+        let space = Arc::clone(&self.space);
         let mut fresh = std::mem::take(&mut self.fresh_directories);
         let (decided, fresh) = blocking(move || {
-            let mut space = SpaceBudget::default();
             let decided = offers
                 .into_iter()
                 .map(|offer| {
-                    let decision = decide(&store, &config, &mut space, &mut fresh, &offer);
+                    let decision = decide(&store, &config, &space, &mut fresh, &offer);
                     (offer, decision)
                 })
                 .collect::<Vec<_>>();
@@ -465,9 +488,10 @@ impl Session<'_> {
                 mtime: offer.mtime,
                 mode: offer.mode,
                 partial: None,
+                charge: None,
             };
             match decision {
-                Ok(Decision::Answer(answer, partial)) => {
+                Ok((Decision::Answer(answer, partial), charge)) => {
                     if let (EntryKind::Directory, Ok(path)) =
                         (offer.kind, RelPath::parse(&offer.path))
                     {
@@ -475,9 +499,12 @@ impl Session<'_> {
                             .push((path, metadata_of(offer.mtime, offer.mode)));
                     }
                     planned.partial = partial;
+                    planned.charge = charge;
                     self.send(&Message::Answer(answer)).await?;
                 }
-                Ok(Decision::Refuse(reason)) => planned = planned.refused(self, reason).await?,
+                Ok((Decision::Refuse(reason), _)) => {
+                    planned = planned.refused(self, reason).await?
+                }
                 Err(error) => {
                     planned = planned
                         .refused(self, format!("storage failed: {error}"))
@@ -494,6 +521,9 @@ impl Session<'_> {
         let mut arrived: Vec<Arrived> = Vec::new();
         let mut commit = BatchCommit::new(self.store.clone(), self.peer);
         let mut replies: Vec<(usize, Result<Stored, String>)> = Vec::new();
+        // The room of files that arrived stays granted until their commit,
+        // which may still make their folders.
+        let mut granted: Vec<Charge> = Vec::new();
         // A lone file stays open to be synced by itself; in a batch of many,
         // each is closed once whole and one sync of the file system covers
         // a group of them, so the batch holds no open file per file.
@@ -503,12 +533,17 @@ impl Session<'_> {
             .count()
             == 1;
         for (index, planned) in batch.iter_mut().enumerate() {
-            let Some(partial) = planned.partial.take() else {
+            let (Some(partial), Some(mut charge)) = (planned.partial.take(), planned.charge.take())
+            else {
                 continue;
             };
             let started = Instant::now();
-            match self.receive_file(partial, planned, keep_open).await? {
+            match self
+                .receive_file(partial, &mut charge, planned, keep_open)
+                .await?
+            {
                 Ok((partial, hash, bytes)) => {
+                    granted.push(charge);
                     let to_log = ToLog {
                         path_shown: std::mem::take(&mut planned.path_shown),
                         bytes,
@@ -532,6 +567,7 @@ impl Session<'_> {
 
         // Logged as committed, on the committing thread.
         let committed = commit.finish().await.map_err(SessionError::Storage)?;
+        drop(granted);
         for (file, result) in arrived.into_iter().zip(committed) {
             let reply = match result {
                 Ok(stored_as) => Ok(Stored {
@@ -567,6 +603,7 @@ impl Session<'_> {
     async fn receive_file(
         &mut self,
         mut partial: Partial,
+        charge: &mut Charge,
         planned: &Planned,
         keep_open: bool,
     ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
@@ -589,7 +626,7 @@ impl Session<'_> {
         };
         let mut sink = FileSink::for_len(writer, Some(hasher), planned.size);
         let frames = self
-            .receive_frames(&mut sink, planned, partial.offset())
+            .receive_frames(&mut sink, charge, planned, partial.offset())
             .await;
         // Every queued write lands before anything else happens to the
         // partial file, so that a resumed transfer measures it whole.
@@ -600,7 +637,12 @@ impl Session<'_> {
                 partial.discard();
                 return Err(error);
             }
-            (Err(error), _) => return Err(error),
+            (Err(error), _) => {
+                // Kept, to be resumed.
+                self.space.note_held(&partial, self.sender);
+                self.left_partial = true;
+                return Err(error);
+            }
             (Ok(_), Err(error)) => {
                 partial.discard();
                 return Err(storage_error(error));
@@ -632,6 +674,7 @@ impl Session<'_> {
     async fn receive_frames(
         &mut self,
         sink: &mut FileSink,
+        charge: &mut Charge,
         planned: &Planned,
         offset: u64,
     ) -> Result<(Hash, u64), SessionError> {
@@ -688,6 +731,16 @@ impl Session<'_> {
                     planned.path_shown
                 )));
             }
+            // Counted before the write, decompressed.
+            if let Some(more) = charge.beyond(len) {
+                let space = Arc::clone(&self.space);
+                let granted = blocking(move || Ok(space.grow(more)))
+                    .await
+                    .map_err(SessionError::Storage)?
+                    .map_err(|_| SessionError::NoSpace)?;
+                charge.absorb(granted);
+            }
+            charge.spend(len);
             if header.kind == Kind::DataZstd {
                 let plain = self.zstd.as_ref().map_or(&[][..], |zstd| &zstd.plain[..]);
                 receive_slice(sink, plain).await.map_err(storage_error)?;
@@ -822,17 +875,19 @@ impl From<Offer<'_>> for OwnedOffer {
 fn decide(
     store: &Store,
     config: &ServerConfig,
-    space: &mut SpaceBudget,
+    space: &Arc<SpaceLedger>,
     fresh_directories: &mut HashSet<Vec<u8>>,
     offer: &OwnedOffer,
-) -> io::Result<Decision> {
+) -> io::Result<(Decision, Option<Charge>)> {
     let path = match RelPath::parse(&offer.path) {
         Ok(path) => path,
-        Err(reason) => return Ok(Decision::Refuse(format!("refused path: {reason}"))),
+        Err(reason) => return Ok((Decision::Refuse(format!("refused path: {reason}")), None)),
     };
+    // Components, each a directory that may have to be made.
+    let depth = offer.path.iter().filter(|&&byte| byte == b'/').count() as u64 + 1;
     let decision = match offer.kind {
         EntryKind::Directory => {
-            let (decision, created) = decide_directory(store, &path)?;
+            let (decision, created) = decide_directory(store, space, &path, depth)?;
             if created {
                 fresh_directories.insert(offer.path.clone());
             }
@@ -856,26 +911,41 @@ fn decide(
         }
     };
     let Decision::Answer(Answer::Send { offset }, Some(partial)) = decision else {
-        return Ok(decision);
+        return Ok((decision, None));
     };
-    let needed = offer.size.map(|size| size.saturating_sub(offset));
-    match needed.and_then(|needed| space.refusal_for(store, config, needed)) {
-        None => Ok(Decision::Answer(Answer::Send { offset }, Some(partial))),
-        Some(reason) => {
+    // A stream is granted as it grows; a file, whole, with an inode for
+    // itself (unless held already) and for each folder its commit may make.
+    let needed = offer.size.map_or(0, |size| size.saturating_sub(offset));
+    let inodes = depth - u64::from(offset > 0);
+    match space.reserve_file(needed, inodes) {
+        Ok(charge) => Ok((
+            Decision::Answer(Answer::Send { offset }, Some(partial)),
+            Some(charge),
+        )),
+        Err(reason) => {
             if partial.offset() == 0 {
                 // Nothing was held for this offer: nothing to keep.
                 partial.discard();
             }
-            Ok(Decision::Refuse(reason))
+            Ok((Decision::Refuse(reason), None))
         }
     }
 }
 
 /// What to answer a directory's offer, and whether this created it.
-fn decide_directory(store: &Store, path: &RelPath) -> io::Result<(Decision, bool)> {
+fn decide_directory(
+    store: &Store,
+    space: &Arc<SpaceLedger>,
+    path: &RelPath,
+    depth: u64,
+) -> io::Result<(Decision, bool)> {
     match store.existing(path)? {
         Existing::Directory => Ok((Decision::Answer(Answer::Created, None), false)),
         Existing::Nothing => {
+            let _granted = match space.reserve_directory(depth) {
+                Ok(granted) => granted,
+                Err(reason) => return Ok((Decision::Refuse(reason), false)),
+            };
             store.create_dir(path)?;
             Ok((Decision::Answer(Answer::Created, None), true))
         }
@@ -1039,10 +1109,13 @@ mod tests {
             ..ServerConfig::new(inbox.path().to_path_buf())
         };
         let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
-        let mut space = SpaceBudget::default();
+        let space = SpaceLedger::new(store.clone(), &config);
         let mut fresh = HashSet::new();
-        let mut decide_one =
-            |offer: OwnedOffer| decide(&store, &config, &mut space, &mut fresh, &offer).unwrap();
+        let mut decide_one = |offer: OwnedOffer| {
+            decide(&store, &config, &space, &mut fresh, &offer)
+                .unwrap()
+                .0
+        };
         let theirs = b"someone else's";
         let ours = b"the sender's!!";
 
