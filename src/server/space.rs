@@ -415,3 +415,65 @@ impl Drop for Charge {
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::OnConflict;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn ledger() -> (tempfile::TempDir, Arc<SpaceLedger>) {
+        let inbox = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            reserve: 0,
+            ..ServerConfig::new(inbox.path().to_path_buf())
+        };
+        let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
+        (inbox, SpaceLedger::new(store, &config))
+    }
+
+    fn promised(ledger: &SpaceLedger) -> (u64, u64) {
+        let promised = ledger.lock();
+        (promised.bytes, promised.inodes)
+    }
+
+    #[test]
+    fn grants_made_at_once_never_share_the_same_room() {
+        let (_inbox, ledger) = ledger();
+        let three_quarters = ledger.store.free_space().unwrap().bytes / 4 * 3;
+        let first = ledger.reserve_file(three_quarters, 1).unwrap();
+        let refused = ledger.reserve_file(three_quarters, 1).err().unwrap();
+        assert!(
+            refused.starts_with(&format!(
+                "no space left on the server: the file needs {three_quarters} bytes"
+            )),
+            "{refused}"
+        );
+        drop(first);
+        assert_eq!(promised(&ledger), (0, 0));
+        let second = ledger.reserve_file(three_quarters, 1).unwrap();
+        drop(second);
+        assert_eq!(promised(&ledger), (0, 0));
+    }
+
+    #[test]
+    fn a_grant_gives_back_what_is_written_beyond_what_may_be_in_flight() {
+        let (_inbox, ledger) = ledger();
+        let mut file = ledger.reserve_file(64 * MIB, 3).unwrap();
+        assert_eq!(promised(&ledger), (64 * MIB, 3));
+        file.spend(4 * MIB);
+        assert_eq!(promised(&ledger).0, 64 * MIB, "all of it may be queued");
+        file.spend(20 * MIB);
+        assert_eq!(promised(&ledger).0, 40 * MIB + IN_FLIGHT);
+        assert_eq!(file.beyond(40 * MIB), None);
+
+        let mut stream = ledger.reserve_file(0, 1).unwrap();
+        let more = stream.beyond(MIB).unwrap();
+        stream.absorb(ledger.grow(more).unwrap());
+        stream.spend(MIB);
+        assert_eq!(promised(&ledger), (40 * MIB + IN_FLIGHT + MIB, 4));
+        drop((file, stream));
+        assert_eq!(promised(&ledger), (0, 0));
+    }
+}
