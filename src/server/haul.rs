@@ -913,11 +913,10 @@ fn decide(
     let Decision::Answer(Answer::Send { offset }, Some(partial)) = decision else {
         return Ok((decision, None));
     };
-    // A stream is granted as it grows; a file, whole, with an inode for
-    // itself (unless held already) and for each folder its commit may make.
+    // A stream is granted as it grows; a file, whole, with room for the
+    // folders its commit may make.
     let needed = offer.size.map_or(0, |size| size.saturating_sub(offset));
-    let inodes = depth - u64::from(offset > 0);
-    match space.reserve_file(needed, inodes) {
+    match space.reserve_file(needed, depth - 1, offset == 0) {
         Ok(charge) => Ok((
             Decision::Answer(Answer::Send { offset }, Some(partial)),
             Some(charge),

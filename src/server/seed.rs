@@ -97,7 +97,7 @@ async fn receive(
     // inside the kernel, uncounted on the way, so all of it stays granted.
     let _granted = {
         let (space, size) = (Arc::clone(space), header.size);
-        blocking(move || Ok(space.reserve_file(size, 1)))
+        blocking(move || Ok(space.reserve_file(size, 0, true)))
             .await
             .map_err(SeedError::Storage)?
             .map_err(SeedError::Refused)?

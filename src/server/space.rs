@@ -121,12 +121,14 @@ impl SpaceLedger {
         })
     }
 
-    /// Grants a file that needs `bytes` more bytes and `inodes` new inodes
-    /// (itself, and the folders its commit may make), or says why not.
+    /// Grants a file that needs `bytes` more bytes, an inode if it is
+    /// `new` (not held already), and a block and an inode for each of the
+    /// `folders` its commit may make; or says why not.
     pub(super) fn reserve_file(
         self: &Arc<Self>,
         bytes: u64,
-        inodes: u64,
+        folders: u64,
+        new: bool,
     ) -> Result<Charge, String> {
         if let Some(max) = self.max_file_size
             && bytes > max
@@ -135,13 +137,13 @@ impl SpaceLedger {
                 "the file is {bytes} bytes; this server accepts at most {max}"
             ));
         }
+        let inodes = folders + u64::from(new);
+        let need = Need {
+            bytes,
+            blocks: folders,
+        };
         let mut promised = self.lock();
-        match self.grant(
-            &mut promised,
-            Need::Bytes(bytes),
-            inodes,
-            self.reserve_inodes,
-        ) {
+        match self.grant(&mut promised, need, inodes, self.reserve_inodes) {
             Ok(granted) => Ok(self.charge(&mut promised, granted, inodes)),
             Err(Shortfall::Space { free }) => Err(format!(
                 "no space left on the server: the file needs {bytes} bytes and {free} are free"
@@ -161,7 +163,11 @@ impl SpaceLedger {
     pub(super) fn reserve_directory(self: &Arc<Self>, depth: u64) -> Result<Charge, String> {
         let kept = self.reserve_inodes.saturating_mul(DIRECTORY_INODE_FACTOR);
         let mut promised = self.lock();
-        match self.grant(&mut promised, Need::Blocks(depth), depth, kept) {
+        let need = Need {
+            bytes: 0,
+            blocks: depth,
+        };
+        match self.grant(&mut promised, need, depth, kept) {
             Ok(granted) => Ok(self.charge(&mut promised, granted, depth)),
             Err(Shortfall::Space { free }) => Err(format!(
                 "no space left on the server for more directories: {free} bytes are free"
@@ -180,7 +186,8 @@ impl SpaceLedger {
     /// fails: writing them would eat into the reserve.
     pub(super) fn grow(self: &Arc<Self>, bytes: u64) -> Result<Charge, NoSpace> {
         let mut promised = self.lock();
-        match self.grant(&mut promised, Need::Bytes(bytes), 0, self.reserve_inodes) {
+        let need = Need { bytes, blocks: 0 };
+        match self.grant(&mut promised, need, 0, self.reserve_inodes) {
             Ok(granted) => Ok(self.charge(&mut promised, granted, 0)),
             Err(_) => Err(NoSpace),
         }
@@ -356,19 +363,21 @@ impl SpaceLedger {
     }
 }
 
-/// Room asked for, before it is rounded to the file system's blocks.
+/// Room asked for, in the file system's blocks once its block size is known.
 #[derive(Clone, Copy)]
-enum Need {
-    Bytes(u64),
-    Blocks(u64),
+struct Need {
+    /// Data, which takes whole blocks.
+    bytes: u64,
+    /// Blocks besides, one per directory.
+    blocks: u64,
 }
 
 impl Need {
     fn bytes(self, block: u64) -> u64 {
-        match self {
-            Need::Bytes(bytes) => bytes.div_ceil(block).saturating_mul(block),
-            Need::Blocks(blocks) => blocks.saturating_mul(block),
-        }
+        self.bytes
+            .div_ceil(block)
+            .saturating_add(self.blocks)
+            .saturating_mul(block)
     }
 }
 
@@ -442,8 +451,8 @@ mod tests {
     fn grants_made_at_once_never_share_the_same_room() {
         let (_inbox, ledger) = ledger();
         let three_quarters = ledger.store.free_space().unwrap().bytes / 4 * 3;
-        let first = ledger.reserve_file(three_quarters, 1).unwrap();
-        let refused = ledger.reserve_file(three_quarters, 1).err().unwrap();
+        let first = ledger.reserve_file(three_quarters, 0, true).unwrap();
+        let refused = ledger.reserve_file(three_quarters, 0, true).err().unwrap();
         assert!(
             refused.starts_with(&format!(
                 "no space left on the server: the file needs {three_quarters} bytes"
@@ -452,7 +461,7 @@ mod tests {
         );
         drop(first);
         assert_eq!(promised(&ledger), (0, 0));
-        let second = ledger.reserve_file(three_quarters, 1).unwrap();
+        let second = ledger.reserve_file(three_quarters, 0, true).unwrap();
         drop(second);
         assert_eq!(promised(&ledger), (0, 0));
     }
@@ -460,19 +469,19 @@ mod tests {
     #[test]
     fn a_grant_gives_back_what_is_written_beyond_what_may_be_in_flight() {
         let (_inbox, ledger) = ledger();
-        let mut file = ledger.reserve_file(64 * MIB, 3).unwrap();
-        assert_eq!(promised(&ledger), (64 * MIB, 3));
+        let mut file = ledger.reserve_file(64 * MIB, 0, true).unwrap();
+        assert_eq!(promised(&ledger), (64 * MIB, 1));
         file.spend(4 * MIB);
         assert_eq!(promised(&ledger).0, 64 * MIB, "all of it may be queued");
         file.spend(20 * MIB);
         assert_eq!(promised(&ledger).0, 40 * MIB + IN_FLIGHT);
         assert_eq!(file.beyond(40 * MIB), None);
 
-        let mut stream = ledger.reserve_file(0, 1).unwrap();
+        let mut stream = ledger.reserve_file(0, 0, true).unwrap();
         let more = stream.beyond(MIB).unwrap();
         stream.absorb(ledger.grow(more).unwrap());
         stream.spend(MIB);
-        assert_eq!(promised(&ledger), (40 * MIB + IN_FLIGHT + MIB, 4));
+        assert_eq!(promised(&ledger), (40 * MIB + IN_FLIGHT + MIB, 2));
         drop((file, stream));
         assert_eq!(promised(&ledger), (0, 0));
     }
