@@ -101,6 +101,7 @@ pub(super) struct Charge {
     promised: u64,
     /// Bytes handed to the writer so far.
     written: u64,
+    /// Inodes granted; given back whole when the charge ends.
     inodes: u64,
 }
 
