@@ -102,6 +102,11 @@ to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
         /// (e.g. `90m`, `24h`, `7d`).
         #[arg(long, default_value = "24h", value_name = "AGE", value_parser = humantime::parse_duration)]
         partial_max_age: Duration,
+        /// Partial data of interrupted transfers kept for resuming, in all;
+        /// one sender (IP address) may keep half. Beyond it the oldest is
+        /// deleted; any of it gives way when a new file needs the room.
+        #[arg(long, default_value = "16G", value_name = "SIZE", value_parser = parse_byte_size)]
+        max_partial: u64,
         /// Connections served at once; more wait until one ends.
         #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
@@ -281,6 +286,7 @@ fn main() -> ExitCode {
             overwrite,
             protocols,
             partial_max_age,
+            max_partial,
             max_connections,
             max_connections_per_ip,
             header_timeout,
@@ -341,6 +347,7 @@ fn main() -> ExitCode {
             }
             config.secret = secret;
             config.partial_max_age = partial_max_age;
+            config.max_partial = max_partial;
             config.max_connections = max_connections as usize;
             config.max_connections_per_ip =
                 (max_connections_per_ip > 0).then_some(max_connections_per_ip as usize);

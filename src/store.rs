@@ -221,6 +221,26 @@ pub struct Metadata {
     pub mode: Option<u32>,
 }
 
+/// Room left on the inbox's file system, as an unprivileged writer sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct FreeSpace {
+    pub bytes: u64,
+    /// The unit space is handed out in: a file takes whole blocks.
+    pub block: u64,
+    /// Free inodes; `None` where the file system has no limit on them.
+    pub inodes: Option<u64>,
+}
+
+/// Partial data no transfer is using, in the hidden area.
+#[derive(Debug, Clone)]
+pub struct HeldPartial {
+    /// Its name in the hidden area.
+    pub name: String,
+    pub bytes: u64,
+    /// When it was last written to.
+    pub modified: SystemTime,
+}
+
 /// The receive directory. Cheap to clone; every clone is the same inbox.
 #[derive(Clone)]
 pub struct Store {
@@ -324,10 +344,62 @@ impl Store {
         Ok(removed)
     }
 
-    /// Bytes an unprivileged writer may still add to the inbox's file system.
-    pub fn available_space(&self) -> io::Result<u64> {
+    /// What an unprivileged writer may still add to the inbox's file system.
+    pub fn free_space(&self) -> io::Result<FreeSpace> {
         let stat = rustix::fs::fstatvfs(&self.inner.dir)?;
-        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+        Ok(FreeSpace {
+            bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+            block: stat.f_frsize.max(1),
+            // A file system with no inode limit (btrfs, for one) reports
+            // none at all.
+            inodes: (stat.f_files > 0).then_some(stat.f_favail),
+        })
+    }
+
+    /// Partial data in the hidden area that no transfer of this process is
+    /// using: what interrupted transfers left to be resumed, and litter of
+    /// earlier processes.
+    pub fn held_partials(&self) -> io::Result<Vec<HeldPartial>> {
+        let busy = locked(&self.inner.busy).clone();
+        let mut held = Vec::new();
+        for entry in self.inner.hidden.entries()? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if busy.contains(&name) || self.inner.is_own_temp(&name) {
+                continue;
+            }
+            let metadata = match entry.metadata() {
+                Ok(metadata) if metadata.is_file() => metadata,
+                Ok(_) => continue,
+                // Gone since it was listed.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            held.push(HeldPartial {
+                bytes: metadata.len(),
+                modified: metadata.modified()?.into_std(),
+                name,
+            });
+        }
+        Ok(held)
+    }
+
+    /// Deletes the held partial data `name`, unless a transfer took it up
+    /// since it was listed; returns whether it was deleted.
+    pub fn remove_held(&self, name: &str) -> io::Result<bool> {
+        if self.inner.is_own_temp(name) || !locked(&self.inner.busy).insert(name.to_owned()) {
+            return Ok(false);
+        }
+        let removed = match self.inner.hidden.remove_file(name) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        };
+        self.inner.forget_held(name);
+        self.release(name);
+        removed
     }
 
     /// What is stored under `path` now. Symlinks are reported, not followed.
@@ -726,6 +798,12 @@ impl Partial {
         }
     }
 
+    /// The name its data keeps in the hidden area when the transfer is
+    /// interrupted, for a resumable partial.
+    pub fn resume_name(&self) -> Option<&str> {
+        (self.resumable && self.claimed).then_some(self.temp_name.as_str())
+    }
+
     /// Bytes already held from an earlier, interrupted transfer.
     pub fn offset(&self) -> u64 {
         self.offset
@@ -877,6 +955,14 @@ fn first_free_number(parent: &Dir, name: &SafeName) -> u64 {
 }
 
 impl StoreInner {
+    /// Whether `name` is a private temporary file of this process: always
+    /// in use, until its transfer commits or removes it.
+    fn is_own_temp(&self, name: &str) -> bool {
+        name.strip_prefix("tmp-")
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(pid, _)| pid == std::process::id().to_string())
+    }
+
     /// Notes that a resumable partial file is no longer on disk.
     fn forget_held(&self, temp_name: &str) {
         locked(&self.held).remove(temp_name);

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use thiserror::Error;
@@ -15,7 +16,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::{ServerConfig, SpaceBudget, blocking, is_out_of_space, log_output, log_transfer};
+use super::space::{Charge, Sender, SpaceLedger, sender_of};
+use super::{ServerConfig, blocking, is_out_of_space, log_output, log_transfer};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
@@ -71,6 +73,8 @@ struct Planned {
     mode: u32,
     /// Where the data goes, for files the server asked to receive.
     partial: Option<Partial>,
+    /// The room granted to that data.
+    charge: Option<Charge>,
 }
 
 /// A file that arrived whole and verified, waiting for the batch's commit.
@@ -101,6 +105,12 @@ struct Session<'a> {
     writer: BufWriter<BoxedWriter>,
     peer: SocketAddr,
     store: Store,
+    /// The server's account of disk space, shared by every session.
+    space: Arc<SpaceLedger>,
+    /// Whose partial data this session leaves, for `--max-partial`.
+    sender: Sender,
+    /// Set once an interrupted file left data to be resumed.
+    left_partial: bool,
     config: &'a ServerConfig,
     /// Directories this session created, with the time and mode they get
     /// when the client says goodbye (after their files are in them).
@@ -120,6 +130,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     store: Store,
+    space: Arc<SpaceLedger>,
     config: &ServerConfig,
     deadline: tokio::time::Instant,
 ) {
@@ -134,6 +145,9 @@ pub(super) async fn serve(
         writer: BufWriter::new(Box::new(writer)),
         peer,
         store,
+        space,
+        sender: sender_of(peer),
+        left_partial: false,
         config,
         created: CreatedDirs::default(),
         zstd: None,
@@ -155,6 +169,15 @@ pub(super) async fn serve(
             let _ = session.writer.flush().await;
             session.linger().await;
         }
+    }
+    session.space.session_ended();
+    if session.left_partial {
+        let (space, sender) = (Arc::clone(&session.space), session.sender);
+        let _ = blocking(move || {
+            space.cap_partials(Some(sender));
+            Ok(())
+        })
+        .await;
     }
 }
 
@@ -441,14 +464,14 @@ impl Session<'_> {
     async fn plan(&mut self, offers: Vec<OwnedOffer>) -> Result<Vec<Planned>, SessionError> {
         let store = self.store.clone();
         let config = self.config.clone();
+        let space = Arc::clone(&self.space);
         let mut created = std::mem::take(&mut self.created);
         let peer = self.peer;
         let (decided, created) = blocking(move || {
-            let mut space = SpaceBudget::default();
             let decided = offers
                 .into_iter()
                 .map(|offer| {
-                    let decision = decide(&store, &config, &mut space, &mut created, &offer);
+                    let decision = decide(&store, &config, &space, &mut created, &offer);
                     if created.full_noticed() {
                         warn!(%peer, limit = MAX_CREATED_DIRS, "this session created more directories than are tracked; the rest keep the server's time and mode");
                     }
@@ -468,13 +491,17 @@ impl Session<'_> {
                 mtime: offer.mtime,
                 mode: offer.mode,
                 partial: None,
+                charge: None,
             };
             match decision {
-                Ok(Decision::Answer(answer, partial)) => {
+                Ok((Decision::Answer(answer, partial), charge)) => {
                     planned.partial = partial;
+                    planned.charge = charge;
                     self.send(&Message::Answer(answer)).await?;
                 }
-                Ok(Decision::Refuse(reason)) => planned = planned.refused(self, reason).await?,
+                Ok((Decision::Refuse(reason), _)) => {
+                    planned = planned.refused(self, reason).await?
+                }
                 Err(error) => {
                     planned = planned
                         .refused(self, format!("storage failed: {error}"))
@@ -491,6 +518,9 @@ impl Session<'_> {
         let mut arrived: Vec<Arrived> = Vec::new();
         let mut commit = BatchCommit::new(self.store.clone(), self.peer);
         let mut replies: Vec<(usize, Result<Stored, String>)> = Vec::new();
+        // The room of files that arrived stays granted until their commit,
+        // which may still make their folders.
+        let mut granted: Vec<Charge> = Vec::new();
         // A lone file stays open to be synced by itself; in a batch of many,
         // each is closed once whole and one sync of the file system covers
         // a group of them, so the batch holds no open file per file.
@@ -500,12 +530,17 @@ impl Session<'_> {
             .count()
             == 1;
         for (index, planned) in batch.iter_mut().enumerate() {
-            let Some(partial) = planned.partial.take() else {
+            let (Some(partial), Some(mut charge)) = (planned.partial.take(), planned.charge.take())
+            else {
                 continue;
             };
             let started = Instant::now();
-            match self.receive_file(partial, planned, keep_open).await? {
+            match self
+                .receive_file(partial, &mut charge, planned, keep_open)
+                .await?
+            {
                 Ok((partial, hash, bytes)) => {
+                    granted.push(charge);
                     let to_log = ToLog {
                         path_shown: std::mem::take(&mut planned.path_shown),
                         bytes,
@@ -529,6 +564,7 @@ impl Session<'_> {
 
         // Logged as committed, on the committing thread.
         let committed = commit.finish().await.map_err(SessionError::Storage)?;
+        drop(granted);
         for (file, result) in arrived.into_iter().zip(committed) {
             let reply = match result {
                 Ok(stored_as) => Ok(Stored {
@@ -564,6 +600,7 @@ impl Session<'_> {
     async fn receive_file(
         &mut self,
         mut partial: Partial,
+        charge: &mut Charge,
         planned: &Planned,
         keep_open: bool,
     ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
@@ -586,7 +623,7 @@ impl Session<'_> {
         };
         let mut sink = FileSink::for_len(writer, Some(hasher), planned.size);
         let frames = self
-            .receive_frames(&mut sink, planned, partial.offset())
+            .receive_frames(&mut sink, charge, planned, partial.offset())
             .await;
         // Every queued write lands before anything else happens to the
         // partial file, so that a resumed transfer measures it whole.
@@ -597,7 +634,12 @@ impl Session<'_> {
                 partial.discard();
                 return Err(error);
             }
-            (Err(error), _) => return Err(error),
+            (Err(error), _) => {
+                // Kept, to be resumed.
+                self.space.note_held(&partial, self.sender);
+                self.left_partial = true;
+                return Err(error);
+            }
             (Ok(_), Err(error)) => {
                 partial.discard();
                 return Err(storage_error(error));
@@ -629,6 +671,7 @@ impl Session<'_> {
     async fn receive_frames(
         &mut self,
         sink: &mut FileSink,
+        charge: &mut Charge,
         planned: &Planned,
         offset: u64,
     ) -> Result<(Hash, u64), SessionError> {
@@ -685,6 +728,16 @@ impl Session<'_> {
                     planned.path_shown
                 )));
             }
+            // Counted before the write, decompressed.
+            if let Some(more) = charge.beyond(len) {
+                let space = Arc::clone(&self.space);
+                let granted = blocking(move || Ok(space.grow(more)))
+                    .await
+                    .map_err(SessionError::Storage)?
+                    .map_err(|_| SessionError::NoSpace)?;
+                charge.absorb(granted);
+            }
+            charge.spend(len);
             if header.kind == Kind::DataZstd {
                 let plain = self.zstd.as_ref().map_or(&[][..], |zstd| &zstd.plain[..]);
                 receive_slice(sink, plain).await.map_err(storage_error)?;
@@ -879,17 +932,19 @@ impl From<Offer<'_>> for OwnedOffer {
 fn decide(
     store: &Store,
     config: &ServerConfig,
-    space: &mut SpaceBudget,
+    space: &Arc<SpaceLedger>,
     created: &mut CreatedDirs,
     offer: &OwnedOffer,
-) -> io::Result<Decision> {
+) -> io::Result<(Decision, Option<Charge>)> {
     let path = match RelPath::parse(&offer.path) {
         Ok(path) => path,
-        Err(reason) => return Ok(Decision::Refuse(format!("refused path: {reason}"))),
+        Err(reason) => return Ok((Decision::Refuse(format!("refused path: {reason}")), None)),
     };
+    // Components, each a directory that may have to be made.
+    let depth = offer.path.iter().filter(|&&byte| byte == b'/').count() as u64 + 1;
     let decision = match offer.kind {
         EntryKind::Directory => {
-            let (decision, made) = decide_directory(store, &path)?;
+            let (decision, made) = decide_directory(store, space, &path, depth)?;
             if made {
                 created.insert(&offer.path, metadata_of(offer.mtime, offer.mode));
             }
@@ -913,26 +968,40 @@ fn decide(
         }
     };
     let Decision::Answer(Answer::Send { offset }, Some(partial)) = decision else {
-        return Ok(decision);
+        return Ok((decision, None));
     };
-    let needed = offer.size.map(|size| size.saturating_sub(offset));
-    match needed.and_then(|needed| space.refusal_for(store, config, needed)) {
-        None => Ok(Decision::Answer(Answer::Send { offset }, Some(partial))),
-        Some(reason) => {
+    // A stream is granted as it grows; a file, whole, with room for the
+    // folders its commit may make.
+    let needed = offer.size.map_or(0, |size| size.saturating_sub(offset));
+    match space.reserve_file(needed, depth - 1, offset == 0) {
+        Ok(charge) => Ok((
+            Decision::Answer(Answer::Send { offset }, Some(partial)),
+            Some(charge),
+        )),
+        Err(reason) => {
             if partial.offset() == 0 {
                 // Nothing was held for this offer: nothing to keep.
                 partial.discard();
             }
-            Ok(Decision::Refuse(reason))
+            Ok((Decision::Refuse(reason), None))
         }
     }
 }
 
 /// What to answer a directory's offer, and whether this created it.
-fn decide_directory(store: &Store, path: &RelPath) -> io::Result<(Decision, bool)> {
+fn decide_directory(
+    store: &Store,
+    space: &Arc<SpaceLedger>,
+    path: &RelPath,
+    depth: u64,
+) -> io::Result<(Decision, bool)> {
     match store.existing(path)? {
         Existing::Directory => Ok((Decision::Answer(Answer::Created, None), false)),
         Existing::Nothing => {
+            let _granted = match space.reserve_directory(depth) {
+                Ok(granted) => granted,
+                Err(reason) => return Ok((Decision::Refuse(reason), false)),
+            };
             store.create_dir(path)?;
             Ok((Decision::Answer(Answer::Created, None), true))
         }
@@ -1096,10 +1165,13 @@ mod tests {
             ..ServerConfig::new(inbox.path().to_path_buf())
         };
         let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
-        let mut space = SpaceBudget::default();
+        let space = SpaceLedger::new(store.clone(), &config);
         let mut fresh = CreatedDirs::default();
-        let mut decide_one =
-            |offer: OwnedOffer| decide(&store, &config, &mut space, &mut fresh, &offer).unwrap();
+        let mut decide_one = |offer: OwnedOffer| {
+            decide(&store, &config, &space, &mut fresh, &offer)
+                .unwrap()
+                .0
+        };
         let theirs = b"someone else's";
         let ours = b"the sender's!!";
 

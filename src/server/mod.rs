@@ -9,6 +9,7 @@
 mod haul;
 mod log_output;
 mod seed;
+mod space;
 
 pub use log_output::LogOutput;
 pub use seed::SeedSettle;
@@ -30,6 +31,7 @@ use crate::protocol::haul::MAGIC;
 use crate::secure::Secret;
 use crate::store::{OnConflict, Store};
 use crate::transfer::Rate;
+use space::SpaceLedger;
 
 /// Everything an operator can tune about the server.
 #[derive(Clone)]
@@ -58,6 +60,10 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Partial data not written to for this long is deleted.
     pub partial_max_age: Duration,
+    /// Partial data of interrupted transfers kept for resuming, in all; one
+    /// sender may keep half of it. Beyond it the oldest is deleted, and
+    /// any of it is given up, oldest first, when a new file needs its room.
+    pub max_partial: u64,
     /// Accept the classroom protocol (haul's own is always accepted).
     pub accept_seed: bool,
     /// Largest file accepted, if any limit.
@@ -65,6 +71,9 @@ pub struct ServerConfig {
     /// Free space kept on the inbox's file system: a file that would eat
     /// into it is refused before any of its bytes is written.
     pub reserve: u64,
+    /// Free inodes kept on the inbox's file system: a file that would need
+    /// one of them is refused. Directories stop at twice as many.
+    pub reserve_inodes: u64,
     /// When set, haul sessions must prove they hold it, and are encrypted.
     pub secret: Option<Secret>,
 }
@@ -82,9 +91,16 @@ impl ServerConfig {
             seed_settle: SeedSettle::Auto,
             grace: Duration::from_secs(10),
             partial_max_age: Duration::from_secs(24 * 60 * 60),
+            // Enough to resume any interrupted file of up to 8 GiB (one
+            // sender's half); abandoned data never holds more, and gives
+            // way to new files before any is refused.
+            max_partial: 16 * 1024 * 1024 * 1024,
             accept_seed: true,
             max_file_size: None,
             reserve: 64 * 1024 * 1024,
+            // As `reserve` does for bytes: room for the system and its logs
+            // (a 16 MiB ext4 has 4,096 inodes; large disks, millions).
+            reserve_inodes: 1024,
             secret: None,
         }
     }
@@ -94,6 +110,7 @@ impl ServerConfig {
 pub struct Server {
     listener: TcpListener,
     store: Store,
+    space: Arc<SpaceLedger>,
     config: Arc<ServerConfig>,
 }
 
@@ -105,6 +122,7 @@ impl Server {
         let listener = TcpListener::bind(listen).await?;
         Ok(Server {
             listener,
+            space: SpaceLedger::new(store.clone(), &config),
             store,
             config: Arc::new(config),
         })
@@ -121,13 +139,18 @@ impl Server {
         let Server {
             listener,
             store,
+            space,
             config,
         } = self;
-        tokio::spawn(remove_stale_partials(store.clone(), config.partial_max_age));
+        tokio::spawn(remove_stale_partials(
+            store.clone(),
+            Arc::clone(&space),
+            config.partial_max_age,
+        ));
         // Every handler holds a clone; `recv` returns `None` once all are gone.
         let (handlers_alive, mut all_handlers_done) = mpsc::channel::<()>(1);
         tokio::select! {
-            () = accept_loop(listener, store, Arc::clone(&config), handlers_alive) => {}
+            () = accept_loop(listener, store, space, Arc::clone(&config), handlers_alive) => {}
             () = shutdown => {}
         }
         // The accept loop, its listener and its sender are gone now.
@@ -170,6 +193,7 @@ fn raise_open_file_limit() {
 async fn accept_loop(
     listener: TcpListener,
     store: Store,
+    space: Arc<SpaceLedger>,
     config: Arc<ServerConfig>,
     handlers_alive: mpsc::Sender<()>,
 ) {
@@ -197,10 +221,11 @@ async fn accept_loop(
             continue;
         };
         let store = store.clone();
+        let space = Arc::clone(&space);
         let config = Arc::clone(&config);
         let alive = handlers_alive.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, store, &config).await;
+            serve_connection(stream, peer, store, space, &config).await;
             drop(held);
             drop(permit);
             drop(alive);
@@ -289,13 +314,20 @@ fn peer_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Deletes abandoned partial data at start-up and every hour after.
-async fn remove_stale_partials(store: Store, max_age: Duration) {
+/// Deletes abandoned partial data at start-up and every hour after: what
+/// is stale, and what is over `--max-partial`.
+async fn remove_stale_partials(store: Store, space: Arc<SpaceLedger>, max_age: Duration) {
     let mut every_hour = tokio::time::interval(Duration::from_secs(60 * 60));
     loop {
         every_hour.tick().await;
         let store = store.clone();
-        match blocking(move || store.remove_stale(max_age)).await {
+        let space = Arc::clone(&space);
+        let removed = blocking(move || {
+            let removed = store.remove_stale(max_age);
+            space.cap_partials(None);
+            removed
+        });
+        match removed.await {
             Ok(0) => {}
             Ok(removed) => info!(removed, "removed stale partial files"),
             Err(error) => warn!(%error, "could not remove stale partial files"),
@@ -307,6 +339,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     store: Store,
+    space: Arc<SpaceLedger>,
     config: &ServerConfig,
 ) {
     // Replies are written whole and flushed on purpose; Nagle's algorithm
@@ -330,58 +363,12 @@ async fn serve_connection(
         }
     }
     if opening == MAGIC {
-        haul::serve(stream, peer, store, config, deadline).await;
+        haul::serve(stream, peer, store, space, config, deadline).await;
     } else if config.accept_seed {
-        seed::serve(stream, peer, opening, store, config, deadline).await;
+        seed::serve(stream, peer, opening, store, &space, config, deadline).await;
     } else {
         warn!(%peer, "refused a seed-protocol connection: this server accepts only haul's protocol");
         let _ = stream.set_zero_linger();
-    }
-}
-
-/// Says why a file of `size` bytes cannot be taken, if it cannot: over the
-/// size limit, or more than the file system can hold beside the reserve.
-/// Checked before any byte is written; a stream of unknown size is checked
-/// as it grows.
-fn refusal_for_size(store: &Store, config: &ServerConfig, size: u64) -> Option<String> {
-    SpaceBudget::default().refusal_for(store, config, size)
-}
-
-/// The free space for a batch of files: read from the file system once,
-/// then counted down by each file accepted, so that a batch that would not
-/// fit as a whole is refused file by file before any byte is written.
-#[derive(Default)]
-struct SpaceBudget {
-    free: Option<u64>,
-}
-
-impl SpaceBudget {
-    /// [`refusal_for_size`], with `size` taken from the budget if accepted.
-    fn refusal_for(&mut self, store: &Store, config: &ServerConfig, size: u64) -> Option<String> {
-        if let Some(max) = config.max_file_size
-            && size > max
-        {
-            return Some(format!(
-                "the file is {size} bytes; this server accepts at most {max}"
-            ));
-        }
-        let free = match self.free {
-            Some(free) => free,
-            None => match store.available_space() {
-                Ok(free) => *self.free.insert(free),
-                Err(error) => {
-                    return Some(format!("cannot check the server's free space: {error}"));
-                }
-            },
-        };
-        if size.saturating_add(config.reserve) > free {
-            return Some(format!(
-                "no space left on the server: the file needs {size} bytes and {} are free",
-                free.saturating_sub(config.reserve)
-            ));
-        }
-        self.free = Some(free - size);
-        None
     }
 }
 

@@ -3,6 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -10,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{ServerConfig, blocking, is_out_of_space, log_output, log_transfer, refusal_for_size};
+use super::space::SpaceLedger;
+use super::{ServerConfig, blocking, is_out_of_space, log_output, log_transfer};
 use crate::protocol::seed::{self, Decoded, HeaderError};
 use crate::store::{NameError, RelPath, SafeName, Store};
 use crate::text::printable;
@@ -52,6 +54,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     opening: [u8; 8],
     store: Store,
+    space: &Arc<SpaceLedger>,
     config: &ServerConfig,
     deadline: tokio::time::Instant,
 ) {
@@ -61,6 +64,7 @@ pub(super) async fn serve(
         &mut stream,
         opening,
         &store,
+        space,
         config,
         deadline,
         &mut announced,
@@ -83,6 +87,7 @@ async fn receive(
     stream: &mut TcpStream,
     opening: [u8; 8],
     store: &Store,
+    space: &Arc<SpaceLedger>,
     config: &ServerConfig,
     deadline: tokio::time::Instant,
     announced: &mut Announced,
@@ -99,9 +104,15 @@ async fn receive(
         reason,
     })?;
 
-    if let Some(reason) = refusal_for_size(store, config, header.size) {
-        return Err(SeedError::Refused(reason));
-    }
+    // Held until the file is committed or gone; the data goes to the file
+    // inside the kernel, uncounted on the way, so all of it stays granted.
+    let _granted = {
+        let (space, size) = (Arc::clone(space), header.size);
+        blocking(move || Ok(space.reserve_file(size, 0, true)))
+            .await
+            .map_err(SeedError::Storage)?
+            .map_err(SeedError::Refused)?
+    };
     let (partial, file) = {
         let mut partial = store.begin(RelPath::single(name));
         blocking(move || {

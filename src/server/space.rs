@@ -1,0 +1,489 @@
+//! The space ledger: one account of the inbox's file system, shared by every
+//! session of the server.
+//!
+//! The file system (`statvfs`) says what is used; the ledger adds what is
+//! promised: the bytes and inodes granted to accepted files that are not
+//! written yet. A grant is made, under one lock, only if the free space less
+//! everything promised still leaves `--reserve`, and the free inodes less
+//! those promised still leave [`ServerConfig::reserve_inodes`], so sessions
+//! running at once can never each be granted the same room. A file of known
+//! size is granted before its answer; a stream is granted as it grows,
+//! before each write; a directory before it is made. Abandoned partial data
+//! in the hidden area is capped by `--max-partial`, and given up, oldest
+//! first, when a new file needs the room it holds.
+//!
+//! This module decides and keeps count; the store does the file-system work.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::{debug, info, warn};
+
+use super::ServerConfig;
+use crate::protocol::haul::MAX_DATA_LEN;
+use crate::store::{FreeSpace, HeldPartial, Partial, Store};
+
+/// Bytes handed to a file's writer that may not have reached the disk yet,
+/// and so stay granted until the file ends: at least what a `FileSink` may
+/// hold queued (its deep queue of six chunks, one being written and one being
+/// filled), each at most a data frame.
+const IN_FLIGHT: u64 = 8 * MAX_DATA_LEN as u64;
+
+/// Directories stop this many times [`ServerConfig::reserve_inodes`] short
+/// of the end, so that a flood of directory offers, which cost a sender
+/// nothing to send, still leaves inodes for files.
+const DIRECTORY_INODE_FACTOR: u64 = 2;
+
+/// One sender may keep at most this share of `--max-partial` (here a half),
+/// so that no one sender's abandoned data can push out everyone else's.
+const PARTIAL_SHARES_PER_SENDER: u64 = 2;
+
+/// Whose partial data it is, for the cap per sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Sender(IpAddr);
+
+/// The one place a connection's sender is chosen: its IP address, so that
+/// the ports of one machine's connections count as one sender.
+pub(super) fn sender_of(peer: SocketAddr) -> Sender {
+    Sender(peer.ip().to_canonical())
+}
+
+/// The server's account of promised room, and of who left which partial
+/// data behind.
+pub(super) struct SpaceLedger {
+    store: Store,
+    /// Free space no grant may eat into (`--reserve`).
+    reserve: u64,
+    /// Free inodes no file may eat into.
+    reserve_inodes: u64,
+    max_file_size: Option<u64>,
+    /// Held partial data kept in all (`--max-partial`).
+    max_partial: u64,
+    promised: Mutex<Promised>,
+    /// The sender that left each piece of held partial data, by its name in
+    /// the hidden area; data left by an earlier process has none. Pruned of
+    /// names no longer held whenever the cap is applied.
+    owners: Mutex<HashMap<String, Sender>>,
+}
+
+/// What is granted and not yet on disk, across every session.
+#[derive(Default)]
+struct Promised {
+    bytes: u64,
+    inodes: u64,
+    /// Set when a search found no held partial data to give up, so that a
+    /// flood of offers that do not fit does not list the hidden area for
+    /// each; cleared whenever a session ends, since it may have left some.
+    nothing_to_evict: bool,
+}
+
+/// Why a grant cannot be made.
+enum Shortfall {
+    /// Free bytes beyond the reserve and what is promised.
+    Space {
+        free: u64,
+    },
+    /// Free inodes beyond those kept and those promised.
+    Inodes {
+        free: u64,
+        kept: u64,
+    },
+    Unreadable(io::Error),
+}
+
+/// Room granted to one file, stream or directory; given back when dropped,
+/// by which time what was written shows in the file system's own count.
+pub(super) struct Charge {
+    ledger: Arc<SpaceLedger>,
+    /// Bytes granted and not yet handed to the writer.
+    promised: u64,
+    /// Bytes handed to the writer so far.
+    written: u64,
+    /// Inodes granted; given back whole when the charge ends.
+    inodes: u64,
+}
+
+/// A stream that would grow into the reserve.
+#[derive(Debug)]
+pub(super) struct NoSpace;
+
+impl SpaceLedger {
+    pub(super) fn new(store: Store, config: &ServerConfig) -> Arc<SpaceLedger> {
+        Arc::new(SpaceLedger {
+            store,
+            reserve: config.reserve,
+            reserve_inodes: config.reserve_inodes,
+            max_file_size: config.max_file_size,
+            max_partial: config.max_partial,
+            promised: Mutex::new(Promised::default()),
+            owners: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Grants a file that needs `bytes` more bytes, an inode if it is
+    /// `new` (not held already), and a block and an inode for each of the
+    /// `folders` its commit may make; or says why not.
+    pub(super) fn reserve_file(
+        self: &Arc<Self>,
+        bytes: u64,
+        folders: u64,
+        new: bool,
+    ) -> Result<Charge, String> {
+        if let Some(max) = self.max_file_size
+            && bytes > max
+        {
+            return Err(format!(
+                "the file is {bytes} bytes; this server accepts at most {max}"
+            ));
+        }
+        let inodes = folders + u64::from(new);
+        let need = Need {
+            bytes,
+            blocks: folders,
+        };
+        let mut promised = self.lock();
+        match self.grant(&mut promised, need, inodes, self.reserve_inodes) {
+            Ok(granted) => Ok(self.charge(&mut promised, granted, inodes)),
+            Err(Shortfall::Space { free }) => Err(format!(
+                "no space left on the server: the file needs {bytes} bytes and {free} are free"
+            )),
+            Err(Shortfall::Inodes { free, kept }) => Err(format!(
+                "no inodes left on the server: the file needs {inodes} and {free} are free \
+                 beyond the {kept} kept free"
+            )),
+            Err(Shortfall::Unreadable(error)) => {
+                Err(format!("cannot check the server's free space: {error}"))
+            }
+        }
+    }
+
+    /// Grants what making a directory costs, a block and an inode, for it
+    /// and each of its `depth - 1` parents that may be missing.
+    pub(super) fn reserve_directory(self: &Arc<Self>, depth: u64) -> Result<Charge, String> {
+        let kept = self.reserve_inodes.saturating_mul(DIRECTORY_INODE_FACTOR);
+        let mut promised = self.lock();
+        let need = Need {
+            bytes: 0,
+            blocks: depth,
+        };
+        match self.grant(&mut promised, need, depth, kept) {
+            Ok(granted) => Ok(self.charge(&mut promised, granted, depth)),
+            Err(Shortfall::Space { free }) => Err(format!(
+                "no space left on the server for more directories: {free} bytes are free"
+            )),
+            Err(Shortfall::Inodes { free, kept }) => Err(format!(
+                "no inodes left on the server for more directories: {free} are free \
+                 beyond the {kept} kept free for directories"
+            )),
+            Err(Shortfall::Unreadable(error)) => {
+                Err(format!("cannot check the server's free space: {error}"))
+            }
+        }
+    }
+
+    /// Grants `bytes` more to a stream, judged as a new file's would be, or
+    /// fails: writing them would eat into the reserve.
+    pub(super) fn grow(self: &Arc<Self>, bytes: u64) -> Result<Charge, NoSpace> {
+        let mut promised = self.lock();
+        let need = Need { bytes, blocks: 0 };
+        match self.grant(&mut promised, need, 0, self.reserve_inodes) {
+            Ok(granted) => Ok(self.charge(&mut promised, granted, 0)),
+            Err(_) => Err(NoSpace),
+        }
+    }
+
+    /// Records that `partial`, left unfinished by `sender`, now holds data
+    /// to be resumed, so that the cap per sender counts it.
+    pub(super) fn note_held(&self, partial: &Partial, sender: Sender) {
+        if let Some(name) = partial.resume_name() {
+            locked(&self.owners).insert(name.to_owned(), sender);
+        }
+    }
+
+    /// Marks the end of a session, which may have left partial data behind.
+    pub(super) fn session_ended(&self) {
+        self.lock().nothing_to_evict = false;
+    }
+
+    /// Holds held partial data to `--max-partial` in all and, when `sender`
+    /// just left some, to its share for that sender: the oldest goes first.
+    /// Logs what it deletes, and what stays held.
+    pub(super) fn cap_partials(&self, sender: Option<Sender>) {
+        let mut held = match self.store.held_partials() {
+            Ok(held) => held,
+            Err(error) => {
+                warn!(%error, "cannot list the partial data held");
+                return;
+            }
+        };
+        held.sort_by_key(|partial| partial.modified);
+        let owned: Vec<(HeldPartial, Option<Sender>)> = {
+            let mut owners = locked(&self.owners);
+            let names: HashSet<&str> = held.iter().map(|partial| partial.name.as_str()).collect();
+            owners.retain(|name, _| names.contains(name.as_str()));
+            held.iter()
+                .map(|partial| (partial.clone(), owners.get(&partial.name).copied()))
+                .collect()
+        };
+        let mut kept = Vec::with_capacity(owned.len());
+        if let Some(sender) = sender {
+            let share = self.max_partial / PARTIAL_SHARES_PER_SENDER;
+            let mut theirs: u64 = owned
+                .iter()
+                .filter(|(_, owner)| *owner == Some(sender))
+                .map(|(partial, _)| partial.bytes)
+                .sum();
+            for (partial, owner) in owned {
+                if owner == Some(sender) && theirs > share {
+                    theirs -= partial.bytes;
+                    if self.delete(
+                        &partial,
+                        "over the share of --max-partial one sender may keep",
+                    ) {
+                        continue;
+                    }
+                }
+                kept.push(partial);
+            }
+        } else {
+            kept.extend(owned.into_iter().map(|(partial, _)| partial));
+        }
+        let mut total: u64 = kept.iter().map(|partial| partial.bytes).sum();
+        for partial in &kept {
+            if total <= self.max_partial {
+                break;
+            }
+            if self.delete(partial, "over --max-partial") {
+                total -= partial.bytes;
+            }
+        }
+        let sender = sender.map_or_else(|| "-".to_owned(), |sender| sender.0.to_string());
+        debug!(held_bytes = total, sender, "partial data held");
+    }
+
+    /// Deletes held partial data, logging why; whether it went.
+    fn delete(&self, partial: &HeldPartial, reason: &str) -> bool {
+        match self.store.remove_held(&partial.name) {
+            Ok(true) => {
+                locked(&self.owners).remove(&partial.name);
+                info!(name = %partial.name, bytes = partial.bytes, reason, "deleted held partial data");
+                true
+            }
+            Ok(false) => false,
+            Err(error) => {
+                warn!(name = %partial.name, %error, "cannot delete held partial data");
+                false
+            }
+        }
+    }
+
+    /// Finds room for `need` and `inodes`, keeping `kept_inodes` free, and
+    /// gives up held partial data, oldest first, where that makes the room.
+    /// Returns the bytes to promise.
+    fn grant(
+        &self,
+        promised: &mut Promised,
+        need: Need,
+        inodes: u64,
+        kept_inodes: u64,
+    ) -> Result<u64, Shortfall> {
+        let free = self.store.free_space().map_err(Shortfall::Unreadable)?;
+        let bytes = need.bytes(free.block);
+        let fits = |free: &FreeSpace| self.shortfall(promised, free, bytes, inodes, kept_inodes);
+        let Some(shortfall) = fits(&free) else {
+            return Ok(bytes);
+        };
+        if promised.nothing_to_evict {
+            return Err(shortfall);
+        }
+        let mut held = match self.store.held_partials() {
+            Ok(held) => held,
+            Err(error) => {
+                warn!(%error, "cannot list the partial data held");
+                return Err(shortfall);
+            }
+        };
+        held.sort_by_key(|partial| partial.modified);
+        let mut shortfall = shortfall;
+        for partial in &held {
+            if !self.delete(partial, "its room is needed for a new file") {
+                continue;
+            }
+            let free = self.store.free_space().map_err(Shortfall::Unreadable)?;
+            match self.shortfall(promised, &free, bytes, inodes, kept_inodes) {
+                None => return Ok(bytes),
+                Some(still) => shortfall = still,
+            }
+        }
+        promised.nothing_to_evict = true;
+        Err(shortfall)
+    }
+
+    /// What is missing for `bytes` and `inodes` beside everything promised,
+    /// if anything.
+    fn shortfall(
+        &self,
+        promised: &Promised,
+        free: &FreeSpace,
+        bytes: u64,
+        inodes: u64,
+        kept_inodes: u64,
+    ) -> Option<Shortfall> {
+        let free_bytes = free
+            .bytes
+            .saturating_sub(promised.bytes)
+            .saturating_sub(self.reserve);
+        if bytes > free_bytes {
+            return Some(Shortfall::Space { free: free_bytes });
+        }
+        let free_inodes = free
+            .inodes?
+            .saturating_sub(promised.inodes)
+            .saturating_sub(kept_inodes);
+        (inodes > free_inodes).then_some(Shortfall::Inodes {
+            free: free_inodes,
+            kept: kept_inodes,
+        })
+    }
+
+    fn charge(self: &Arc<Self>, promised: &mut Promised, bytes: u64, inodes: u64) -> Charge {
+        promised.bytes = promised.bytes.saturating_add(bytes);
+        promised.inodes = promised.inodes.saturating_add(inodes);
+        Charge {
+            ledger: Arc::clone(self),
+            promised: bytes,
+            written: 0,
+            inodes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Promised> {
+        locked(&self.promised)
+    }
+}
+
+/// Room asked for, in the file system's blocks once its block size is known.
+#[derive(Clone, Copy)]
+struct Need {
+    /// Data, which takes whole blocks.
+    bytes: u64,
+    /// Blocks besides, one per directory.
+    blocks: u64,
+}
+
+impl Need {
+    fn bytes(self, block: u64) -> u64 {
+        self.bytes
+            .div_ceil(block)
+            .saturating_add(self.blocks)
+            .saturating_mul(block)
+    }
+}
+
+impl Charge {
+    /// What this charge holds of the ledger's promised bytes: what is still
+    /// to be written, and what was written but may not be on disk yet.
+    fn held(&self) -> u64 {
+        self.promised.saturating_add(self.written.min(IN_FLIGHT))
+    }
+
+    /// The bytes beyond this grant that writing `len` more needs, if any:
+    /// a stream's size is not known, so its grant grows as it does.
+    pub(super) fn beyond(&self, len: u64) -> Option<u64> {
+        (len > self.promised).then(|| len - self.promised)
+    }
+
+    /// Adds a grant from [`SpaceLedger::grow`] to this one.
+    pub(super) fn absorb(&mut self, mut more: Charge) {
+        self.promised = self.promised.saturating_add(more.promised);
+        more.promised = 0;
+    }
+
+    /// Accounts for `len` granted bytes handed to the writer.
+    pub(super) fn spend(&mut self, len: u64) {
+        let ledger = Arc::clone(&self.ledger);
+        let mut promised = ledger.lock();
+        let before = self.held();
+        self.promised = self.promised.saturating_sub(len);
+        self.written = self.written.saturating_add(len);
+        promised.bytes = promised.bytes.saturating_sub(before) + self.held();
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let mut promised = self.ledger.lock();
+        promised.bytes = promised.bytes.saturating_sub(self.held());
+        promised.inodes = promised.inodes.saturating_sub(self.inodes);
+    }
+}
+
+/// Locks `mutex`; the counts it guards stay whole even if a thread
+/// panicked while holding it, so the poison is ignored.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::OnConflict;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn ledger() -> (tempfile::TempDir, Arc<SpaceLedger>) {
+        let inbox = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            reserve: 0,
+            ..ServerConfig::new(inbox.path().to_path_buf())
+        };
+        let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
+        (inbox, SpaceLedger::new(store, &config))
+    }
+
+    fn promised(ledger: &SpaceLedger) -> (u64, u64) {
+        let promised = ledger.lock();
+        (promised.bytes, promised.inodes)
+    }
+
+    #[test]
+    fn grants_made_at_once_never_share_the_same_room() {
+        let (_inbox, ledger) = ledger();
+        let three_quarters = ledger.store.free_space().unwrap().bytes / 4 * 3;
+        let first = ledger.reserve_file(three_quarters, 0, true).unwrap();
+        let refused = ledger.reserve_file(three_quarters, 0, true).err().unwrap();
+        assert!(
+            refused.starts_with(&format!(
+                "no space left on the server: the file needs {three_quarters} bytes"
+            )),
+            "{refused}"
+        );
+        drop(first);
+        assert_eq!(promised(&ledger), (0, 0));
+        let second = ledger.reserve_file(three_quarters, 0, true).unwrap();
+        drop(second);
+        assert_eq!(promised(&ledger), (0, 0));
+    }
+
+    #[test]
+    fn a_grant_gives_back_what_is_written_beyond_what_may_be_in_flight() {
+        let (_inbox, ledger) = ledger();
+        let mut file = ledger.reserve_file(64 * MIB, 0, true).unwrap();
+        assert_eq!(promised(&ledger), (64 * MIB, 1));
+        file.spend(4 * MIB);
+        assert_eq!(promised(&ledger).0, 64 * MIB, "all of it may be queued");
+        file.spend(20 * MIB);
+        assert_eq!(promised(&ledger).0, 40 * MIB + IN_FLIGHT);
+        assert_eq!(file.beyond(40 * MIB), None);
+
+        let mut stream = ledger.reserve_file(0, 0, true).unwrap();
+        let more = stream.beyond(MIB).unwrap();
+        stream.absorb(ledger.grow(more).unwrap());
+        stream.spend(MIB);
+        assert_eq!(promised(&ledger), (40 * MIB + IN_FLIGHT + MIB, 2));
+        drop((file, stream));
+        assert_eq!(promised(&ledger), (0, 0));
+    }
+}

@@ -1,0 +1,479 @@
+//! Hostile clients against the server's disk: however they send, together
+//! or alone, streams, compressed data, directories or abandoned partial
+//! data, the inbox's file system keeps `--reserve` free, and the server
+//! goes on storing legitimate files. Each test mounts a small tmpfs of its
+//! own (CI runs as root; a test that cannot mount fails, it never skips).
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use haul::protocol::haul::{
+    self as wire, EntryKind, FRAME_HEADER_LEN, Kind, MAGIC, Message, Mtime, Offer,
+};
+use util::{HAUL, Running, haul, random_bytes, stderr_of};
+
+const MIB: u64 = 1024 * 1024;
+
+/// The inode bound of `ServerConfig::new`: files keep this many free,
+/// directories twice as many.
+const RESERVE_INODES: u64 = 1024;
+
+/// A small tmpfs mounted for one test and unmounted after it, even when
+/// the test fails.
+struct SmallDisk {
+    mount_point: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(options: &str) -> SmallDisk {
+        let mount_point = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(mount_point.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (this test needs root, as CI has): {status}"
+        );
+        SmallDisk { mount_point }
+    }
+
+    fn inbox(&self) -> PathBuf {
+        self.mount_point.path().join("inbox")
+    }
+
+    /// Bytes an unprivileged writer may still use, and free inodes.
+    fn free(&self) -> (u64, u64) {
+        let stat = rustix::fs::statvfs(self.mount_point.path()).unwrap();
+        (stat.f_bavail * stat.f_frsize, stat.f_favail)
+    }
+
+    /// Fails the test if the free space is below `reserve`.
+    fn assert_keeps(&self, reserve: u64, step: &str) {
+        let (free, _) = self.free();
+        assert!(
+            free >= reserve,
+            "after {step}: {free} bytes free, below the reserve of {reserve}"
+        );
+    }
+
+    /// Bytes of partial data in the inbox's hidden area.
+    fn held_partial_bytes(&self) -> u64 {
+        std::fs::read_dir(self.inbox().join(".haul"))
+            .unwrap()
+            .map(|entry| entry.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.mount_point.path())
+            .status();
+    }
+}
+
+/// `haul serve` on `disk`, with a debug log to wait on.
+fn serve(disk: &SmallDisk, args: &[&str]) -> Running {
+    let mut command = Command::new(HAUL);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(disk.inbox())
+        .args(args)
+        .env("RUST_LOG", "info,haul=debug");
+    Running::start(command)
+}
+
+/// A legitimate one-file send, which must be stored whole.
+fn assert_serves_a_legitimate_send(server: &Running, disk: &SmallDisk) {
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("legitimate.txt");
+    std::fs::write(&path, b"still serving").unwrap();
+    let output = haul(&["send", "--to", &server.addr, path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        std::fs::read(disk.inbox().join("legitimate.txt")).unwrap(),
+        b"still serving"
+    );
+}
+
+fn frame(message: &Message<'_>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    wire::encode(message, &mut bytes);
+    bytes
+}
+
+fn data_frame(bytes: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + bytes.len());
+    wire::encode_data_header(Kind::Data, bytes.len() as u32, &mut frame);
+    frame.extend_from_slice(bytes);
+    frame
+}
+
+/// Reads one frame and renders its message for assertions.
+fn read_message(stream: &mut TcpStream) -> String {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream.read_exact(&mut header).unwrap();
+    let header = wire::decode_frame_header(header).unwrap();
+    let mut payload = vec![0u8; header.len as usize];
+    stream.read_exact(&mut payload).unwrap();
+    format!("{:?}", wire::decode_message(header.kind, &payload).unwrap())
+}
+
+/// A TCP connection to `addr` from the loopback address `source`, so that
+/// the server sees another sender.
+fn connect_from(source: Ipv4Addr, addr: &str) -> TcpStream {
+    let target: SocketAddrV4 = addr.parse().unwrap();
+    let socket_address = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let (local, remote) = (
+        socket_address(source, 0),
+        socket_address(*target.ip(), target.port()),
+    );
+    // SAFETY: a fresh socket, owned by the TcpStream made from it; both
+    // addresses are valid sockaddr_in values of the length given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let bound = libc::bind(fd, (&raw const local).cast(), len);
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let connected = libc::connect(fd, (&raw const remote).cast(), len);
+        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// A haul session opened by hand from `source`, past the handshake.
+fn raw_session(source: Ipv4Addr, addr: &str) -> TcpStream {
+    let mut stream = connect_from(source, addr);
+    stream.write_all(&MAGIC).unwrap();
+    stream
+        .write_all(&frame(&Message::Hello {
+            version: wire::VERSION,
+            capabilities: 0,
+        }))
+        .unwrap();
+    let welcome = read_message(&mut stream);
+    assert!(welcome.starts_with("Welcome"), "{welcome}");
+    stream
+}
+
+/// Offers one file of `size` bytes as a batch of its own; returns the answer.
+fn offer_file(session: &mut TcpStream, path: &str, size: u64) -> String {
+    let offer = Message::Offer(Offer {
+        kind: EntryKind::File,
+        size: Some(size),
+        differs: false,
+        mtime: Mtime::default(),
+        mode: 0o644,
+        path: path.as_bytes(),
+    });
+    session.write_all(&frame(&offer)).unwrap();
+    session.write_all(&frame(&Message::BatchEnd)).unwrap();
+    read_message(session)
+}
+
+/// Sends `content` in data frames of at most 1 MiB.
+fn send_data(session: &mut TcpStream, content: &[u8]) {
+    for chunk in content.chunks(MIB as usize) {
+        session.write_all(&data_frame(chunk)).unwrap();
+    }
+}
+
+/// `haul send - --name NAME [EXTRA]` fed by `feed` on its standard input,
+/// while the free space of `disk` is sampled; returns the sender's output
+/// and the least free space seen.
+fn send_stream(
+    server: &Running,
+    disk: &SmallDisk,
+    name: &str,
+    extra: &[&str],
+    feed: impl FnOnce(&mut std::process::ChildStdin) + Send + 'static,
+) -> (std::process::Output, u64) {
+    let mut sender = Command::new(HAUL)
+        .args(["send", "--to", &server.addr, "-", "--name", name])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || feed(&mut stdin));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = Arc::clone(&done);
+        let mount_point = disk.mount_point.path().to_owned();
+        std::thread::spawn(move || {
+            let mut least = u64::MAX;
+            // Sampling, not synchronisation: the lowest point seen is a
+            // lower bound on how well the reserve held.
+            while !done.load(Ordering::Relaxed) {
+                let stat = rustix::fs::statvfs(&mount_point).unwrap();
+                least = least.min(stat.f_bavail * stat.f_frsize);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            least
+        })
+    };
+    let output = sender.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    let least = sampler.join().unwrap();
+    (output, least)
+}
+
+#[test]
+fn concurrent_sessions_together_cannot_go_below_the_reserve() {
+    let disk = SmallDisk::mount("size=32m");
+    let reserve = 8 * MIB;
+    let server = serve(&disk, &["--reserve", "8M"]);
+    let size = 10 * MIB;
+    let (free, _) = disk.free();
+    let fit = (free - reserve) / size;
+    assert!((1..4).contains(&fit), "{free} bytes free");
+
+    // Four sessions at once, each offered a file that fits on its own.
+    let mut sessions: Vec<TcpStream> = (0..4)
+        .map(|_| raw_session(Ipv4Addr::LOCALHOST, &server.addr))
+        .collect();
+    let mut accepted = Vec::new();
+    for (index, session) in sessions.iter_mut().enumerate() {
+        let answer = offer_file(session, &format!("file-{index}.bin"), size);
+        if answer.contains("Send { offset: 0 }") {
+            accepted.push(index);
+        } else {
+            assert!(
+                answer.contains("no space left on the server: the file needs 10485760 bytes"),
+                "session {index}: {answer}"
+            );
+        }
+        disk.assert_keeps(reserve, &format!("the answer to session {index}"));
+    }
+    assert_eq!(accepted.len() as u64, fit, "accepted: {accepted:?}");
+
+    for &index in &accepted {
+        let content = random_bytes(size as usize, index as u64);
+        let session = &mut sessions[index];
+        send_data(session, &content);
+        let hash = *blake3::hash(&content).as_bytes();
+        session
+            .write_all(&frame(&Message::FileEnd { hash }))
+            .unwrap();
+        let receipt = read_message(session);
+        assert!(receipt.starts_with("Receipt"), "{receipt}");
+        disk.assert_keeps(reserve, &format!("session {index}'s file"));
+        assert_eq!(
+            std::fs::read(disk.inbox().join(format!("file-{index}.bin"))).unwrap(),
+            content
+        );
+    }
+    for mut session in sessions {
+        session.write_all(&frame(&Message::Bye)).unwrap();
+        session.shutdown(Shutdown::Write).unwrap();
+    }
+    disk.assert_keeps(reserve, "every session");
+    assert_serves_a_legitimate_send(&server, &disk);
+    disk.assert_keeps(reserve, "the legitimate send");
+}
+
+#[test]
+fn a_stream_that_grows_into_the_reserve_fails_with_no_space_and_leaves_no_data() {
+    let disk = SmallDisk::mount("size=64m");
+    let reserve = 16 * MIB;
+    let server = serve(&disk, &["--reserve", "16M"]);
+    // Would fit the disk, not beside the reserve.
+    let content = random_bytes(56 * MIB as usize, 3);
+    let (output, least) = send_stream(&server, &disk, "stream.bin", &[], move |stdin| {
+        let _ = stdin.write_all(&content);
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("no space left on the server"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(
+        least >= reserve,
+        "free space fell to {least} during the stream"
+    );
+    server.wait_for_log(&["haul session failed", "no space left on the server"]);
+    disk.assert_keeps(reserve, "the stream");
+    assert!(!disk.inbox().join("stream.bin").exists());
+    assert_eq!(disk.held_partial_bytes(), 0, "the stream's data was left");
+    assert_serves_a_legitimate_send(&server, &disk);
+    disk.assert_keeps(reserve, "the legitimate send");
+}
+
+#[test]
+fn a_compressed_stream_of_zeros_cannot_pass_the_reserve() {
+    let disk = SmallDisk::mount("size=64m");
+    let reserve = 16 * MIB;
+    let server = serve(&disk, &["--reserve", "16M"]);
+    // Each MiB of zeros is a few dozen bytes on the wire and a MiB on disk.
+    let (output, least) = send_stream(&server, &disk, "zeros.bin", &["--compress"], |stdin| {
+        let zeros = vec![0u8; MIB as usize];
+        for _ in 0..128 {
+            if stdin.write_all(&zeros).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("no space left on the server"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(
+        least >= reserve,
+        "free space fell to {least} during the stream"
+    );
+    server.wait_for_log(&["haul session failed", "no space left on the server"]);
+    disk.assert_keeps(reserve, "the compressed stream");
+    assert!(!disk.inbox().join("zeros.bin").exists());
+    assert_eq!(disk.held_partial_bytes(), 0, "the stream's data was left");
+    assert_serves_a_legitimate_send(&server, &disk);
+    disk.assert_keeps(reserve, "the legitimate send");
+}
+
+#[test]
+fn a_flood_of_directory_offers_stops_at_the_inode_bound_with_a_reason() {
+    let disk = SmallDisk::mount("size=16m,nr_inodes=3000");
+    let reserve = MIB;
+    let server = serve(&disk, &["--reserve", "1M"]);
+    let mut session = raw_session(Ipv4Addr::LOCALHOST, &server.addr);
+    let mut refused = None;
+    let mut next = 0;
+    // 3,000 inodes in all: four batches of 1,024 must meet the bound.
+    for batch in 0..4 {
+        let first = next;
+        for _ in 0..1024 {
+            let path = format!("d{next}");
+            let offer = Message::Offer(Offer {
+                kind: EntryKind::Directory,
+                size: None,
+                differs: false,
+                mtime: Mtime::default(),
+                mode: 0o755,
+                path: path.as_bytes(),
+            });
+            session.write_all(&frame(&offer)).unwrap();
+            next += 1;
+        }
+        session.write_all(&frame(&Message::BatchEnd)).unwrap();
+        for index in first..next {
+            let answer = read_message(&mut session);
+            if answer.contains("Refused") && refused.is_none() {
+                refused = Some((index, answer));
+            }
+        }
+        let (_, inodes) = disk.free();
+        assert!(
+            inodes >= 2 * RESERVE_INODES,
+            "after batch {batch}: {inodes} inodes free"
+        );
+        disk.assert_keeps(reserve, &format!("batch {batch}"));
+    }
+    let (index, reason) = refused.expect("some directory was refused");
+    assert!(
+        reason.contains("no inodes left on the server for more directories"),
+        "directory {index}: {reason}"
+    );
+    let made = std::fs::read_dir(disk.inbox()).unwrap().count() - 1;
+    assert_eq!(made, index, "directories made before the first refusal");
+    session.write_all(&frame(&Message::Bye)).unwrap();
+    session.shutdown(Shutdown::Write).unwrap();
+    assert_serves_a_legitimate_send(&server, &disk);
+    let (_, inodes) = disk.free();
+    assert!(inodes >= RESERVE_INODES, "{inodes} inodes free");
+    disk.assert_keeps(reserve, "the legitimate send");
+}
+
+/// Offers a 6 MiB file from `source`, sends half of it and vanishes; waits
+/// until the server has applied `--max-partial` to what it left.
+fn abandon_half_a_file(server: &Running, source: Ipv4Addr, name: &str, seed: u64) {
+    let mut session = raw_session(source, &server.addr);
+    let answer = offer_file(&mut session, name, 6 * MIB);
+    assert!(answer.contains("Send { offset: 0 }"), "{name}: {answer}");
+    send_data(&mut session, &random_bytes(3 * MIB as usize, seed));
+    drop(session);
+    server.wait_for_log(&["partial data held", &format!("sender=\"{source}\"")]);
+}
+
+#[test]
+fn abandoned_partial_data_is_capped_and_gives_way_to_a_legitimate_file() {
+    let disk = SmallDisk::mount("size=32m");
+    let reserve = 4 * MIB;
+    let server = serve(&disk, &["--reserve", "4M", "--max-partial", "8M"]);
+    let (one, two, three) = (
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 3),
+        Ipv4Addr::new(127, 0, 0, 4),
+    );
+    let held = |disk: &SmallDisk, step: &str, expected: u64| {
+        assert_eq!(disk.held_partial_bytes(), expected * MIB, "after {step}");
+        disk.assert_keeps(reserve, step);
+    };
+
+    abandon_half_a_file(&server, one, "a.bin", 1);
+    held(&disk, "a.bin", 3);
+    // One sender keeps at most half of --max-partial: its oldest goes.
+    abandon_half_a_file(&server, one, "b.bin", 2);
+    server.wait_for_log(&["deleted held partial data", "one sender may keep"]);
+    held(&disk, "b.bin", 3);
+    abandon_half_a_file(&server, two, "c.bin", 3);
+    held(&disk, "c.bin", 6);
+    // All senders keep at most --max-partial: the oldest, b.bin's, goes.
+    abandon_half_a_file(&server, three, "d.bin", 4);
+    server.wait_for_log(&["deleted held partial data", "over --max-partial"]);
+    held(&disk, "d.bin", 6);
+
+    // It fits only where abandoned data was: the oldest gives way.
+    let (free, _) = disk.free();
+    let size = 24 * MIB;
+    assert!(size + reserve > free && size + reserve <= free + 3 * MIB);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("legitimate.bin");
+    let content = random_bytes(size as usize, 5);
+    std::fs::write(&path, &content).unwrap();
+    let output = haul(&["send", "--to", &server.addr, path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    server.wait_for_log(&["deleted held partial data", "needed for a new file"]);
+    assert_eq!(
+        std::fs::read(disk.inbox().join("legitimate.bin")).unwrap(),
+        content
+    );
+    held(&disk, "the legitimate file", 3);
+    assert_serves_a_legitimate_send(&server, &disk);
+    disk.assert_keeps(reserve, "the legitimate send");
+}
+
+/// The helpers above must see what the server sees.
+#[test]
+fn a_connection_from_another_loopback_address_comes_from_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let _client = connect_from(Ipv4Addr::new(127, 0, 0, 2), &addr);
+    let (_, peer) = listener.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), "127.0.0.2");
+}
