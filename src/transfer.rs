@@ -3,9 +3,11 @@
 //!
 //! [`pump`] moves exactly N bytes from a reader to a writer (the sending
 //! side: file to socket). [`receive`] moves exactly N bytes from a socket
-//! into a [`FileSink`], which writes and hashes them on a thread of its own
+//! into a [`FileSink`], which writes and hashes them on a blocking thread
 //! so that the connection's task goes on reading meanwhile (the receiving
-//! side, both protocols). None of it knows names or headers.
+//! side of haul's protocol); that thread runs only while there are bytes to
+//! write, never while the socket is silent. None of it knows names or
+//! headers.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
