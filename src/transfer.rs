@@ -3,10 +3,13 @@
 //!
 //! [`pump`] moves exactly N bytes from a reader to a writer (the sending
 //! side: file to socket). [`receive`] moves exactly N bytes from a socket
-//! into a [`FileSink`], which writes and hashes them on a thread of its own
+//! into a [`FileSink`], which writes and hashes them on a blocking thread
 //! so that the connection's task goes on reading meanwhile (the receiving
-//! side, both protocols). None of it knows names or headers.
+//! side of haul's protocol); that thread runs only while there are bytes to
+//! write, never while the socket is silent. None of it knows names or
+//! headers.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +21,7 @@ use thiserror::Error;
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -147,13 +150,98 @@ pub const SMALL_FILE: u64 = 64 * 1024;
 /// small file, right away). The hasher is boxed: at about 2 KiB, moving it
 /// into and out of the sink by value was the server's largest copy for
 /// small files after the data itself.
+///
+/// The thread runs only while there are chunks to write: it ends once the
+/// queue is empty, and the next push starts another. A connection that
+/// goes silent in the middle of a file so holds no thread of the blocking
+/// pool, and the wait for room in the queue is done on the async task.
 pub struct FileSink {
-    chunks: Option<mpsc::Sender<Vec<u8>>>,
-    /// Buffers the worker is done with, to be filled again.
-    spare: std::sync::mpsc::Receiver<Vec<u8>>,
-    worker: Option<JoinHandle<io::Result<Option<Box<blake3::Hasher>>>>>,
+    /// Set for a large file: the queue its workers drain.
+    queue: Option<Arc<SinkQueue>>,
+    /// The worker started last; once it has ended, every queued chunk is
+    /// written, since a worker is started only after the previous one
+    /// decided to end.
+    worker: Option<JoinHandle<()>>,
     /// Set for a small file: the file and hasher, used without a worker.
     inline: Option<(Arc<std::fs::File>, Option<Box<blake3::Hasher>>)>,
+    /// Held for the sink's life if it got a deep queue.
+    _deep: Option<DeepQueue<'static>>,
+}
+
+/// What a large file's sink shares with its workers.
+struct SinkQueue {
+    file: Arc<std::fs::File>,
+    state: std::sync::Mutex<SinkState>,
+    /// One permit per chunk that may be queued or being written: a push
+    /// takes one, a worker gives it back once the chunk is written.
+    /// Closed when a worker stops early, so that no push waits for ever.
+    room: Semaphore,
+}
+
+struct SinkState {
+    chunks: VecDeque<Vec<u8>>,
+    /// Whether a worker is draining `chunks`. Decided under the same lock
+    /// as the queue, so that exactly one worker writes at a time, in order.
+    running: bool,
+    /// Held here between workers; a running worker has it.
+    hasher: Option<Box<blake3::Hasher>>,
+    /// Buffers already written, to be filled again; at most one per permit.
+    spare: Vec<Vec<u8>>,
+    /// Why a worker stopped early; no chunk is written after it.
+    failure: Option<io::Error>,
+}
+
+impl SinkQueue {
+    fn state(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// A worker's run: writes and hashes queued chunks until none is left.
+    fn drain(&self) {
+        // Closes the queue if this worker unwinds, so that pushes and the
+        // sink's end fail instead of waiting for room that never comes.
+        struct Unwinding<'a>(&'a Semaphore);
+        impl Drop for Unwinding<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.close();
+                }
+            }
+        }
+        let _unwinding = Unwinding(&self.room);
+        let mut hasher = self.state().hasher.take();
+        loop {
+            let chunk = {
+                let mut state = self.state();
+                match state.chunks.pop_front() {
+                    Some(chunk) => chunk,
+                    None => {
+                        state.hasher = hasher;
+                        state.running = false;
+                        return;
+                    }
+                }
+            };
+            if let Some(hasher) = hasher.as_mut() {
+                hasher.update(&chunk);
+            }
+            let written = self.file.as_ref().write_all(&chunk);
+            let mut state = self.state();
+            if let Err(error) = written {
+                state.failure = Some(error);
+                state.chunks.clear();
+                state.hasher = hasher;
+                state.running = false;
+                self.room.close();
+                return;
+            }
+            state.spare.push(chunk);
+            drop(state);
+            self.room.add_permits(1);
+        }
+    }
 }
 
 impl FileSink {
@@ -165,45 +253,41 @@ impl FileSink {
         len: Option<u64>,
     ) -> FileSink {
         match len {
-            Some(len) if len <= SMALL_FILE => {
-                let (_, spare) = std::sync::mpsc::channel();
-                FileSink {
-                    chunks: None,
-                    spare,
-                    worker: None,
-                    inline: Some((file, hasher)),
-                }
-            }
+            Some(len) if len <= SMALL_FILE => FileSink {
+                queue: None,
+                worker: None,
+                inline: Some((file, hasher)),
+                _deep: None,
+            },
             _ => FileSink::start(file, hasher),
         }
     }
 
-    /// Starts a worker appending to `file`, feeding `hasher` if given.
-    pub fn start(file: Arc<std::fs::File>, mut hasher: Option<Box<blake3::Hasher>>) -> FileSink {
+    /// A sink whose workers append to `file`, feeding `hasher` if given.
+    pub fn start(file: Arc<std::fs::File>, hasher: Option<Box<blake3::Hasher>>) -> FileSink {
         let deep = deep_queues().claim();
         let depth = if deep.is_some() {
             DEEP_SINK_DEPTH
         } else {
             SINK_DEPTH
         };
-        let (chunks, mut incoming) = mpsc::channel::<Vec<u8>>(depth);
-        let (recycle, spare) = std::sync::mpsc::channel();
-        let worker = tokio::task::spawn_blocking(move || {
-            let _deep = deep;
-            while let Some(chunk) = incoming.blocking_recv() {
-                if let Some(hasher) = hasher.as_mut() {
-                    hasher.update(&chunk);
-                }
-                file.as_ref().write_all(&chunk)?;
-                let _ = recycle.send(chunk);
-            }
-            Ok(hasher)
-        });
+        let queue = SinkQueue {
+            file,
+            state: std::sync::Mutex::new(SinkState {
+                chunks: VecDeque::with_capacity(depth + 1),
+                running: false,
+                hasher,
+                spare: Vec::new(),
+                failure: None,
+            }),
+            // The queued chunks and the one being written.
+            room: Semaphore::new(depth + 1),
+        };
         FileSink {
-            chunks: Some(chunks),
-            spare,
-            worker: Some(worker),
+            queue: Some(Arc::new(queue)),
+            worker: None,
             inline: None,
+            _deep: deep,
         }
     }
 
@@ -211,26 +295,47 @@ impl FileSink {
     /// Its old contents stay: zeroing every chunk before overwriting it cost
     /// about 5% of the receiver's time.
     fn buffer(&self, len: usize) -> Vec<u8> {
-        let spare = self.spare.try_recv().unwrap_or_default();
+        let spare = self
+            .queue
+            .as_ref()
+            .and_then(|queue| queue.state().spare.pop())
+            .unwrap_or_default();
         sized(spare, len)
     }
 
-    /// Queues a chunk; waits while the worker is behind.
+    /// Queues a chunk, starting a worker if none is running; waits while
+    /// the queue is full.
     async fn push(&mut self, chunk: Vec<u8>) -> io::Result<()> {
         if let Some(written) = self.write_inline(&chunk) {
             return written;
         }
-        let sent = match &self.chunks {
-            Some(chunks) => chunks.send(chunk).await.is_ok(),
-            None => false,
+        let Some(queue) = &self.queue else {
+            return Err(io::Error::other("the file writer already stopped"));
         };
-        if sent {
-            return Ok(());
-        }
-        // The worker stopped early: it failed to write; say why.
-        match self.finish().await {
-            Err(error) => Err(error),
-            Ok(_) => Err(io::Error::other("the file writer stopped")),
+        // Whether a worker must be started; `None` once one has failed.
+        let start = match queue.room.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                let mut state = queue.state();
+                state.failure.is_none().then(|| {
+                    state.chunks.push_back(chunk);
+                    !std::mem::replace(&mut state.running, true)
+                })
+            }
+            Err(_) => None,
+        };
+        match start {
+            Some(true) => {
+                let queue = Arc::clone(queue);
+                self.worker = Some(tokio::task::spawn_blocking(move || queue.drain()));
+                Ok(())
+            }
+            Some(false) => Ok(()),
+            // A worker stopped early: it failed to write; say why.
+            None => match self.finish().await {
+                Err(error) => Err(error),
+                Ok(_) => Err(io::Error::other("the file writer stopped")),
+            },
         }
     }
 
@@ -251,10 +356,16 @@ impl FileSink {
         if let Some((_, hasher)) = self.inline.take() {
             return Ok(hasher);
         }
-        self.chunks = None;
-        match self.worker.take() {
-            Some(worker) => worker.await.map_err(io::Error::other)?,
-            None => Err(io::Error::other("the file writer already stopped")),
+        let Some(queue) = self.queue.take() else {
+            return Err(io::Error::other("the file writer already stopped"));
+        };
+        if let Some(worker) = self.worker.take() {
+            worker.await.map_err(io::Error::other)?;
+        }
+        let mut state = queue.state();
+        match state.failure.take() {
+            Some(error) => Err(error),
+            None => Ok(state.hasher.take()),
         }
     }
 }
@@ -587,6 +698,62 @@ pub(crate) mod tests {
         expected.extend_from_slice(b"tail");
         assert_eq!(std::fs::read(&path).unwrap(), expected);
         assert_eq!(hasher.finalize(), blake3::hash(&expected));
+    }
+
+    #[test]
+    fn a_sink_waiting_for_its_next_chunk_holds_no_blocking_thread() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let temp = tempfile::tempdir().unwrap();
+            let path = temp.path().join("sink");
+            let file = Arc::new(std::fs::File::create(&path).unwrap());
+            let mut sink = FileSink::start(file, Some(Box::default()));
+            let first: Vec<u8> = (0..CHUNK_LEN + 3).map(|i| (i % 233) as u8).collect();
+            receive_slice(&mut sink, &first).await.unwrap();
+            // The sink's connection has gone quiet: the only blocking
+            // thread must be free for other work.
+            let other_work = tokio::task::spawn_blocking(|| "done");
+            let done = timeout(IDLE, other_work).await;
+            assert_eq!(
+                done.expect("the only blocking thread is held by an idle sink")
+                    .unwrap(),
+                "done"
+            );
+            // The next chunks start a worker again, and land after the first.
+            let second: Vec<u8> = (0..CHUNK_LEN * 3).map(|i| (i % 227) as u8).collect();
+            receive(&mut second.as_slice(), &mut sink, second.len() as u64, IDLE)
+                .await
+                .unwrap();
+            let hasher = sink.finish().await.unwrap().unwrap();
+            let expected = [first, second].concat();
+            assert!(std::fs::read(&path).unwrap() == expected, "bytes differ");
+            assert_eq!(hasher.finalize(), blake3::hash(&expected));
+        });
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_written_fails_the_sink_with_why() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("read-only");
+        std::fs::write(&path, b"").unwrap();
+        // Opened for reading only: every write fails with EBADF.
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        let mut sink = FileSink::start(file, Some(Box::default()));
+        let source = vec![7u8; CHUNK_LEN * 12];
+        let received = receive(&mut source.as_slice(), &mut sink, source.len() as u64, IDLE).await;
+        let finished = sink.finish().await;
+        let error = match (received, finished) {
+            (Err(PumpError::Write { source, .. }), Err(_)) => source,
+            (Ok(()), Err(error)) => error,
+            (received, finished) => panic!("{received:?} then {:?}", finished.map(|_| ())),
+        };
+        assert_eq!(error.raw_os_error(), Some(libc::EBADF), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
     }
 
     #[tokio::test]

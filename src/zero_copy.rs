@@ -9,10 +9,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::OFlags;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
@@ -85,101 +85,226 @@ fn is_socket_failure(error: &io::Error) -> bool {
     )
 }
 
-/// Appends exactly `len` bytes from `socket` to `file`.
-/// Blocks: run it on a blocking thread. `socket` is a duplicate of a
-/// non-blocking socket, so waiting for data is done here with `poll`.
-/// Fails if the socket ends early or stays silent for `idle`, or if the
-/// file cannot take the bytes.
+/// Most bytes one step of [`receive_to_file`] moves before it hands its
+/// blocking thread back, so that a sender that never pauses holds a thread
+/// only for a bounded time per step.
+const RECEIVE_STEP: u64 = 16 * 1024 * 1024;
+
+/// Appends exactly `len` bytes from `socket` to `file`. Fails if the socket
+/// ends early or stays silent for `idle`, or if the file cannot take the
+/// bytes.
+///
+/// The wait for data is done here, on the async task; only the moving of
+/// bytes that have arrived runs on a blocking thread (the write may wait on
+/// the disk), in steps that never wait for the socket. So a silent client
+/// holds no thread of the blocking pool, and however many of them there
+/// are, other connections' file work is never queued behind them.
 ///
 /// `splice(2)` refuses files opened to append, so `file` loses that flag
 /// (for every handle that shares its opening) and is written at explicit
 /// offsets from the end it had.
-pub fn receive_to_file(
-    socket: OwnedFd,
-    file: &File,
+pub async fn receive_to_file(
+    socket: &TcpStream,
+    file: Arc<File>,
     len: u64,
     idle: Duration,
 ) -> Result<(), PumpError> {
-    let read_error = |moved, source: io::Error| PumpError::Read { moved, source };
-    let write_error = |moved, source: io::Error| PumpError::Write { moved, source };
-    let flags = rustix::fs::fcntl_getfl(file).map_err(|error| write_error(0, error.into()))?;
-    rustix::fs::fcntl_setfl(file, flags - OFlags::APPEND)
-        .map_err(|error| write_error(0, error.into()))?;
-    let mut file_end = file
-        .metadata()
-        .map_err(|error| write_error(0, error))?
-        .len();
-    let (pipe_out, pipe_in) =
-        rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|error| read_error(0, error.into()))?;
-    // A smaller pipe only means more calls.
-    let pipe_len = rustix::pipe::fcntl_setpipe_size(&pipe_in, PIPE_LEN).unwrap_or(64 * 1024);
-    let mut moved: u64 = 0;
-    while moved < len {
-        let want = usize::try_from(len - moved).map_or(pipe_len, |left| left.min(pipe_len));
-        let taken = match rustix::pipe::splice(
-            &socket,
-            None,
-            &pipe_in,
-            None,
-            want,
-            SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-        ) {
-            Ok(0) => {
-                return Err(PumpError::EarlyEof {
-                    moved,
-                    expected: len,
-                });
-            }
-            Ok(taken) => taken,
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
-                if !wait_readable(&socket, idle).map_err(|error| read_error(moved, error))? {
-                    return Err(PumpError::Idle(idle));
-                }
-                continue;
-            }
-            Err(error) => return Err(read_error(moved, error.into())),
-        };
-        let mut in_pipe = taken;
-        while in_pipe > 0 {
-            match rustix::pipe::splice(
-                &pipe_out,
-                None,
-                file,
-                Some(&mut file_end),
-                in_pipe,
-                SpliceFlags::MOVE,
-            ) {
-                Ok(written) => in_pipe -= written,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(error) => return Err(write_error(moved, error.into())),
-            }
+    let duplicate = socket
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| PumpError::Read { moved: 0, source })?;
+    let mut splice = Splice {
+        socket: duplicate,
+        file,
+        pipe: None,
+        moved: 0,
+        len,
+    };
+    let mut readable = false;
+    while splice.moved < len {
+        if !readable {
+            wait_readable(socket, idle, splice.moved).await?;
         }
-        moved += taken as u64;
+        let moved = splice.moved;
+        let (returned, step) = tokio::task::spawn_blocking(move || {
+            let step = splice.step();
+            (splice, step)
+        })
+        .await
+        .map_err(|error| PumpError::Write {
+            moved,
+            source: io::Error::other(error),
+        })?;
+        splice = returned;
+        // After a step that stopped at its budget, more is likely waiting.
+        readable = step? == Step::Budget;
     }
     Ok(())
 }
 
-/// Waits until `socket` has something to read (or has failed or closed);
-/// `false` if `idle` passed first.
-fn wait_readable(socket: &impl AsFd, idle: Duration) -> io::Result<bool> {
-    let limit = Timespec {
-        tv_sec: idle.as_secs().try_into().unwrap_or(i64::MAX),
-        tv_nsec: idle.subsec_nanos().into(),
-    };
-    let mut fds = [PollFd::new(socket, PollFlags::IN)];
+/// Waits on the async task until `socket` has something to read (or has
+/// ended or failed); fails if `idle` passes first.
+///
+/// Whether there is nothing to read is asked inside `try_io`, with a peek
+/// that takes nothing: only an answer given there clears tokio's readiness,
+/// and only if no new data was signalled meanwhile, so no arrival is missed
+/// and a drained socket is not taken for a readable one.
+async fn wait_readable(socket: &TcpStream, idle: Duration, moved: u64) -> Result<(), PumpError> {
+    let deadline = tokio::time::Instant::now() + idle;
     loop {
-        match rustix::event::poll(&mut fds, Some(&limit)) {
-            Ok(ready) => return Ok(ready > 0),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(error) => return Err(error.into()),
+        match tokio::time::timeout_at(deadline, socket.readable()).await {
+            Err(_) => return Err(PumpError::Idle(idle)),
+            Ok(Err(source)) => return Err(PumpError::Read { moved, source }),
+            Ok(Ok(())) => {}
+        }
+        match socket.try_io(Interest::READABLE, || peek(socket)) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(source) => return Err(PumpError::Read { moved, source }),
+            // Bytes, or the end of the stream: the next step sees which.
+            Ok(()) => return Ok(()),
         }
     }
+}
+
+/// Looks at the first unread byte of `socket` without taking it or waiting.
+fn peek(socket: &TcpStream) -> io::Result<()> {
+    let mut byte = 0u8;
+    // SAFETY: `byte` is one writable byte and the length passed is 1; the
+    // descriptor is borrowed from a live socket.
+    let result = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The state of one [`receive_to_file`], carried from step to step.
+struct Splice {
+    /// A duplicate of the connection's non-blocking socket, for `splice`.
+    socket: OwnedFd,
+    file: Arc<File>,
+    /// Made by the first step, on the blocking thread.
+    pipe: Option<Pipe>,
+    moved: u64,
+    len: u64,
+}
+
+/// The pipe bytes pass through on their way to the file, and where in the
+/// file they go.
+struct Pipe {
+    out: OwnedFd,
+    input: OwnedFd,
+    len: usize,
+    file_end: u64,
+}
+
+/// Why a step ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The socket had nothing more to read, or every byte has arrived.
+    Drained,
+    /// [`RECEIVE_STEP`] bytes were moved; more may be waiting.
+    Budget,
+}
+
+impl Splice {
+    /// Moves what the socket holds into the file, up to [`RECEIVE_STEP`]
+    /// bytes and never past `len`. Never waits for the socket; may wait
+    /// for the disk.
+    fn step(&mut self) -> Result<Step, PumpError> {
+        let pipe = match &mut self.pipe {
+            Some(pipe) => pipe,
+            None => self.pipe.insert(open_pipe(&self.file, self.moved)?),
+        };
+        let stop = self.len.min(self.moved.saturating_add(RECEIVE_STEP));
+        while self.moved < stop {
+            let want =
+                usize::try_from(stop - self.moved).map_or(pipe.len, |left| left.min(pipe.len));
+            let taken = match rustix::pipe::splice(
+                &self.socket,
+                None,
+                &pipe.input,
+                None,
+                want,
+                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+            ) {
+                Ok(0) => {
+                    return Err(PumpError::EarlyEof {
+                        moved: self.moved,
+                        expected: self.len,
+                    });
+                }
+                Ok(taken) => taken,
+                Err(rustix::io::Errno::AGAIN) => return Ok(Step::Drained),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(error) => {
+                    return Err(PumpError::Read {
+                        moved: self.moved,
+                        source: error.into(),
+                    });
+                }
+            };
+            let mut in_pipe = taken;
+            while in_pipe > 0 {
+                match rustix::pipe::splice(
+                    &pipe.out,
+                    None,
+                    self.file.as_ref(),
+                    Some(&mut pipe.file_end),
+                    in_pipe,
+                    SpliceFlags::MOVE,
+                ) {
+                    Ok(written) => in_pipe -= written,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(error) => {
+                        return Err(PumpError::Write {
+                            moved: self.moved,
+                            source: error.into(),
+                        });
+                    }
+                }
+            }
+            self.moved += taken as u64;
+        }
+        Ok(if self.moved == self.len {
+            Step::Drained
+        } else {
+            Step::Budget
+        })
+    }
+}
+
+/// Readies `file` for `splice` and makes the pipe; errors count `moved`.
+fn open_pipe(file: &File, moved: u64) -> Result<Pipe, PumpError> {
+    let read_error = |source: io::Error| PumpError::Read { moved, source };
+    let write_error = |source: io::Error| PumpError::Write { moved, source };
+    let flags = rustix::fs::fcntl_getfl(file).map_err(|error| write_error(error.into()))?;
+    rustix::fs::fcntl_setfl(file, flags - OFlags::APPEND)
+        .map_err(|error| write_error(error.into()))?;
+    let file_end = file.metadata().map_err(write_error)?.len();
+    let (out, input) =
+        rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|error| read_error(error.into()))?;
+    // A smaller pipe only means more calls.
+    let len = rustix::pipe::fcntl_setpipe_size(&input, PIPE_LEN).unwrap_or(64 * 1024);
+    Ok(Pipe {
+        out,
+        input,
+        len,
+        file_end,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Seek, Write};
+    use std::io::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -239,9 +364,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn received_bytes_land_in_the_file_and_the_rest_stays_in_the_socket() {
-        let content = pattern(5 * PIPE_LEN + 99);
-        let (mut sender, receiver) = connected_pair().await;
-        let socket = receiver.as_fd().try_clone_to_owned().unwrap();
+        // More than one step's worth, so that steps follow one another.
+        let content = pattern(RECEIVE_STEP as usize + 5 * PIPE_LEN + 99);
+        let (mut sender, mut receiver) = connected_pair().await;
         let writing = {
             let content = content.clone();
             tokio::spawn(async move {
@@ -250,29 +375,21 @@ mod tests {
                 sender
             })
         };
-        let len = content.len() as u64;
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("appended");
         std::fs::write(&path, b"held ").unwrap();
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
+        let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
-        let mut file = tokio::task::spawn_blocking(move || {
-            receive_to_file(socket, &file, len, IDLE).unwrap();
-            file.rewind().unwrap();
-            file
-        })
-        .await
-        .unwrap();
-        let mut stored = Vec::new();
-        file.read_to_end(&mut stored).unwrap();
+        receive_to_file(&receiver, Arc::new(file), content.len() as u64, IDLE)
+            .await
+            .unwrap();
+        let stored = std::fs::read(&path).unwrap();
         assert_eq!(&stored[..5], b"held ");
         assert!(stored[5..] == content, "the received bytes differ");
         let _sender = writing.await.unwrap();
         let mut rest = [0u8; 12];
-        let mut receiver = receiver;
         receiver.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"next message");
     }
@@ -282,22 +399,53 @@ mod tests {
         let (mut sender, receiver) = connected_pair().await;
         sender.write_all(b"abc").await.unwrap();
         drop(sender);
-        let socket = receiver.as_fd().try_clone_to_owned().unwrap();
-        let error = tokio::task::spawn_blocking(move || {
-            receive_to_file(socket, &tempfile::tempfile().unwrap(), 10, IDLE).unwrap_err()
-        })
-        .await
-        .unwrap();
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let error = receive_to_file(&receiver, file, 10, IDLE)
+            .await
+            .unwrap_err();
         crate::transfer::tests::assert_early_eof(&error, 3, 10);
 
         let (_silent, receiver) = connected_pair().await;
-        let socket = receiver.as_fd().try_clone_to_owned().unwrap();
+        let file = Arc::new(tempfile::tempfile().unwrap());
         let idle = Duration::from_millis(20);
-        let error = tokio::task::spawn_blocking(move || {
-            receive_to_file(socket, &tempfile::tempfile().unwrap(), 10, idle).unwrap_err()
-        })
-        .await
-        .unwrap();
+        let error = receive_to_file(&receiver, file, 10, idle)
+            .await
+            .unwrap_err();
         assert!(matches!(error, PumpError::Idle(_)), "{error}");
+    }
+
+    #[test]
+    fn a_silent_sender_holds_no_blocking_thread() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (mut sender, receiver) = connected_pair().await;
+            let temp = tempfile::tempdir().unwrap();
+            let path = temp.path().join("stalled");
+            let file = Arc::new(std::fs::File::create(&path).unwrap());
+            let receiving = tokio::spawn(async move {
+                receive_to_file(&receiver, file, 10, Duration::from_secs(600)).await
+            });
+            sender.write_all(b"abc").await.unwrap();
+            // Once the three bytes are in the file, the receiver waits for
+            // the rest, which never comes.
+            let deadline = std::time::Instant::now() + IDLE;
+            while std::fs::metadata(&path).unwrap().len() < 3 {
+                assert!(std::time::Instant::now() < deadline, "no bytes arrived");
+                tokio::task::yield_now().await;
+            }
+            let other_work = tokio::task::spawn_blocking(|| "done");
+            let done = timeout(IDLE, other_work).await;
+            assert_eq!(
+                done.expect("the only blocking thread is held by the silent receive")
+                    .unwrap(),
+                "done"
+            );
+            receiving.abort();
+        });
     }
 }

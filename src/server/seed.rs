@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,14 +123,11 @@ async fn receive(
         .map_err(SeedError::Storage)?
     };
     // The bytes are stored as they come, unhashed and unchanged, so they go
-    // from the socket to the file inside the kernel, on a thread that may
-    // block on the disk.
-    let socket = stream.as_fd().try_clone_to_owned()?;
+    // from the socket to the file inside the kernel; the wait for them is
+    // done on this task, so a silent client holds no blocking thread.
     stream.write_all(seed::GO_AHEAD).await?;
-    let (size, idle) = (header.size, config.idle_timeout);
-    blocking(move || Ok(zero_copy::receive_to_file(socket, &file, size, idle)))
+    zero_copy::receive_to_file(stream, file, header.size, config.idle_timeout)
         .await
-        .map_err(SeedError::Storage)?
         .map_err(|error| match error {
             PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
             other => SeedError::Pump(other),
