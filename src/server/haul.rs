@@ -164,6 +164,12 @@ pub(super) async fn serve(
     }
 }
 
+/// A file of at least this many bytes has its hash entered in the store's
+/// hash cache as it is committed, so that a later hashed offer of it reads
+/// nothing. That costs two more metadata look-ups per file, as much as
+/// hashing a small file again on the one offer that would ask for it.
+const CACHE_ON_COMMIT: u64 = SMALL_FILE;
+
 /// How long a failed session keeps reading after its Error frame.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -619,6 +625,9 @@ impl Session<'_> {
             return Ok(Err(
                 "BLAKE3 mismatch: the data was damaged on the way; nothing was stored".to_owned(),
             ));
+        }
+        if received >= CACHE_ON_COMMIT {
+            partial.set_hash(blake3::Hash::from_bytes(hash));
         }
         if !keep_open && let Err(error) = partial.close() {
             partial.discard();
