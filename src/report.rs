@@ -56,6 +56,8 @@ enum JsonLine<'a> {
     },
     AlreadyThere {
         path: &'a str,
+        /// Where the server holds the identical file.
+        stored_as: &'a str,
         bytes: u64,
     },
     Skipped {
@@ -213,7 +215,15 @@ impl Reporter {
                 blake3: hash.map(|hash| blake3::Hash::from_bytes(*hash).to_hex().to_string()),
                 verified: hash.is_some(),
             },
-            Event::AlreadyThere { path, bytes } => JsonLine::AlreadyThere { path, bytes },
+            Event::AlreadyThere {
+                path,
+                stored_as,
+                bytes,
+            } => JsonLine::AlreadyThere {
+                path,
+                stored_as,
+                bytes,
+            },
             Event::Failed { path, reason } => JsonLine::Failed { path, reason },
             Event::Skipped { path, reason } => JsonLine::Skipped { path, reason },
         };

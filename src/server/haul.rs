@@ -483,6 +483,13 @@ impl Session<'_> {
                     planned.partial = partial;
                     self.send(&Message::Answer(answer)).await?;
                 }
+                Ok(Decision::Same(stored_as)) => {
+                    debug!(peer = %self.peer, path = %planned.path_shown, "already there");
+                    self.send(&Message::Answer(Answer::Same {
+                        stored_as: &stored_as,
+                    }))
+                    .await?;
+                }
                 Ok(Decision::Refuse(reason)) => planned = planned.refused(self, reason).await?,
                 Err(error) => {
                     planned = planned
@@ -800,6 +807,8 @@ impl Planned {
 
 enum Decision {
     Answer(Answer<'static>, Option<Partial>),
+    /// The file offered with its hash is stored, identical, under this path.
+    Same(String),
     Refuse(String),
 }
 
@@ -807,7 +816,7 @@ enum Decision {
 struct OwnedOffer {
     kind: EntryKind,
     size: Option<u64>,
-    differs: bool,
+    hash: Option<Hash>,
     mtime: Mtime,
     mode: u32,
     path: Vec<u8>,
@@ -818,7 +827,7 @@ impl From<Offer<'_>> for OwnedOffer {
         OwnedOffer {
             kind: offer.kind,
             size: offer.size,
-            differs: offer.differs,
+            hash: offer.hash,
             mtime: offer.mtime,
             mode: offer.mode,
             path: offer.path.to_vec(),
@@ -857,7 +866,7 @@ fn decide(
                 store,
                 path,
                 offer.size,
-                offer.differs,
+                offer.hash,
                 offer.mtime,
                 config.on_conflict,
                 in_fresh_directory,
@@ -895,11 +904,16 @@ fn decide_directory(store: &Store, path: &RelPath) -> io::Result<(Decision, bool
     }
 }
 
+/// What to answer a file's offer. A file of the offered size under its name
+/// may be the sender's own, sent before: the sender is asked for its hash
+/// (Compare) and told "same" only if the hash it then offers is the stored
+/// file's. So a sender learns nothing of a stored file's content that it
+/// did not show it holds (`docs/SECURITY.md`).
 fn decide_file(
     store: &Store,
     target: RelPath,
     size: Option<u64>,
-    differs: bool,
+    hash: Option<Hash>,
     mtime: Mtime,
     on_conflict: OnConflict,
     in_fresh_directory: bool,
@@ -909,20 +923,26 @@ fn decide_file(
     } else {
         store.existing(&target)?
     };
-    match existing {
-        Existing::Directory | Existing::Other => {
+    match (existing, hash) {
+        (Existing::Directory | Existing::Other, _) => {
             return Ok(Decision::Refuse("a directory or link is in the way".into()));
         }
-        Existing::File { size: held } if Some(held) == size && !differs => {
-            let hash = *store.hash_existing(&target)?.as_bytes();
-            return Ok(Decision::Answer(Answer::Compare { hash }, None));
+        (Existing::File { size: held }, None) if Some(held) == size => {
+            return Ok(Decision::Answer(Answer::Compare, None));
         }
-        Existing::File { .. } if on_conflict == OnConflict::Refuse => {
+        // `blake3::Hash` compares in constant time.
+        (Existing::File { size: held }, Some(offered))
+            if Some(held) == size
+                && store.hash_existing(&target)? == blake3::Hash::from_bytes(offered) =>
+        {
+            return Ok(Decision::Same(target.to_string()));
+        }
+        (Existing::File { .. }, _) if on_conflict == OnConflict::Refuse => {
             return Ok(Decision::Refuse(
                 "a different file already exists under this name".into(),
             ));
         }
-        Existing::File { .. } | Existing::Nothing => {}
+        (Existing::File { .. } | Existing::Nothing, _) => {}
     }
     let partial = match size {
         // A stream cannot be identified before it ends, so it cannot resume.
@@ -1029,7 +1049,7 @@ mod tests {
         OwnedOffer {
             kind,
             size,
-            differs: false,
+            hash: None,
             mtime: Mtime { secs: 0, nanos: 0 },
             mode: 0o644,
             path: path.as_bytes().to_vec(),
@@ -1060,7 +1080,7 @@ mod tests {
         decide_one(offer(EntryKind::Directory, "found", None));
         let decision = decide_one(offer(EntryKind::File, "found/x", Some(14)));
         assert!(
-            matches!(decision, Decision::Answer(Answer::Compare { .. }, None)),
+            matches!(decision, Decision::Answer(Answer::Compare, None)),
             "a directory that was there is checked, and an equal-sized file compared"
         );
 
@@ -1078,5 +1098,38 @@ mod tests {
             ours
         );
         assert!(fresh.contains(&b"made"[..]) && !fresh.contains(&b"found"[..]));
+    }
+
+    /// Only a hash the sender offers decides "same": a bare offer of the
+    /// name and size is asked for it, a wrong one is a different file.
+    #[test]
+    fn a_stored_file_is_the_same_only_for_its_own_hash() {
+        let inbox = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            reserve: 0,
+            ..ServerConfig::new(inbox.path().to_path_buf())
+        };
+        let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
+        std::fs::write(inbox.path().join("x"), b"PIN=4821").unwrap();
+        let mut space = SpaceBudget::default();
+        let mut fresh = HashSet::new();
+        let mut decide_one = |hash: Option<&[u8]>| {
+            let offer = OwnedOffer {
+                hash: hash.map(|content| *blake3::hash(content).as_bytes()),
+                ..offer(EntryKind::File, "x", Some(8))
+            };
+            decide(&store, &config, &mut space, &mut fresh, &offer).unwrap()
+        };
+        assert!(matches!(
+            decide_one(None),
+            Decision::Answer(Answer::Compare, None)
+        ));
+        assert!(
+            matches!(decide_one(Some(b"PIN=4821")), Decision::Same(stored_as) if stored_as == "x")
+        );
+        assert!(matches!(
+            decide_one(Some(b"PIN=0000")),
+            Decision::Answer(Answer::Send { offset: 0 }, Some(_))
+        ));
     }
 }
