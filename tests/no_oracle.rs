@@ -113,13 +113,6 @@ fn an_offer_of_a_stored_name_and_size_is_answered_without_any_hash() {
     let answer = offer_alone(&mut session, b"secret.txt", 8, None);
     // docs/PROTOCOL.md: an Answer frame of one byte, the Compare decision.
     assert_eq!(answer, [Kind::Answer as u8, 0, 0, 0, 1, 0x01]);
-    let stored_hash = blake3::hash(PIN);
-    assert!(
-        !answer
-            .windows(4)
-            .any(|window| stored_hash.as_bytes().starts_with(window)),
-        "{answer:?}"
-    );
     goodbye(session);
     assert_eq!(server.stored_names(), ["secret.txt"]);
 }
