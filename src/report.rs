@@ -63,6 +63,8 @@ enum JsonLine<'a> {
     },
     AlreadyThere {
         path: &'a str,
+        /// Where the server holds the identical file.
+        stored_as: &'a str,
         bytes: u64,
     },
     Skipped {
@@ -222,7 +224,15 @@ impl Reporter {
                 blake3: hash.map(|hash| blake3::Hash::from_bytes(*hash).to_hex().to_string()),
                 verified: hash.is_some(),
             },
-            Event::AlreadyThere { path, bytes } => JsonLine::AlreadyThere { path, bytes },
+            Event::AlreadyThere {
+                path,
+                stored_as,
+                bytes,
+            } => JsonLine::AlreadyThere {
+                path,
+                stored_as,
+                bytes,
+            },
             Event::Failed { path, reason } => JsonLine::Failed { path, reason },
             Event::Skipped { path, reason } => JsonLine::Skipped { path, reason },
         };

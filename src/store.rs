@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 use thiserror::Error;
 
 use crate::text;
@@ -280,6 +280,9 @@ struct StoreInner {
     /// Moves into place tried, for the tests of what naming costs.
     #[cfg(test)]
     moves_tried: AtomicU64,
+    /// Hashes of stored files, so that comparing a sender's hash with a
+    /// stored file reads that file at most once while it stays unchanged.
+    hashes: Mutex<HashCache>,
 }
 
 impl Store {
@@ -314,6 +317,7 @@ impl Store {
                 copy_hints: Mutex::new(HashMap::new()),
                 #[cfg(test)]
                 moves_tried: AtomicU64::new(0),
+                hashes: Mutex::new(HashCache::new(0)),
             }),
         })
     }
@@ -415,12 +419,31 @@ impl Store {
         }
     }
 
-    /// The BLAKE3 hash of the file stored under `path`.
+    /// How many stored files' hashes to keep (0: none). Until it is set,
+    /// every hash is computed anew.
+    pub fn set_hash_cache_entries(&self, entries: usize) {
+        *locked(&self.inner.hashes) = HashCache::new(entries);
+    }
+
+    /// The BLAKE3 hash of the file stored under `path`, from the cache when
+    /// this version of the file was hashed or committed before; otherwise
+    /// read whole, and then kept.
     pub fn hash_existing(&self, path: &RelPath) -> io::Result<blake3::Hash> {
-        let file = self.inner.dir.open(path.to_path())?.into_std();
+        let file = self.inner.dir.open(path.to_path())?;
+        let version = FileVersion::of(&file.metadata()?);
+        if let Some(hash) = locked(&self.inner.hashes).get(&version) {
+            return Ok(hash);
+        }
+        // Read without the lock: another session may hash the same file
+        // at the same time, which costs a read each, never a wrong answer.
         let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(file)?;
-        Ok(hasher.finalize())
+        hasher.update_reader(&file)?;
+        let hash = hasher.finalize();
+        // A file written to while it was read has a hash of no one version.
+        if FileVersion::of(&file.metadata()?) == version {
+            locked(&self.inner.hashes).insert(version, hash);
+        }
+        Ok(hash)
     }
 
     /// Creates the directory `path` and its parents.
@@ -462,6 +485,7 @@ impl Store {
             committed: false,
             metadata: Metadata::default(),
             created_mode: None,
+            hash: None,
         }
     }
 
@@ -516,6 +540,7 @@ impl Store {
             committed: false,
             metadata: Metadata::default(),
             created_mode: None,
+            hash: None,
         })
     }
 
@@ -699,6 +724,9 @@ pub struct Partial {
     metadata: Metadata,
     /// The mode the file was made with, when this partial made it.
     created_mode: Option<u32>,
+    /// The verified hash of the whole file, to enter in the hash cache once
+    /// it is under its final name.
+    hash: Option<blake3::Hash>,
 }
 
 /// Whether a partial's file exists yet.
@@ -836,6 +864,12 @@ impl Partial {
         self.metadata = metadata;
     }
 
+    /// The verified hash of the whole file: once the file is under its final
+    /// name, [`Store::hash_existing`] knows it without reading the file.
+    pub fn set_hash(&mut self, hash: blake3::Hash) {
+        self.hash = Some(hash);
+    }
+
     /// Deletes the data, resumable or not: it is known to be wrong.
     pub fn discard(mut self) {
         self.resumable = false;
@@ -855,6 +889,10 @@ impl Partial {
     /// folder, by the store's conflict policy.
     fn place(mut self, parent: &Dir) -> io::Result<String> {
         let inner = Arc::clone(&self.store.inner);
+        // Which file this is, to know it again under its final name.
+        let identity = self
+            .hash
+            .and_then(|_| inner.hidden.symlink_metadata(&self.temp_name).ok());
         let stored_as = match inner.on_conflict {
             OnConflict::Overwrite => {
                 if let Existing::Directory | Existing::Other = self.store.existing(&self.target)? {
@@ -876,6 +914,11 @@ impl Partial {
                 to
             }
         };
+        if let (Some(hash), Some(identity), Some(name)) =
+            (self.hash, identity, stored_as.file_name())
+        {
+            inner.remember_hash(parent, name, &identity, hash);
+        }
         Ok(stored_as.to_string_lossy().into_owned())
     }
 
@@ -963,6 +1006,25 @@ impl StoreInner {
             .is_some_and(|(pid, _)| pid == std::process::id().to_string())
     }
 
+    /// Enters the hash of a file just moved to `name` in `parent`, if the
+    /// file there is still the one that was moved (`identity`, its metadata
+    /// before the move): the move itself changed its ctime, so its version
+    /// is read anew.
+    fn remember_hash(
+        &self,
+        parent: &Dir,
+        name: &std::ffi::OsStr,
+        identity: &cap_std::fs::Metadata,
+        hash: blake3::Hash,
+    ) {
+        if let Ok(now) = parent.symlink_metadata(name)
+            && now.is_file()
+            && (now.dev(), now.ino()) == (identity.dev(), identity.ino())
+        {
+            locked(&self.hashes).insert(FileVersion::of(&now), hash);
+        }
+    }
+
     /// Notes that a resumable partial file is no longer on disk.
     fn forget_held(&self, temp_name: &str) {
         locked(&self.held).remove(temp_name);
@@ -1013,8 +1075,76 @@ impl Drop for Partial {
     }
 }
 
-/// Locks `mutex`. The sets of names it guards here stay whole even if a
-/// thread panicked while holding one, so the poison is ignored.
+/// One version of one stored file. Writing to a file moves its mtime and
+/// its ctime, replacing it changes the inode, and setting its mtime back
+/// still moves its ctime, which the kernel sets and no sender can choose:
+/// a file whose content may have changed has another version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileVersion {
+    fn of(metadata: &cap_std::fs::Metadata) -> FileVersion {
+        FileVersion {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+/// The hashes of at most `capacity` file versions. When full, the eighth
+/// used longest ago goes at once, so that making room costs a sort of the
+/// cache once per `capacity / 8` insertions, not a search per insertion.
+struct HashCache {
+    capacity: usize,
+    /// Each version's hash and when it was last used, by `clock`.
+    entries: HashMap<FileVersion, (blake3::Hash, u64)>,
+    /// Counts uses, to order them.
+    clock: u64,
+}
+
+impl HashCache {
+    fn new(capacity: usize) -> HashCache {
+        HashCache {
+            capacity,
+            entries: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    fn get(&mut self, version: &FileVersion) -> Option<blake3::Hash> {
+        self.clock += 1;
+        let (hash, used) = self.entries.get_mut(version)?;
+        *used = self.clock;
+        Some(*hash)
+    }
+
+    fn insert(&mut self, version: FileVersion, hash: blake3::Hash) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&version) {
+            let mut uses: Vec<u64> = self.entries.values().map(|(_, used)| *used).collect();
+            let oldest = (self.capacity / 8).max(1) - 1;
+            let (_, &mut cutoff, _) = uses.select_nth_unstable(oldest);
+            self.entries.retain(|_, (_, used)| *used > cutoff);
+        }
+        self.clock += 1;
+        self.entries.insert(version, (hash, self.clock));
+    }
+}
+
+/// Locks `mutex`. The sets of names and the hash cache it guards here stay
+/// whole even if a thread panicked while holding one, so the poison is
+/// ignored.
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
@@ -1464,6 +1594,97 @@ mod tests {
         assert!(!temp.path().join("a.txt").exists());
         let leftovers = std::fs::read_dir(temp.path().join(HIDDEN_AREA)).unwrap();
         assert_eq!(leftovers.count(), 0);
+    }
+
+    #[test]
+    fn a_stored_hash_is_kept_until_the_file_changes_even_with_its_mtime_put_back() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        store.set_hash_cache_entries(16);
+        let path = temp.path().join("a.bin");
+        std::fs::write(&path, b"one version").unwrap();
+        let target = RelPath::parse(b"a.bin").unwrap();
+        assert_eq!(
+            store.hash_existing(&target).unwrap(),
+            blake3::hash(b"one version")
+        );
+        assert_eq!(locked(&store.inner.hashes).entries.len(), 1);
+        assert_eq!(
+            store.hash_existing(&target).unwrap(),
+            blake3::hash(b"one version")
+        );
+
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, b"two version").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        assert_eq!(
+            store.hash_existing(&target).unwrap(),
+            blake3::hash(b"two version")
+        );
+    }
+
+    #[test]
+    fn a_committed_file_with_its_hash_is_known_without_reading_it() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        store.set_hash_cache_entries(16);
+        std::fs::write(temp.path().join("a.txt"), b"theirs").unwrap();
+        let mut partial = store.begin(RelPath::parse(b"a.txt").unwrap());
+        partial
+            .writer()
+            .unwrap()
+            .as_ref()
+            .write_all(b"ours")
+            .unwrap();
+        partial.set_hash(blake3::hash(b"ours"));
+        assert_eq!(partial.commit().unwrap(), "a (1).txt");
+        let stored = std::fs::symlink_metadata(temp.path().join("a (1).txt")).unwrap();
+        let version = FileVersion {
+            dev: std::os::unix::fs::MetadataExt::dev(&stored),
+            ino: std::os::unix::fs::MetadataExt::ino(&stored),
+            size: 4,
+            mtime: (
+                std::os::unix::fs::MetadataExt::mtime(&stored),
+                std::os::unix::fs::MetadataExt::mtime_nsec(&stored),
+            ),
+            ctime: (
+                std::os::unix::fs::MetadataExt::ctime(&stored),
+                std::os::unix::fs::MetadataExt::ctime_nsec(&stored),
+            ),
+        };
+        let cached = locked(&store.inner.hashes).get(&version);
+        assert_eq!(cached, Some(blake3::hash(b"ours")));
+        assert_eq!(locked(&store.inner.hashes).entries.len(), 1);
+    }
+
+    #[test]
+    fn the_hash_cache_holds_its_bound_and_keeps_what_was_used_last() {
+        let mut cache = HashCache::new(16);
+        let version = |ino| FileVersion {
+            dev: 1,
+            ino,
+            size: 0,
+            mtime: (0, 0),
+            ctime: (0, 0),
+        };
+        for ino in 0..16 {
+            cache.insert(version(ino), blake3::hash(&ino.to_be_bytes()));
+        }
+        assert!(cache.get(&version(0)).is_some());
+        for ino in 16..100 {
+            cache.insert(version(ino), blake3::hash(&ino.to_be_bytes()));
+            assert!(cache.entries.len() <= 16);
+        }
+        assert!(cache.get(&version(99)).is_some());
+        assert!(cache.get(&version(1)).is_none(), "used longest ago");
+        let mut none = HashCache::new(0);
+        none.insert(version(1), blake3::hash(b""));
+        assert!(none.entries.is_empty());
     }
 
     #[test]

@@ -239,7 +239,7 @@ fn a_haul_path_that_hides_or_reorders_characters_is_refused_and_nothing_is_store
         let offer = Message::Offer(Offer {
             kind: EntryKind::File,
             size: Some(4),
-            differs: false,
+            hash: None,
             mtime: Mtime::default(),
             mode: 0o644,
             path: path.as_bytes(),

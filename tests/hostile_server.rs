@@ -51,7 +51,7 @@ fn offer(kind: EntryKind, path: &[u8], size: Option<u64>, mode: u32, secs: i64) 
     frame(&Message::Offer(Offer {
         kind,
         size,
-        differs: false,
+        hash: None,
         mtime: Mtime { secs, nanos: 0 },
         mode,
         path,

@@ -182,7 +182,7 @@ fn offer_file(session: &mut TcpStream, path: &str, size: u64) -> String {
     let offer = Message::Offer(Offer {
         kind: EntryKind::File,
         size: Some(size),
-        differs: false,
+        hash: None,
         mtime: Mtime::default(),
         mode: 0o644,
         path: path.as_bytes(),
@@ -372,7 +372,7 @@ fn a_flood_of_directory_offers_stops_at_the_inode_bound_with_a_reason() {
             let offer = Message::Offer(Offer {
                 kind: EntryKind::Directory,
                 size: None,
-                differs: false,
+                hash: None,
                 mtime: Mtime::default(),
                 mode: 0o755,
                 path: path.as_bytes(),

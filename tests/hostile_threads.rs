@@ -196,7 +196,7 @@ fn a_send_completes_while_515_haul_sessions_stall_in_the_middle_of_a_large_file(
         let offer = Message::Offer(wire::Offer {
             kind: EntryKind::File,
             size: Some(STALLED_OFFER),
-            differs: false,
+            hash: None,
             mtime: Mtime::default(),
             mode: 0o644,
             path: path.as_bytes(),

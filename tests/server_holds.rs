@@ -52,7 +52,7 @@ fn file_offer(path: &[u8], size: u64) -> Message<'_> {
     Message::Offer(Offer {
         kind: EntryKind::File,
         size: Some(size),
-        differs: false,
+        hash: None,
         mtime: Mtime::default(),
         mode: 0o644,
         path,

@@ -145,9 +145,11 @@ pub struct Offer<'a> {
     pub kind: EntryKind,
     /// `None` for a stream whose length is known only at its end.
     pub size: Option<u64>,
-    /// The sender has compared this file with the server's copy and knows
-    /// they differ: skip the identical-content check.
-    pub differs: bool,
+    /// The BLAKE3 hash of the whole file, sent only after the server
+    /// answered [`Answer::Compare`]: the server compares it with its own
+    /// copy's, so that it never tells a sender anything about a stored file
+    /// beyond its name and size. Only for a file of known size.
+    pub hash: Option<Hash>,
     pub mtime: Mtime,
     /// Permission bits (`0o777` at most).
     pub mode: u32,
@@ -161,14 +163,16 @@ pub enum Answer<'a> {
     /// Send the file's bytes from this offset (0: from the start; more:
     /// resume, the server already holds the bytes before it).
     Send { offset: u64 },
-    /// A file of the same size exists under this path, with this hash:
-    /// identical content is skipped, different content is offered again
-    /// with `differs` set.
-    Compare { hash: Hash },
+    /// A file of the same size is stored under this path: offer it again
+    /// with its [`Offer::hash`] to learn whether it is the same.
+    Compare,
     /// The directory exists now.
     Created,
     /// Nothing will be stored for this offer.
     Refused { reason: &'a str },
+    /// The file offered with its hash is stored, identical, under
+    /// `stored_as`: nothing to send.
+    Same { stored_as: &'a str },
 }
 
 /// Every message but `Data`, whose payload is file bytes.
@@ -204,13 +208,16 @@ pub enum Message<'a> {
 
 const FLAG_DIRECTORY: u8 = 1;
 const FLAG_SIZE_UNKNOWN: u8 = 2;
-const FLAG_DIFFERS: u8 = 4;
-const KNOWN_FLAGS: u8 = FLAG_DIRECTORY | FLAG_SIZE_UNKNOWN | FLAG_DIFFERS;
+/// Bit 2 (`04`) meant "differs from the server's copy" until the hashed
+/// offer replaced it; it is refused like any other unknown bit.
+const FLAG_HASH: u8 = 8;
+const KNOWN_FLAGS: u8 = FLAG_DIRECTORY | FLAG_SIZE_UNKNOWN | FLAG_HASH;
 
 const ANSWER_SEND: u8 = 0;
 const ANSWER_COMPARE: u8 = 1;
 const ANSWER_CREATED: u8 = 2;
 const ANSWER_REFUSED: u8 = 3;
+const ANSWER_SAME: u8 = 4;
 
 /// Reads fixed-width fields off the front of a payload.
 struct Fields<'a> {
@@ -288,6 +295,11 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
             let secs = fields.i64()?;
             let nanos = fields.u32()?;
             let mode = fields.u32()?;
+            let hash = if flags & FLAG_HASH != 0 {
+                Some(fields.take()?)
+            } else {
+                None
+            };
             if nanos >= 1_000_000_000 {
                 return Err(invalid("nanoseconds of a second over 999999999"));
             }
@@ -302,14 +314,18 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
             if size_unknown && size != 0 {
                 return Err(invalid("size given for a stream of unknown size"));
             }
+            let directory = flags & FLAG_DIRECTORY != 0;
+            if hash.is_some() && (directory || size_unknown) {
+                return Err(invalid("a hash offered for a directory or a stream"));
+            }
             Message::Offer(Offer {
-                kind: if flags & FLAG_DIRECTORY != 0 {
+                kind: if directory {
                     EntryKind::Directory
                 } else {
                     EntryKind::File
                 },
                 size: (!size_unknown).then_some(size),
-                differs: flags & FLAG_DIFFERS != 0,
+                hash,
                 mtime: Mtime { secs, nanos },
                 mode,
                 path,
@@ -330,9 +346,8 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
                 Message::Answer(Answer::Send { offset })
             }
             ANSWER_COMPARE => {
-                let hash = fields.take()?;
                 fields.end()?;
-                Message::Answer(Answer::Compare { hash })
+                Message::Answer(Answer::Compare)
             }
             ANSWER_CREATED => {
                 fields.end()?;
@@ -340,6 +355,9 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
             }
             ANSWER_REFUSED => Message::Answer(Answer::Refused {
                 reason: fields.text()?,
+            }),
+            ANSWER_SAME => Message::Answer(Answer::Same {
+                stored_as: fields.text()?,
             }),
             _ => return Err(invalid("unknown answer")),
         },
@@ -408,14 +426,17 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
             if offer.size.is_none() {
                 flags |= FLAG_SIZE_UNKNOWN;
             }
-            if offer.differs {
-                flags |= FLAG_DIFFERS;
+            if offer.hash.is_some() {
+                flags |= FLAG_HASH;
             }
             out.push(flags);
             out.extend_from_slice(&offer.size.unwrap_or(0).to_be_bytes());
             out.extend_from_slice(&offer.mtime.secs.to_be_bytes());
             out.extend_from_slice(&offer.mtime.nanos.to_be_bytes());
             out.extend_from_slice(&offer.mode.to_be_bytes());
+            if let Some(hash) = &offer.hash {
+                out.extend_from_slice(hash);
+            }
             out.extend_from_slice(offer.path);
             Kind::Offer
         }
@@ -426,14 +447,15 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
                     out.push(ANSWER_SEND);
                     out.extend_from_slice(&offset.to_be_bytes());
                 }
-                Answer::Compare { hash } => {
-                    out.push(ANSWER_COMPARE);
-                    out.extend_from_slice(hash);
-                }
+                Answer::Compare => out.push(ANSWER_COMPARE),
                 Answer::Created => out.push(ANSWER_CREATED),
                 Answer::Refused { reason } => {
                     out.push(ANSWER_REFUSED);
                     push_text(reason, out, start);
+                }
+                Answer::Same { stored_as } => {
+                    out.push(ANSWER_SAME);
+                    push_text(stored_as, out, start);
                 }
             }
             Kind::Answer
@@ -522,7 +544,7 @@ mod tests {
         let offer = Offer {
             kind: EntryKind::File,
             size: Some(1 << 40),
-            differs: true,
+            hash: Some([3; 32]),
             mtime: Mtime {
                 secs: -5,
                 nanos: 999_999_999,
@@ -543,12 +565,15 @@ mod tests {
             Message::Offer(Offer {
                 size: None,
                 kind: EntryKind::Directory,
-                differs: false,
+                hash: None,
                 ..offer
             }),
             Message::BatchEnd,
             Message::Answer(Answer::Send { offset: 12345 }),
-            Message::Answer(Answer::Compare { hash: [7; 32] }),
+            Message::Answer(Answer::Compare),
+            Message::Answer(Answer::Same {
+                stored_as: "dir/naïve.txt",
+            }),
             Message::Answer(Answer::Created),
             Message::Answer(Answer::Refused { reason: "exists" }),
             Message::FileEnd { hash: [9; 32] },
@@ -602,7 +627,7 @@ mod tests {
             &Message::Offer(Offer {
                 kind: EntryKind::File,
                 size: Some(1),
-                differs: false,
+                hash: None,
                 mtime: Mtime::default(),
                 mode: 0o644,
                 path: b"a",
@@ -612,6 +637,19 @@ mod tests {
         let payload = &valid[FRAME_HEADER_LEN..];
         let mut bad_flags = payload.to_vec();
         bad_flags[0] = 0x80;
+        // The retired "differs" bit: its meaning is gone, so it is unknown.
+        let mut differs = payload.to_vec();
+        differs[0] = 0x04;
+        // A hash flag with fewer than 32 bytes before the end.
+        let mut short_hash = payload.to_vec();
+        short_hash[0] = FLAG_HASH;
+        let mut directory_hash = payload.to_vec();
+        directory_hash[0] = FLAG_HASH | FLAG_DIRECTORY;
+        directory_hash.splice(25..25, [0; 32]);
+        let mut stream_hash = payload.to_vec();
+        stream_hash[0] = FLAG_HASH | FLAG_SIZE_UNKNOWN;
+        stream_hash[1..9].copy_from_slice(&0u64.to_be_bytes());
+        stream_hash.splice(25..25, [0; 32]);
         let mut bad_mode = payload.to_vec();
         bad_mode[21..25].copy_from_slice(&0o4755u32.to_be_bytes());
         let mut bad_nanos = payload.to_vec();
@@ -619,6 +657,10 @@ mod tests {
         let no_path = &payload[..payload.len() - 1];
         for bad in [
             &bad_flags[..],
+            &differs,
+            &short_hash,
+            &directory_hash,
+            &stream_hash,
             &bad_mode,
             &bad_nanos,
             no_path,
@@ -626,6 +668,37 @@ mod tests {
         ] {
             assert!(decode_message(Kind::Offer, bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// The layouts `docs/PROTOCOL.md` gives: a Compare answer is its
+    /// decision byte alone, and a hashed offer carries its hash between the
+    /// mode and the path.
+    #[test]
+    fn a_compare_carries_nothing_and_a_hashed_offer_puts_its_hash_before_the_path() {
+        let mut compare = Vec::new();
+        encode(&Message::Answer(Answer::Compare), &mut compare);
+        assert_eq!(compare, [Kind::Answer as u8, 0, 0, 0, 1, ANSWER_COMPARE]);
+
+        let mut offer = Vec::new();
+        encode(
+            &Message::Offer(Offer {
+                kind: EntryKind::File,
+                size: Some(5),
+                hash: Some([0xab; 32]),
+                mtime: Mtime { secs: 1, nanos: 2 },
+                mode: 0o644,
+                path: b"a.txt",
+            }),
+            &mut offer,
+        );
+        let mut expected = vec![Kind::Offer as u8, 0, 0, 0, 62, FLAG_HASH];
+        expected.extend_from_slice(&5u64.to_be_bytes());
+        expected.extend_from_slice(&1i64.to_be_bytes());
+        expected.extend_from_slice(&2u32.to_be_bytes());
+        expected.extend_from_slice(&0o644u32.to_be_bytes());
+        expected.extend_from_slice(&[0xab; 32]);
+        expected.extend_from_slice(b"a.txt");
+        assert_eq!(offer, expected);
     }
 
     proptest! {
@@ -650,16 +723,18 @@ mod tests {
         #[test]
         fn offers_round_trip(
             size in proptest::option::of(any::<u64>()),
-            differs in any::<bool>(),
+            hash in proptest::option::of(any::<[u8; 32]>()),
             directory in any::<bool>(),
             secs in any::<i64>(),
             nanos in 0u32..1_000_000_000,
             mode in 0u32..=0o777,
             path in proptest::collection::vec(any::<u8>(), 1..300),
         ) {
+            // Only a file of known size may carry a hash.
+            let hash = hash.filter(|_| !directory && size.is_some());
             let offer = Offer {
                 kind: if directory { EntryKind::Directory } else { EntryKind::File },
-                size, differs, mtime: Mtime { secs, nanos }, mode, path: &path,
+                size, hash, mtime: Mtime { secs, nanos }, mode, path: &path,
             };
             let mut bytes = Vec::new();
             encode(&Message::Offer(offer.clone()), &mut bytes);
@@ -673,6 +748,7 @@ mod tests {
             for message in [
                 Message::Failed { reason: &reason },
                 Message::Answer(Answer::Refused { reason: &reason }),
+                Message::Answer(Answer::Same { stored_as: &reason }),
                 Message::Receipt { size, hash, stored_as: &reason },
             ] {
                 let mut bytes = Vec::new();

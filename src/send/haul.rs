@@ -74,7 +74,7 @@ pub async fn send_haul(
 
     let mut batches = Batches {
         walked: Box::new(walk(sources, name)),
-        differing: VecDeque::new(),
+        to_compare: VecDeque::new(),
     };
     if let Err(error) = session.send_batches(&mut batches, &mut on_event).await {
         return Err(session.server_reason_for(error).await);
@@ -112,10 +112,10 @@ struct Streamed {
 }
 
 /// Cuts the walk into batches, putting first the files to offer again
-/// because the server's copy differs.
+/// with their hash, because the server holds a file of their name and size.
 struct Batches<'a> {
     walked: Box<dyn Iterator<Item = Walked> + 'a>,
-    differing: VecDeque<Entry>,
+    to_compare: VecDeque<Entry>,
 }
 
 impl Batches<'_> {
@@ -125,7 +125,7 @@ impl Batches<'_> {
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         while batch.len() < BATCH_ENTRIES && batch_bytes < BATCH_BYTES {
-            let entry = match self.differing.pop_front() {
+            let entry = match self.to_compare.pop_front() {
                 Some(entry) => entry,
                 None => match self.walked.next() {
                     None => break,
@@ -170,7 +170,7 @@ fn encode_offers(batch: &[Entry]) -> Vec<u8> {
         let offer = Offer {
             kind: entry.kind,
             size: entry.size,
-            differs: entry.differs,
+            hash: entry.hash,
             mtime: entry.mtime,
             mode: entry.mode,
             path: entry.path.as_bytes(),
@@ -278,7 +278,7 @@ impl Session {
         self.writer.flush().await?;
         while !batch.is_empty() {
             let sending = self
-                .read_answers(batch, &mut batches.differing, on_event)
+                .read_answers(batch, &mut batches.to_compare, on_event)
                 .await?;
             let mut streamed = Vec::with_capacity(sending.len());
             for file in sending {
@@ -315,11 +315,11 @@ impl Session {
     }
 
     /// Reads the answers to a batch's offers: the files the server asks for
-    /// come back; files to offer again go to `differing`.
+    /// come back; files to offer again, with their hash, go to `to_compare`.
     async fn read_answers(
         &mut self,
         batch: Vec<Entry>,
-        differing: &mut VecDeque<Entry>,
+        to_compare: &mut VecDeque<Entry>,
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<Vec<Sending>, SendError> {
         let mut sending = Vec::new();
@@ -329,17 +329,32 @@ impl Session {
                 Message::Answer(Answer::Send { offset }) if entry.kind == EntryKind::File => {
                     sending.push(Sending { entry, offset });
                 }
-                Message::Answer(Answer::Compare { hash }) if entry.kind == EntryKind::File => {
-                    if local_hash(&entry).await.is_ok_and(|local| local == hash) {
-                        self.summary.already_there += 1;
-                        on_event(Event::AlreadyThere {
-                            path: &entry.path,
-                            bytes: entry.size.unwrap_or(0),
-                        });
-                    } else {
-                        entry.differs = true;
-                        differing.push_back(entry);
+                // The server holds a file of this name and size; whether it
+                // is this one, it says only once shown this one's hash.
+                Message::Answer(Answer::Compare)
+                    if entry.kind == EntryKind::File && entry.hash.is_none() =>
+                {
+                    match local_hash(&entry).await {
+                        Ok(hash) => {
+                            entry.hash = Some(hash);
+                            to_compare.push_back(entry);
+                        }
+                        Err(reason) => {
+                            self.summary.failed += 1;
+                            on_event(Event::Failed {
+                                path: &entry.path,
+                                reason: &reason,
+                            });
+                        }
                     }
+                }
+                Message::Answer(Answer::Same { stored_as }) if entry.hash.is_some() => {
+                    self.summary.already_there += 1;
+                    on_event(Event::AlreadyThere {
+                        path: &entry.path,
+                        stored_as: &printable(stored_as.as_bytes()),
+                        bytes: entry.size.unwrap_or(0),
+                    });
                 }
                 Message::Answer(Answer::Created) if entry.kind == EntryKind::Directory => {}
                 Message::Answer(Answer::Refused { reason }) => {
@@ -798,19 +813,21 @@ fn read_small(path: &std::path::Path, size: u64, buffer: &mut Vec<u8>) -> std::i
     Ok(filled)
 }
 
-/// The BLAKE3 hash of a local file, for comparing with the server's copy.
-async fn local_hash(entry: &Entry) -> std::io::Result<Hash> {
+/// The BLAKE3 hash of a local file, to offer it again for comparison with
+/// the server's copy; the reason, in words, when it cannot be read.
+async fn local_hash(entry: &Entry) -> Result<Hash, String> {
     let Source::File(path) = &entry.source else {
-        return Err(std::io::Error::other("only files can be compared"));
+        return Err("only files can be compared".into());
     };
-    let path = path.clone();
-    tokio::task::spawn_blocking(move || {
+    let reading = path.clone();
+    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<Hash> {
         let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(path)?)?;
+        hasher.update_reader(std::fs::File::open(reading)?)?;
         Ok(*hasher.finalize().as_bytes())
     })
     .await
-    .map_err(std::io::Error::other)?
+    .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+    hashed.map_err(|error| format!("cannot read {}: {}", path.display(), unreadable(&error)))
 }
 
 #[cfg(test)]
@@ -829,14 +846,14 @@ mod tests {
             size,
             mtime: Mtime { secs: 0, nanos: 0 },
             mode: 0o644,
-            differs: false,
+            hash: None,
         })
     }
 
     fn paths_of_batches(walked: Vec<Walked>) -> Vec<Vec<String>> {
         let mut batches = Batches {
             walked: Box::new(walked.into_iter()),
-            differing: VecDeque::new(),
+            to_compare: VecDeque::new(),
         };
         let mut summary = Summary::default();
         std::iter::from_fn(|| {

@@ -51,8 +51,13 @@ pub enum Event<'a> {
         bytes: u64,
         hash: Option<&'a Hash>,
     },
-    /// The server already had identical content under this path.
-    AlreadyThere { path: &'a str, bytes: u64 },
+    /// The server already had identical content, under `stored_as`: it
+    /// compared the file's hash with its copy's, and nothing was sent.
+    AlreadyThere {
+        path: &'a str,
+        stored_as: &'a str,
+        bytes: u64,
+    },
     /// This entry was not delivered.
     Failed { path: &'a str, reason: &'a str },
     /// Something was passed over on purpose.

@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use walkdir::WalkDir;
 
 use super::{base_name, unreadable};
-use crate::protocol::haul::{EntryKind, Mtime};
+use crate::protocol::haul::{EntryKind, Hash, Mtime};
 
 /// Where an entry's bytes come from.
 #[derive(Debug, Clone)]
@@ -29,8 +29,9 @@ pub struct Entry {
     pub size: Option<u64>,
     pub mtime: Mtime,
     pub mode: u32,
-    /// Set when the server's copy was compared and found different.
-    pub differs: bool,
+    /// The file's BLAKE3 hash, once the server asked for it to compare with
+    /// the file of the same name and size it holds.
+    pub hash: Option<Hash>,
 }
 
 /// What the walk yields: an entry, a path that cannot be sent (with the
@@ -94,7 +95,7 @@ fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Wa
             size: None,
             mtime: mtime_of(std::time::SystemTime::now()),
             mode: 0o644,
-            differs: false,
+            hash: None,
         })));
     }
     let top = match name {
@@ -185,7 +186,7 @@ fn describe(root: &Path, top: &str, path: &Path, is_root: bool) -> Walked {
         size: (kind == EntryKind::File).then_some(metadata.len()),
         mtime,
         mode: metadata.permissions().mode() & 0o777,
-        differs: false,
+        hash: None,
     })
 }
 

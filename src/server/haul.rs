@@ -181,6 +181,12 @@ pub(super) async fn serve(
     }
 }
 
+/// A file of at least this many bytes has its hash entered in the store's
+/// hash cache as it is committed, so that a later hashed offer of it reads
+/// nothing. That costs two more metadata look-ups per file, as much as
+/// hashing a small file again on the one offer that would ask for it.
+const CACHE_ON_COMMIT: u64 = SMALL_FILE;
+
 /// How long a failed session keeps reading after its Error frame.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -499,6 +505,13 @@ impl Session<'_> {
                     planned.charge = charge;
                     self.send(&Message::Answer(answer)).await?;
                 }
+                Ok((Decision::Same(stored_as), _)) => {
+                    debug!(peer = %self.peer, path = %planned.path_shown, "already there");
+                    self.send(&Message::Answer(Answer::Same {
+                        stored_as: &stored_as,
+                    }))
+                    .await?;
+                }
                 Ok((Decision::Refuse(reason), _)) => {
                     planned = planned.refused(self, reason).await?
                 }
@@ -658,6 +671,9 @@ impl Session<'_> {
             return Ok(Err(
                 "BLAKE3 mismatch: the data was damaged on the way; nothing was stored".to_owned(),
             ));
+        }
+        if received >= CACHE_ON_COMMIT {
+            partial.set_hash(blake3::Hash::from_bytes(hash));
         }
         if !keep_open && let Err(error) = partial.close() {
             partial.discard();
@@ -846,6 +862,8 @@ impl Planned {
 
 enum Decision {
     Answer(Answer<'static>, Option<Partial>),
+    /// The file offered with its hash is stored, identical, under this path.
+    Same(String),
     Refuse(String),
 }
 
@@ -908,7 +926,7 @@ impl CreatedDirs {
 struct OwnedOffer {
     kind: EntryKind,
     size: Option<u64>,
-    differs: bool,
+    hash: Option<Hash>,
     mtime: Mtime,
     mode: u32,
     path: Vec<u8>,
@@ -919,7 +937,7 @@ impl From<Offer<'_>> for OwnedOffer {
         OwnedOffer {
             kind: offer.kind,
             size: offer.size,
-            differs: offer.differs,
+            hash: offer.hash,
             mtime: offer.mtime,
             mode: offer.mode,
             path: offer.path.to_vec(),
@@ -960,7 +978,7 @@ fn decide(
                 store,
                 path,
                 offer.size,
-                offer.differs,
+                offer.hash,
                 offer.mtime,
                 config.on_conflict,
                 in_fresh_directory,
@@ -1012,11 +1030,16 @@ fn decide_directory(
     }
 }
 
+/// What to answer a file's offer. A file of the offered size under its name
+/// may be the sender's own, sent before: the sender is asked for its hash
+/// (Compare) and told "same" only if the hash it then offers is the stored
+/// file's. So a sender learns nothing of a stored file's content that it
+/// did not show it holds (`docs/SECURITY.md`).
 fn decide_file(
     store: &Store,
     target: RelPath,
     size: Option<u64>,
-    differs: bool,
+    hash: Option<Hash>,
     mtime: Mtime,
     on_conflict: OnConflict,
     in_fresh_directory: bool,
@@ -1026,20 +1049,26 @@ fn decide_file(
     } else {
         store.existing(&target)?
     };
-    match existing {
-        Existing::Directory | Existing::Other => {
+    match (existing, hash) {
+        (Existing::Directory | Existing::Other, _) => {
             return Ok(Decision::Refuse("a directory or link is in the way".into()));
         }
-        Existing::File { size: held } if Some(held) == size && !differs => {
-            let hash = *store.hash_existing(&target)?.as_bytes();
-            return Ok(Decision::Answer(Answer::Compare { hash }, None));
+        (Existing::File { size: held }, None) if Some(held) == size => {
+            return Ok(Decision::Answer(Answer::Compare, None));
         }
-        Existing::File { .. } if on_conflict == OnConflict::Refuse => {
+        // `blake3::Hash` compares in constant time.
+        (Existing::File { size: held }, Some(offered))
+            if Some(held) == size
+                && store.hash_existing(&target)? == blake3::Hash::from_bytes(offered) =>
+        {
+            return Ok(Decision::Same(target.to_string()));
+        }
+        (Existing::File { .. }, _) if on_conflict == OnConflict::Refuse => {
             return Ok(Decision::Refuse(
                 "a different file already exists under this name".into(),
             ));
         }
-        Existing::File { .. } | Existing::Nothing => {}
+        (Existing::File { .. } | Existing::Nothing, _) => {}
     }
     let partial = match size {
         // A stream cannot be identified before it ends, so it cannot resume.
@@ -1146,7 +1175,7 @@ mod tests {
         OwnedOffer {
             kind,
             size,
-            differs: false,
+            hash: None,
             mtime: Mtime { secs: 0, nanos: 0 },
             mode: 0o644,
             path: path.as_bytes().to_vec(),
@@ -1180,7 +1209,7 @@ mod tests {
         decide_one(offer(EntryKind::Directory, "found", None));
         let decision = decide_one(offer(EntryKind::File, "found/x", Some(14)));
         assert!(
-            matches!(decision, Decision::Answer(Answer::Compare { .. }, None)),
+            matches!(decision, Decision::Answer(Answer::Compare, None)),
             "a directory that was there is checked, and an equal-sized file compared"
         );
 
@@ -1201,5 +1230,40 @@ mod tests {
             fresh.contains(b"made") && !fresh.contains(b"found"),
             "only the directory this session made is its own"
         );
+    }
+
+    /// Only a hash the sender offers decides "same": a bare offer of the
+    /// name and size is asked for it, a wrong one is a different file.
+    #[test]
+    fn a_stored_file_is_the_same_only_for_its_own_hash() {
+        let inbox = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            reserve: 0,
+            ..ServerConfig::new(inbox.path().to_path_buf())
+        };
+        let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
+        std::fs::write(inbox.path().join("x"), b"PIN=4821").unwrap();
+        let space = SpaceLedger::new(store.clone(), &config);
+        let mut fresh = CreatedDirs::default();
+        let mut decide_one = |hash: Option<&[u8]>| {
+            let offer = OwnedOffer {
+                hash: hash.map(|content| *blake3::hash(content).as_bytes()),
+                ..offer(EntryKind::File, "x", Some(8))
+            };
+            decide(&store, &config, &space, &mut fresh, &offer)
+                .unwrap()
+                .0
+        };
+        assert!(matches!(
+            decide_one(None),
+            Decision::Answer(Answer::Compare, None)
+        ));
+        assert!(
+            matches!(decide_one(Some(b"PIN=4821")), Decision::Same(stored_as) if stored_as == "x")
+        );
+        assert!(matches!(
+            decide_one(Some(b"PIN=0000")),
+            Decision::Answer(Answer::Send { offset: 0 }, Some(_))
+        ));
     }
 }

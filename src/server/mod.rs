@@ -76,6 +76,12 @@ pub struct ServerConfig {
     pub reserve_inodes: u64,
     /// When set, haul sessions must prove they hold it, and are encrypted.
     pub secret: Option<Secret>,
+    /// Stored files whose BLAKE3 hashes are kept in memory (at most about
+    /// 6 MiB for the default), so that a sender's hashed offer of an unchanged file reads
+    /// nothing. A client can make the server read a stored file only by
+    /// offering its name, its size and a hash, and once per version of the
+    /// file while it stays among the most recently used this many.
+    pub hash_cache_entries: usize,
 }
 
 impl ServerConfig {
@@ -102,6 +108,7 @@ impl ServerConfig {
             // (a 16 MiB ext4 has 4,096 inodes; large disks, millions).
             reserve_inodes: 1024,
             secret: None,
+            hash_cache_entries: 32 * 1024,
         }
     }
 }
@@ -119,6 +126,7 @@ impl Server {
     pub async fn bind(listen: SocketAddr, config: ServerConfig) -> io::Result<Server> {
         raise_open_file_limit();
         let store = Store::open(&config.dir, config.on_conflict)?;
+        store.set_hash_cache_entries(config.hash_cache_entries);
         let listener = TcpListener::bind(listen).await?;
         Ok(Server {
             listener,
