@@ -2,6 +2,8 @@
 //!
 //! How the modules fit together, from the wire inwards:
 //!
+//! - [`config`] holds every default an operator or user can change, for the
+//!   library and the command line alike.
 //! - [`protocol`] turns bytes into messages and back. It is sans-IO: it never
 //!   touches a socket or a file, so it can be tested and fuzzed on byte slices.
 //! - [`server`] owns the listening socket: it accepts connections, applies
@@ -28,6 +30,7 @@
 //! partial file) → [`transfer`] (the bytes) → [`store`] (commit under a final
 //! name).
 
+pub mod config;
 pub mod protocol;
 pub mod secure;
 pub mod send;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use haul::config::{self, Bytes, Span};
 use haul::secure::{self, LoadedSecret, SecretError};
 use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{SeedSettle, Server, ServerConfig};
@@ -26,8 +27,6 @@ mod exit {
     pub const USAGE: u8 = 2;
     pub const UNREACHABLE: u8 = 3;
 }
-
-const DEFAULT_ADDRESS: &str = "127.0.0.1:12000";
 
 #[derive(Parser)]
 #[command(
@@ -67,7 +66,11 @@ enum Command {
   haul serve --listen 127.0.0.1:0 --dir /tmp/inbox    port 0 picks a free port
 
 The first line on stdout is `listening on ADDR:PORT`; one log line per transfer goes
-to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
+to stderr (-v or RUST_LOG=debug for more, -q for warnings only).
+
+Besides the limits above, each connection is held to fixed bounds: 1,024 offers per
+batch, 64 KiB control frames and 1 MiB data frames, 65,536 directories (or 16 MiB of
+their paths) remembered per session; docs/RELIABILITY.md lists every bound.")]
     Serve {
         /// Log more detail, such as when each session starts and ends (debug level).
         #[arg(short, long, conflicts_with = "quiet")]
@@ -76,10 +79,10 @@ to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
         #[arg(short, long)]
         quiet: bool,
         /// Address and port to listen on (port 0 picks a free port).
-        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADDRESS)]
+        #[arg(long, value_name = "ADDR:PORT", default_value = config::ADDRESS)]
         listen: SocketAddr,
         /// Directory to store received files in (created if missing).
-        #[arg(long, value_name = "DIR", default_value = "received")]
+        #[arg(long, value_name = "DIR", default_value = config::DIR)]
         dir: PathBuf,
         /// What to do when a different file exists under a received name:
         /// keep both (the new one as `name (1).ext`), replace it, or refuse
@@ -100,35 +103,35 @@ to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
         protocols: Vec<Protocol>,
         /// Delete partial data of interrupted transfers after this long
         /// (e.g. `90m`, `24h`, `7d`).
-        #[arg(long, default_value = "24h", value_name = "AGE", value_parser = humantime::parse_duration)]
-        partial_max_age: Duration,
+        #[arg(long, default_value_t = config::PARTIAL_MAX_AGE, value_name = "AGE")]
+        partial_max_age: Span,
         /// Partial data of interrupted transfers kept for resuming, in all;
         /// one sender (IP address) may keep half. Beyond it the oldest is
         /// deleted; any of it gives way when a new file needs the room.
-        #[arg(long, default_value = "16G", value_name = "SIZE", value_parser = parse_byte_size)]
-        max_partial: u64,
+        #[arg(long, default_value_t = config::MAX_PARTIAL, value_name = "SIZE")]
+        max_partial: Bytes,
         /// Connections served at once; more wait until one ends.
-        #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = config::MAX_CONNECTIONS, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
         /// Connections one address (an IPv6 /64) may hold at once; more are
         /// closed at once. 0: no limit.
-        #[arg(long, default_value_t = 64, value_name = "N")]
+        #[arg(long, default_value_t = config::MAX_CONNECTIONS_PER_IP, value_name = "N")]
         max_connections_per_ip: u32,
         /// Time a client has, from connecting, to send its header or finish
         /// its handshake (encryption included).
-        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
-        header_timeout: Duration,
+        #[arg(long, default_value_t = config::HEADER_TIMEOUT, value_name = "DURATION")]
+        header_timeout: Span,
         /// Time a transfer may make no progress before it is dropped.
-        #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration)]
-        idle_timeout: Duration,
+        #[arg(long, default_value_t = config::IDLE_TIMEOUT, value_name = "DURATION")]
+        idle_timeout: Span,
         /// Largest file accepted (e.g. `500M`, `4G`; K, M, G are powers of 1024).
         /// Unlimited by default.
         #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
         max_file_size: Option<u64>,
         /// Free space to keep on the inbox's disk: a file that would eat into
         /// it is refused before any byte is written.
-        #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_byte_size)]
-        reserve: u64,
+        #[arg(long, default_value_t = config::RESERVE, value_name = "SIZE")]
+        reserve: Bytes,
         /// Read the shared secret from this file (instead of HAUL_TOKEN).
         /// With a secret, haul sessions must hold it and are encrypted.
         #[arg(long, value_name = "PATH")]
@@ -139,8 +142,8 @@ to stderr (-v or RUST_LOG=debug for more, -q for warnings only).")]
         allow_seed: bool,
         /// On SIGINT or SIGTERM, time given to transfers in flight before
         /// they are cut (they can resume later).
-        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
-        grace: Duration,
+        #[arg(long, default_value_t = config::GRACE, value_name = "DURATION")]
+        grace: Span,
         /// How long a classroom-protocol client must pause before its file
         /// name counts as complete (the header has no length). `auto` waits
         /// 4 of the connection's round trips plus 10ms, at most 1s: enough
@@ -167,7 +170,7 @@ On a terminal a progress display is drawn on stderr; elsewhere each file gets a 
 Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unreachable.")]
     Send {
         /// Server address.
-        #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDRESS)]
+        #[arg(long, value_name = "HOST:PORT", default_value = config::ADDRESS)]
         to: String,
         /// Wire protocol to speak: `haul` (verified, resumable, folders) or
         /// `seed` (the classroom protocol, one file per connection).
@@ -346,16 +349,16 @@ fn main() -> ExitCode {
                 );
             }
             config.secret = secret;
-            config.partial_max_age = partial_max_age;
-            config.max_partial = max_partial;
+            config.partial_max_age = partial_max_age.0;
+            config.max_partial = max_partial.0;
             config.max_connections = max_connections as usize;
             config.max_connections_per_ip =
                 (max_connections_per_ip > 0).then_some(max_connections_per_ip as usize);
-            config.header_timeout = header_timeout;
-            config.idle_timeout = idle_timeout;
+            config.header_timeout = header_timeout.0;
+            config.idle_timeout = idle_timeout.0;
             config.max_file_size = max_file_size;
-            config.reserve = reserve;
-            config.grace = grace;
+            config.reserve = reserve.0;
+            config.grace = grace.0;
             config.seed_settle = seed_settle;
             let result = runtime.block_on(serve(listen, config));
             // Transfers still running after the grace period are cut here.

@@ -27,6 +27,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, error, info, warn};
 
+use crate::config;
 use crate::protocol::haul::MAGIC;
 use crate::secure::Secret;
 use crate::store::{OnConflict, Store};
@@ -85,30 +86,25 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// The defaults: a sensible server for `dir`.
+    /// The defaults ([`crate::config`]): a sensible server for `dir`.
     pub fn new(dir: PathBuf) -> ServerConfig {
         ServerConfig {
             dir,
             on_conflict: OnConflict::Rename,
-            max_connections: 1024,
-            max_connections_per_ip: Some(64),
-            header_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
+            max_connections: config::MAX_CONNECTIONS as usize,
+            max_connections_per_ip: Some(config::MAX_CONNECTIONS_PER_IP as usize),
+            header_timeout: config::HEADER_TIMEOUT.0,
+            idle_timeout: config::IDLE_TIMEOUT.0,
             seed_settle: SeedSettle::Auto,
-            grace: Duration::from_secs(10),
-            partial_max_age: Duration::from_secs(24 * 60 * 60),
-            // Enough to resume any interrupted file of up to 8 GiB (one
-            // sender's half); abandoned data never holds more, and gives
-            // way to new files before any is refused.
-            max_partial: 16 * 1024 * 1024 * 1024,
+            grace: config::GRACE.0,
+            partial_max_age: config::PARTIAL_MAX_AGE.0,
+            max_partial: config::MAX_PARTIAL.0,
             accept_seed: true,
             max_file_size: None,
-            reserve: 64 * 1024 * 1024,
-            // As `reserve` does for bytes: room for the system and its logs
-            // (a 16 MiB ext4 has 4,096 inodes; large disks, millions).
-            reserve_inodes: 1024,
+            reserve: config::RESERVE.0,
+            reserve_inodes: config::RESERVE_INODES,
             secret: None,
-            hash_cache_entries: 32 * 1024,
+            hash_cache_entries: config::HASH_CACHE_ENTRIES,
         }
     }
 }
