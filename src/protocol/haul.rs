@@ -14,8 +14,10 @@ use thiserror::Error;
 /// does.
 pub const MAGIC: [u8; 8] = [0x89, b'H', b'A', b'U', b'L', b'\r', b'\n', 0x1a];
 
-/// The protocol version this code speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this code speaks. Version 2 binds the Hello and
+/// Welcome into the encrypted handshake and adds the sender's resume
+/// identity to the Hello.
+pub const VERSION: u16 = 2;
 
 /// Bytes in a frame header: kind and length.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -370,6 +372,18 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
     Ok(message)
 }
 
+/// The frame of `kind` around `payload`, exactly as it was on the wire:
+/// how each side keeps the bytes of a Hello or Welcome it received. The
+/// payload was read under its header's length, so it fits a frame.
+pub fn raw_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    frame.push(kind as u8);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// Appends the frame header of a `Data` (or `DataZstd`) frame of `len` bytes.
 pub fn encode_data_header(kind: Kind, len: u32, out: &mut Vec<u8>) {
     debug_assert!(matches!(kind, Kind::Data | Kind::DataZstd) && len <= MAX_DATA_LEN);
@@ -566,6 +580,10 @@ mod tests {
             },
         ] {
             round_trip(&message);
+            let mut bytes = Vec::new();
+            encode(&message, &mut bytes);
+            let (frame, _) = split_frame(&bytes).unwrap().unwrap();
+            assert_eq!(raw_frame(frame.header.kind, frame.payload), bytes);
         }
     }
 

@@ -194,12 +194,16 @@ impl Session {
         if secret.is_some() {
             wanted |= CAP_SECRET;
         }
+        let mut hello = Vec::new();
+        haul::encode(
+            &Message::Hello {
+                version: haul::VERSION,
+                capabilities: wanted,
+            },
+            &mut hello,
+        );
         self.writer.write_all(&haul::MAGIC).await?;
-        self.send(&Message::Hello {
-            version: haul::VERSION,
-            capabilities: wanted,
-        })
-        .await?;
+        self.writer.write_all(&hello).await?;
         self.writer.flush().await?;
         let frame = self.read_frame().await?;
         let granted = match frame.message()? {
@@ -218,6 +222,16 @@ impl Session {
             }
             other => return Err(unexpected(&other, "Welcome")),
         };
+        // A grant is a subset of what was asked: anything more is a server
+        // or a path that changed the negotiation, and nothing it says can
+        // be trusted to mean what this client thinks.
+        let unasked = granted & !wanted;
+        if unasked != 0 {
+            return Err(SendError::Protocol(format!(
+                "the server granted capabilities this client did not ask for (bits 0x{unasked:x}); \
+                 the negotiation may have been changed on the way"
+            )));
+        }
         if granted & CAP_ZSTD != 0 {
             self.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
         }
@@ -229,14 +243,23 @@ impl Session {
                         .into(),
                 ));
             }
-            self.encrypt(secret).await?;
+            // The Hello as it left, the Welcome as it arrived: the server
+            // holds them as it received and sent them.
+            let prologue = secure::prologue(&hello, &haul::raw_frame(frame.kind, &frame.payload));
+            self.encrypt(secret, &prologue).await?;
         }
         Ok(())
     }
 
     /// Replaces the plain socket halves with the encrypted channel.
-    async fn encrypt(&mut self, secret: &Secret) -> Result<(), SendError> {
-        let handshake = secure::upgrade(&mut self.reader, &mut self.writer, secret, Role::Client);
+    async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SendError> {
+        let handshake = secure::upgrade(
+            &mut self.reader,
+            &mut self.writer,
+            secret,
+            Role::Client,
+            prologue,
+        );
         match timeout(self.idle, handshake).await {
             Err(_) => Err(SendError::Silent(self.idle)),
             Ok(Ok(())) => Ok(()),
@@ -252,7 +275,7 @@ impl Session {
             {
                 Err(SendError::Auth(
                     "authentication failed: the server hung up during the handshake; do both sides use \
-                     the same secret?"
+                     the same secret? (a Hello changed on the way ends it the same way)"
                         .into(),
                 ))
             }

@@ -414,21 +414,34 @@ impl Session<'_> {
                 plain: Vec::with_capacity(MAX_DATA_LEN as usize),
             });
         }
-        self.send(&Message::Welcome {
-            version: haul::VERSION,
-            capabilities: granted,
-        })
-        .await?;
+        let mut welcome = Vec::new();
+        haul::encode(
+            &Message::Welcome {
+                version: haul::VERSION,
+                capabilities: granted,
+            },
+            &mut welcome,
+        );
+        self.send_frame(&welcome).await?;
         self.writer.flush().await?;
         if let Some(secret) = &self.config.secret {
-            self.encrypt(secret).await?;
+            // The Hello as it arrived, the Welcome as it left: the client
+            // holds them as it sent and received them.
+            let prologue = secure::prologue(&haul::raw_frame(header.kind, &payload), &welcome);
+            self.encrypt(secret, &prologue).await?;
         }
         Ok(())
     }
 
     /// Replaces the plain socket halves with the encrypted channel.
-    async fn encrypt(&mut self, secret: &Secret) -> Result<(), SessionError> {
-        let handshake = secure::upgrade(&mut self.reader, &mut self.writer, secret, Role::Server);
+    async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SessionError> {
+        let handshake = secure::upgrade(
+            &mut self.reader,
+            &mut self.writer,
+            secret,
+            Role::Server,
+            prologue,
+        );
         match timeout(self.config.header_timeout, handshake).await {
             Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
             Ok(result) => result.map_err(SessionError::Auth)?,
@@ -763,7 +776,12 @@ impl Session<'_> {
     async fn send(&mut self, message: &Message<'_>) -> io::Result<()> {
         let mut frame = Vec::new();
         haul::encode(message, &mut frame);
-        match timeout(self.config.idle_timeout, self.writer.write_all(&frame)).await {
+        self.send_frame(&frame).await
+    }
+
+    /// Writes one encoded frame.
+    async fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        match timeout(self.config.idle_timeout, self.writer.write_all(frame)).await {
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client stopped reading",
