@@ -12,7 +12,8 @@ use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use util::{HaulServer, haul_command, stderr_of};
+use util::proxy::{Fault, Proxy};
+use util::{HaulServer, haul_command, random_bytes, stderr_of};
 
 const SECRET: &str = "4f6d2c0a9be14e7f8a3d5c21b7e09f64d2a1c3e5f7b9d0e2a4c6e8f0a2b4c6d8";
 
@@ -193,4 +194,125 @@ fn a_client_refuses_a_welcome_granting_what_it_did_not_ask_for() {
         "{stderr}"
     );
     assert!(server.stored_names().is_empty());
+}
+
+/// The `offset` of each `started` event in a `--json` send's output.
+fn started_offsets(output: &Output) -> Vec<u64> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| value["event"] == "started")
+        .map(|value| value["offset"].as_u64().unwrap())
+        .collect()
+}
+
+/// The resumable partial files in the inbox's hidden area, with their
+/// contents.
+fn resumable_partials(inbox: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut partials: Vec<(String, Vec<u8>)> = std::fs::read_dir(inbox.join(".haul"))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .map(|entry| entry.file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("resume-"))
+        .map(|name| {
+            let content = std::fs::read(inbox.join(".haul").join(&name)).unwrap();
+            (name, content)
+        })
+        .collect();
+    partials.sort();
+    partials
+}
+
+#[test]
+fn another_sender_of_the_same_path_size_and_time_neither_continues_nor_destroys_a_partial_upload() {
+    let server = HaulServer::start(&[]);
+    let size = 16 * 1024 * 1024;
+    let (a_files, b_files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_path = a_files.path().join("dataset.bin");
+    let b_path = b_files.path().join("dataset.bin");
+    let a_content = random_bytes(size, 11);
+    std::fs::write(&a_path, &a_content).unwrap();
+    std::fs::write(&b_path, random_bytes(size, 12)).unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for path in [&a_path, &b_path] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+    // Sender B keeps its identity in a state directory of its own.
+    let b_state = tempfile::tempdir().unwrap();
+    let send_as_b = |to: &str| {
+        let mut command = haul_command();
+        command
+            .env("XDG_STATE_HOME", b_state.path())
+            .args(["send", "--json", "--to", to])
+            .arg(&b_path);
+        command.output().unwrap()
+    };
+
+    let cutting = Proxy::start(server.addr(), Fault::CutAfter(8 * 1024 * 1024));
+    let cut = send(&cutting.addr, &a_path, None, &["--json"]);
+    assert_ne!(cut.status.code(), Some(0), "{}", stderr_of(&cut));
+    server.running.wait_for_log(&["haul session failed"]);
+    let held_by_a = resumable_partials(&server.inbox);
+    let [(a_partial, a_held)] = held_by_a.as_slice() else {
+        panic!("one partial upload expected, found {held_by_a:?}");
+    };
+    assert!(!a_held.is_empty() && a_content.starts_with(a_held));
+
+    let cutting_b = Proxy::start(server.addr(), Fault::CutAfter(2 * 1024 * 1024));
+    let b = send_as_b(&cutting_b.addr);
+    assert_ne!(b.status.code(), Some(0), "{}", stderr_of(&b));
+    assert_eq!(started_offsets(&b), [0], "B must not continue A's upload");
+    server.running.wait_for_log(&["haul session failed"]);
+    let after_b = resumable_partials(&server.inbox);
+    assert_eq!(after_b.len(), 2, "B's upload has partial data of its own");
+    assert!(
+        after_b.contains(&(a_partial.clone(), a_held.clone())),
+        "A's partial data changed"
+    );
+
+    let counting = Proxy::start(server.addr(), Fault::None);
+    let resumed = send(&counting.addr, &a_path, None, &["--json"]);
+    assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    assert_eq!(started_offsets(&resumed), [a_held.len() as u64]);
+    assert!(
+        counting.forwarded() < (size - a_held.len()) as u64 + 64 * 1024,
+        "{} bytes crossed to resume after {}",
+        counting.forwarded(),
+        a_held.len()
+    );
+    assert_eq!(
+        std::fs::read(server.inbox.join("dataset.bin")).unwrap(),
+        a_content
+    );
+}
+
+#[test]
+fn a_sender_that_cannot_keep_its_identity_warns_and_still_sends() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = compressible_file(source.path());
+    // A state directory under a plain file can never be made.
+    let blocker = source.path().join("not-a-directory");
+    std::fs::write(&blocker, b"").unwrap();
+    let output = haul_command()
+        .env("XDG_STATE_HOME", blocker.join("state"))
+        .args(["send", "--to", server.addr()])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("an interrupted send will not resume")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(server.inbox.join("report.txt").exists());
 }

@@ -34,6 +34,10 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// A BLAKE3 hash.
 pub type Hash = [u8; 32];
 
+/// A sender's resume identity: random bits the client keeps, so that only
+/// the sender that began a partial upload can continue it.
+pub type SenderId = [u8; 16];
+
 /// Capability bit: file bytes may travel zstd-compressed in `DataZstd`
 /// frames, each decompressing to at most [`MAX_DATA_LEN`] bytes.
 pub const CAP_ZSTD: u64 = 1;
@@ -179,6 +183,7 @@ pub enum Message<'a> {
     Hello {
         version: u16,
         capabilities: u64,
+        sender: SenderId,
     },
     Welcome {
         version: u16,
@@ -265,20 +270,24 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
     };
     let invalid = |what| DecodeError::Invalid { kind, what };
     let message = match kind {
-        Kind::Hello | Kind::Welcome => {
+        Kind::Hello => {
+            let version = fields.u16()?;
+            let capabilities = fields.u64()?;
+            let sender = fields.take()?;
+            fields.end()?;
+            Message::Hello {
+                version,
+                capabilities,
+                sender,
+            }
+        }
+        Kind::Welcome => {
             let version = fields.u16()?;
             let capabilities = fields.u64()?;
             fields.end()?;
-            if kind == Kind::Hello {
-                Message::Hello {
-                    version,
-                    capabilities,
-                }
-            } else {
-                Message::Welcome {
-                    version,
-                    capabilities,
-                }
+            Message::Welcome {
+                version,
+                capabilities,
             }
         }
         Kind::Offer => {
@@ -401,18 +410,20 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
         Message::Hello {
             version,
             capabilities,
+            sender,
+        } => {
+            out.extend_from_slice(&version.to_be_bytes());
+            out.extend_from_slice(&capabilities.to_be_bytes());
+            out.extend_from_slice(sender);
+            Kind::Hello
         }
-        | Message::Welcome {
+        Message::Welcome {
             version,
             capabilities,
         } => {
             out.extend_from_slice(&version.to_be_bytes());
             out.extend_from_slice(&capabilities.to_be_bytes());
-            if matches!(message, Message::Hello { .. }) {
-                Kind::Hello
-            } else {
-                Kind::Welcome
-            }
+            Kind::Welcome
         }
         Message::Offer(offer) => {
             let mut flags = 0;
@@ -548,6 +559,7 @@ mod tests {
             Message::Hello {
                 version: 1,
                 capabilities: u64::MAX,
+                sender: [0xa5; 16],
             },
             Message::Welcome {
                 version: 7,

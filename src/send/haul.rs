@@ -13,7 +13,7 @@ use super::walk::{Entry, Source, Walked, walk};
 use super::{Event, SendError, SendOptions, Summary, connect, unreadable};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN,
-    Message, Offer,
+    Message, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::text::printable;
@@ -69,7 +69,7 @@ pub async fn send_haul(
         small_file: Vec::new(),
     };
     session
-        .handshake(options.compress, options.secret.as_ref())
+        .handshake(options.compress, options.secret.as_ref(), options.sender)
         .await?;
 
     let mut batches = Batches {
@@ -186,6 +186,7 @@ impl Session {
         &mut self,
         compress: bool,
         secret: Option<&Secret>,
+        sender: SenderId,
     ) -> Result<(), SendError> {
         let mut wanted = 0;
         if compress {
@@ -199,6 +200,7 @@ impl Session {
             &Message::Hello {
                 version: haul::VERSION,
                 capabilities: wanted,
+                sender,
             },
             &mut hello,
         );

@@ -4,6 +4,7 @@
 //! the CLI can show it.
 
 mod haul;
+pub mod identity;
 mod seed;
 mod walk;
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::protocol::haul::{DecodeError, Hash};
+use crate::protocol::haul::{DecodeError, Hash, SenderId};
 use crate::protocol::seed::EncodeError;
 use crate::secure::Secret;
 use crate::throttle::RateLimit;
@@ -71,6 +72,9 @@ pub struct SendOptions {
     /// Authenticate with this secret and encrypt the session (haul's
     /// protocol only).
     pub secret: Option<Secret>,
+    /// Who is sending, for resuming (haul's protocol only): see
+    /// [`identity`].
+    pub sender: SenderId,
 }
 
 /// Counts for the closing line.

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::{ServerConfig, SpaceBudget, blocking, is_out_of_space, log_output, log_transfer};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
-    Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
+    Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::store::{Commit, Existing, Metadata, OnConflict, Partial, RelPath, Store};
@@ -113,6 +113,10 @@ struct Session<'a> {
     fresh_directories: HashSet<Vec<u8>>,
     /// Present once the client asked for compression and it was granted.
     zstd: Option<Zstd>,
+    /// The sender's resume identity, from its Hello: part of the name of
+    /// every partial file it sends, so that no other sender can continue
+    /// or replace one.
+    sender: SenderId,
 }
 
 /// Decompression state for `DataZstd` frames, kept for the whole session.
@@ -143,6 +147,7 @@ pub(super) async fn serve(
         directories: Vec::new(),
         fresh_directories: HashSet::new(),
         zstd: None,
+        sender: SenderId::default(),
     };
     match session.run().await {
         Ok(()) => debug!(%peer, "haul session ended"),
@@ -386,18 +391,25 @@ impl Session<'_> {
             return Err(SessionError::Vanished);
         };
         let payload = self.read_payload(header).await?;
+        // The version leads every Hello, whatever follows it in that
+        // version: an older client is told why, not that its Hello is short.
+        if let (Kind::Hello, Some(version)) = (header.kind, payload.first_chunk::<2>()) {
+            let version = u16::from_be_bytes(*version);
+            if version < haul::VERSION {
+                return Err(SessionError::Version { client: version });
+            }
+        }
         let Message::Hello {
             version,
             capabilities,
+            sender,
         } = haul::decode_message(header.kind, &payload)?
         else {
             return Err(SessionError::Violation(
                 "the first frame must be Hello".into(),
             ));
         };
-        if version < haul::VERSION {
-            return Err(SessionError::Version { client: version });
-        }
+        self.sender = sender;
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
         if self.config.secret.is_some() && capabilities & CAP_SECRET == 0 {
             return Err(SessionError::SecretRequired);
@@ -456,12 +468,13 @@ impl Session<'_> {
         let store = self.store.clone();
         let config = self.config.clone();
         let mut fresh = std::mem::take(&mut self.fresh_directories);
+        let sender = self.sender;
         let (decided, fresh) = blocking(move || {
             let mut space = SpaceBudget::default();
             let decided = offers
                 .into_iter()
                 .map(|offer| {
-                    let decision = decide(&store, &config, &mut space, &mut fresh, &offer);
+                    let decision = decide(&store, &config, &mut space, &mut fresh, &offer, &sender);
                     (offer, decision)
                 })
                 .collect::<Vec<_>>();
@@ -843,6 +856,7 @@ fn decide(
     space: &mut SpaceBudget,
     fresh_directories: &mut HashSet<Vec<u8>>,
     offer: &OwnedOffer,
+    sender: &SenderId,
 ) -> io::Result<Decision> {
     let path = match RelPath::parse(&offer.path) {
         Ok(path) => path,
@@ -865,11 +879,10 @@ fn decide(
             decide_file(
                 store,
                 path,
-                offer.size,
-                offer.differs,
-                offer.mtime,
+                offer,
                 config.on_conflict,
                 in_fresh_directory,
+                sender,
             )?
         }
     };
@@ -907,12 +920,12 @@ fn decide_directory(store: &Store, path: &RelPath) -> io::Result<(Decision, bool
 fn decide_file(
     store: &Store,
     target: RelPath,
-    size: Option<u64>,
-    differs: bool,
-    mtime: Mtime,
+    offer: &OwnedOffer,
     on_conflict: OnConflict,
     in_fresh_directory: bool,
+    sender: &SenderId,
 ) -> io::Result<Decision> {
+    let (size, differs) = (offer.size, offer.differs);
     let existing = if in_fresh_directory {
         Existing::Nothing
     } else {
@@ -937,7 +950,7 @@ fn decide_file(
         // A stream cannot be identified before it ends, so it cannot resume.
         None => store.begin(target),
         Some(size) => {
-            let key = resume_key(&target, size, mtime);
+            let key = resume_key(sender, &target, size, offer.mtime);
             let partial = store.begin_resumable(target.clone(), &key)?;
             if partial.offset() > size {
                 partial.discard();
@@ -951,10 +964,13 @@ fn decide_file(
     Ok(Decision::Answer(Answer::Send { offset }, Some(partial)))
 }
 
-/// Names the partial data of one version of one file: the same path, size
-/// and modification time resume; anything else starts afresh.
-fn resume_key(target: &RelPath, size: u64, mtime: Mtime) -> String {
+/// Names the partial data of one version of one file from one sender: the
+/// same sender, path, size and modification time resume; anything else
+/// starts afresh. Another sender offering the same path, size and time
+/// names other data, so it can neither continue nor replace this one.
+fn resume_key(sender: &SenderId, target: &RelPath, size: u64, mtime: Mtime) -> String {
     let mut hasher = blake3::Hasher::new();
+    hasher.update(sender);
     hasher.update(target.to_string().as_bytes());
     hasher.update(&size.to_be_bytes());
     hasher.update(&mtime.secs.to_be_bytes());
@@ -1059,8 +1075,9 @@ mod tests {
         let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
         let mut space = SpaceBudget::default();
         let mut fresh = HashSet::new();
-        let mut decide_one =
-            |offer: OwnedOffer| decide(&store, &config, &mut space, &mut fresh, &offer).unwrap();
+        let mut decide_one = |offer: OwnedOffer| {
+            decide(&store, &config, &mut space, &mut fresh, &offer, &[7; 16]).unwrap()
+        };
         let theirs = b"someone else's";
         let ours = b"the sender's!!";
 
