@@ -316,3 +316,68 @@ fn a_sender_that_cannot_keep_its_identity_warns_and_still_sends() {
     );
     assert!(server.inbox.join("report.txt").exists());
 }
+
+#[test]
+fn a_send_run_again_after_a_silently_dead_connection_takes_over_and_sends_only_the_rest() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("footage.bin");
+    let size = 64 * 1024 * 1024;
+    let content = random_bytes(size, 21);
+    std::fs::write(&path, &content).unwrap();
+
+    // The path goes dead part-way: no FIN, no reset, nothing more forwarded.
+    let stall_at = 24 * 1024 * 1024;
+    let stalling = Proxy::start(server.addr(), Fault::StallAfter(stall_at));
+    let mut first = haul_command()
+        .args(["send", "--json", "--to", &stalling.addr])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + util::LINE_WAIT;
+    while stalling.forwarded() < stall_at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never forwarded {stall_at} bytes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The user gives up on the hung send; the server still sees a live,
+    // silent connection.
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let counting = Proxy::start(server.addr(), Fault::None);
+    let again = send(&counting.addr, &path, None, &["--json"]);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+    let offsets = started_offsets(&again);
+    let [offset] = offsets.as_slice() else {
+        panic!("one started event expected, got {offsets:?}");
+    };
+    let offset = *offset;
+    assert!(
+        offset > 0 && offset <= stall_at,
+        "resumed at {offset} after {stall_at} bytes had crossed"
+    );
+    let missing = size as u64 - offset;
+    assert!(
+        counting.forwarded() < missing + 64 * 1024,
+        "{} bytes crossed the second time for the {missing} missing",
+        counting.forwarded()
+    );
+    server
+        .running
+        .wait_for_log(&["took over partial data from a stalled session"]);
+    server
+        .running
+        .wait_for_log(&["haul session failed", "took over its file"]);
+    let stored = std::fs::read(server.inbox.join("footage.bin")).unwrap();
+    assert!(
+        blake3::hash(&stored) == blake3::hash(&content),
+        "the stored file differs"
+    );
+    assert_eq!(server.partial_count(), 0, "nothing was received privately");
+}

@@ -58,7 +58,7 @@ pub async fn send_haul(
     options: SendOptions,
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<Summary, SendError> {
-    let stream = connect(to).await?;
+    let stream = connect(to, options.idle).await?;
     let (reader, writer) = stream.into_split();
     let mut session = Session {
         reader: BufReader::new(Box::new(reader)),

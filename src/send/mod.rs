@@ -200,7 +200,8 @@ pub(crate) fn base_name(path: &Path) -> Result<String, SendError> {
 }
 
 /// Connects to the server, naming the address and a likely fix on failure.
-pub(crate) async fn connect(to: &str) -> Result<tokio::net::TcpStream, SendError> {
+/// A server that vanishes without a word is noticed within about `idle`.
+pub(crate) async fn connect(to: &str, idle: Duration) -> Result<tokio::net::TcpStream, SendError> {
     let stream = tokio::net::TcpStream::connect(to)
         .await
         .map_err(|source| SendError::Connect {
@@ -208,5 +209,6 @@ pub(crate) async fn connect(to: &str) -> Result<tokio::net::TcpStream, SendError
             source,
         })?;
     stream.set_nodelay(true)?;
+    crate::keepalive::notice_dead_peer(&stream, idle)?;
     Ok(stream)
 }

@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{ServerConfig, SpaceBudget, blocking, is_out_of_space, log_output, log_transfer};
 use crate::protocol::haul::{
@@ -22,7 +22,7 @@ use crate::protocol::haul::{
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
-use crate::store::{Commit, Existing, Metadata, OnConflict, Partial, RelPath, Store};
+use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
 use crate::transfer::{
     FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_buffered, receive_slice,
@@ -52,6 +52,8 @@ enum SessionError {
     Pump(#[from] PumpError),
     #[error("no space left on the server")]
     NoSpace,
+    #[error("a newer connection of the same sender took over its file")]
+    TakenOver,
     #[error("this server requires a shared secret: set HAUL_TOKEN or use --token-file")]
     SecretRequired,
     #[error("{0}")]
@@ -117,6 +119,9 @@ struct Session<'a> {
     /// every partial file it sends, so that no other sender can continue
     /// or replace one.
     sender: SenderId,
+    /// This session's hold on the partial data it claimed, through which a
+    /// newer session of the same sender can ask for it.
+    holder: Holder,
 }
 
 /// Decompression state for `DataZstd` frames, kept for the whole session.
@@ -148,6 +153,7 @@ pub(super) async fn serve(
         fresh_directories: HashSet::new(),
         zstd: None,
         sender: SenderId::default(),
+        holder: Holder::new(),
     };
     match session.run().await {
         Ok(()) => debug!(%peer, "haul session ended"),
@@ -468,23 +474,33 @@ impl Session<'_> {
         let store = self.store.clone();
         let config = self.config.clone();
         let mut fresh = std::mem::take(&mut self.fresh_directories);
-        let sender = self.sender;
-        let (decided, fresh) = blocking(move || {
+        let (sender, holder) = (self.sender, self.holder.clone());
+        let (decided, fresh, mut space) = blocking(move || {
             let mut space = SpaceBudget::default();
+            let claimant = Claimant {
+                sender: &sender,
+                holder: &holder,
+                take_over: true,
+            };
             let decided = offers
                 .into_iter()
                 .map(|offer| {
-                    let decision = decide(&store, &config, &mut space, &mut fresh, &offer, &sender);
+                    let decision =
+                        decide(&store, &config, &mut space, &mut fresh, &offer, &claimant);
                     (offer, decision)
                 })
                 .collect::<Vec<_>>();
-            Ok((decided, fresh))
+            Ok((decided, fresh, space))
         })
         .await
         .map_err(SessionError::Storage)?;
         self.fresh_directories = fresh;
         let mut batch = Vec::with_capacity(decided.len());
         for (offer, decision) in decided {
+            let (offer, decision) = match decision {
+                Ok(Decision::TakeOver { key }) => self.take_over(offer, &key, &mut space).await?,
+                decision => (offer, decision),
+            };
             let mut planned = Planned {
                 path_shown: printable(&offer.path),
                 size: offer.size,
@@ -504,6 +520,12 @@ impl Session<'_> {
                     self.send(&Message::Answer(answer)).await?;
                 }
                 Ok(Decision::Refuse(reason)) => planned = planned.refused(self, reason).await?,
+                // Decided again without asking anyone, a held file gets a
+                // private one instead; this only keeps the match whole.
+                Ok(Decision::TakeOver { .. }) => {
+                    let reason = "another connection is receiving this file".to_owned();
+                    planned = planned.refused(self, reason).await?
+                }
                 Err(error) => {
                     planned = planned
                         .refused(self, format!("storage failed: {error}"))
@@ -513,6 +535,46 @@ impl Session<'_> {
             batch.push(planned);
         }
         Ok(batch)
+    }
+
+    /// Decides again for an offer whose partial data another session of
+    /// this sender holds, once that session has let go of it or the wait
+    /// for it is over; then a claim still held elsewhere gets a private
+    /// file, as any second receiver of one file does.
+    async fn take_over(
+        &mut self,
+        offer: OwnedOffer,
+        key: &str,
+        space: &mut SpaceBudget,
+    ) -> Result<(OwnedOffer, io::Result<Decision>), SessionError> {
+        let path_shown = printable(&offer.path);
+        if self
+            .store
+            .wait_released(key, self.config.takeover_wait)
+            .await
+        {
+            info!(peer = %self.peer, name = %path_shown, "took over partial data from a stalled session of the same sender");
+        } else {
+            warn!(peer = %self.peer, name = %path_shown, "the session holding this file's partial data did not let go in time; receiving it afresh");
+        }
+        let (store, config) = (self.store.clone(), self.config.clone());
+        let (sender, holder) = (self.sender, self.holder.clone());
+        let mut fresh = std::mem::take(&mut self.fresh_directories);
+        let mut budget = std::mem::take(space);
+        let (offer, decision, fresh, budget) = blocking(move || {
+            let claimant = Claimant {
+                sender: &sender,
+                holder: &holder,
+                take_over: false,
+            };
+            let decision = decide(&store, &config, &mut budget, &mut fresh, &offer, &claimant);
+            Ok((offer, decision, fresh, budget))
+        })
+        .await
+        .map_err(SessionError::Storage)?;
+        self.fresh_directories = fresh;
+        *space = budget;
+        Ok((offer, decision))
     }
 
     async fn run_batch(&mut self, mut batch: Vec<Planned>) -> Result<(), SessionError> {
@@ -614,9 +676,14 @@ impl Session<'_> {
             .map_err(storage_error)?
         };
         let mut sink = FileSink::for_len(writer, Some(hasher), planned.size);
-        let frames = self
-            .receive_frames(&mut sink, planned, partial.offset())
-            .await;
+        // A newer session of this sender that wants a file this one holds
+        // ends this one here: what was received is written out below and
+        // kept, and the claim goes with the partial.
+        let holder = self.holder.clone();
+        let frames = tokio::select! {
+            frames = self.receive_frames(&mut sink, planned, partial.offset()) => frames,
+            () = holder.asked() => Err(SessionError::TakenOver),
+        };
         // Every queued write lands before anything else happens to the
         // partial file, so that a resumed transfer measures it whole.
         let written = sink.finish().await;
@@ -823,6 +890,21 @@ impl Planned {
 enum Decision {
     Answer(Answer<'static>, Option<Partial>),
     Refuse(String),
+    /// Another session of this sender holds the file's partial data and
+    /// was asked to let go: decide again once it has.
+    TakeOver {
+        key: String,
+    },
+}
+
+/// Who claims partial data: the sender whose identity names it, and the
+/// session that would hold it.
+struct Claimant<'a> {
+    sender: &'a SenderId,
+    holder: &'a Holder,
+    /// Whether another session holding the data is asked to let go (the
+    /// first decision), or the data is received privately (after the wait).
+    take_over: bool,
 }
 
 /// An offer, owned, so that a whole batch can be judged on one thread.
@@ -856,7 +938,7 @@ fn decide(
     space: &mut SpaceBudget,
     fresh_directories: &mut HashSet<Vec<u8>>,
     offer: &OwnedOffer,
-    sender: &SenderId,
+    claimant: &Claimant<'_>,
 ) -> io::Result<Decision> {
     let path = match RelPath::parse(&offer.path) {
         Ok(path) => path,
@@ -882,7 +964,7 @@ fn decide(
                 offer,
                 config.on_conflict,
                 in_fresh_directory,
-                sender,
+                claimant,
             )?
         }
     };
@@ -923,7 +1005,7 @@ fn decide_file(
     offer: &OwnedOffer,
     on_conflict: OnConflict,
     in_fresh_directory: bool,
-    sender: &SenderId,
+    claimant: &Claimant<'_>,
 ) -> io::Result<Decision> {
     let (size, differs) = (offer.size, offer.differs);
     let existing = if in_fresh_directory {
@@ -950,8 +1032,13 @@ fn decide_file(
         // A stream cannot be identified before it ends, so it cannot resume.
         None => store.begin(target),
         Some(size) => {
-            let key = resume_key(sender, &target, size, offer.mtime);
-            let partial = store.begin_resumable(target.clone(), &key)?;
+            let key = resume_key(claimant.sender, &target, size, offer.mtime);
+            let (holder, take_over) = (claimant.holder, claimant.take_over);
+            let Some(partial) =
+                store.begin_resumable_for(target.clone(), &key, holder, take_over)?
+            else {
+                return Ok(Decision::TakeOver { key });
+            };
             if partial.offset() > size {
                 partial.discard();
                 store.begin_resumable(target, &key)?
@@ -1076,7 +1163,12 @@ mod tests {
         let mut space = SpaceBudget::default();
         let mut fresh = HashSet::new();
         let mut decide_one = |offer: OwnedOffer| {
-            decide(&store, &config, &mut space, &mut fresh, &offer, &[7; 16]).unwrap()
+            let claimant = Claimant {
+                sender: &[7; 16],
+                holder: &Holder::new(),
+                take_over: true,
+            };
+            decide(&store, &config, &mut space, &mut fresh, &offer, &claimant).unwrap()
         };
         let theirs = b"someone else's";
         let ours = b"the sender's!!";

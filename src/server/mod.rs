@@ -61,6 +61,12 @@ pub struct ServerConfig {
     pub reserve: u64,
     /// When set, haul sessions must prove they hold it, and are encrypted.
     pub secret: Option<Secret>,
+    /// How long a haul session waits for a stalled session of the same
+    /// sender to let go of a file's partial data before it receives the
+    /// file afresh instead. The stalled session lets go as soon as it sees
+    /// the request, unless it is stuck outside a file's data (writing to a
+    /// client that does not read, say); a few seconds cover a busy server.
+    pub takeover_wait: Duration,
 }
 
 impl ServerConfig {
@@ -79,6 +85,7 @@ impl ServerConfig {
             max_file_size: None,
             reserve: 64 * 1024 * 1024,
             secret: None,
+            takeover_wait: Duration::from_secs(5),
         }
     }
 }
@@ -215,6 +222,11 @@ async fn serve_connection(
     // Replies are written whole and flushed on purpose; Nagle's algorithm
     // would hold a batch's receipts back until the client's delayed ACK.
     let _ = stream.set_nodelay(true);
+    // A client that vanishes without a word frees its slot within about
+    // the idle timeout, even while the server waits on no timer of its own.
+    if let Err(error) = crate::keepalive::notice_dead_peer(&stream, config.idle_timeout) {
+        debug!(%peer, %error, "cannot set TCP keepalive");
+    }
     let mut opening = [0u8; 8];
     match timeout(config.header_timeout, stream.read_exact(&mut opening)).await {
         Ok(Ok(_)) => {}
