@@ -430,11 +430,10 @@ impl Store {
         }))
     }
 
-    /// Waits, at most `bound`, until no session holds the claim on `key`;
-    /// returns whether it was released in time.
-    pub async fn wait_released(&self, key: &str, bound: Duration) -> bool {
+    /// Waits, until `deadline` at most, for no session to hold the claim
+    /// on `key`; returns whether it was released in time.
+    pub async fn wait_released(&self, key: &str, deadline: tokio::time::Instant) -> bool {
         let temp_name = format!("{RESUME_PREFIX}{key}");
-        let deadline = tokio::time::Instant::now() + bound;
         loop {
             // Registered before looking, so that a release between the look
             // and the wait still wakes it.
@@ -1077,11 +1076,10 @@ mod tests {
         let asked = store.begin_resumable_for(target.clone(), "key", &new, true);
         assert!(asked.unwrap().is_none(), "the holder is asked first");
         old.asked().await;
-        assert!(
-            !store.wait_released("key", Duration::from_millis(10)).await,
-            "still held"
-        );
-        let waiting = store.wait_released("key", Duration::from_secs(60));
+        let soon = tokio::time::Instant::now() + Duration::from_millis(10);
+        assert!(!store.wait_released("key", soon).await, "still held");
+        let later = tokio::time::Instant::now() + Duration::from_secs(60);
+        let waiting = store.wait_released("key", later);
         let (released, ()) = tokio::join!(waiting, async move { drop(held) });
         assert!(released);
         let taken = store

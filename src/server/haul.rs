@@ -495,10 +495,17 @@ impl Session<'_> {
         .await
         .map_err(SessionError::Storage)?;
         self.fresh_directories = fresh;
+        // The holders were asked above; one wait for them all, so that a
+        // batch of files held by a session that does not let go costs one
+        // wait, not one per file.
+        let takeover_deadline = tokio::time::Instant::now() + self.config.takeover_wait;
         let mut batch = Vec::with_capacity(decided.len());
         for (offer, decision) in decided {
             let (offer, decision) = match decision {
-                Ok(Decision::TakeOver { key }) => self.take_over(offer, &key, &mut space).await?,
+                Ok(Decision::TakeOver { key }) => {
+                    self.take_over(offer, &key, takeover_deadline, &mut space)
+                        .await?
+                }
                 decision => (offer, decision),
             };
             let mut planned = Planned {
@@ -538,21 +545,18 @@ impl Session<'_> {
     }
 
     /// Decides again for an offer whose partial data another session of
-    /// this sender holds, once that session has let go of it or the wait
-    /// for it is over; then a claim still held elsewhere gets a private
-    /// file, as any second receiver of one file does.
+    /// this sender holds, once that session has let go of it or at
+    /// `deadline`; then a claim still held elsewhere gets a private file,
+    /// as any second receiver of one file does.
     async fn take_over(
         &mut self,
         offer: OwnedOffer,
         key: &str,
+        deadline: tokio::time::Instant,
         space: &mut SpaceBudget,
     ) -> Result<(OwnedOffer, io::Result<Decision>), SessionError> {
         let path_shown = printable(&offer.path);
-        if self
-            .store
-            .wait_released(key, self.config.takeover_wait)
-            .await
-        {
+        if self.store.wait_released(key, deadline).await {
             info!(peer = %self.peer, name = %path_shown, "took over partial data from a stalled session of the same sender");
         } else {
             warn!(peer = %self.peer, name = %path_shown, "the session holding this file's partial data did not let go in time; receiving it afresh");

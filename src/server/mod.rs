@@ -61,9 +61,9 @@ pub struct ServerConfig {
     pub reserve: u64,
     /// When set, haul sessions must prove they hold it, and are encrypted.
     pub secret: Option<Secret>,
-    /// How long a haul session waits for a stalled session of the same
-    /// sender to let go of a file's partial data before it receives the
-    /// file afresh instead. The stalled session lets go as soon as it sees
+    /// How long a haul session waits, once per batch, for stalled sessions
+    /// of the same sender to let go of the partial data of files it
+    /// offers, before it receives those files afresh instead. The stalled session lets go as soon as it sees
     /// the request, unless it is stuck outside a file's data (writing to a
     /// client that does not read, say); a few seconds cover a busy server.
     pub takeover_wait: Duration,
