@@ -230,10 +230,15 @@ thread_local! {
     static STATE_HOME: TempDir = TempDir::new().unwrap();
 }
 
+/// This test's state directory, for `XDG_STATE_HOME`.
+pub fn state_home() -> PathBuf {
+    STATE_HOME.with(|dir| dir.path().to_owned())
+}
+
 /// `haul`, ready for arguments, with this test's own state directory.
 pub fn haul_command() -> Command {
     let mut command = Command::new(HAUL);
-    STATE_HOME.with(|dir| command.env("XDG_STATE_HOME", dir.path()));
+    command.env("XDG_STATE_HOME", state_home());
     command
 }
 
