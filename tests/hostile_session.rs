@@ -381,3 +381,26 @@ fn a_send_run_again_after_a_silently_dead_connection_takes_over_and_sends_only_t
     );
     assert_eq!(server.partial_count(), 0, "nothing was received privately");
 }
+
+#[test]
+fn a_version_one_client_is_told_its_version_is_too_old() {
+    use haul::protocol::haul::{FRAME_HEADER_LEN, MAGIC, Message, decode_frame_header};
+    let server = HaulServer::start(&[]);
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    // Version 1's Hello: version and capabilities, no sender.
+    let hello_v1 = [&[0x01, 0, 0, 0, 10][..], &[0, 1], &[0; 8]].concat();
+    stream.write_all(&[&MAGIC[..], &hello_v1].concat()).unwrap();
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream.read_exact(&mut header).unwrap();
+    let header = decode_frame_header(header).unwrap();
+    let mut payload = vec![0u8; header.len as usize];
+    stream.read_exact(&mut payload).unwrap();
+    let message = haul::protocol::haul::decode_message(header.kind, &payload).unwrap();
+    let Message::Error { message } = message else {
+        panic!("expected an Error, got {message:?}");
+    };
+    assert_eq!(
+        message,
+        "the client speaks protocol version 1; this server speaks 2"
+    );
+}
