@@ -433,6 +433,9 @@ fn ten_senders_of_one_name_at_once_all_land_intact() {
             std::fs::write(&path, content).unwrap();
             let protocol = if i % 2 == 0 { "haul" } else { "seed" };
             util::haul_command()
+                // Ten senders, so ten resume identities: files of one sender
+                // with the same name, size and time are one upload.
+                .env("XDG_STATE_HOME", dir.join("state"))
                 .args([
                     "send",
                     "--protocol",
