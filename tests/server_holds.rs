@@ -422,8 +422,8 @@ fn a_server_killed_during_a_seed_transfer_leaves_no_partial_file_and_restarts_cl
 fn ten_senders_of_one_name_at_once_all_land_intact() {
     let server = HaulServer::start(&[]);
     let source = tempfile::tempdir().unwrap();
-    // Even seeds: `random_bytes` sets the lowest bit, so 100 and 101 made
-    // the same bytes, and a haul sender then rightly found its file
+    // Even seeds: `random_bytes` sets the lowest bit, so seeds 2n and 2n+1
+    // give the same bytes, and a haul sender would rightly find its file
     // already there.
     let contents: Vec<Vec<u8>> = (0..10)
         .map(|i| random_bytes(100_000, 200 + 2 * i))
