@@ -16,6 +16,8 @@
 //!   classroom protocol) between file and socket inside the kernel.
 //! - [`secure`] is the encrypted channel (Noise with the shared secret) that
 //!   a haul session runs over when a secret is set.
+//! - [`keepalive`] has the kernel notice a peer that vanished without a word,
+//!   on the server's sockets and the client's.
 //! - [`throttle`] caps the rate at which a sender writes to its socket.
 //! - [`size`] reads byte sizes and rates given on the command line.
 //! - [`store`] is the only code that creates, renames or deletes files in the
@@ -31,6 +33,7 @@
 //! name).
 
 pub mod config;
+pub mod keepalive;
 pub mod protocol;
 pub mod secure;
 pub mod send;

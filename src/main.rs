@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use haul::config::{self, Bytes, Span};
+use haul::protocol::haul::SenderId;
 use haul::secure::{self, LoadedSecret, SecretError};
 use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{SeedSettle, Server, ServerConfig};
@@ -428,11 +429,19 @@ fn main() -> ExitCode {
                 }
                 (Protocol::Seed, _) => None,
             };
+            let sender = match protocol {
+                Protocol::Haul => match resume_identity() {
+                    Some(sender) => sender,
+                    None => return ExitCode::FAILURE,
+                },
+                Protocol::Seed => SenderId::default(),
+            };
             let options = SendOptions {
                 idle: SEND_IDLE_TIMEOUT,
                 compress,
                 limit: limit_rate,
                 secret,
+                sender,
             };
             let output = if json {
                 Output::Json
@@ -466,6 +475,27 @@ fn main() -> ExitCode {
         }
         Command::Completions { .. } | Command::Man | Command::Token => {
             unreachable!("handled above")
+        }
+    }
+}
+
+/// This user's resume identity; if it cannot be kept, a random one for
+/// this run, with a warning. `None` only when there is no randomness.
+fn resume_identity() -> Option<SenderId> {
+    let error = match send::identity::load_or_create() {
+        Ok(sender) => return Some(sender),
+        Err(error) => error,
+    };
+    match send::identity::random() {
+        Ok(sender) => {
+            eprintln!(
+                "haul: warning: {error}; sending with a one-off identity, so an interrupted send will not resume"
+            );
+            Some(sender)
+        }
+        Err(random_error) => {
+            eprintln!("haul: cannot get random bytes from the system: {random_error}");
+            None
         }
     }
 }

@@ -8,6 +8,10 @@
 //! the secret itself never crosses the wire). On the wire every Noise
 //! message is a u16 big-endian length followed by that many bytes.
 //!
+//! The clear negotiation before it (the magic, Hello and Welcome) is the
+//! handshake's prologue ([`prologue`]): each side mixes in the bytes it sent
+//! and received, so a change to any of them on the way fails the handshake.
+//!
 //! [`SealedWriter`] and [`OpenedReader`] wrap a socket's halves so that the
 //! protocol code above reads and writes plain frames and never sees this.
 
@@ -25,7 +29,9 @@ use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf,
 };
 
-/// The Noise protocol name, fixed for protocol version 1.
+use crate::protocol::haul::MAGIC;
+
+/// The Noise protocol name, fixed since protocol version 1.
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// Largest Noise message.
 const MAX_MESSAGE: usize = 65535;
@@ -192,7 +198,9 @@ pub fn new_token() -> io::Result<String> {
 /// Why the secure channel could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("authentication failed: the secrets do not match")]
+    #[error(
+        "authentication failed: the secrets do not match, or the Hello or Welcome was changed on the way"
+    )]
     WrongSecret,
     #[error("the encrypted handshake failed: {0}")]
     Noise(snow::Error),
@@ -214,6 +222,15 @@ pub enum Role {
     Server,
 }
 
+/// The handshake's prologue: the magic, then the Hello frame and the
+/// Welcome frame (header and payload), exactly as this side sent or
+/// received them. Both sides must build the same bytes, or the first
+/// handshake message that carries a tag fails: nobody on the path can
+/// switch a capability (compression, say) on or off unseen.
+pub fn prologue(hello_frame: &[u8], welcome_frame: &[u8]) -> Vec<u8> {
+    [&MAGIC[..], hello_frame, welcome_frame].concat()
+}
+
 /// Runs the handshake over a session's buffered halves and replaces them
 /// with the encrypted channel, keeping any bytes already read ahead. On
 /// failure the halves are left unusable: the session must end.
@@ -222,6 +239,7 @@ pub async fn upgrade(
     writer: &mut BufWriter<BoxedWriter>,
     secret: &Secret,
     role: Role,
+    prologue: &[u8],
 ) -> Result<(), HandshakeError> {
     let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
     let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
@@ -231,8 +249,8 @@ pub async fn upgrade(
     let raw_reader = std::io::Cursor::new(read_ahead).chain(plain_reader.into_inner());
     let raw_writer = plain_writer.into_inner();
     let (opened, sealed) = match role {
-        Role::Client => connect(raw_reader, raw_writer, secret).await?,
-        Role::Server => accept(raw_reader, raw_writer, secret).await?,
+        Role::Client => connect(raw_reader, raw_writer, secret, prologue).await?,
+        Role::Server => accept(raw_reader, raw_writer, secret, prologue).await?,
     };
     // Room for a whole message, so that each opens straight into the
     // session's buffer and a small file's frame is usually whole in it. With
@@ -249,12 +267,13 @@ pub async fn connect<R, W>(
     mut reader: R,
     mut writer: W,
     secret: &Secret,
+    prologue: &[u8],
 ) -> Result<Channel<R, W>, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut noise = builder(secret)?
+    let mut noise = builder(secret, prologue)?
         .build_initiator()
         .map_err(HandshakeError::Noise)?;
     let mut message = vec![0u8; MAX_MESSAGE];
@@ -274,12 +293,13 @@ pub async fn accept<R, W>(
     mut reader: R,
     mut writer: W,
     secret: &Secret,
+    prologue: &[u8],
 ) -> Result<Channel<R, W>, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut noise = builder(secret)?
+    let mut noise = builder(secret, prologue)?
         .build_responder()
         .map_err(HandshakeError::Noise)?;
     let mut message = vec![0u8; MAX_MESSAGE];
@@ -294,10 +314,11 @@ where
     established(noise, reader, writer)
 }
 
-fn builder(secret: &Secret) -> Result<Builder<'_>, HandshakeError> {
+fn builder<'a>(secret: &'a Secret, prologue: &'a [u8]) -> Result<Builder<'a>, HandshakeError> {
     let params = NOISE_PARAMS.parse().map_err(HandshakeError::Noise)?;
     Builder::new(params)
         .psk(0, &secret.key)
+        .and_then(|builder| builder.prologue(prologue))
         .map_err(HandshakeError::Noise)
 }
 
@@ -571,6 +592,8 @@ mod tests {
     async fn pair(
         client_secret: &str,
         server_secret: &str,
+        client_prologue: &[u8],
+        server_prologue: &[u8],
     ) -> (Result<(), HandshakeError>, Result<(), HandshakeError>) {
         let (client_side, server_side) = tokio::io::duplex(1 << 20);
         let (client_read, client_write) = tokio::io::split(client_side);
@@ -578,8 +601,8 @@ mod tests {
         let client_secret = Secret::new(client_secret).unwrap();
         let server_secret = Secret::new(server_secret).unwrap();
         let (client, server) = tokio::join!(
-            connect(client_read, client_write, &client_secret),
-            accept(server_read, server_write, &server_secret)
+            connect(client_read, client_write, &client_secret, client_prologue),
+            accept(server_read, server_write, &server_secret, server_prologue)
         );
         (client.map(drop), server.map(drop))
     }
@@ -597,8 +620,8 @@ mod tests {
         let (server_read, server_write) = tokio::io::split(server_side);
         let secret = Secret::new("a shared secret of some length").unwrap();
         let (client, server) = tokio::join!(
-            connect(client_read, client_write, &secret),
-            accept(server_read, server_write, &secret)
+            connect(client_read, client_write, &secret, b"negotiation"),
+            accept(server_read, server_write, &secret, b"negotiation")
         );
         let ((_, client_writer), (server_reader, _)) = (client.unwrap(), server.unwrap());
         (client_writer, server_reader)
@@ -670,7 +693,13 @@ mod tests {
 
     #[tokio::test]
     async fn different_secrets_fail_the_handshake() {
-        let (client, server) = pair("the client's secret, long", "the server's secret, long").await;
+        let (client, server) = pair(
+            "the client's secret, long",
+            "the server's secret, long",
+            b"same",
+            b"same",
+        )
+        .await;
         assert!(
             matches!(server, Err(HandshakeError::WrongSecret)),
             "{server:?}"
@@ -763,6 +792,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(loaded.origin, SecretOrigin::TokenFile(path));
+    }
+
+    /// The prologue is what each side saw of the clear negotiation: with
+    /// the same secret, one changed bit in it fails the handshake on the
+    /// side that reads the first tagged message, and the other side too.
+    #[tokio::test]
+    async fn a_changed_negotiation_fails_the_handshake_even_with_the_right_secret() {
+        let secret = "the same secret on both sides";
+        let hello = [1u8, 0, 0, 0, 10, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3];
+        let mut changed = hello;
+        changed[14] ^= 1;
+        let (client, server) = pair(secret, secret, &hello, &hello).await;
+        assert!(client.is_ok() && server.is_ok(), "{client:?} {server:?}");
+        let (client, server) = pair(secret, secret, &hello, &changed).await;
+        assert!(
+            matches!(server, Err(HandshakeError::WrongSecret)),
+            "{server:?}"
+        );
+        assert!(client.is_err());
+        assert_eq!(prologue(b"h", b"w"), [&MAGIC[..], b"hw"].concat());
     }
 
     #[test]

@@ -260,9 +260,14 @@ struct StoreInner {
     next_temp: AtomicU64,
     /// Set once the filesystem refused a rename that must not replace.
     no_replace_unsupported: AtomicBool,
-    /// Resumable partials being written now: a second sender of the same
-    /// file gets a private temporary file instead of sharing one.
-    busy: Mutex<HashSet<String>>,
+    /// Resumable partials being written now, and the session holding
+    /// each: a second session wanting the same file either asks the holder
+    /// to let go ([`Store::begin_resumable_for`]) or gets a private
+    /// temporary file, never a share of the same one.
+    busy: Mutex<HashMap<String, Holder>>,
+    /// Woken whenever a claim in `busy` is released, for sessions waiting
+    /// to take one over.
+    released: tokio::sync::Notify,
     /// Resumable partial files known to be on disk. An offer whose key is
     /// not here is answered without a lookup (one call per file, 5% of the
     /// server's time for small files); should another process have made
@@ -311,7 +316,8 @@ impl Store {
                 on_conflict,
                 next_temp: AtomicU64::new(0),
                 no_replace_unsupported: AtomicBool::new(false),
-                busy: Mutex::new(HashSet::new()),
+                busy: Mutex::new(HashMap::new()),
+                released: tokio::sync::Notify::new(),
                 held: Mutex::new(held),
                 umask: process_umask().unwrap_or(DEFAULT_UMASK),
                 copy_hints: Mutex::new(HashMap::new()),
@@ -325,7 +331,7 @@ impl Store {
     /// Removes partial data not written to for `max_age`; returns how many
     /// files went.
     pub fn remove_stale(&self, max_age: Duration) -> io::Result<usize> {
-        let busy = locked(&self.inner.busy).clone();
+        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
         let mut removed = 0;
         for entry in self.inner.hidden.entries()? {
             let entry = entry?;
@@ -364,7 +370,7 @@ impl Store {
     /// using: what interrupted transfers left to be resumed, and litter of
     /// earlier processes.
     pub fn held_partials(&self) -> io::Result<Vec<HeldPartial>> {
-        let busy = locked(&self.inner.busy).clone();
+        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
         let mut held = Vec::new();
         for entry in self.inner.hidden.entries()? {
             let entry = entry?;
@@ -393,8 +399,15 @@ impl Store {
     /// Deletes the held partial data `name`, unless a transfer took it up
     /// since it was listed; returns whether it was deleted.
     pub fn remove_held(&self, name: &str) -> io::Result<bool> {
-        if self.inner.is_own_temp(name) || !locked(&self.inner.busy).insert(name.to_owned()) {
+        if self.inner.is_own_temp(name) {
             return Ok(false);
+        }
+        // Claimed for the deletion, by a holder no session can ask.
+        match locked(&self.inner.busy).entry(name.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => return Ok(false),
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(Holder::new());
+            }
         }
         let removed = match self.inner.hidden.remove_file(name) {
             Ok(()) => Ok(true),
@@ -498,10 +511,35 @@ impl Store {
     /// Only looks: the file is opened, or made, by [`Partial::writer`], so
     /// that a batch of answered offers holds no open file each.
     pub fn begin_resumable(&self, target: RelPath, key: &str) -> io::Result<Partial> {
+        match self.begin_resumable_for(target.clone(), key, &Holder::new(), false)? {
+            Some(partial) => Ok(partial),
+            None => Ok(self.begin(target)),
+        }
+    }
+
+    /// [`Store::begin_resumable`] for the session `holder`, which then
+    /// holds the claim. If another session holds it and `take_over` is set,
+    /// that session is asked to let go and `None` returned: wait with
+    /// [`Store::wait_released`], then call again without `take_over`.
+    pub fn begin_resumable_for(
+        &self,
+        target: RelPath,
+        key: &str,
+        holder: &Holder,
+        take_over: bool,
+    ) -> io::Result<Option<Partial>> {
         let temp_name = format!("{RESUME_PREFIX}{key}");
-        let claimed = locked(&self.inner.busy).insert(temp_name.clone());
-        if !claimed {
-            return Ok(self.begin(target));
+        match locked(&self.inner.busy).entry(temp_name.clone()) {
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(holder.clone());
+            }
+            std::collections::hash_map::Entry::Occupied(held)
+                if take_over && !held.get().is(holder) =>
+            {
+                held.get().ask();
+                return Ok(None);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => return Ok(Some(self.begin(target))),
         }
         let known = locked(&self.inner.held).contains(&temp_name);
         let looked_up = if known {
@@ -524,7 +562,7 @@ impl Store {
                 return Err(error);
             }
         };
-        Ok(Partial {
+        Ok(Some(Partial {
             store: self.clone(),
             file: None,
             on_disk: if held.is_some() {
@@ -541,7 +579,26 @@ impl Store {
             metadata: Metadata::default(),
             created_mode: None,
             hash: None,
-        })
+        }))
+    }
+
+    /// Waits, until `deadline` at most, for no session to hold the claim
+    /// on `key`; returns whether it was released in time.
+    pub async fn wait_released(&self, key: &str, deadline: tokio::time::Instant) -> bool {
+        let temp_name = format!("{RESUME_PREFIX}{key}");
+        loop {
+            // Registered before looking, so that a release between the look
+            // and the wait still wakes it.
+            let released = self.inner.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            if !locked(&self.inner.busy).contains_key(&temp_name) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Makes a new temporary file under a name unique to this process.
@@ -578,6 +635,7 @@ impl Store {
 
     fn release(&self, temp_name: &str) {
         locked(&self.inner.busy).remove(temp_name);
+        self.inner.released.notify_waiters();
     }
 
     /// Makes every partial durable with one file-system sync, then gives each
@@ -700,6 +758,46 @@ impl Commit {
             }
         }
         placed
+    }
+}
+
+/// One session's hold on the resumable partials it claimed. A newer
+/// session of the same sender that wants one of them asks the holder to
+/// let go: [`Holder::asked`] completes, and the holder ends its transfer,
+/// keeping the data it wrote, which releases the claim. Cheap to clone;
+/// every clone is the same holder.
+#[derive(Clone)]
+pub struct Holder {
+    asked: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Holder {
+    pub fn new() -> Holder {
+        Holder {
+            asked: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// Completes once another session has asked for one of this holder's
+    /// claims (at once, if it already has).
+    pub async fn asked(&self) {
+        let mut asked = self.asked.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = asked.wait_for(|asked| *asked).await;
+    }
+
+    fn ask(&self) {
+        self.asked.send_replace(true);
+    }
+
+    fn is(&self, other: &Holder) -> bool {
+        Arc::ptr_eq(&self.asked, &other.asked)
+    }
+}
+
+impl Default for Holder {
+    fn default() -> Holder {
+        Holder::new()
     }
 }
 
@@ -1319,6 +1417,48 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    /// A second session of the same sender asks the first to let go of
+    /// the partial data it holds, and gets it, whole, once it has; the
+    /// holder learns it was asked.
+    #[tokio::test]
+    async fn a_held_partial_is_handed_over_once_its_holder_lets_go() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let target = RelPath::parse(b"big.bin").unwrap();
+        let (old, new) = (Holder::new(), Holder::new());
+        let mut held = store
+            .begin_resumable_for(target.clone(), "key", &old, true)
+            .unwrap()
+            .unwrap();
+        held.writer()
+            .unwrap()
+            .as_ref()
+            .write_all(b"first part")
+            .unwrap();
+        let again = store.begin_resumable_for(target.clone(), "key", &old, true);
+        assert_eq!(
+            again.unwrap().unwrap().temp_name,
+            "",
+            "a holder never asks itself: a second claim of its own is private"
+        );
+
+        let asked = store.begin_resumable_for(target.clone(), "key", &new, true);
+        assert!(asked.unwrap().is_none(), "the holder is asked first");
+        old.asked().await;
+        let soon = tokio::time::Instant::now() + Duration::from_millis(10);
+        assert!(!store.wait_released("key", soon).await, "still held");
+        let later = tokio::time::Instant::now() + Duration::from_secs(60);
+        let waiting = store.wait_released("key", later);
+        let (released, ()) = tokio::join!(waiting, async move { drop(held) });
+        assert!(released);
+        let taken = store
+            .begin_resumable_for(target, "key", &new, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken.offset(), 10);
+        assert_eq!(taken.temp_name, "resume-key");
     }
 
     #[test]

@@ -221,6 +221,7 @@ fn a_haul_path_that_hides_or_reorders_characters_is_refused_and_nothing_is_store
         .write_all(&frame(&Message::Hello {
             version: wire::VERSION,
             capabilities: 0,
+            sender: [0; 16],
         }))
         .unwrap();
     assert!(read_message(&mut session).starts_with("Welcome"));

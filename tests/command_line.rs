@@ -71,6 +71,7 @@ fn haul_on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Stri
     let output = std::process::Command::new("script")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .env("TERM", "xterm-256color")
+        .env("XDG_STATE_HOME", util::state_home())
         .env_remove("NO_COLOR")
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())

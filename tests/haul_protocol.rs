@@ -6,11 +6,11 @@ mod util;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use util::proxy::{Fault, Proxy};
-use util::{HAUL, HaulServer, LINE_WAIT, haul, random_bytes, seed_client, stderr_of};
+use util::{HaulServer, LINE_WAIT, haul, random_bytes, seed_client, stderr_of};
 
 fn send(to: &str, paths: &[&Path]) -> std::process::Output {
     let mut args = vec!["send", "--to", to];
@@ -232,7 +232,7 @@ fn a_server_killed_mid_transfer_resumes_after_restart() {
     std::fs::write(&path, &content).unwrap();
 
     let stalling = Proxy::start(server.addr(), Fault::StallAfter(12 * 1024 * 1024));
-    let mut sender = Command::new(HAUL)
+    let mut sender = util::haul_command()
         .args(["send", "--to", &stalling.addr, path.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -274,7 +274,7 @@ fn a_server_killed_mid_transfer_resumes_after_restart() {
 fn standard_input_is_sent_under_the_given_name() {
     let server = HaulServer::start(&[]);
     let content = random_bytes(3 * 1024 * 1024 + 17, 6);
-    let mut sender = Command::new(HAUL)
+    let mut sender = util::haul_command()
         .args(["send", "--to", server.addr(), "-", "--name", "dir.tar"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -486,7 +486,7 @@ fn stale_partial_data_is_removed_at_start_up_and_fresh_data_kept() {
         .unwrap()
         .set_modified(two_days_ago)
         .unwrap();
-    let mut command = Command::new(HAUL);
+    let mut command = util::haul_command();
     command
         .args([
             "serve",

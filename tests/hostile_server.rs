@@ -35,6 +35,7 @@ fn hello() -> Vec<u8> {
     frame(&Message::Hello {
         version: wire::VERSION,
         capabilities: 0,
+        sender: [0; 16],
     })
 }
 

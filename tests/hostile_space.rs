@@ -170,6 +170,7 @@ fn raw_session(source: Ipv4Addr, addr: &str) -> TcpStream {
         .write_all(&frame(&Message::Hello {
             version: wire::VERSION,
             capabilities: 0,
+            sender: [0; 16],
         }))
         .unwrap();
     let welcome = read_message(&mut stream);

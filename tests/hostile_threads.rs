@@ -188,6 +188,7 @@ fn a_send_completes_while_515_haul_sessions_stall_in_the_middle_of_a_large_file(
             .write_all(&frame(&Message::Hello {
                 version: wire::VERSION,
                 capabilities: 0,
+                sender: [0; 16],
             }))
             .unwrap();
         let welcome = read_message(stream);

@@ -49,6 +49,7 @@ fn raw_haul_session(addr: &str) -> TcpStream {
         .write_all(&frame(&Message::Hello {
             version: wire::VERSION,
             capabilities: 0,
+            sender: [0; 16],
         }))
         .unwrap();
     assert!(read_message(&mut stream).starts_with("Welcome"));

@@ -6,10 +6,10 @@ mod util;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use util::proxy::{Fault, Proxy};
-use util::{HAUL, HaulServer, haul, random_bytes, seed_client, stderr_of};
+use util::{HaulServer, haul, random_bytes, seed_client, stderr_of};
 
 const SECRET: &str = "4f6d2c0a9be14e7f8a3d5c21b7e09f64d2a1c3e5f7b9d0e2a4c6e8f0a2b4c6d8";
 
@@ -21,7 +21,7 @@ fn token_file(dir: &Path, name: &str, secret: &str) -> String {
 
 /// `haul send` with HAUL_TOKEN set (or removed, for `None`).
 fn send_with_env(secret: Option<&str>, to: &str, path: &Path) -> Output {
-    let mut command = Command::new(HAUL);
+    let mut command = util::haul_command();
     command
         .args(["send", "--to", to, path.to_str().unwrap()])
         .stdin(Stdio::null());

@@ -14,8 +14,7 @@ use haul::protocol::haul::{
 };
 use util::proxy::{Fault, Proxy};
 use util::{
-    HAUL, HaulServer, Running, haul, random_bytes, read_until_closed, seed_client, seed_header,
-    stderr_of,
+    HaulServer, Running, haul, random_bytes, read_until_closed, seed_client, seed_header, stderr_of,
 };
 
 fn frame(message: &Message<'_>) -> Vec<u8> {
@@ -42,6 +41,7 @@ fn raw_haul_session(addr: &str) -> TcpStream {
         .write_all(&frame(&Message::Hello {
             version: wire::VERSION,
             capabilities: 0,
+            sender: [0; 16],
         }))
         .unwrap();
     assert!(read_message(&mut stream).starts_with("Welcome"));
@@ -290,7 +290,7 @@ impl Drop for SmallDisk {
 fn a_full_disk_refuses_or_fails_cleanly_and_the_server_keeps_serving() {
     let disk = SmallDisk::mount("16m");
     let inbox = disk.path().join("inbox");
-    let mut command = Command::new(HAUL);
+    let mut command = util::haul_command();
     command
         .args([
             "serve",
@@ -316,7 +316,7 @@ fn a_full_disk_refuses_or_fails_cleanly_and_the_server_keeps_serving() {
     );
 
     // A stream of unknown size fills the disk on the way.
-    let mut sender = Command::new(HAUL)
+    let mut sender = util::haul_command()
         .args(["send", "--to", &server.addr, "-", "--name", "stream.bin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -424,7 +424,12 @@ fn a_server_killed_during_a_seed_transfer_leaves_no_partial_file_and_restarts_cl
 fn ten_senders_of_one_name_at_once_all_land_intact() {
     let server = HaulServer::start(&[]);
     let source = tempfile::tempdir().unwrap();
-    let contents: Vec<Vec<u8>> = (0..10).map(|i| random_bytes(100_000, 100 + i)).collect();
+    // Even seeds: `random_bytes` sets the lowest bit, so seeds 2n and 2n+1
+    // give the same bytes, and a haul sender would rightly find its file
+    // already there.
+    let contents: Vec<Vec<u8>> = (0..10)
+        .map(|i| random_bytes(100_000, 200 + 2 * i))
+        .collect();
     let senders: Vec<_> = contents
         .iter()
         .enumerate()
@@ -434,7 +439,10 @@ fn ten_senders_of_one_name_at_once_all_land_intact() {
             let path = dir.join("same.txt");
             std::fs::write(&path, content).unwrap();
             let protocol = if i % 2 == 0 { "haul" } else { "seed" };
-            Command::new(HAUL)
+            util::haul_command()
+                // Ten senders, so ten resume identities: files of one sender
+                // with the same name, size and time are one upload.
+                .env("XDG_STATE_HOME", dir.join("state"))
                 .args([
                     "send",
                     "--protocol",
@@ -483,7 +491,7 @@ fn forty_clients_with_five_files_each_at_once_all_arrive() {
                 })
                 .collect();
             let protocol = if client % 4 == 0 { "seed" } else { "haul" };
-            Command::new(HAUL)
+            util::haul_command()
                 .args(["send", "--protocol", protocol, "--to", server.addr()])
                 .args(&paths)
                 .stdout(Stdio::null())
@@ -515,7 +523,7 @@ fn forty_clients_with_five_files_each_at_once_all_arrive() {
 /// the limit per address is lifted.
 fn server_with_open_file_limit(inbox: &Path, soft: u64, hard: Option<u64>) -> Running {
     use std::os::unix::process::CommandExt;
-    let mut command = Command::new(HAUL);
+    let mut command = util::haul_command();
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
         .arg(inbox)
@@ -600,7 +608,7 @@ fn a_batch_needs_no_open_file_per_file_even_under_a_low_hard_limit() {
     let senders: Vec<_> = ["first", "second"]
         .into_iter()
         .map(|name| {
-            Command::new(HAUL)
+            util::haul_command()
                 .args(["send", "--to", &server.addr, "--name", name])
                 .arg(&folder)
                 .stdout(Stdio::null())
@@ -677,7 +685,7 @@ fn sigint_cuts_a_stalled_transfer_after_the_grace_period_and_it_resumes_later() 
     let content = random_bytes(16 * 1024 * 1024, 13);
     std::fs::write(&path, &content).unwrap();
     let stalling = Proxy::start(server.addr(), Fault::StallAfter(6 * 1024 * 1024));
-    let mut sender = Command::new(HAUL)
+    let mut sender = util::haul_command()
         .args(["send", "--to", &stalling.addr, path.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

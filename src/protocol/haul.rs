@@ -14,8 +14,10 @@ use thiserror::Error;
 /// does.
 pub const MAGIC: [u8; 8] = [0x89, b'H', b'A', b'U', b'L', b'\r', b'\n', 0x1a];
 
-/// The protocol version this code speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this code speaks. Version 2 binds the Hello and
+/// Welcome into the encrypted handshake and adds the sender's resume
+/// identity to the Hello.
+pub const VERSION: u16 = 2;
 
 /// Bytes in a frame header: kind and length.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -31,6 +33,10 @@ pub const MAX_PATH_LEN: usize = 4096;
 
 /// A BLAKE3 hash.
 pub type Hash = [u8; 32];
+
+/// A sender's resume identity: random bits the client keeps, so that only
+/// the sender that began a partial upload can continue it.
+pub type SenderId = [u8; 16];
 
 /// Capability bit: file bytes may travel zstd-compressed in `DataZstd`
 /// frames, each decompressing to at most [`MAX_DATA_LEN`] bytes.
@@ -181,6 +187,7 @@ pub enum Message<'a> {
     Hello {
         version: u16,
         capabilities: u64,
+        sender: SenderId,
     },
     Welcome {
         version: u16,
@@ -270,20 +277,24 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
     };
     let invalid = |what| DecodeError::Invalid { kind, what };
     let message = match kind {
-        Kind::Hello | Kind::Welcome => {
+        Kind::Hello => {
+            let version = fields.u16()?;
+            let capabilities = fields.u64()?;
+            let sender = fields.take()?;
+            fields.end()?;
+            Message::Hello {
+                version,
+                capabilities,
+                sender,
+            }
+        }
+        Kind::Welcome => {
             let version = fields.u16()?;
             let capabilities = fields.u64()?;
             fields.end()?;
-            if kind == Kind::Hello {
-                Message::Hello {
-                    version,
-                    capabilities,
-                }
-            } else {
-                Message::Welcome {
-                    version,
-                    capabilities,
-                }
+            Message::Welcome {
+                version,
+                capabilities,
             }
         }
         Kind::Offer => {
@@ -388,6 +399,18 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
     Ok(message)
 }
 
+/// The frame of `kind` around `payload`, exactly as it was on the wire:
+/// how each side keeps the bytes of a Hello or Welcome it received. The
+/// payload was read under its header's length, so it fits a frame.
+pub fn raw_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    frame.push(kind as u8);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// Appends the frame header of a `Data` (or `DataZstd`) frame of `len` bytes.
 pub fn encode_data_header(kind: Kind, len: u32, out: &mut Vec<u8>) {
     debug_assert!(matches!(kind, Kind::Data | Kind::DataZstd) && len <= MAX_DATA_LEN);
@@ -405,18 +428,20 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
         Message::Hello {
             version,
             capabilities,
+            sender,
+        } => {
+            out.extend_from_slice(&version.to_be_bytes());
+            out.extend_from_slice(&capabilities.to_be_bytes());
+            out.extend_from_slice(sender);
+            Kind::Hello
         }
-        | Message::Welcome {
+        Message::Welcome {
             version,
             capabilities,
         } => {
             out.extend_from_slice(&version.to_be_bytes());
             out.extend_from_slice(&capabilities.to_be_bytes());
-            if matches!(message, Message::Hello { .. }) {
-                Kind::Hello
-            } else {
-                Kind::Welcome
-            }
+            Kind::Welcome
         }
         Message::Offer(offer) => {
             let mut flags = 0;
@@ -556,6 +581,7 @@ mod tests {
             Message::Hello {
                 version: 1,
                 capabilities: u64::MAX,
+                sender: [0xa5; 16],
             },
             Message::Welcome {
                 version: 7,
@@ -591,6 +617,10 @@ mod tests {
             },
         ] {
             round_trip(&message);
+            let mut bytes = Vec::new();
+            encode(&message, &mut bytes);
+            let (frame, _) = split_frame(&bytes).unwrap().unwrap();
+            assert_eq!(raw_frame(frame.header.kind, frame.payload), bytes);
         }
     }
 

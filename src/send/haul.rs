@@ -13,7 +13,7 @@ use super::walk::{Entry, Source, Walked, walk};
 use super::{Event, SendError, SendOptions, Summary, connect, unreadable};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN,
-    Message, Offer,
+    Message, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::text::printable;
@@ -58,7 +58,7 @@ pub async fn send_haul(
     options: SendOptions,
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<Summary, SendError> {
-    let stream = connect(to).await?;
+    let stream = connect(to, options.idle).await?;
     let (reader, writer) = stream.into_split();
     let mut session = Session {
         reader: BufReader::new(Box::new(reader)),
@@ -69,7 +69,7 @@ pub async fn send_haul(
         small_file: Vec::new(),
     };
     session
-        .handshake(options.compress, options.secret.as_ref())
+        .handshake(options.compress, options.secret.as_ref(), options.sender)
         .await?;
 
     let mut batches = Batches {
@@ -186,6 +186,7 @@ impl Session {
         &mut self,
         compress: bool,
         secret: Option<&Secret>,
+        sender: SenderId,
     ) -> Result<(), SendError> {
         let mut wanted = 0;
         if compress {
@@ -194,12 +195,17 @@ impl Session {
         if secret.is_some() {
             wanted |= CAP_SECRET;
         }
+        let mut hello = Vec::new();
+        haul::encode(
+            &Message::Hello {
+                version: haul::VERSION,
+                capabilities: wanted,
+                sender,
+            },
+            &mut hello,
+        );
         self.writer.write_all(&haul::MAGIC).await?;
-        self.send(&Message::Hello {
-            version: haul::VERSION,
-            capabilities: wanted,
-        })
-        .await?;
+        self.writer.write_all(&hello).await?;
         self.writer.flush().await?;
         let frame = self.read_frame().await?;
         let granted = match frame.message()? {
@@ -218,6 +224,16 @@ impl Session {
             }
             other => return Err(unexpected(&other, "Welcome")),
         };
+        // A grant is a subset of what was asked: anything more is a server
+        // or a path that changed the negotiation, and nothing it says can
+        // be trusted to mean what this client thinks.
+        let unasked = granted & !wanted;
+        if unasked != 0 {
+            return Err(SendError::Protocol(format!(
+                "the server granted capabilities this client did not ask for (bits 0x{unasked:x}); \
+                 the negotiation may have been changed on the way"
+            )));
+        }
         if granted & CAP_ZSTD != 0 {
             self.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
         }
@@ -229,14 +245,23 @@ impl Session {
                         .into(),
                 ));
             }
-            self.encrypt(secret).await?;
+            // The Hello as it left, the Welcome as it arrived: the server
+            // holds them as it received and sent them.
+            let prologue = secure::prologue(&hello, &haul::raw_frame(frame.kind, &frame.payload));
+            self.encrypt(secret, &prologue).await?;
         }
         Ok(())
     }
 
     /// Replaces the plain socket halves with the encrypted channel.
-    async fn encrypt(&mut self, secret: &Secret) -> Result<(), SendError> {
-        let handshake = secure::upgrade(&mut self.reader, &mut self.writer, secret, Role::Client);
+    async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SendError> {
+        let handshake = secure::upgrade(
+            &mut self.reader,
+            &mut self.writer,
+            secret,
+            Role::Client,
+            prologue,
+        );
         match timeout(self.idle, handshake).await {
             Err(_) => Err(SendError::Silent(self.idle)),
             Ok(Ok(())) => Ok(()),
@@ -252,7 +277,7 @@ impl Session {
             {
                 Err(SendError::Auth(
                     "authentication failed: the server hung up during the handshake; do both sides use \
-                     the same secret?"
+                     the same secret? (a Hello changed on the way ends it the same way)"
                         .into(),
                 ))
             }

@@ -4,6 +4,7 @@
 //! the CLI can show it.
 
 mod haul;
+pub mod identity;
 mod seed;
 mod walk;
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::protocol::haul::{DecodeError, Hash};
+use crate::protocol::haul::{DecodeError, Hash, SenderId};
 use crate::protocol::seed::EncodeError;
 use crate::secure::Secret;
 use crate::throttle::RateLimit;
@@ -80,6 +81,9 @@ pub struct SendOptions {
     /// Authenticate with this secret and encrypt the session (haul's
     /// protocol only).
     pub secret: Option<Secret>,
+    /// Who is sending, for resuming (haul's protocol only): see
+    /// [`identity`].
+    pub sender: SenderId,
 }
 
 /// Counts for the closing line.
@@ -205,7 +209,8 @@ pub(crate) fn base_name(path: &Path) -> Result<String, SendError> {
 }
 
 /// Connects to the server, naming the address and a likely fix on failure.
-pub(crate) async fn connect(to: &str) -> Result<tokio::net::TcpStream, SendError> {
+/// A server that vanishes without a word is noticed within about `idle`.
+pub(crate) async fn connect(to: &str, idle: Duration) -> Result<tokio::net::TcpStream, SendError> {
     let stream = tokio::net::TcpStream::connect(to)
         .await
         .map_err(|source| SendError::Connect {
@@ -213,5 +218,8 @@ pub(crate) async fn connect(to: &str) -> Result<tokio::net::TcpStream, SendError
             source,
         })?;
     stream.set_nodelay(true)?;
+    // A socket without them still works; it only notices a dead server
+    // later, by the idle timeout.
+    let _ = crate::keepalive::notice_dead_peer(&stream, idle);
     Ok(stream)
 }

@@ -86,7 +86,7 @@ async fn send_file(
     let header = seed::encode_header(size, name)?;
 
     let idle = options.idle;
-    let mut stream = Throttle::new(connect(to).await?, options.limit);
+    let mut stream = Throttle::new(connect(to, options.idle).await?, options.limit);
     stream.write_all(&header).await?;
     await_go_ahead(&mut stream, idle).await?;
     on_event(Event::Started {

@@ -14,16 +14,16 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::space::{Charge, Sender, SpaceLedger, sender_of};
 use super::{ServerConfig, blocking, is_out_of_space, log_output, log_transfer};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
-    Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer,
+    Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
-use crate::store::{Commit, Existing, Metadata, OnConflict, Partial, RelPath, Store};
+use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
 use crate::transfer::{
     FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_buffered, receive_slice,
@@ -55,6 +55,8 @@ enum SessionError {
     Pump(#[from] PumpError),
     #[error("no space left on the server")]
     NoSpace,
+    #[error("a newer connection of the same sender took over its file")]
+    TakenOver,
     #[error("this server requires a shared secret: set HAUL_TOKEN or use --token-file")]
     SecretRequired,
     #[error("{0}")]
@@ -108,7 +110,7 @@ struct Session<'a> {
     /// The server's account of disk space, shared by every session.
     space: Arc<SpaceLedger>,
     /// Whose partial data this session leaves, for `--max-partial`.
-    sender: Sender,
+    owner: Sender,
     /// Set once an interrupted file left data to be resumed.
     left_partial: bool,
     config: &'a ServerConfig,
@@ -117,6 +119,13 @@ struct Session<'a> {
     created: CreatedDirs,
     /// Present once the client asked for compression and it was granted.
     zstd: Option<Zstd>,
+    /// The sender's resume identity, from its Hello: part of the name of
+    /// every partial file it sends, so that no other sender can continue
+    /// or replace one.
+    sender: SenderId,
+    /// This session's hold on the partial data it claimed, through which a
+    /// newer session of the same sender can ask for it.
+    holder: Holder,
 }
 
 /// Decompression state for `DataZstd` frames, kept for the whole session.
@@ -146,11 +155,13 @@ pub(super) async fn serve(
         peer,
         store,
         space,
-        sender: sender_of(peer),
+        owner: sender_of(peer),
         left_partial: false,
         config,
         created: CreatedDirs::default(),
         zstd: None,
+        sender: SenderId::default(),
+        holder: Holder::new(),
     };
     match session.run(deadline).await {
         Ok(()) => debug!(%peer, "haul session ended"),
@@ -172,7 +183,7 @@ pub(super) async fn serve(
     }
     session.space.session_ended();
     if session.left_partial {
-        let (space, sender) = (Arc::clone(&session.space), session.sender);
+        let (space, sender) = (Arc::clone(&session.space), session.owner);
         let _ = blocking(move || {
             space.cap_partials(Some(sender));
             Ok(())
@@ -414,18 +425,25 @@ impl Session<'_> {
             return Err(SessionError::Vanished);
         };
         let payload = self.read_payload(header).await?;
+        // The version leads every Hello, whatever follows it in that
+        // version: an older client is told why, not that its Hello is short.
+        if let (Kind::Hello, Some(version)) = (header.kind, payload.first_chunk::<2>()) {
+            let version = u16::from_be_bytes(*version);
+            if version < haul::VERSION {
+                return Err(SessionError::Version { client: version });
+            }
+        }
         let Message::Hello {
             version,
             capabilities,
+            sender,
         } = haul::decode_message(header.kind, &payload)?
         else {
             return Err(SessionError::Violation(
                 "the first frame must be Hello".into(),
             ));
         };
-        if version < haul::VERSION {
-            return Err(SessionError::Version { client: version });
-        }
+        self.sender = sender;
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
         if self.config.secret.is_some() && capabilities & CAP_SECRET == 0 {
             return Err(SessionError::SecretRequired);
@@ -442,21 +460,34 @@ impl Session<'_> {
                 plain: Vec::with_capacity(MAX_DATA_LEN as usize),
             });
         }
-        self.send(&Message::Welcome {
-            version: haul::VERSION,
-            capabilities: granted,
-        })
-        .await?;
+        let mut welcome = Vec::new();
+        haul::encode(
+            &Message::Welcome {
+                version: haul::VERSION,
+                capabilities: granted,
+            },
+            &mut welcome,
+        );
+        self.send_frame(&welcome).await?;
         self.writer.flush().await?;
         if let Some(secret) = &self.config.secret {
-            self.encrypt(secret).await?;
+            // The Hello as it arrived, the Welcome as it left: the client
+            // holds them as it sent and received them.
+            let prologue = secure::prologue(&haul::raw_frame(header.kind, &payload), &welcome);
+            self.encrypt(secret, &prologue).await?;
         }
         Ok(())
     }
 
     /// Replaces the plain socket halves with the encrypted channel.
-    async fn encrypt(&mut self, secret: &Secret) -> Result<(), SessionError> {
-        let handshake = secure::upgrade(&mut self.reader, &mut self.writer, secret, Role::Server);
+    async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SessionError> {
+        let handshake = secure::upgrade(
+            &mut self.reader,
+            &mut self.writer,
+            secret,
+            Role::Server,
+            prologue,
+        );
         match timeout(self.config.header_timeout, handshake).await {
             Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
             Ok(result) => result.map_err(SessionError::Auth)?,
@@ -473,11 +504,17 @@ impl Session<'_> {
         let space = Arc::clone(&self.space);
         let mut created = std::mem::take(&mut self.created);
         let peer = self.peer;
+        let (sender, holder) = (self.sender, self.holder.clone());
         let (decided, created) = blocking(move || {
+            let claimant = Claimant {
+                sender: &sender,
+                holder: &holder,
+                take_over: true,
+            };
             let decided = offers
                 .into_iter()
                 .map(|offer| {
-                    let decision = decide(&store, &config, &space, &mut created, &offer);
+                    let decision = decide(&store, &config, &space, &mut created, &offer, &claimant);
                     if created.full_noticed() {
                         warn!(%peer, limit = MAX_CREATED_DIRS, "this session created more directories than are tracked; the rest keep the server's time and mode");
                     }
@@ -489,8 +526,18 @@ impl Session<'_> {
         .await
         .map_err(SessionError::Storage)?;
         self.created = created;
+        // The holders were asked above; one wait for them all, so that a
+        // batch of files held by a session that does not let go costs one
+        // wait, not one per file.
+        let takeover_deadline = tokio::time::Instant::now() + self.config.takeover_wait;
         let mut batch = Vec::with_capacity(decided.len());
         for (offer, decision) in decided {
+            let (offer, decision) = match decision {
+                Ok((Decision::TakeOver { key }, _)) => {
+                    self.take_over(offer, &key, takeover_deadline).await?
+                }
+                decision => (offer, decision),
+            };
             let mut planned = Planned {
                 path_shown: printable(&offer.path),
                 size: offer.size,
@@ -512,6 +559,12 @@ impl Session<'_> {
                     }))
                     .await?;
                 }
+                // Decided again without asking anyone, a held file gets a
+                // private one instead; this only keeps the match whole.
+                Ok((Decision::TakeOver { .. }, _)) => {
+                    let reason = "another connection is receiving this file".to_owned();
+                    planned = planned.refused(self, reason).await?
+                }
                 Ok((Decision::Refuse(reason), _)) => {
                     planned = planned.refused(self, reason).await?
                 }
@@ -524,6 +577,41 @@ impl Session<'_> {
             batch.push(planned);
         }
         Ok(batch)
+    }
+
+    /// Decides again for an offer whose partial data another session of
+    /// this sender holds, once that session has let go of it or at
+    /// `deadline`; then a claim still held elsewhere gets a private file,
+    /// as any second receiver of one file does.
+    async fn take_over(
+        &mut self,
+        offer: OwnedOffer,
+        key: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(OwnedOffer, io::Result<(Decision, Option<Charge>)>), SessionError> {
+        let path_shown = printable(&offer.path);
+        if self.store.wait_released(key, deadline).await {
+            info!(peer = %self.peer, name = %path_shown, "took over partial data from a stalled session of the same sender");
+        } else {
+            warn!(peer = %self.peer, name = %path_shown, "the session holding this file's partial data did not let go in time; receiving it afresh");
+        }
+        let (store, config) = (self.store.clone(), self.config.clone());
+        let space = Arc::clone(&self.space);
+        let (sender, holder) = (self.sender, self.holder.clone());
+        let mut created = std::mem::take(&mut self.created);
+        let (offer, decision, created) = blocking(move || {
+            let claimant = Claimant {
+                sender: &sender,
+                holder: &holder,
+                take_over: false,
+            };
+            let decision = decide(&store, &config, &space, &mut created, &offer, &claimant);
+            Ok((offer, decision, created))
+        })
+        .await
+        .map_err(SessionError::Storage)?;
+        self.created = created;
+        Ok((offer, decision))
     }
 
     async fn run_batch(&mut self, mut batch: Vec<Planned>) -> Result<(), SessionError> {
@@ -635,9 +723,14 @@ impl Session<'_> {
             .map_err(storage_error)?
         };
         let mut sink = FileSink::for_len(writer, Some(hasher), planned.size);
-        let frames = self
-            .receive_frames(&mut sink, charge, planned, partial.offset())
-            .await;
+        // A newer session of this sender that wants a file this one holds
+        // ends this one here: what was received is written out below and
+        // kept, and the claim goes with the partial.
+        let holder = self.holder.clone();
+        let frames = tokio::select! {
+            frames = self.receive_frames(&mut sink, charge, planned, partial.offset()) => frames,
+            () = holder.asked() => Err(SessionError::TakenOver),
+        };
         // Every queued write lands before anything else happens to the
         // partial file, so that a resumed transfer measures it whole.
         let written = sink.finish().await;
@@ -649,7 +742,7 @@ impl Session<'_> {
             }
             (Err(error), _) => {
                 // Kept, to be resumed.
-                self.space.note_held(&partial, self.sender);
+                self.space.note_held(&partial, self.owner);
                 self.left_partial = true;
                 return Err(error);
             }
@@ -834,7 +927,12 @@ impl Session<'_> {
     async fn send(&mut self, message: &Message<'_>) -> io::Result<()> {
         let mut frame = Vec::new();
         haul::encode(message, &mut frame);
-        match timeout(self.config.idle_timeout, self.writer.write_all(&frame)).await {
+        self.send_frame(&frame).await
+    }
+
+    /// Writes one encoded frame.
+    async fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        match timeout(self.config.idle_timeout, self.writer.write_all(frame)).await {
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client stopped reading",
@@ -865,6 +963,21 @@ enum Decision {
     /// The file offered with its hash is stored, identical, under this path.
     Same(String),
     Refuse(String),
+    /// Another session of this sender holds the file's partial data and
+    /// was asked to let go: decide again once it has.
+    TakeOver {
+        key: String,
+    },
+}
+
+/// Who claims partial data: the sender whose identity names it, and the
+/// session that would hold it.
+struct Claimant<'a> {
+    sender: &'a SenderId,
+    holder: &'a Holder,
+    /// Whether another session holding the data is asked to let go (the
+    /// first decision), or the data is received privately (after the wait).
+    take_over: bool,
 }
 
 /// Most directories whose creation one session remembers (their time and
@@ -953,6 +1066,7 @@ fn decide(
     space: &Arc<SpaceLedger>,
     created: &mut CreatedDirs,
     offer: &OwnedOffer,
+    claimant: &Claimant<'_>,
 ) -> io::Result<(Decision, Option<Charge>)> {
     let path = match RelPath::parse(&offer.path) {
         Ok(path) => path,
@@ -977,11 +1091,10 @@ fn decide(
             decide_file(
                 store,
                 path,
-                offer.size,
-                offer.hash,
-                offer.mtime,
+                offer,
                 config.on_conflict,
                 in_fresh_directory,
+                claimant,
             )?
         }
     };
@@ -1038,12 +1151,12 @@ fn decide_directory(
 fn decide_file(
     store: &Store,
     target: RelPath,
-    size: Option<u64>,
-    hash: Option<Hash>,
-    mtime: Mtime,
+    offer: &OwnedOffer,
     on_conflict: OnConflict,
     in_fresh_directory: bool,
+    claimant: &Claimant<'_>,
 ) -> io::Result<Decision> {
+    let (size, hash) = (offer.size, offer.hash);
     let existing = if in_fresh_directory {
         Existing::Nothing
     } else {
@@ -1074,8 +1187,13 @@ fn decide_file(
         // A stream cannot be identified before it ends, so it cannot resume.
         None => store.begin(target),
         Some(size) => {
-            let key = resume_key(&target, size, mtime);
-            let partial = store.begin_resumable(target.clone(), &key)?;
+            let key = resume_key(claimant.sender, &target, size, offer.mtime);
+            let (holder, take_over) = (claimant.holder, claimant.take_over);
+            let Some(partial) =
+                store.begin_resumable_for(target.clone(), &key, holder, take_over)?
+            else {
+                return Ok(Decision::TakeOver { key });
+            };
             if partial.offset() > size {
                 partial.discard();
                 store.begin_resumable(target, &key)?
@@ -1088,10 +1206,13 @@ fn decide_file(
     Ok(Decision::Answer(Answer::Send { offset }, Some(partial)))
 }
 
-/// Names the partial data of one version of one file: the same path, size
-/// and modification time resume; anything else starts afresh.
-fn resume_key(target: &RelPath, size: u64, mtime: Mtime) -> String {
+/// Names the partial data of one version of one file from one sender: the
+/// same sender, path, size and modification time resume; anything else
+/// starts afresh. Another sender offering the same path, size and time
+/// names other data, so it can neither continue nor replace this one.
+fn resume_key(sender: &SenderId, target: &RelPath, size: u64, mtime: Mtime) -> String {
     let mut hasher = blake3::Hasher::new();
+    hasher.update(sender);
     hasher.update(target.to_string().as_bytes());
     hasher.update(&size.to_be_bytes());
     hasher.update(&mtime.secs.to_be_bytes());
@@ -1197,7 +1318,12 @@ mod tests {
         let space = SpaceLedger::new(store.clone(), &config);
         let mut fresh = CreatedDirs::default();
         let mut decide_one = |offer: OwnedOffer| {
-            decide(&store, &config, &space, &mut fresh, &offer)
+            let claimant = Claimant {
+                sender: &[7; 16],
+                holder: &Holder::new(),
+                take_over: true,
+            };
+            decide(&store, &config, &space, &mut fresh, &offer, &claimant)
                 .unwrap()
                 .0
         };
@@ -1250,7 +1376,12 @@ mod tests {
                 hash: hash.map(|content| *blake3::hash(content).as_bytes()),
                 ..offer(EntryKind::File, "x", Some(8))
             };
-            decide(&store, &config, &space, &mut fresh, &offer)
+            let claimant = Claimant {
+                sender: &[7; 16],
+                holder: &Holder::new(),
+                take_over: true,
+            };
+            decide(&store, &config, &space, &mut fresh, &offer, &claimant)
                 .unwrap()
                 .0
         };

@@ -83,6 +83,12 @@ pub struct ServerConfig {
     /// offering its name, its size and a hash, and once per version of the
     /// file while it stays among the most recently used this many.
     pub hash_cache_entries: usize,
+    /// How long a haul session waits, once per batch, for stalled sessions
+    /// of the same sender to let go of the partial data of files it
+    /// offers, before it receives those files afresh instead. The stalled session lets go as soon as it sees
+    /// the request, unless it is stuck outside a file's data (writing to a
+    /// client that does not read, say); a few seconds cover a busy server.
+    pub takeover_wait: Duration,
 }
 
 impl ServerConfig {
@@ -105,6 +111,7 @@ impl ServerConfig {
             reserve_inodes: config::RESERVE_INODES,
             secret: None,
             hash_cache_entries: config::HASH_CACHE_ENTRIES,
+            takeover_wait: Duration::from_secs(5),
         }
     }
 }
@@ -349,6 +356,11 @@ async fn serve_connection(
     // Replies are written whole and flushed on purpose; Nagle's algorithm
     // would hold a batch's receipts back until the client's delayed ACK.
     let _ = stream.set_nodelay(true);
+    // A client that vanishes without a word frees its slot within about
+    // the idle timeout, even while the server waits on no timer of its own.
+    if let Err(error) = crate::keepalive::notice_dead_peer(&stream, config.idle_timeout) {
+        debug!(%peer, %error, "cannot set TCP keepalive");
+    }
     // One deadline for everything before a client is known: the first
     // 8 bytes, the seed header or haul's Hello and handshake together, so a
     // silent or slow client holds its slot for `header_timeout` at most,

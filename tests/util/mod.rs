@@ -223,9 +223,28 @@ impl SeedPeerServer {
     }
 }
 
+thread_local! {
+    /// The state directory (`XDG_STATE_HOME`) of the test running on this
+    /// thread: its `haul` processes share a resume identity, and none
+    /// writes into the real home.
+    static STATE_HOME: TempDir = TempDir::new().unwrap();
+}
+
+/// This test's state directory, for `XDG_STATE_HOME`.
+pub fn state_home() -> PathBuf {
+    STATE_HOME.with(|dir| dir.path().to_owned())
+}
+
+/// `haul`, ready for arguments, with this test's own state directory.
+pub fn haul_command() -> Command {
+    let mut command = Command::new(HAUL);
+    command.env("XDG_STATE_HOME", state_home());
+    command
+}
+
 /// Runs `haul` to completion with the given arguments.
 pub fn haul(args: &[&str]) -> Output {
-    Command::new(HAUL)
+    haul_command()
         .args(args)
         .stdin(Stdio::null())
         .output()
