@@ -158,6 +158,13 @@ impl Reporter {
                 bytes,
                 ..
             } => self.routine(&format!("sent {path} ({bytes} bytes)")),
+            Event::AlreadyThere {
+                path, stored_as, ..
+            } if *stored_as != *path => {
+                self.routine(&format!(
+                    "{path} is already there, identical, as {stored_as}"
+                ));
+            }
             Event::AlreadyThere { path, .. } => {
                 self.routine(&format!("{path} is already there, identical"));
             }

@@ -172,6 +172,17 @@ impl RelPath {
         path
     }
 
+    /// This path with its last component numbered: `dir/report (2).pdf`.
+    fn numbered(&self, n: u64) -> RelPath {
+        let mut components = self.0.clone();
+        if let Some(last) = components.last_mut() {
+            // A numbered valid name is valid: it only gains ` (n)` and may
+            // lose the end of its stem to stay within the length limit.
+            *last = SafeName(last.numbered(n));
+        }
+        RelPath(components)
+    }
+
     fn last(&self) -> &SafeName {
         self.0.last().expect("a RelPath has at least one component")
     }
@@ -436,6 +447,27 @@ impl Store {
     /// every hash is computed anew.
     pub fn set_hash_cache_entries(&self, entries: usize) {
         *locked(&self.inner.hashes) = HashCache::new(entries);
+    }
+
+    /// The regular files stored under `path` and under its first `limit`
+    /// numbered names (`name (1).ext` ...), with their sizes: where a file
+    /// sent before under this name may have been stored. Costs at most
+    /// `limit + 1` metadata look-ups; symlinks and other kinds are left out.
+    pub fn stored_copies(&self, path: &RelPath, limit: u64) -> io::Result<Vec<(RelPath, u64)>> {
+        let mut copies = Vec::new();
+        for n in 0..=limit {
+            let candidate = if n == 0 {
+                path.clone()
+            } else {
+                path.numbered(n)
+            };
+            match self.existing(&candidate)? {
+                Existing::File { size } => copies.push((candidate, size)),
+                Existing::Nothing if n > 0 => break,
+                _ => {}
+            }
+        }
+        Ok(copies)
     }
 
     /// The BLAKE3 hash of the file stored under `path`, from the cache when

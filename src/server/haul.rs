@@ -5,6 +5,7 @@
 //! group, which gets its names while the rest of the batch arrives. The
 //! receipts follow the batch's last group.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -511,10 +512,28 @@ impl Session<'_> {
                 holder: &holder,
                 take_over: true,
             };
+            // Files of this batch answered Send, by path and size: a second
+            // offer of the same is asked for its hash (Compare), so that two
+            // identical sources with one name store one copy; it is offered
+            // again in a later batch, once the first is stored.
+            let mut sending: HashSet<(Vec<u8>, u64)> = HashSet::new();
             let decided = offers
                 .into_iter()
                 .map(|offer| {
-                    let decision = decide(&store, &config, &space, &mut created, &offer, &claimant);
+                    let twin = offer.hash.is_none()
+                        && offer
+                            .size
+                            .is_some_and(|size| sending.contains(&(offer.path.clone(), size)));
+                    let decision = if twin {
+                        Ok((Decision::Answer(Answer::Compare, None), None))
+                    } else {
+                        decide(&store, &config, &space, &mut created, &offer, &claimant)
+                    };
+                    if let (Ok((Decision::Answer(Answer::Send { .. }, _), _)), Some(size)) =
+                        (&decision, offer.size)
+                    {
+                        sending.insert((offer.path.clone(), size));
+                    }
                     if created.full_noticed() {
                         warn!(%peer, limit = MAX_CREATED_DIRS, "this session created more directories than are tracked; the rest keep the server's time and mode");
                     }
@@ -1162,26 +1181,42 @@ fn decide_file(
     } else {
         store.existing(&target)?
     };
-    match (existing, hash) {
-        (Existing::Directory | Existing::Other, _) => {
-            return Ok(Decision::Refuse("a directory or link is in the way".into()));
+    if let Existing::Directory | Existing::Other = existing {
+        return Ok(Decision::Refuse("a directory or link is in the way".into()));
+    }
+    if let (Existing::File { .. }, Some(size)) = (existing, size) {
+        // Where the sender's file may be from an earlier send: under its
+        // name, or, when the name was taken by another file, under one of
+        // its numbered names.
+        let copies = if on_conflict == OnConflict::Rename {
+            store.stored_copies(&target, MAX_COMPARED_COPIES)?
+        } else {
+            store.stored_copies(&target, 0)?
+        };
+        let mut same_size = copies.into_iter().filter(|(_, held)| *held == size);
+        match hash {
+            None => {
+                if same_size.next().is_some() {
+                    return Ok(Decision::Answer(Answer::Compare, None));
+                }
+            }
+            Some(offered) => {
+                let offered = blake3::Hash::from_bytes(offered);
+                for (copy, _) in same_size {
+                    // `blake3::Hash` compares in constant time.
+                    if store.hash_existing(&copy)? == offered {
+                        return Ok(Decision::Same(copy.to_string()));
+                    }
+                }
+            }
         }
-        (Existing::File { size: held }, None) if Some(held) == size => {
-            return Ok(Decision::Answer(Answer::Compare, None));
-        }
-        // `blake3::Hash` compares in constant time.
-        (Existing::File { size: held }, Some(offered))
-            if Some(held) == size
-                && store.hash_existing(&target)? == blake3::Hash::from_bytes(offered) =>
-        {
-            return Ok(Decision::Same(target.to_string()));
-        }
-        (Existing::File { .. }, _) if on_conflict == OnConflict::Refuse => {
-            return Ok(Decision::Refuse(
-                "a different file already exists under this name".into(),
-            ));
-        }
-        (Existing::File { .. } | Existing::Nothing, _) => {}
+    }
+    if let Existing::File { .. } = existing
+        && on_conflict == OnConflict::Refuse
+    {
+        return Ok(Decision::Refuse(
+            "a different file already exists under this name".into(),
+        ));
     }
     let partial = match size {
         // A stream cannot be identified before it ends, so it cannot resume.
@@ -1205,6 +1240,13 @@ fn decide_file(
     let offset = partial.offset();
     Ok(Decision::Answer(Answer::Send { offset }, Some(partial)))
 }
+
+/// Numbered names (`name (1).ext` ...) looked at, besides the name itself,
+/// for an earlier copy of an offered file: a re-send of a file that was
+/// stored under a numbered name is found there, at the cost of at most this
+/// many metadata look-ups per offer of a taken name (and, for a hashed
+/// offer, a hash of each copy of the same size, cached).
+pub const MAX_COMPARED_COPIES: u64 = 16;
 
 /// Names the partial data of one version of one file from one sender: the
 /// same sender, path, size and modification time resume; anything else
