@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use haul::protocol::haul::{
     self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
 };
+use util::wire::{frame, read_message};
 use util::{HAUL, HaulServer, SeedPeerServer, read_until_closed, seed_header, stderr_of};
 
 /// A file name that, printed raw, would retitle the terminal window, clear
@@ -177,22 +178,6 @@ const DISGUISED: [(&str, &str); 6] = [
     ("\u{feff}report.txt", "U+FEFF, an invisible character"),
     ("a\u{2060}b.txt", "U+2060, an invisible character"),
 ];
-
-fn frame(message: &Message<'_>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    wire::encode(message, &mut bytes);
-    bytes
-}
-
-/// Reads one frame and renders its message for assertions.
-fn read_message(stream: &mut TcpStream) -> String {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = wire::decode_frame_header(header).unwrap();
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).unwrap();
-    format!("{:?}", wire::decode_message(header.kind, &payload).unwrap())
-}
 
 #[test]
 fn a_seed_name_that_hides_or_reorders_characters_gets_no_go_ahead_and_nothing_is_stored() {

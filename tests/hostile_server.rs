@@ -5,48 +5,14 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use haul::protocol::haul::{
-    self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
-};
+use haul::protocol::haul::{self as wire, EntryKind, MAGIC, Message, Mtime, Offer};
+use util::wire::{connect_from, frame, hello, raw_haul_session, read_message};
 use util::{HaulServer, haul, random_bytes, stderr_of};
-
-fn frame(message: &Message<'_>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    wire::encode(message, &mut bytes);
-    bytes
-}
-
-/// Reads one frame and renders its message for assertions.
-fn read_message(stream: &mut TcpStream) -> String {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = wire::decode_frame_header(header).unwrap();
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).unwrap();
-    format!("{:?}", wire::decode_message(header.kind, &payload).unwrap())
-}
-
-fn hello() -> Vec<u8> {
-    frame(&Message::Hello {
-        version: wire::VERSION,
-        capabilities: 0,
-        sender: [0; 16],
-    })
-}
-
-/// Opens a haul session by hand, past the handshake.
-fn raw_haul_session(addr: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(&MAGIC).unwrap();
-    stream.write_all(&hello()).unwrap();
-    assert!(read_message(&mut stream).starts_with("Welcome"));
-    stream
-}
 
 fn offer(kind: EntryKind, path: &[u8], size: Option<u64>, mode: u32, secs: i64) -> Vec<u8> {
     frame(&Message::Offer(Offer {
@@ -57,26 +23,6 @@ fn offer(kind: EntryKind, path: &[u8], size: Option<u64>, mode: u32, secs: i64) 
         mode,
         path,
     }))
-}
-
-/// A connection to `addr` from the loopback address `source`, so that a
-/// test can be several peers at once.
-fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(SocketAddr::from((source, 0)))
-            .expect("bind a loopback source address");
-        let stream = socket.connect(addr).await.unwrap();
-        let stream = stream.into_std().unwrap();
-        stream.set_nonblocking(false).unwrap();
-        stream
-    })
 }
 
 /// One field of `/proc/PID/status`, in the unit the kernel gives (kB).

@@ -6,18 +6,16 @@
 
 mod util;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
-use std::os::fd::FromRawFd;
+use std::io::Write;
+use std::net::{Ipv4Addr, Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use haul::protocol::haul::{
-    self as wire, EntryKind, FRAME_HEADER_LEN, Kind, MAGIC, Message, Mtime, Offer,
-};
+use haul::protocol::haul::{EntryKind, Message, Mtime, Offer};
+use util::wire::{connect_from, data_frame, frame, open_session, read_message};
 use util::{HAUL, Running, haul, random_bytes, stderr_of};
 
 const MIB: u64 = 1024 * 1024;
@@ -108,73 +106,10 @@ fn assert_serves_a_legitimate_send(server: &Running, disk: &SmallDisk) {
     );
 }
 
-fn frame(message: &Message<'_>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    wire::encode(message, &mut bytes);
-    bytes
-}
-
-fn data_frame(bytes: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + bytes.len());
-    wire::encode_data_header(Kind::Data, bytes.len() as u32, &mut frame);
-    frame.extend_from_slice(bytes);
-    frame
-}
-
-/// Reads one frame and renders its message for assertions.
-fn read_message(stream: &mut TcpStream) -> String {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = wire::decode_frame_header(header).unwrap();
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).unwrap();
-    format!("{:?}", wire::decode_message(header.kind, &payload).unwrap())
-}
-
-/// A TCP connection to `addr` from the loopback address `source`, so that
-/// the server sees another sender.
-fn connect_from(source: Ipv4Addr, addr: &str) -> TcpStream {
-    let target: SocketAddrV4 = addr.parse().unwrap();
-    let socket_address = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    let (local, remote) = (
-        socket_address(source, 0),
-        socket_address(*target.ip(), target.port()),
-    );
-    // SAFETY: a fresh socket, owned by the TcpStream made from it; both
-    // addresses are valid sockaddr_in values of the length given.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let bound = libc::bind(fd, (&raw const local).cast(), len);
-        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
-        let connected = libc::connect(fd, (&raw const remote).cast(), len);
-        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
-        stream
-    }
-}
-
 /// A haul session opened by hand from `source`, past the handshake.
 fn raw_session(source: Ipv4Addr, addr: &str) -> TcpStream {
-    let mut stream = connect_from(source, addr);
-    stream.write_all(&MAGIC).unwrap();
-    stream
-        .write_all(&frame(&Message::Hello {
-            version: wire::VERSION,
-            capabilities: 0,
-            sender: [0; 16],
-        }))
-        .unwrap();
-    let welcome = read_message(&mut stream);
-    assert!(welcome.starts_with("Welcome"), "{welcome}");
+    let mut stream = connect_from(source.octets(), addr);
+    open_session(&mut stream);
     stream
 }
 
@@ -474,7 +409,7 @@ fn abandoned_partial_data_is_capped_and_gives_way_to_a_legitimate_file() {
 fn a_connection_from_another_loopback_address_comes_from_it() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let _client = connect_from(Ipv4Addr::new(127, 0, 0, 2), &addr);
+    let _client = connect_from([127, 0, 0, 2], &addr);
     let (_, peer) = listener.accept().unwrap();
     assert_eq!(peer.ip().to_string(), "127.0.0.2");
 }

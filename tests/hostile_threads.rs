@@ -15,8 +15,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use haul::protocol::haul::{self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime};
+use haul::protocol::haul::{self as wire, EntryKind, MAGIC, Message, Mtime};
 use tempfile::TempDir;
+use util::wire::{frame, read_message};
 use util::{HAUL, HaulServer, random_bytes, seed_header, stderr_of};
 
 /// More silent clients than the blocking pool has threads.
@@ -126,22 +127,6 @@ fn legitimate_sends_are_stored(server: &HaulServer) {
         let stored = std::fs::read(server.inbox.join("few").join(&name)).unwrap();
         assert!(stored == content, "few/{name} differs");
     }
-}
-
-fn frame(message: &Message<'_>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    wire::encode(message, &mut bytes);
-    bytes
-}
-
-/// Reads one frame and renders its message for assertions.
-fn read_message(stream: &mut TcpStream) -> String {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = wire::decode_frame_header(header).unwrap();
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).unwrap();
-    format!("{:?}", wire::decode_message(header.kind, &payload).unwrap())
 }
 
 /// Bytes of every file in `dir` (the inbox's hidden area of partial data).

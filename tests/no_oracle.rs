@@ -5,56 +5,15 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 
 use haul::protocol::haul::{
-    self as wire, Answer, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAGIC, Message, Mtime, Offer,
+    self as wire, Answer, EntryKind, FRAME_HEADER_LEN, Hash, Kind, Message, Mtime, Offer,
 };
+use util::wire::{frame, raw_haul_session, read_message, read_raw_frame};
 use util::{HaulServer, haul, random_bytes, read_until_closed, stderr_of};
-
-fn frame(message: &Message<'_>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    wire::encode(message, &mut bytes);
-    bytes
-}
-
-/// One whole frame as it came off the wire: its bytes, header included.
-fn read_raw_frame(stream: &mut TcpStream) -> Vec<u8> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let len = wire::decode_frame_header(header).unwrap().len as usize;
-    let mut bytes = header.to_vec();
-    bytes.resize(FRAME_HEADER_LEN + len, 0);
-    stream.read_exact(&mut bytes[FRAME_HEADER_LEN..]).unwrap();
-    bytes
-}
-
-/// Reads one frame and renders its message for assertions.
-fn read_message(stream: &mut TcpStream) -> String {
-    let bytes = read_raw_frame(stream);
-    let (frame, _) = wire::split_frame(&bytes).unwrap().unwrap();
-    format!(
-        "{:?}",
-        wire::decode_message(frame.header.kind, frame.payload).unwrap()
-    )
-}
-
-/// Opens a haul session by hand, past the handshake.
-fn raw_haul_session(addr: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(&MAGIC).unwrap();
-    stream
-        .write_all(&frame(&Message::Hello {
-            version: wire::VERSION,
-            capabilities: 0,
-            sender: [0; 16],
-        }))
-        .unwrap();
-    assert!(read_message(&mut stream).starts_with("Welcome"));
-    stream
-}
 
 fn file_offer(path: &[u8], size: u64, hash: Option<Hash>) -> Vec<u8> {
     frame(&Message::Offer(Offer {

@@ -9,44 +9,12 @@ use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use haul::protocol::haul::{
-    self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
-};
+use haul::protocol::haul::{self as wire, EntryKind, MAGIC, Message, Mtime, Offer};
 use util::proxy::{Fault, Proxy};
+use util::wire::{frame, raw_haul_session, read_message};
 use util::{
     HaulServer, Running, haul, random_bytes, read_until_closed, seed_client, seed_header, stderr_of,
 };
-
-fn frame(message: &Message<'_>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    wire::encode(message, &mut bytes);
-    bytes
-}
-
-/// Reads one frame and renders its message for assertions.
-fn read_message(stream: &mut TcpStream) -> String {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = wire::decode_frame_header(header).unwrap();
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).unwrap();
-    format!("{:?}", wire::decode_message(header.kind, &payload).unwrap())
-}
-
-/// Opens a haul session by hand, past the handshake.
-fn raw_haul_session(addr: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(&MAGIC).unwrap();
-    stream
-        .write_all(&frame(&Message::Hello {
-            version: wire::VERSION,
-            capabilities: 0,
-            sender: [0; 16],
-        }))
-        .unwrap();
-    assert!(read_message(&mut stream).starts_with("Welcome"));
-    stream
-}
 
 fn file_offer(path: &[u8], size: u64) -> Message<'_> {
     Message::Offer(Offer {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod proxy;
+pub mod wire;
 
 /// The binary under test.
 pub const HAUL: &str = env!("CARGO_BIN_EXE_haul");
