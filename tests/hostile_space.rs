@@ -8,13 +8,13 @@ mod util;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use haul::protocol::haul::{EntryKind, Message, Mtime, Offer};
+use util::disk::SmallDisk;
 use util::wire::{connect_from, data_frame, frame, open_session, read_message};
 use util::{HAUL, Running, haul, random_bytes, stderr_of};
 
@@ -23,64 +23,6 @@ const MIB: u64 = 1024 * 1024;
 /// The inode bound of `ServerConfig::new`: files keep this many free,
 /// directories twice as many.
 const RESERVE_INODES: u64 = 1024;
-
-/// A small tmpfs mounted for one test and unmounted after it, even when
-/// the test fails.
-struct SmallDisk {
-    mount_point: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(options: &str) -> SmallDisk {
-        let mount_point = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(mount_point.path())
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs (this test needs root, as CI has): {status}"
-        );
-        SmallDisk { mount_point }
-    }
-
-    fn inbox(&self) -> PathBuf {
-        self.mount_point.path().join("inbox")
-    }
-
-    /// Bytes an unprivileged writer may still use, and free inodes.
-    fn free(&self) -> (u64, u64) {
-        let stat = rustix::fs::statvfs(self.mount_point.path()).unwrap();
-        (stat.f_bavail * stat.f_frsize, stat.f_favail)
-    }
-
-    /// Fails the test if the free space is below `reserve`.
-    fn assert_keeps(&self, reserve: u64, step: &str) {
-        let (free, _) = self.free();
-        assert!(
-            free >= reserve,
-            "after {step}: {free} bytes free, below the reserve of {reserve}"
-        );
-    }
-
-    /// Bytes of partial data in the inbox's hidden area.
-    fn held_partial_bytes(&self) -> u64 {
-        std::fs::read_dir(self.inbox().join(".haul"))
-            .unwrap()
-            .map(|entry| entry.unwrap().metadata().unwrap().len())
-            .sum()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.mount_point.path())
-            .status();
-    }
-}
 
 /// `haul serve` on `disk`, with a debug log to wait on.
 fn serve(disk: &SmallDisk, args: &[&str]) -> Running {
@@ -158,7 +100,7 @@ fn send_stream(
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
         let done = Arc::clone(&done);
-        let mount_point = disk.mount_point.path().to_owned();
+        let mount_point = disk.path().to_owned();
         std::thread::spawn(move || {
             let mut least = u64::MAX;
             // Sampling, not synchronisation: the lowest point seen is a

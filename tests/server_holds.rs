@@ -7,9 +7,10 @@ mod util;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use haul::protocol::haul::{self as wire, EntryKind, MAGIC, Message, Mtime, Offer};
+use util::disk::SmallDisk;
 use util::proxy::{Fault, Proxy};
 use util::wire::{frame, raw_haul_session, read_message};
 use util::{
@@ -220,43 +221,9 @@ fn silent_clients_are_dropped_and_free_their_slot() {
     drop(silent);
 }
 
-/// A small tmpfs mounted for one test and unmounted after it.
-struct SmallDisk {
-    mount_point: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let mount_point = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(mount_point.path())
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs (this test needs root, as CI has): {status}"
-        );
-        SmallDisk { mount_point }
-    }
-
-    fn path(&self) -> &Path {
-        self.mount_point.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.mount_point.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_refuses_or_fails_cleanly_and_the_server_keeps_serving() {
-    let disk = SmallDisk::mount("16m");
+    let disk = SmallDisk::mount("size=16m");
     let inbox = disk.path().join("inbox");
     let mut command = util::haul_command();
     command

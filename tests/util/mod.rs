@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod disk;
 pub mod proxy;
 pub mod wire;
 
