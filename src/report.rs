@@ -114,6 +114,9 @@ pub struct Reporter {
     /// many small files, and on the critical path between a batch's
     /// receipts and the next batch's data.
     gathered: String,
+    /// Files stored or found already there so far, for the line that says
+    /// how far an interrupted send got.
+    done: u64,
 }
 
 impl Reporter {
@@ -126,6 +129,7 @@ impl Reporter {
             to: to.to_owned(),
             started: Instant::now(),
             gathered: String::new(),
+            done: 0,
         }
     }
 
@@ -135,6 +139,9 @@ impl Reporter {
         }
         if let Some(progress) = &self.progress {
             progress.event(&event);
+        }
+        if matches!(event, Event::Stored { .. } | Event::AlreadyThere { .. }) {
+            self.done += 1;
         }
         match event {
             Event::Started { .. } | Event::Progress { .. } => {}
@@ -206,6 +213,20 @@ impl Reporter {
             Ok(_) => {}
             Err(error) => print_to_stderr(&error.to_string()),
         }
+    }
+
+    /// Ends the report of a send stopped by Ctrl-C: how many of the
+    /// `total` files the server holds, and how to go on.
+    pub fn interrupted(&mut self, total: u64) {
+        self.write_gathered();
+        if let Some(progress) = self.progress.take() {
+            progress.clear();
+        }
+        let line = format!(
+            "interrupted after {} of {total} files; run the same command again to resume",
+            self.done
+        );
+        print_to_stderr(&line);
     }
 
     fn json(event: &Event<'_>) {
