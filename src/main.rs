@@ -180,7 +180,7 @@ Exit codes:
   1    some files failed, or the connection broke (run the command again to resume)
   2    usage error
   3    no haul server reached: nobody listening, something else answered, or
-       (--protocol seed) no `go ahead` within --reply-timeout
+       no answer (haul's Welcome, `go ahead`) within --reply-timeout
   4    authentication failed: a wrong or missing secret, or a server that
        cannot prove it holds ours
   130  interrupted (Ctrl-C)")]
@@ -484,7 +484,7 @@ fn main() -> ExitCode {
             };
             let name = name.as_deref();
             let mut reporter = Reporter::new(output, &to, &paths, name);
-            let interrupted = runtime.block_on(async {
+            let finished = runtime.block_on(async {
                 let sending = async {
                     match protocol {
                         Protocol::Haul => {
@@ -509,7 +509,7 @@ fn main() -> ExitCode {
                     outcome = sending => Some(outcome),
                 }
             });
-            let code = match interrupted {
+            let code = match finished {
                 Some(outcome) => {
                     reporter.finish(&outcome);
                     send_exit_code(&outcome)

@@ -134,6 +134,13 @@ fn to_without_a_port_sends_to_port_12000() {
         b"to the default port"
     );
 
+    // A host name is resolved, as an address would be used.
+    let named = HaulServer::start(&[]);
+    let port = named.addr().rsplit_once(':').unwrap().1;
+    let output = send_with_secret(None, &format!("localhost:{port}"), &[&path]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(named.stored_names(), ["portless.txt"]);
+
     // A host name and a bracketed IPv6 address get the same port; a source
     // that does not exist keeps them from sending anything anywhere.
     for (given, meant) in [
