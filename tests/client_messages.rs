@@ -297,25 +297,18 @@ impl Sending {
     /// Waits (at most [`LINE_WAIT`]) for the child to end; its exit code
     /// and stderr.
     fn finish(mut self) -> (Option<i32>, String) {
-        let deadline = std::time::Instant::now() + LINE_WAIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("haul send did not end within {LINE_WAIT:?}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        (status.code(), stderr)
+        // Stderr reaches its end when the child exits.
+        let mut stderr = self.child.stderr.take().unwrap();
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            let _ = done.send(text);
+        });
+        let stderr = ended
+            .recv_timeout(LINE_WAIT)
+            .unwrap_or_else(|_| panic!("haul send did not end within {LINE_WAIT:?}"));
+        (self.child.wait().unwrap().code(), stderr)
     }
 }
 
