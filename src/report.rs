@@ -114,9 +114,9 @@ pub struct Reporter {
     /// many small files, and on the critical path between a batch's
     /// receipts and the next batch's data.
     gathered: String,
-    /// Files stored or found already there so far, for the line that says
-    /// how far an interrupted send got.
-    done: u64,
+    /// What the events said so far, for the report of an interrupted
+    /// send, which ends without the library's summary.
+    seen: Summary,
 }
 
 impl Reporter {
@@ -129,7 +129,7 @@ impl Reporter {
             to: to.to_owned(),
             started: Instant::now(),
             gathered: String::new(),
-            done: 0,
+            seen: Summary::default(),
         }
     }
 
@@ -140,8 +140,13 @@ impl Reporter {
         if let Some(progress) = &self.progress {
             progress.event(&event);
         }
-        if matches!(event, Event::Stored { .. } | Event::AlreadyThere { .. }) {
-            self.done += 1;
+        match event {
+            Event::Stored { .. } => self.seen.stored += 1,
+            Event::AlreadyThere { .. } => self.seen.already_there += 1,
+            Event::Failed { .. } => self.seen.failed += 1,
+            Event::Skipped { .. } => self.seen.skipped += 1,
+            Event::Progress { bytes } => self.seen.bytes_sent += bytes,
+            Event::Started { .. } | Event::BatchSettled => {}
         }
         match event {
             Event::Started { .. } | Event::Progress { .. } => {}
@@ -182,17 +187,7 @@ impl Reporter {
         }
         if self.output == Output::Json {
             let counts = outcome.as_ref().copied().unwrap_or_default();
-            JsonLine::Summary {
-                stored: counts.stored,
-                already_there: counts.already_there,
-                failed: counts.failed,
-                skipped: counts.skipped,
-                bytes_sent: counts.bytes_sent,
-                seconds: self.started.elapsed().as_secs_f64(),
-                to: &self.to,
-                error: outcome.as_ref().err().map(ToString::to_string),
-            }
-            .print();
+            self.json_summary(&counts, outcome.as_ref().err().map(ToString::to_string));
         }
         match outcome {
             Ok(summary) if matches!(self.output, Output::Lines | Output::Progress) => {
@@ -224,9 +219,27 @@ impl Reporter {
         }
         let line = format!(
             "interrupted after {} of {total} files; run the same command again to resume",
-            self.done
+            self.seen.stored + self.seen.already_there
         );
+        if self.output == Output::Json {
+            self.json_summary(&self.seen, Some(line.clone()));
+        }
         print_to_stderr(&line);
+    }
+
+    /// The closing JSON line: `error` says why the send ended early.
+    fn json_summary(&self, counts: &Summary, error: Option<String>) {
+        JsonLine::Summary {
+            stored: counts.stored,
+            already_there: counts.already_there,
+            failed: counts.failed,
+            skipped: counts.skipped,
+            bytes_sent: counts.bytes_sent,
+            seconds: self.started.elapsed().as_secs_f64(),
+            to: &self.to,
+            error,
+        }
+        .print();
     }
 
     fn json(event: &Event<'_>) {

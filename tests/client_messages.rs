@@ -294,9 +294,9 @@ impl Sending {
         }
     }
 
-    /// Waits (at most [`LINE_WAIT`]) for the child to end; its exit code
-    /// and stderr.
-    fn finish(mut self) -> (Option<i32>, String) {
+    /// Waits (at most [`LINE_WAIT`]) for the child to end; its exit code,
+    /// its stderr and the rest of its stdout.
+    fn finish(mut self) -> (Option<i32>, String, String) {
         // Stderr reaches its end when the child exits.
         let mut stderr = self.child.stderr.take().unwrap();
         let (done, ended) = std::sync::mpsc::channel();
@@ -308,7 +308,9 @@ impl Sending {
         let stderr = ended
             .recv_timeout(LINE_WAIT)
             .unwrap_or_else(|_| panic!("haul send did not end within {LINE_WAIT:?}"));
-        (self.child.wait().unwrap().code(), stderr)
+        let mut stdout = String::new();
+        self.stdout.read_to_string(&mut stdout).unwrap();
+        (self.child.wait().unwrap().code(), stderr, stdout)
     }
 }
 
@@ -351,8 +353,15 @@ fn ctrl_c_says_how_many_files_are_stored_exits_130_and_a_rerun_resumes() {
         .status()
         .unwrap();
     assert!(status.success());
-    let (code, stderr) = sending.finish();
+    let (code, stderr, stdout) = sending.finish();
     assert_eq!(code, Some(130), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["event"], "summary", "{stdout}");
+    assert_eq!(summary["stored"], 255, "{summary}");
+    assert_eq!(
+        summary["error"],
+        "interrupted after 255 of 256 files; run the same command again to resume"
+    );
     assert_eq!(
         stderr,
         "haul: interrupted after 255 of 256 files; run the same command again to resume\n"
@@ -380,7 +389,7 @@ fn a_server_that_dies_mid_file_is_reported_with_the_file_and_how_to_resume() {
     let mut sending = Sending::start(server.addr(), &["--limit-rate", "256K", &path]);
     sending.wait_started("big.bin");
     server.running.kill();
-    let (code, stderr) = sending.finish();
+    let (code, stderr, _) = sending.finish();
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.starts_with("haul: big.bin was not finished: "),
