@@ -347,3 +347,38 @@ pub(crate) async fn connect(to: &str, idle: Duration) -> Result<tokio::net::TcpS
     let _ = crate::keepalive::notice_dead_peer(&stream, idle);
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_gets_12000_and_one_with_a_port_is_kept() {
+        for (given, meant) in [
+            ("127.0.0.1", "127.0.0.1:12000"),
+            ("localhost", "localhost:12000"),
+            ("[::1]", "[::1]:12000"),
+            ("::1", "[::1]:12000"),
+            ("127.0.0.1:9", "127.0.0.1:9"),
+            ("[::1]:9", "[::1]:9"),
+            ("files.example:9", "files.example:9"),
+        ] {
+            assert_eq!(with_default_port(given), meant, "{given}");
+        }
+    }
+
+    #[test]
+    fn only_a_source_that_reads_as_host_and_port_gets_the_hint() {
+        assert_eq!(
+            address_hint(Path::new("127.0.0.1:12000")),
+            Some("127.0.0.1:12000")
+        );
+        assert_eq!(
+            address_hint(Path::new("host-1.lan:80")),
+            Some("host-1.lan:80")
+        );
+        assert_eq!(address_hint(Path::new("missing.txt")), None);
+        assert_eq!(address_hint(Path::new("dir/a:1")), None);
+        assert_eq!(address_hint(Path::new("host:99999")), None);
+    }
+}
