@@ -33,6 +33,11 @@ pub const HEADER_TIMEOUT: Span = Span(Duration::from_secs(30));
 /// How long a transfer may make no progress before it is dropped.
 pub const IDLE_TIMEOUT: Span = Span(Duration::from_secs(60));
 
+/// How long `haul send` waits for the server's first answer (haul's
+/// Welcome, the seed protocol's `go ahead`) before it gives up: a peer
+/// that is not such a server often says nothing at all.
+pub const REPLY_TIMEOUT: Span = Span(Duration::from_secs(30));
+
 /// How long transfers in flight may run on after SIGINT or SIGTERM.
 pub const GRACE: Span = Span(Duration::from_secs(10));
 

@@ -27,6 +27,9 @@ mod exit {
     pub const SOME_FILES_FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const UNREACHABLE: u8 = 3;
+    pub const AUTHENTICATION: u8 = 4;
+    /// 128 + SIGINT, as shells report a command stopped by Ctrl-C.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Parser)]
@@ -46,7 +49,7 @@ mod exit {
   haul man | man -l -                        read the manual page
 
 Exit codes (haul send): 0 every file sent, 1 some files failed, 2 usage error,
-3 server unreachable."
+3 no haul server reached, 4 authentication failed, 130 interrupted (Ctrl-C)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -161,6 +164,8 @@ their paths) remembered per session; docs/RELIABILITY.md lists every bound.")]
   tar c dir | haul send - --name dir.tar
   haul send --limit-rate 10M backup.tar      at most 10 MiB per second
   haul send --json photos/                   JSON lines on stdout, for scripts
+  haul send --to localhost .                 this folder, to port 12000 of localhost
+  haul send <(pg_dump db) --name db.sql      a pipe, read to its end (haul's protocol)
 
 With haul's protocol (the default) every file is verified with BLAKE3 and acknowledged
 by a receipt; an interrupted send resumes when run again. With --protocol seed each file
@@ -168,11 +173,25 @@ goes over its own connection, exactly as the classroom protocol describes: 8-byt
 big-endian size, the file name, `go ahead`, the bytes.
 
 On a terminal a progress display is drawn on stderr; elsewhere each file gets a line.
-Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unreachable.")]
+Ctrl-C stops the send and says how far it got; run the same command again to resume.
+
+Exit codes:
+  0    every file was stored (or was already there)
+  1    some files failed, or the connection broke (run the command again to resume)
+  2    usage error
+  3    no haul server reached: nobody listening, something else answered, or
+       no answer (haul's Welcome, `go ahead`) within --reply-timeout
+  4    authentication failed: a wrong or missing secret, or a server that
+       cannot prove it holds ours
+  130  interrupted (Ctrl-C)")]
     Send {
-        /// Server address.
-        #[arg(long, value_name = "HOST:PORT", default_value = config::ADDRESS)]
+        /// Server address; without a port, 12000 (`localhost`, `[::1]`).
+        #[arg(long, value_name = "HOST[:PORT]", default_value = config::ADDRESS)]
         to: String,
+        /// Time the server has to answer first (haul's Welcome, the classroom
+        /// protocol's `go ahead`) before the send gives up.
+        #[arg(long, default_value_t = config::REPLY_TIMEOUT, value_name = "DURATION")]
+        reply_timeout: Span,
         /// Wire protocol to speak: `haul` (verified, resumable, folders) or
         /// `seed` (the classroom protocol, one file per connection).
         #[arg(long, value_enum, default_value_t = Protocol::Haul)]
@@ -374,6 +393,7 @@ fn main() -> ExitCode {
         }
         Command::Send {
             to,
+            reply_timeout,
             protocol,
             name,
             compress,
@@ -394,6 +414,14 @@ fn main() -> ExitCode {
                 eprintln!(
                     "haul: --name applies to a single PATH, but {} were given",
                     paths.len()
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+            // The scp habit, `haul send a.txt host:12000`, names the server
+            // as a source: said before anything is sent.
+            if let Some(address) = paths.iter().find_map(|path| send::address_hint(path)) {
+                eprintln!(
+                    "haul: there is no file or folder named {address}; did you mean --to {address}?"
                 );
                 return ExitCode::from(exit::USAGE);
             }
@@ -436,8 +464,10 @@ fn main() -> ExitCode {
                 },
                 Protocol::Seed => SenderId::default(),
             };
+            let to = send::with_default_port(&to);
             let options = SendOptions {
                 idle: SEND_IDLE_TIMEOUT,
+                reply: reply_timeout.0,
                 compress,
                 limit: limit_rate,
                 secret,
@@ -454,24 +484,45 @@ fn main() -> ExitCode {
             };
             let name = name.as_deref();
             let mut reporter = Reporter::new(output, &to, &paths, name);
-            let outcome = runtime.block_on(async {
-                match protocol {
-                    Protocol::Haul => {
-                        send::send_haul(&to, &paths, name, options, |event| {
-                            reporter.event(event);
-                        })
-                        .await
+            let finished = runtime.block_on(async {
+                let sending = async {
+                    match protocol {
+                        Protocol::Haul => {
+                            send::send_haul(&to, &paths, name, options, |event| {
+                                reporter.event(event);
+                            })
+                            .await
+                        }
+                        Protocol::Seed => {
+                            send::send_seed(&to, &paths, name, options, |event| {
+                                reporter.event(event);
+                            })
+                            .await
+                        }
                     }
-                    Protocol::Seed => {
-                        send::send_seed(&to, &paths, name, options, |event| {
-                            reporter.event(event);
-                        })
-                        .await
-                    }
+                };
+                // Ctrl-C drops the send where it is: the server keeps what
+                // it received for the next run to resume from.
+                tokio::select! {
+                    biased;
+                    _ = tokio::signal::ctrl_c() => None,
+                    outcome = sending => Some(outcome),
                 }
             });
-            reporter.finish(&outcome);
-            send_exit_code(&outcome)
+            let code = match finished {
+                Some(outcome) => {
+                    reporter.finish(&outcome);
+                    send_exit_code(&outcome)
+                }
+                None => {
+                    reporter.interrupted(send::measure(&paths, name).files);
+                    ExitCode::from(exit::INTERRUPTED)
+                }
+            };
+            // A read of standard input or a pipe may still hold a thread:
+            // the process ends without waiting for it.
+            runtime.shutdown_background();
+            code
         }
         Command::Completions { .. } | Command::Man | Command::Token => {
             unreachable!("handled above")
@@ -560,6 +611,7 @@ fn send_exit_code(outcome: &Result<Summary, SendError>) -> ExitCode {
     match outcome {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
         Err(error) if error.is_connect() => ExitCode::from(exit::UNREACHABLE),
+        Err(error) if error.is_auth() => ExitCode::from(exit::AUTHENTICATION),
         _ => ExitCode::from(exit::SOME_FILES_FAILED),
     }
 }

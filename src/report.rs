@@ -114,6 +114,9 @@ pub struct Reporter {
     /// many small files, and on the critical path between a batch's
     /// receipts and the next batch's data.
     gathered: String,
+    /// What the events said so far, for the report of an interrupted
+    /// send, which ends without the library's summary.
+    seen: Summary,
 }
 
 impl Reporter {
@@ -126,6 +129,7 @@ impl Reporter {
             to: to.to_owned(),
             started: Instant::now(),
             gathered: String::new(),
+            seen: Summary::default(),
         }
     }
 
@@ -135,6 +139,14 @@ impl Reporter {
         }
         if let Some(progress) = &self.progress {
             progress.event(&event);
+        }
+        match event {
+            Event::Stored { .. } => self.seen.stored += 1,
+            Event::AlreadyThere { .. } => self.seen.already_there += 1,
+            Event::Failed { .. } => self.seen.failed += 1,
+            Event::Skipped { .. } => self.seen.skipped += 1,
+            Event::Progress { bytes } => self.seen.bytes_sent += bytes,
+            Event::Started { .. } | Event::BatchSettled => {}
         }
         match event {
             Event::Started { .. } | Event::Progress { .. } => {}
@@ -182,17 +194,7 @@ impl Reporter {
         }
         if self.output == Output::Json {
             let counts = outcome.as_ref().copied().unwrap_or_default();
-            JsonLine::Summary {
-                stored: counts.stored,
-                already_there: counts.already_there,
-                failed: counts.failed,
-                skipped: counts.skipped,
-                bytes_sent: counts.bytes_sent,
-                seconds: self.started.elapsed().as_secs_f64(),
-                to: &self.to,
-                error: outcome.as_ref().err().map(ToString::to_string),
-            }
-            .print();
+            self.json_summary(&counts, outcome.as_ref().err().map(ToString::to_string));
         }
         match outcome {
             Ok(summary) if matches!(self.output, Output::Lines | Output::Progress) => {
@@ -213,6 +215,38 @@ impl Reporter {
             Ok(_) => {}
             Err(error) => print_to_stderr(&error.to_string()),
         }
+    }
+
+    /// Ends the report of a send stopped by Ctrl-C: how many of the
+    /// `total` files the server holds, and how to go on.
+    pub fn interrupted(&mut self, total: u64) {
+        self.write_gathered();
+        if let Some(progress) = self.progress.take() {
+            progress.clear();
+        }
+        let line = format!(
+            "interrupted after {} of {total} files; run the same command again to resume",
+            self.seen.stored + self.seen.already_there
+        );
+        if self.output == Output::Json {
+            self.json_summary(&self.seen, Some(line.clone()));
+        }
+        print_to_stderr(&line);
+    }
+
+    /// The closing JSON line: `error` says why the send ended early.
+    fn json_summary(&self, counts: &Summary, error: Option<String>) {
+        JsonLine::Summary {
+            stored: counts.stored,
+            already_there: counts.already_there,
+            failed: counts.failed,
+            skipped: counts.skipped,
+            bytes_sent: counts.bytes_sent,
+            seconds: self.started.elapsed().as_secs_f64(),
+            to: &self.to,
+            error,
+        }
+        .print();
     }
 
     fn json(event: &Event<'_>) {

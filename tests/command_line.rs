@@ -502,7 +502,7 @@ fn nobody_listening_names_the_address_and_the_fix() {
 }
 
 #[test]
-fn a_wrong_secret_is_one_line_with_a_hint_and_exit_code_3() {
+fn a_wrong_secret_is_one_line_with_a_hint_and_exit_code_4() {
     let keys = tempfile::tempdir().unwrap();
     // Kept private, as `haul token` advises: a token file others can read
     // would draw a warning line of its own.
@@ -526,7 +526,7 @@ fn a_wrong_secret_is_one_line_with_a_hint_and_exit_code_3() {
     };
 
     let output = send(&[]);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
     let stderr = stderr_of(&output);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -536,7 +536,7 @@ fn a_wrong_secret_is_one_line_with_a_hint_and_exit_code_3() {
     );
 
     let output = send(&["--json"]);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
     let lines = json_lines(&output.stdout);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["event"], "summary");

@@ -128,11 +128,11 @@ fn compressible_file(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// An authentication failure as `haul send` reports it: status 3, and a
+/// An authentication failure as `haul send` reports it: status 4, and a
 /// line saying the handshake failed.
 fn assert_authentication_failed(output: &Output) {
     let stderr = stderr_of(output);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("authentication failed"), "{stderr}");
 }
 

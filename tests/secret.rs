@@ -54,7 +54,7 @@ fn no_secret_or_a_wrong_one_is_refused_and_the_right_one_stores() {
     std::fs::write(&path, b"for members only").unwrap();
 
     let without = send_with_env(None, server.addr(), &path);
-    assert_eq!(without.status.code(), Some(3), "{}", stderr_of(&without));
+    assert_eq!(without.status.code(), Some(4), "{}", stderr_of(&without));
     assert!(
         stderr_of(&without).contains("requires a shared secret"),
         "{}",
@@ -66,7 +66,7 @@ fn no_secret_or_a_wrong_one_is_refused_and_the_right_one_stores() {
         server.addr(),
         &path,
     );
-    assert_eq!(wrong.status.code(), Some(3), "{}", stderr_of(&wrong));
+    assert_eq!(wrong.status.code(), Some(4), "{}", stderr_of(&wrong));
     assert!(
         stderr_of(&wrong).contains("authentication failed"),
         "{}",
@@ -105,7 +105,7 @@ fn a_client_with_a_secret_refuses_a_server_without_one() {
     let path = source.path().join("private.txt");
     std::fs::write(&path, b"not in clear").unwrap();
     let output = send_with_env(Some(SECRET), server.addr(), &path);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
     assert!(
         stderr_of(&output).contains("no secret set"),
         "{}",

@@ -61,6 +61,9 @@ pub async fn send_haul(
     let stream = connect(to, options.idle).await?;
     let (reader, writer) = stream.into_split();
     let mut session = Session {
+        to: to.to_owned(),
+        reply: options.reply,
+        in_flight: None,
         reader: BufReader::new(Box::new(reader)),
         writer: BufWriter::with_capacity(64 * 1024, Box::new(Throttle::new(writer, options.limit))),
         idle: options.idle,
@@ -77,13 +80,28 @@ pub async fn send_haul(
         to_compare: VecDeque::new(),
     };
     if let Err(error) = session.send_batches(&mut batches, &mut on_event).await {
-        return Err(session.server_reason_for(error).await);
+        let error = session.server_reason_for(error).await;
+        return Err(if error.is_break() {
+            SendError::Broken {
+                path: session.in_flight.take(),
+                source: Box::new(error),
+            }
+        } else {
+            error
+        });
     }
     session.goodbye().await?;
     Ok(session.summary)
 }
 
 struct Session {
+    /// The server's address, to name it when it turns out not to be haul.
+    to: String,
+    /// How long the server has to answer the Hello.
+    reply: Duration,
+    /// The file whose bytes are going out, to name it if the connection
+    /// breaks meanwhile.
+    in_flight: Option<String>,
     reader: BufReader<BoxedReader>,
     writer: BufWriter<BoxedWriter>,
     idle: Duration,
@@ -207,7 +225,7 @@ impl Session {
         self.writer.write_all(&haul::MAGIC).await?;
         self.writer.write_all(&hello).await?;
         self.writer.flush().await?;
-        let frame = self.read_frame().await?;
+        let frame = self.read_welcome().await?;
         let granted = match frame.message()? {
             Message::Welcome {
                 version,
@@ -251,6 +269,55 @@ impl Session {
             self.encrypt(secret, &prologue).await?;
         }
         Ok(())
+    }
+
+    /// Reads the server's answer to the Hello: a Welcome or an Error frame.
+    /// Anything else means the peer is not a haul server, and is named for
+    /// what it looks like.
+    async fn read_welcome(&mut self) -> Result<Frame, SendError> {
+        let not_haul = |answer: &[u8]| SendError::NotHaul {
+            to: self.to.clone(),
+            answer: answer.to_vec(),
+        };
+        // A peer that is not haul may answer fewer bytes than a frame
+        // header and then wait: what came by the deadline is judged.
+        let deadline = tokio::time::Instant::now() + self.reply;
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        let mut filled = 0;
+        while filled < header.len() {
+            let unfilled = header.get_mut(filled..).unwrap_or_default();
+            match tokio::time::timeout_at(deadline, self.reader.read(unfilled)).await {
+                Err(_) => break,
+                Ok(Ok(0)) => break,
+                Ok(Ok(read)) => filled += read,
+                Ok(Err(error)) => return Err(error.into()),
+            }
+        }
+        match header.get(..filled) {
+            Some([]) if tokio::time::Instant::now() >= deadline => {
+                return Err(SendError::NoAnswer {
+                    to: self.to.clone(),
+                    waited: self.reply,
+                    seed: false,
+                });
+            }
+            Some([]) => return Err(SendError::Closed),
+            Some(answer) if filled < header.len() => return Err(not_haul(answer)),
+            _ => {}
+        }
+        if &header == b"go ah" {
+            return Err(SendError::Protocol(
+                "it answered \"go ahead\": it speaks only the classroom protocol; use --protocol seed"
+                    .into(),
+            ));
+        }
+        let Ok(decoded) = haul::decode_frame_header(header) else {
+            return Err(not_haul(&header));
+        };
+        if !matches!(decoded.kind, Kind::Welcome | Kind::Error) {
+            return Err(not_haul(&header));
+        }
+        self.read_frame_after(decoded).await
     }
 
     /// Replaces the plain socket halves with the encrypted channel.
@@ -408,6 +475,7 @@ impl Session {
             size: file.entry.size,
             offset: file.offset,
         });
+        self.in_flight = Some(file.entry.path.clone());
         let mut hasher = blake3::Hasher::new();
         let local_failure = match &file.entry.source {
             Source::File(path)
@@ -466,10 +534,23 @@ impl Session {
                     .await?;
                 None
             }
+            Source::Stream(path) => match tokio::fs::File::open(path).await {
+                Ok(mut source) => {
+                    self.send_chunks(&mut source, None, &mut hasher, on_event)
+                        .await?;
+                    None
+                }
+                Err(error) => Some(format!(
+                    "cannot read {}: {}",
+                    path.display(),
+                    unreadable(&error)
+                )),
+            },
             Source::Directory => unreachable!("directories are never asked for data"),
         };
         let hash = *hasher.finalize().as_bytes();
         self.send(&Message::FileEnd { hash }).await?;
+        self.in_flight = None;
         Ok((hash, local_failure))
     }
 
@@ -701,6 +782,11 @@ impl Session {
     async fn read_frame(&mut self) -> Result<Frame, SendError> {
         read_frame(&mut self.reader, self.idle).await
     }
+
+    /// Reads the payload of a frame whose header was read.
+    async fn read_frame_after(&mut self, header: haul::FrameHeader) -> Result<Frame, SendError> {
+        read_payload(&mut self.reader, self.idle, header).await
+    }
 }
 
 /// Reads one whole frame from the server, waiting at most `idle` for each
@@ -713,9 +799,7 @@ async fn read_frame(
     match timeout(idle, reader.read_exact(&mut header)).await {
         Err(_) => return Err(SendError::Silent(idle)),
         Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(SendError::Protocol(
-                "the server closed the connection".into(),
-            ));
+            return Err(SendError::Closed);
         }
         Ok(result) => {
             result?;
@@ -727,7 +811,15 @@ async fn read_frame(
                 .into(),
         ));
     }
-    let header = haul::decode_frame_header(header)?;
+    read_payload(reader, idle, haul::decode_frame_header(header)?).await
+}
+
+/// Reads the payload of a frame whose header was read and checked.
+async fn read_payload(
+    reader: &mut BufReader<BoxedReader>,
+    idle: Duration,
+    header: haul::FrameHeader,
+) -> Result<Frame, SendError> {
     let mut payload = vec![0u8; header.len as usize];
     match timeout(idle, reader.read_exact(&mut payload)).await {
         Err(_) => Err(SendError::Silent(idle)),

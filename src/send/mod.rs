@@ -12,6 +12,10 @@ pub use haul::send_haul;
 pub use seed::send_seed;
 pub use walk::{Totals, measure};
 
+/// The port `haul send --to HOST` uses when HOST names none: the one
+/// `haul serve` listens on by default.
+pub const DEFAULT_PORT: u16 = 12000;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,6 +78,10 @@ pub enum Event<'a> {
 pub struct SendOptions {
     /// How long to wait for any sign of progress from the server.
     pub idle: Duration,
+    /// How long to wait for the server's first answer: haul's Welcome, or
+    /// the seed protocol's `go ahead`. A peer that is not a server of that
+    /// protocol often says nothing at all; this is when the send gives up.
+    pub reply: Duration,
     /// Ask the server for zstd-compressed data frames (haul's protocol only).
     pub compress: bool,
     /// Cap on the bytes per second written to the socket.
@@ -104,6 +112,13 @@ pub enum SendError {
     Source { path: PathBuf, source: io::Error },
     #[error("{} is a directory; the seed protocol sends single files", .0.display())]
     IsDirectory(PathBuf),
+    #[error(
+        "{} is a stream, whose size is known only at its end, and the classroom protocol's header \
+         needs the size first; send it with haul's protocol (leave out --protocol seed), or save \
+         it to a file first",
+        shown_source(.0)
+    )]
+    StreamNeedsHaul(PathBuf),
     #[error("the file name of {} is not UTF-8; give one with --name", .0.display())]
     NameNotUtf8(PathBuf),
     #[error("{0}")]
@@ -113,6 +128,21 @@ pub enum SendError {
         plain(source)
     )]
     Connect { to: String, source: io::Error },
+    #[error("{to} does not speak haul; it answered {}", like(.answer))]
+    NotHaul { to: String, answer: Vec<u8> },
+    #[error(
+        "{to} did not answer {} within {}s; is it a server of the {}? \
+         (a busy one may answer later: --reply-timeout waits longer)",
+        if *.seed { "\"go ahead\"" } else { "haul's Hello" },
+        .waited.as_secs(),
+        if *.seed { "classroom protocol" } else { "haul protocol" }
+    )]
+    NoAnswer {
+        to: String,
+        waited: Duration,
+        /// Whether the answer awaited was the seed protocol's `go ahead`.
+        seed: bool,
+    },
     #[error("the server answered {} instead of \"go ahead\"", quote(.0))]
     NotGoAhead(Vec<u8>),
     #[error(
@@ -130,6 +160,17 @@ pub enum SendError {
         "the server dropped the connection after receiving the file ({0}); it may not have stored it"
     )]
     NotConfirmed(io::Error),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("{}: {source}; run the same command again to resume", match .path {
+        Some(path) => format!("{path} was not finished"),
+        None => "the send was cut short".to_owned(),
+    })]
+    Broken {
+        /// The file whose bytes were going out, if any.
+        path: Option<String>,
+        source: Box<SendError>,
+    },
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
     #[error("the server sent a bad frame: {0}")]
@@ -143,11 +184,81 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// True when the server could not be reached, or would not let this
-    /// client in.
+    /// True when no server of the protocol could be reached: nobody
+    /// listens, or something else does.
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect { .. } | SendError::Auth(_))
+        matches!(
+            self,
+            SendError::Connect { .. } | SendError::NotHaul { .. } | SendError::NoAnswer { .. }
+        )
     }
+
+    /// True when the server would not let this client in, or could not
+    /// prove it holds this client's secret.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, SendError::Auth(_))
+    }
+
+    /// True when the connection broke or went silent after the session
+    /// began: running the send again resumes it.
+    pub(crate) fn is_break(&self) -> bool {
+        matches!(
+            self,
+            SendError::Closed
+                | SendError::Silent(_)
+                | SendError::Io(_)
+                | SendError::Pump(PumpError::Write { .. } | PumpError::Idle(_))
+        )
+    }
+}
+
+/// What an answer that is not the protocol's looks like, in words.
+fn like(answer: &[u8]) -> &'static str {
+    if answer.starts_with(b"HTTP/") {
+        "like an HTTP server"
+    } else if answer.starts_with(b"SSH-") {
+        "like an SSH server"
+    } else {
+        "something else"
+    }
+}
+
+/// A source as the user gave it, for a message.
+fn shown_source(path: &Path) -> String {
+    if path.as_os_str() == "-" {
+        "standard input".to_owned()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Adds [`DEFAULT_PORT`] to an address that names no port: `HOST`,
+/// `[IPv6]` or a bare IPv6 address. Anything else is left as it is.
+pub fn with_default_port(to: &str) -> String {
+    if to.parse::<std::net::SocketAddr>().is_ok() {
+        return to.to_owned();
+    }
+    if to.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{to}]:{DEFAULT_PORT}");
+    }
+    if (to.starts_with('[') && to.ends_with(']')) || !to.contains(':') {
+        return format!("{to}:{DEFAULT_PORT}");
+    }
+    to.to_owned()
+}
+
+/// When a source that does not exist reads as `HOST:PORT`, that address:
+/// the `--to` the user probably meant (the scp habit: `haul send a.txt
+/// host:12000`).
+pub fn address_hint(path: &Path) -> Option<&str> {
+    let text = path.to_str()?;
+    let (host, port) = text.rsplit_once(':')?;
+    let looks_like_host = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    (looks_like_host && port.parse::<u16>().is_ok() && std::fs::symlink_metadata(path).is_err())
+        .then_some(text)
 }
 
 /// An I/O error as words, without Rust's "(os error N)".
@@ -197,8 +308,21 @@ fn describe_pump(error: &PumpError) -> String {
 }
 
 /// The name a file is sent under by default: its own, which must be UTF-8.
+/// A path that ends in `.` or `..` is named after the folder it resolves
+/// to, so that `haul send .` is `haul send "$(pwd)"`.
 pub(crate) fn base_name(path: &Path) -> Result<String, SendError> {
-    let file_name = path.file_name().ok_or_else(|| SendError::Source {
+    let resolved;
+    let named = match path.file_name() {
+        Some(_) => path,
+        None => {
+            resolved = std::fs::canonicalize(path).map_err(|source| SendError::Source {
+                path: path.to_owned(),
+                source,
+            })?;
+            &resolved
+        }
+    };
+    let file_name = named.file_name().ok_or_else(|| SendError::Source {
         path: path.to_owned(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "it names no file"),
     })?;
@@ -222,4 +346,39 @@ pub(crate) async fn connect(to: &str, idle: Duration) -> Result<tokio::net::TcpS
     // later, by the idle timeout.
     let _ = crate::keepalive::notice_dead_peer(&stream, idle);
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_gets_12000_and_one_with_a_port_is_kept() {
+        for (given, meant) in [
+            ("127.0.0.1", "127.0.0.1:12000"),
+            ("localhost", "localhost:12000"),
+            ("[::1]", "[::1]:12000"),
+            ("::1", "[::1]:12000"),
+            ("127.0.0.1:9", "127.0.0.1:9"),
+            ("[::1]:9", "[::1]:9"),
+            ("files.example:9", "files.example:9"),
+        ] {
+            assert_eq!(with_default_port(given), meant, "{given}");
+        }
+    }
+
+    #[test]
+    fn only_a_source_that_reads_as_host_and_port_gets_the_hint() {
+        assert_eq!(
+            address_hint(Path::new("127.0.0.1:12000")),
+            Some("127.0.0.1:12000")
+        );
+        assert_eq!(
+            address_hint(Path::new("host-1.lan:80")),
+            Some("host-1.lan:80")
+        );
+        assert_eq!(address_hint(Path::new("missing.txt")), None);
+        assert_eq!(address_hint(Path::new("dir/a:1")), None);
+        assert_eq!(address_hint(Path::new("host:99999")), None);
+    }
 }

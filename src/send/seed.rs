@@ -1,5 +1,6 @@
 //! Sending with the seed protocol: one connection per file.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,6 +78,15 @@ async fn send_file(
         path: path.to_owned(),
         source,
     };
+    // The header carries the size before the name and the bytes: a stream
+    // has none until its end, and is refused rather than held in memory or
+    // on disk until then. A FIFO is asked first, as opening it waits for a
+    // writer.
+    let is_stream = path.as_os_str() == "-"
+        || std::fs::metadata(path).is_ok_and(|metadata| metadata.file_type().is_fifo());
+    if is_stream {
+        return Err(SendError::StreamNeedsHaul(path.to_owned()));
+    }
     let mut file = tokio::fs::File::open(path).await.map_err(source_error)?;
     let metadata = file.metadata().await.map_err(source_error)?;
     if metadata.is_dir() {
@@ -88,7 +98,16 @@ async fn send_file(
     let idle = options.idle;
     let mut stream = Throttle::new(connect(to, options.idle).await?, options.limit);
     stream.write_all(&header).await?;
-    await_go_ahead(&mut stream, idle).await?;
+    match await_go_ahead(&mut stream, options.reply).await {
+        Err(SendError::Silent(waited)) => {
+            return Err(SendError::NoAnswer {
+                to: to.to_owned(),
+                waited,
+                seed: true,
+            });
+        }
+        result => result?,
+    }
     on_event(Event::Started {
         path: name,
         size: Some(size),
@@ -119,7 +138,7 @@ async fn send_file(
 
 async fn await_go_ahead(
     stream: &mut (impl AsyncRead + Unpin),
-    idle: Duration,
+    wait: Duration,
 ) -> Result<(), SendError> {
     let mut reply = Vec::with_capacity(seed::GO_AHEAD.len());
     let mut chunk = [0u8; 64];
@@ -133,8 +152,8 @@ async fn await_go_ahead(
         }
         // Never read past `go ahead`: anything after it is not ours to eat.
         let want = seed::GO_AHEAD.len() - reply.len();
-        match timeout(idle, stream.read(&mut chunk[..want])).await {
-            Err(_) => return Err(SendError::Silent(idle)),
+        match timeout(wait, stream.read(&mut chunk[..want])).await {
+            Err(_) => return Err(SendError::Silent(wait)),
             Ok(Ok(0)) if reply.is_empty() => return Err(SendError::NoReply),
             Ok(Ok(0)) => return Err(SendError::NotGoAhead(reply)),
             Ok(Ok(read)) => reply.extend_from_slice(&chunk[..read]),

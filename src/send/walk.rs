@@ -1,7 +1,7 @@
 //! Turns the paths given on the command line into a lazy stream of entries
 //! to offer, so that a tree of millions of files is never listed in memory.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -15,6 +15,9 @@ use crate::protocol::haul::{EntryKind, Hash, Mtime};
 pub enum Source {
     File(PathBuf),
     Stdin,
+    /// A pipe named on the command line (a FIFO, or `<(cmd)`'s
+    /// `/dev/fd/N`): read to its end, its size known only then.
+    Stream(PathBuf),
     Directory,
 }
 
@@ -158,6 +161,17 @@ fn describe(root: &Path, top: &str, path: &Path, is_root: bool) -> Walked {
             };
         }
     };
+    if is_root && metadata.file_type().is_fifo() {
+        return Walked::Entry(Entry {
+            source: Source::Stream(path.to_owned()),
+            path: relative,
+            kind: EntryKind::File,
+            size: None,
+            mtime: mtime_of(std::time::SystemTime::now()),
+            mode: 0o644,
+            hash: None,
+        });
+    }
     let kind = if metadata.is_dir() {
         EntryKind::Directory
     } else if metadata.is_file() {
