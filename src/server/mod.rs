@@ -405,19 +405,72 @@ async fn blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
+/// Which protocol a transfer came by, named on its log line.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Haul,
+    Seed,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Haul => "haul",
+            Protocol::Seed => "seed",
+        }
+    }
+}
+
+/// How one file's transfer ended, for its log line.
+enum Outcome<'a> {
+    /// Stored under this name.
+    Stored(&'a str),
+    /// Not stored, for `reason`; `data` says what became of what arrived.
+    Failed {
+        reason: &'a dyn std::fmt::Display,
+        data: Fate<'a>,
+    },
+}
+
+/// What became of the data of a file that was not stored: an operator
+/// reads from it whether running the same send again resumes.
+enum Fate<'a> {
+    /// None of it arrived.
+    NoneReceived,
+    /// What arrived is deleted.
+    Deleted,
+    /// `bytes` of it stay in the hidden area, for the same sender to resume.
+    Kept { bytes: u64, name: &'a str },
+}
+
+impl std::fmt::Display for Fate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fate::NoneReceived => f.write_str("no data received"),
+            Fate::Deleted => f.write_str("partial data deleted"),
+            Fate::Kept { bytes, name } => {
+                write!(f, "kept {} of {name} for resume", log_output::Size(*bytes))
+            }
+        }
+    }
+}
+
 /// Logs the outcome of one file's transfer, in one line.
 fn log_transfer(
+    protocol: Protocol,
     peer: SocketAddr,
     name: &str,
     size: Option<u64>,
     elapsed: Duration,
-    outcome: Result<&str, &dyn std::fmt::Display>,
+    outcome: Outcome<'_>,
 ) {
+    let protocol = protocol.name();
     let size_shown = size.map_or_else(|| "-".to_owned(), |size| size.to_string());
     let secs = format_args!("{:.3}", elapsed.as_secs_f64());
     match outcome {
-        Ok(stored_as) => info!(
+        Outcome::Stored(stored_as) => info!(
             target: log_output::STORED_TARGET,
+            protocol,
             %peer,
             name,
             size = %size_shown,
@@ -427,14 +480,30 @@ fn log_transfer(
             result = "stored",
             "transfer"
         ),
-        Err(reason) => warn!(
+        Outcome::Failed { reason, data } => warn!(
+            protocol,
             %peer,
             name,
             size = %size_shown,
             secs,
             result = "failed",
             %reason,
+            data = %data,
             "transfer"
         ),
     }
+}
+
+/// Logs, at debug level, a file the sender offered that is already stored.
+fn log_already_there(peer: SocketAddr, name: &str, size: Option<u64>, stored_as: &str) {
+    let size_shown = size.map_or_else(|| "-".to_owned(), |size| size.to_string());
+    debug!(
+        protocol = Protocol::Haul.name(),
+        %peer,
+        name,
+        size = %size_shown,
+        stored_as,
+        result = "already there",
+        "transfer"
+    );
 }
