@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use crate::config;
 use crate::protocol::haul::MAGIC;
 use crate::secure::Secret;
-use crate::store::{OnConflict, Store};
+use crate::store::{self, OnConflict, Store};
 use crate::transfer::Rate;
 use space::SpaceLedger;
 
@@ -157,6 +157,7 @@ impl Server {
             store.clone(),
             Arc::clone(&space),
             config.partial_max_age,
+            config.dir.clone(),
         ));
         // Every handler holds a clone; `recv` returns `None` once all are gone.
         let (handlers_alive, mut all_handlers_done) = mpsc::channel::<()>(1);
@@ -326,9 +327,16 @@ fn peer_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Deletes abandoned partial data at start-up and every hour after: what
-/// is stale, and what is over `--max-partial`.
-async fn remove_stale_partials(store: Store, space: Arc<SpaceLedger>, max_age: Duration) {
+/// is stale, and what is over `--max-partial`. At start-up, then logs what
+/// is still held, so that an operator sees what a restart kept.
+async fn remove_stale_partials(
+    store: Store,
+    space: Arc<SpaceLedger>,
+    max_age: Duration,
+    dir: PathBuf,
+) {
     let mut every_hour = tokio::time::interval(Duration::from_secs(60 * 60));
+    let mut at_start = true;
     loop {
         every_hour.tick().await;
         let store = store.clone();
@@ -336,14 +344,57 @@ async fn remove_stale_partials(store: Store, space: Arc<SpaceLedger>, max_age: D
         let removed = blocking(move || {
             let removed = store.remove_stale(max_age);
             space.cap_partials(None);
-            removed
+            let held = if at_start {
+                Some(store.held_partials())
+            } else {
+                None
+            };
+            Ok((removed, held))
         });
-        match removed.await {
+        let Ok((removed, held)) = removed.await else {
+            continue;
+        };
+        match removed {
             Ok(0) => {}
             Ok(removed) => info!(removed, "removed stale partial files"),
             Err(error) => warn!(%error, "could not remove stale partial files"),
         }
+        match held {
+            Some(Ok(held)) => log_held_partials(&held, &dir),
+            Some(Err(error)) => warn!(%error, "cannot list the partial data held"),
+            None => {}
+        }
+        at_start = false;
     }
+}
+
+/// Logs, in one line, the partial transfers held for resume, if any: how
+/// many, their bytes in all, and how long ago the oldest was written to.
+fn log_held_partials(held: &[store::HeldPartial], dir: &std::path::Path) {
+    // Private temporary files left by an earlier process cannot resume.
+    let held: Vec<&store::HeldPartial> = held
+        .iter()
+        .filter(|partial| partial.name.starts_with(store::RESUME_PREFIX))
+        .collect();
+    let Some(oldest) = held.iter().map(|partial| partial.modified).min() else {
+        return;
+    };
+    let bytes: u64 = held.iter().map(|partial| partial.bytes).sum();
+    let age = std::time::SystemTime::now()
+        .duration_since(oldest)
+        .unwrap_or_default();
+    let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+    info!(
+        "holding {} partial {} for resume in {}: {} in all, the oldest last written {age} ago",
+        held.len(),
+        if held.len() == 1 {
+            "transfer"
+        } else {
+            "transfers"
+        },
+        dir.join(store::HIDDEN_AREA).display(),
+        log_output::Size(bytes),
+    );
 }
 
 async fn serve_connection(
