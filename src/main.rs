@@ -66,8 +66,15 @@ enum Command {
   haul serve
   haul serve --listen 127.0.0.1:0 --dir /tmp/inbox    port 0 picks a free port
 
-The first line on stdout is `listening on ADDR:PORT`; one log line per transfer goes
-to stderr (-v or RUST_LOG=debug for more, -q for warnings only).
+The first line on stdout is `listening on ADDR:PORT`. The log goes to stderr: one line
+per transfer with its protocol, and for a failure what became of the file's data (kept
+for resume, or deleted); at start, the partial transfers still held in DIR/.haul. -v (or
+RUST_LOG=debug) adds sessions and files already there; -q leaves warnings only.
+
+SIGINT (Ctrl-C) or SIGTERM stops accepting and gives transfers in flight --grace to
+finish; a second one cuts them at once (haul's keep their partial data for resume).
+Exit codes: 0 after a shutdown, 1 when it cannot start (a one-line reason on stderr),
+2 usage error.
 
 Besides the limits above, each connection is held to fixed bounds: 1,024 offers per
 batch, 64 KiB control frames and 1 MiB data frames, 65,536 directories (or 16 MiB of
@@ -142,7 +149,8 @@ their paths) remembered per session; docs/RELIABILITY.md lists every bound.")]
         #[arg(long)]
         allow_seed: bool,
         /// On SIGINT or SIGTERM, time given to transfers in flight before
-        /// they are cut (they can resume later).
+        /// they are cut (they can resume later); a second signal cuts them
+        /// at once.
         #[arg(long, default_value_t = config::GRACE, value_name = "DURATION")]
         grace: Span,
         /// How long a classroom-protocol client must pause before its file
@@ -529,6 +537,11 @@ async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot serve on {listen} into {}", dir.display()))?;
     let bound = server.local_addr()?;
+    // Watched before scripts are told the server is up, so that no signal
+    // they send finds the default action (death without a word).
+    let signals = std::sync::Arc::new(tokio::sync::Mutex::new(
+        StopSignals::new().context("cannot watch for SIGINT and SIGTERM")?,
+    ));
     {
         // Scripts wait for this line: print it first and flush it at once.
         let mut stdout = std::io::stdout().lock();
@@ -536,21 +549,37 @@ async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {
         stdout.flush()?;
     }
     tracing::info!(address = %bound, dir = %dir.display(), "serving");
-    server.run(shutdown_requested()).await;
+    let second = std::sync::Arc::clone(&signals);
+    server
+        .run(
+            async move { signals.lock().await.next().await },
+            async move { second.lock().await.next().await },
+        )
+        .await;
     Ok(())
 }
 
-async fn shutdown_requested() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGINT (Ctrl-C) and SIGTERM, watched from the start so that none is
+/// missed: the first asks the server to shut down, the next to stop now.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Completes on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }

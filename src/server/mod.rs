@@ -145,8 +145,11 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then closes the listening socket,
-    /// lets transfers in flight finish within the grace period and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// lets transfers in flight finish within the grace period and returns;
+    /// returns at once, cutting them, if `stop_now` completes during the
+    /// grace period. Transfers cut when the runtime drops them keep their
+    /// partial data, as after a crash, for haul's protocol to resume.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, stop_now: impl Future<Output = ()>) {
         let Server {
             listener,
             store,
@@ -170,11 +173,18 @@ impl Server {
             grace_secs = config.grace.as_secs_f64(),
             "shutting down: no new connections; transfers in flight may finish"
         );
-        if timeout(config.grace, all_handlers_done.recv())
-            .await
-            .is_err()
-        {
-            warn!("transfers still running after the grace period were cut; they can resume");
+        tokio::select! {
+            finished = timeout(config.grace, all_handlers_done.recv()) => {
+                if finished.is_err() {
+                    warn!("transfers still running after the grace period were cut; they can resume");
+                }
+            }
+            () = stop_now => {
+                warn!(
+                    connections = all_handlers_done.sender_strong_count(),
+                    "stopping at once: transfers in flight are cut; haul's keep their partial data for resume"
+                );
+            }
         }
         log_output::write_gathered();
     }
