@@ -13,7 +13,7 @@ use haul::config::{self, Bytes, Span};
 use haul::protocol::haul::SenderId;
 use haul::secure::{self, LoadedSecret, SecretError};
 use haul::send::{self, SendError, SendOptions, Summary};
-use haul::server::{SeedSettle, Server, ServerConfig};
+use haul::server::{SeedSettle, Server, ServerConfig, StartError};
 use haul::size::parse_byte_size;
 use haul::store::OnConflict;
 use haul::text::shown;
@@ -533,9 +533,12 @@ fn init_logging(level: Option<&str>) {
 
 async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {
     let dir = config.dir.clone();
-    let server = Server::bind(listen, config)
-        .await
-        .with_context(|| format!("cannot serve on {listen} into {}", dir.display()))?;
+    let server = match Server::bind(listen, config).await {
+        Ok(server) => server,
+        // The inbox is named by the option that gave it.
+        Err(error @ StartError::Dir { .. }) => anyhow::bail!("--dir {error}"),
+        Err(error) => return Err(error.into()),
+    };
     let bound = server.local_addr()?;
     // Watched before scripts are told the server is up, so that no signal
     // they send finds the default action (death without a word).

@@ -116,6 +116,65 @@ impl ServerConfig {
     }
 }
 
+/// Why a server could not start, in words that name what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The inbox cannot be made or opened.
+    #[error("{}: {}", .dir.display(), dir_problem(.dir, .error))]
+    Dir { dir: PathBuf, error: io::Error },
+    /// The address cannot be listened on.
+    #[error("cannot listen on {address}: {}", listen_problem(*.address, .error))]
+    Listen {
+        address: SocketAddr,
+        error: io::Error,
+    },
+}
+
+/// What is wrong with the inbox `dir`, given the error that opening it met.
+fn dir_problem(dir: &std::path::Path, error: &io::Error) -> String {
+    match std::fs::metadata(dir) {
+        Ok(metadata) if !metadata.is_dir() => return "it is a file, not a folder".to_owned(),
+        _ => {}
+    }
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (the server must be able to create and write it)".to_owned()
+        }
+        io::ErrorKind::NotADirectory => "a part of its path is a file, not a folder".to_owned(),
+        _ => plain(error),
+    }
+}
+
+/// What is wrong with listening on `address`.
+fn listen_problem(address: SocketAddr, error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied if address.port() < 1024 => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_owned()
+        }
+        io::ErrorKind::AddrInUse => {
+            "the address is already in use (is another haul serve running?)".to_owned()
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "no interface of this machine has that address".to_owned()
+        }
+        _ => plain(error),
+    }
+}
+
+/// An error's words without the `(os error N)` that the standard library
+/// adds, starting in lower case, to follow a colon.
+fn plain(error: &io::Error) -> String {
+    let text = error.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
+}
+
 /// A bound, ready server.
 pub struct Server {
     listener: TcpListener,
@@ -126,11 +185,20 @@ pub struct Server {
 
 impl Server {
     /// Opens the inbox and binds the listening socket.
-    pub async fn bind(listen: SocketAddr, config: ServerConfig) -> io::Result<Server> {
+    pub async fn bind(listen: SocketAddr, config: ServerConfig) -> Result<Server, StartError> {
         raise_open_file_limit();
-        let store = Store::open(&config.dir, config.on_conflict)?;
+        let store =
+            Store::open(&config.dir, config.on_conflict).map_err(|error| StartError::Dir {
+                dir: config.dir.clone(),
+                error,
+            })?;
         store.set_hash_cache_entries(config.hash_cache_entries);
-        let listener = TcpListener::bind(listen).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|error| StartError::Listen {
+                address: listen,
+                error,
+            })?;
         Ok(Server {
             listener,
             space: SpaceLedger::new(store.clone(), &config),
