@@ -43,7 +43,7 @@ mod exit {
   haul send --protocol seed report.pdf       speak the classroom protocol
   haul send --json photos/ | jq -c .         one JSON object per event, for scripts
   haul completions bash                      print shell completions
-  haul man | man -l -                        read the manual page
+  haul man --all | man -l -                  read the manual, every subcommand
 
 Exit codes (haul send): 0 every file sent, 1 some files failed, 2 usage error,
 3 server unreachable."
@@ -224,11 +224,27 @@ Exit codes: 0 every file sent, 1 some files failed, 2 usage error, 3 server unre
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff).
+    /// Print the manual (roff): haul(1), a subcommand's page, or all of them.
     #[command(after_help = "Examples:
-  haul man | man -l -
-  haul man > /usr/local/share/man/man1/haul.1")]
-    Man,
+  haul man --all | man -l -                  read the whole manual
+  haul man send | man -l -                   read haul-send(1) alone
+  haul man --out-dir /usr/local/share/man/man1   install every page
+
+haul(1) lists the subcommands; each has its own page, haul-send(1), haul-serve(1) and
+so on, with every option.")]
+    Man {
+        /// The subcommand whose page to print (e.g. `send` for haul-send(1));
+        /// without it, haul(1).
+        #[arg(value_name = "COMMAND", conflicts_with = "all")]
+        page: Option<String>,
+        /// Print every page, haul(1) first, one after the other.
+        #[arg(long)]
+        all: bool,
+        /// Write every page into DIR (haul.1, haul-send.1, ...) instead of
+        /// printing.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["page", "all"])]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -256,15 +272,8 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "haul", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
-        Command::Man => {
-            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("haul: cannot print the manual page: {error}");
-                    ExitCode::FAILURE
-                }
-            };
+        Command::Man { page, all, out_dir } => {
+            return manual(page.as_deref(), all, out_dir.as_deref());
         }
         Command::Token => {
             return match haul::secure::new_token() {
@@ -481,8 +490,67 @@ fn main() -> ExitCode {
             reporter.finish(&outcome);
             send_exit_code(&outcome)
         }
-        Command::Completions { .. } | Command::Man | Command::Token => {
+        Command::Completions { .. } | Command::Man { .. } | Command::Token => {
             unreachable!("handled above")
+        }
+    }
+}
+
+/// `haul man`: prints haul(1), the page of the subcommand `page`, or with
+/// `all` every page; or writes every page into `out_dir`.
+fn manual(page: Option<&str>, all: bool, out_dir: Option<&std::path::Path>) -> ExitCode {
+    // Built, so that each subcommand carries its full name (`haul-send`),
+    // which titles its page and matches the references in haul(1).
+    let mut top = Cli::command().disable_help_subcommand(true);
+    top.build();
+    let subcommands: Vec<clap::Command> = top.get_subcommands().cloned().collect();
+    let pages: Vec<clap::Command> = match page {
+        None if all || out_dir.is_some() => std::iter::once(top).chain(subcommands).collect(),
+        None => vec![top],
+        Some(name) => match subcommands.into_iter().find(|sub| sub.get_name() == name) {
+            Some(sub) => vec![sub],
+            None => {
+                eprintln!(
+                    "haul: no manual page for `{}`; the subcommands are {}",
+                    shown(name),
+                    Cli::command()
+                        .get_subcommands()
+                        .map(clap::Command::get_name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+        },
+    };
+    let pages = pages.into_iter().map(|page| {
+        clap_mangen::Man::new(page).source(concat!("haul ", env!("CARGO_PKG_VERSION")))
+    });
+    if let Some(out_dir) = out_dir {
+        return match pages
+            .map(|page| page.generate_to(out_dir))
+            .collect::<std::io::Result<Vec<_>>>()
+        {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!(
+                    "haul: cannot write the manual pages into {}: {error}",
+                    shown(&out_dir.display().to_string())
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut stdout = std::io::stdout().lock();
+    match pages
+        .into_iter()
+        .try_for_each(|page| page.render(&mut stdout))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("haul: cannot print the manual: {error}");
+            ExitCode::FAILURE
         }
     }
 }
