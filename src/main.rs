@@ -13,7 +13,7 @@ use haul::config::{self, Bytes, Span};
 use haul::protocol::haul::SenderId;
 use haul::secure::{self, LoadedSecret, SecretError};
 use haul::send::{self, SendError, SendOptions, Summary};
-use haul::server::{SeedSettle, Server, ServerConfig};
+use haul::server::{SeedSettle, Server, ServerConfig, StartError};
 use haul::size::parse_byte_size;
 use haul::store::OnConflict;
 use haul::text::shown;
@@ -46,7 +46,7 @@ mod exit {
   haul send --protocol seed report.pdf       speak the classroom protocol
   haul send --json photos/ | jq -c .         one JSON object per event, for scripts
   haul completions bash                      print shell completions
-  haul man | man -l -                        read the manual page
+  haul man --all | man -l -                  read the manual, every subcommand
 
 Exit codes (haul send): 0 every file sent, 1 some files failed, 2 usage error,
 3 no haul server reached, 4 authentication failed, 130 interrupted (Ctrl-C)."
@@ -69,8 +69,15 @@ enum Command {
   haul serve
   haul serve --listen 127.0.0.1:0 --dir /tmp/inbox    port 0 picks a free port
 
-The first line on stdout is `listening on ADDR:PORT`; one log line per transfer goes
-to stderr (-v or RUST_LOG=debug for more, -q for warnings only).
+The first line on stdout is `listening on ADDR:PORT`. The log goes to stderr: one line
+per transfer with its protocol, and for a failure what became of the file's data (kept
+for resume, or deleted); at start, the partial transfers still held in DIR/.haul. -v (or
+RUST_LOG=debug) adds sessions and files already there; -q leaves warnings only.
+
+SIGINT (Ctrl-C) or SIGTERM stops accepting and gives transfers in flight --grace to
+finish; a second one cuts them at once (haul's keep their partial data for resume).
+Exit codes: 0 after a shutdown, 1 when it cannot start (a one-line reason on stderr),
+2 usage error.
 
 Besides the limits above, each connection is held to fixed bounds: 1,024 offers per
 batch, 64 KiB control frames and 1 MiB data frames, 65,536 directories (or 16 MiB of
@@ -145,7 +152,8 @@ their paths) remembered per session; docs/RELIABILITY.md lists every bound.")]
         #[arg(long)]
         allow_seed: bool,
         /// On SIGINT or SIGTERM, time given to transfers in flight before
-        /// they are cut (they can resume later).
+        /// they are cut (they can resume later); a second signal cuts them
+        /// at once.
         #[arg(long, default_value_t = config::GRACE, value_name = "DURATION")]
         grace: Span,
         /// How long a classroom-protocol client must pause before its file
@@ -235,11 +243,27 @@ Exit codes:
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff).
+    /// Print the manual (roff): haul(1), a subcommand's page, or all of them.
     #[command(after_help = "Examples:
-  haul man | man -l -
-  haul man > /usr/local/share/man/man1/haul.1")]
-    Man,
+  haul man --all | man -l -                  read the whole manual
+  haul man send | man -l -                   read haul-send(1) alone
+  haul man --out-dir /usr/local/share/man/man1   install every page
+
+haul(1) lists the subcommands; each has its own page, haul-send(1), haul-serve(1) and
+so on, with every option.")]
+    Man {
+        /// The subcommand whose page to print (e.g. `send` for haul-send(1));
+        /// without it, haul(1).
+        #[arg(value_name = "COMMAND", conflicts_with = "all")]
+        page: Option<String>,
+        /// Print every page, haul(1) first, one after the other.
+        #[arg(long)]
+        all: bool,
+        /// Write every page into DIR (haul.1, haul-send.1, ...) instead of
+        /// printing.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["page", "all"])]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -267,15 +291,8 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "haul", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
-        Command::Man => {
-            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("haul: cannot print the manual page: {error}");
-                    ExitCode::FAILURE
-                }
-            };
+        Command::Man { page, all, out_dir } => {
+            return manual(page.as_deref(), all, out_dir.as_deref());
         }
         Command::Token => {
             return match haul::secure::new_token() {
@@ -524,8 +541,67 @@ fn main() -> ExitCode {
             runtime.shutdown_background();
             code
         }
-        Command::Completions { .. } | Command::Man | Command::Token => {
+        Command::Completions { .. } | Command::Man { .. } | Command::Token => {
             unreachable!("handled above")
+        }
+    }
+}
+
+/// `haul man`: prints haul(1), the page of the subcommand `page`, or with
+/// `all` every page; or writes every page into `out_dir`.
+fn manual(page: Option<&str>, all: bool, out_dir: Option<&std::path::Path>) -> ExitCode {
+    // Built, so that each subcommand carries its full name (`haul-send`),
+    // which titles its page and matches the references in haul(1).
+    let mut top = Cli::command().disable_help_subcommand(true);
+    top.build();
+    let subcommands: Vec<clap::Command> = top.get_subcommands().cloned().collect();
+    let pages: Vec<clap::Command> = match page {
+        None if all || out_dir.is_some() => std::iter::once(top).chain(subcommands).collect(),
+        None => vec![top],
+        Some(name) => match subcommands.into_iter().find(|sub| sub.get_name() == name) {
+            Some(sub) => vec![sub],
+            None => {
+                eprintln!(
+                    "haul: no manual page for `{}`; the subcommands are {}",
+                    shown(name),
+                    Cli::command()
+                        .get_subcommands()
+                        .map(clap::Command::get_name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+        },
+    };
+    let pages = pages.into_iter().map(|page| {
+        clap_mangen::Man::new(page).source(concat!("haul ", env!("CARGO_PKG_VERSION")))
+    });
+    if let Some(out_dir) = out_dir {
+        return match pages
+            .map(|page| page.generate_to(out_dir))
+            .collect::<std::io::Result<Vec<_>>>()
+        {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!(
+                    "haul: cannot write the manual pages into {}: {error}",
+                    shown(&out_dir.display().to_string())
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut stdout = std::io::stdout().lock();
+    match pages
+        .into_iter()
+        .try_for_each(|page| page.render(&mut stdout))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("haul: cannot print the manual: {error}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -576,10 +652,18 @@ fn init_logging(level: Option<&str>) {
 
 async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {
     let dir = config.dir.clone();
-    let server = Server::bind(listen, config)
-        .await
-        .with_context(|| format!("cannot serve on {listen} into {}", dir.display()))?;
+    let server = match Server::bind(listen, config).await {
+        Ok(server) => server,
+        // The inbox is named by the option that gave it.
+        Err(error @ StartError::Dir { .. }) => anyhow::bail!("--dir {error}"),
+        Err(error) => return Err(error.into()),
+    };
     let bound = server.local_addr()?;
+    // Watched before scripts are told the server is up, so that no signal
+    // they send finds the default action (death without a word).
+    let signals = std::sync::Arc::new(tokio::sync::Mutex::new(
+        StopSignals::new().context("cannot watch for SIGINT and SIGTERM")?,
+    ));
     {
         // Scripts wait for this line: print it first and flush it at once.
         let mut stdout = std::io::stdout().lock();
@@ -587,21 +671,37 @@ async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {
         stdout.flush()?;
     }
     tracing::info!(address = %bound, dir = %dir.display(), "serving");
-    server.run(shutdown_requested()).await;
+    let second = std::sync::Arc::clone(&signals);
+    server
+        .run(
+            async move { signals.lock().await.next().await },
+            async move { second.lock().await.next().await },
+        )
+        .await;
     Ok(())
 }
 
-async fn shutdown_requested() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGINT (Ctrl-C) and SIGTERM, watched from the start so that none is
+/// missed: the first asks the server to shut down, the next to stop now.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Completes on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::text;
 pub const HIDDEN_AREA: &str = ".haul";
 
 /// How the names of resumable partial files begin, in [`HIDDEN_AREA`].
-const RESUME_PREFIX: &str = "resume-";
+pub const RESUME_PREFIX: &str = "resume-";
 
 /// The umask assumed when the process's cannot be read.
 const DEFAULT_UMASK: u32 = 0o022;

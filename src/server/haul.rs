@@ -18,7 +18,10 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use super::space::{Charge, Sender, SpaceLedger, sender_of};
-use super::{ServerConfig, blocking, is_out_of_space, log_output, log_transfer};
+use super::{
+    Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_already_there,
+    log_output, log_transfer,
+};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
@@ -94,6 +97,23 @@ struct ToLog {
     path_shown: String,
     bytes: u64,
     started: Instant,
+    /// Whether its data stays in the hidden area, to be resumed, if it
+    /// cannot be stored.
+    resumable: bool,
+}
+
+impl ToLog {
+    /// What becomes of the file's data when it is not stored.
+    fn fate(&self) -> Fate<'_> {
+        if self.resumable {
+            Fate::Kept {
+                bytes: self.bytes,
+                name: &self.path_shown,
+            }
+        } else {
+            Fate::Deleted
+        }
+    }
 }
 
 /// A committed file, for its receipt.
@@ -325,14 +345,18 @@ impl Placing {
         let (partials, to_log): (Vec<Partial>, Vec<ToLog>) = group.into_iter().unzip();
         for (result, file) in self.commit.place(partials).into_iter().zip(to_log) {
             let reason;
-            let outcome: Result<&str, &dyn std::fmt::Display> = match &result {
-                Ok(stored_as) => Ok(stored_as),
+            let outcome = match &result {
+                Ok(stored_as) => Outcome::Stored(stored_as),
                 Err(error) => {
                     reason = not_stored(error);
-                    Err(&reason)
+                    Outcome::Failed {
+                        reason: &reason,
+                        data: file.fate(),
+                    }
                 }
             };
             log_transfer(
+                Protocol::Haul,
                 self.peer,
                 &file.path_shown,
                 Some(file.bytes),
@@ -353,11 +377,15 @@ impl Placing {
         for ((result, was_placed), file) in finished.iter().zip(was_placed).zip(&self.logged) {
             if let (Err(error), true) = (result, was_placed) {
                 log_transfer(
+                    Protocol::Haul,
                     self.peer,
                     &file.path_shown,
                     Some(file.bytes),
                     file.started.elapsed(),
-                    Err(&not_stored(error)),
+                    Outcome::Failed {
+                        reason: &not_stored(error),
+                        data: file.fate(),
+                    },
                 );
             }
         }
@@ -572,7 +600,7 @@ impl Session<'_> {
                     self.send(&Message::Answer(answer)).await?;
                 }
                 Ok((Decision::Same(stored_as), _)) => {
-                    debug!(peer = %self.peer, path = %planned.path_shown, "already there");
+                    log_already_there(self.peer, &planned.path_shown, planned.size, &stored_as);
                     self.send(&Message::Answer(Answer::Same {
                         stored_as: &stored_as,
                     }))
@@ -656,7 +684,7 @@ impl Session<'_> {
             };
             let started = Instant::now();
             match self
-                .receive_file(partial, &mut charge, planned, keep_open)
+                .receive_file(partial, &mut charge, planned, started, keep_open)
                 .await?
             {
                 Ok((partial, hash, bytes)) => {
@@ -665,17 +693,22 @@ impl Session<'_> {
                         path_shown: std::mem::take(&mut planned.path_shown),
                         bytes,
                         started,
+                        resumable: partial.resume_name().is_some(),
                     };
                     commit.add(partial, to_log);
                     arrived.push(Arrived { index, hash, bytes });
                 }
                 Err(reason) => {
                     log_transfer(
+                        Protocol::Haul,
                         self.peer,
                         &planned.path_shown,
                         planned.size,
                         started.elapsed(),
-                        Err(&reason),
+                        Outcome::Failed {
+                            reason: &reason,
+                            data: Fate::Deleted,
+                        },
                     );
                     replies.push((index, Err(reason)));
                 }
@@ -722,6 +755,7 @@ impl Session<'_> {
         mut partial: Partial,
         charge: &mut Charge,
         planned: &Planned,
+        started: Instant,
         keep_open: bool,
     ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
         // Known before the file is made, so that it is made with its mode.
@@ -757,17 +791,32 @@ impl Session<'_> {
             (Ok((claimed, received)), Ok(Some(hasher))) => (claimed, received, hasher),
             (Err(error @ (SessionError::Storage(_) | SessionError::NoSpace)), _) => {
                 partial.discard();
+                self.log_cut(planned, started, &error, Fate::Deleted);
                 return Err(error);
             }
             (Err(error), _) => {
                 // Kept, to be resumed.
                 self.space.note_held(&partial, self.owner);
                 self.left_partial = true;
+                let held = partial
+                    .writer()
+                    .and_then(|file| file.metadata())
+                    .map(|metadata| metadata.len());
+                let fate = match held {
+                    Ok(bytes) if partial.resume_name().is_some() => Fate::Kept {
+                        bytes,
+                        name: &planned.path_shown,
+                    },
+                    _ => Fate::Deleted,
+                };
+                self.log_cut(planned, started, &error, fate);
                 return Err(error);
             }
             (Ok(_), Err(error)) => {
                 partial.discard();
-                return Err(storage_error(error));
+                let error = storage_error(error);
+                self.log_cut(planned, started, &error, Fate::Deleted);
+                return Err(error);
             }
             (Ok(_), Ok(None)) => unreachable!("the sink was given a hasher"),
         };
@@ -792,6 +841,21 @@ impl Session<'_> {
             return Ok(Err(format!("could not store it: {error}")));
         }
         Ok(Ok((partial, hash, received)))
+    }
+
+    /// Logs a file whose transfer ended with its session.
+    fn log_cut(&self, planned: &Planned, started: Instant, error: &SessionError, data: Fate<'_>) {
+        log_transfer(
+            Protocol::Haul,
+            self.peer,
+            &planned.path_shown,
+            planned.size,
+            started.elapsed(),
+            Outcome::Failed {
+                reason: error,
+                data,
+            },
+        );
     }
 
     /// Reads one file's Data frames into `sink`, up to its FileEnd;
@@ -964,11 +1028,15 @@ impl Session<'_> {
 impl Planned {
     async fn refused(self, session: &mut Session<'_>, reason: String) -> io::Result<Planned> {
         log_transfer(
+            Protocol::Haul,
             session.peer,
             &self.path_shown,
             self.size,
             Duration::ZERO,
-            Err(&reason),
+            Outcome::Failed {
+                reason: &reason,
+                data: Fate::NoneReceived,
+            },
         );
         session
             .send(&Message::Answer(Answer::Refused { reason: &reason }))

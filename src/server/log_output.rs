@@ -78,3 +78,45 @@ fn write_out(gathered: &mut Vec<u8>) -> io::Result<()> {
     gathered.clear();
     written
 }
+
+/// A byte count in binary units, as an operator reads it: `512 bytes`,
+/// `3.5 KiB`, `318 MiB` (one decimal below 10).
+pub(super) struct Size(pub u64);
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+        if self.0 < 1024 {
+            return write!(f, "{} bytes", self.0);
+        }
+        let mut value = self.0 as f64 / 1024.0;
+        let mut unit = UNITS[0];
+        for next in &UNITS[1..] {
+            if value < 1024.0 {
+                break;
+            }
+            value /= 1024.0;
+            unit = next;
+        }
+        if value < 10.0 {
+            write!(f, "{value:.1} {unit}")
+        } else {
+            write!(f, "{value:.0} {unit}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Size;
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(Size(0).to_string(), "0 bytes");
+        assert_eq!(Size(1023).to_string(), "1023 bytes");
+        assert_eq!(Size(1024).to_string(), "1.0 KiB");
+        assert_eq!(Size(3 * 1024 + 512).to_string(), "3.5 KiB");
+        assert_eq!(Size(318 * 1024 * 1024).to_string(), "318 MiB");
+        assert_eq!(Size(5 << 40).to_string(), "5.0 TiB");
+    }
+}

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use crate::config;
 use crate::protocol::haul::MAGIC;
 use crate::secure::Secret;
-use crate::store::{OnConflict, Store};
+use crate::store::{self, OnConflict, Store};
 use crate::transfer::Rate;
 use space::SpaceLedger;
 
@@ -116,6 +116,65 @@ impl ServerConfig {
     }
 }
 
+/// Why a server could not start, in words that name what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The inbox cannot be made or opened.
+    #[error("{}: {}", .dir.display(), dir_problem(.dir, .error))]
+    Dir { dir: PathBuf, error: io::Error },
+    /// The address cannot be listened on.
+    #[error("cannot listen on {address}: {}", listen_problem(*.address, .error))]
+    Listen {
+        address: SocketAddr,
+        error: io::Error,
+    },
+}
+
+/// What is wrong with the inbox `dir`, given the error that opening it met.
+fn dir_problem(dir: &std::path::Path, error: &io::Error) -> String {
+    match std::fs::metadata(dir) {
+        Ok(metadata) if !metadata.is_dir() => return "it is a file, not a folder".to_owned(),
+        _ => {}
+    }
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (the server must be able to create and write it)".to_owned()
+        }
+        io::ErrorKind::NotADirectory => "a part of its path is a file, not a folder".to_owned(),
+        _ => plain(error),
+    }
+}
+
+/// What is wrong with listening on `address`.
+fn listen_problem(address: SocketAddr, error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied if address.port() < 1024 => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_owned()
+        }
+        io::ErrorKind::AddrInUse => {
+            "the address is already in use (is another haul serve running?)".to_owned()
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "no interface of this machine has that address".to_owned()
+        }
+        _ => plain(error),
+    }
+}
+
+/// An error's words without the `(os error N)` that the standard library
+/// adds, starting in lower case, to follow a colon.
+fn plain(error: &io::Error) -> String {
+    let text = error.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
+}
+
 /// A bound, ready server.
 pub struct Server {
     listener: TcpListener,
@@ -126,11 +185,20 @@ pub struct Server {
 
 impl Server {
     /// Opens the inbox and binds the listening socket.
-    pub async fn bind(listen: SocketAddr, config: ServerConfig) -> io::Result<Server> {
+    pub async fn bind(listen: SocketAddr, config: ServerConfig) -> Result<Server, StartError> {
         raise_open_file_limit();
-        let store = Store::open(&config.dir, config.on_conflict)?;
+        let store =
+            Store::open(&config.dir, config.on_conflict).map_err(|error| StartError::Dir {
+                dir: config.dir.clone(),
+                error,
+            })?;
         store.set_hash_cache_entries(config.hash_cache_entries);
-        let listener = TcpListener::bind(listen).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|error| StartError::Listen {
+                address: listen,
+                error,
+            })?;
         Ok(Server {
             listener,
             space: SpaceLedger::new(store.clone(), &config),
@@ -145,8 +213,11 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then closes the listening socket,
-    /// lets transfers in flight finish within the grace period and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// lets transfers in flight finish within the grace period and returns;
+    /// returns at once, cutting them, if `stop_now` completes during the
+    /// grace period. Transfers cut when the runtime drops them keep their
+    /// partial data, as after a crash, for haul's protocol to resume.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, stop_now: impl Future<Output = ()>) {
         let Server {
             listener,
             store,
@@ -157,6 +228,7 @@ impl Server {
             store.clone(),
             Arc::clone(&space),
             config.partial_max_age,
+            config.dir.clone(),
         ));
         // Every handler holds a clone; `recv` returns `None` once all are gone.
         let (handlers_alive, mut all_handlers_done) = mpsc::channel::<()>(1);
@@ -169,11 +241,18 @@ impl Server {
             grace_secs = config.grace.as_secs_f64(),
             "shutting down: no new connections; transfers in flight may finish"
         );
-        if timeout(config.grace, all_handlers_done.recv())
-            .await
-            .is_err()
-        {
-            warn!("transfers still running after the grace period were cut; they can resume");
+        tokio::select! {
+            finished = timeout(config.grace, all_handlers_done.recv()) => {
+                if finished.is_err() {
+                    warn!("transfers still running after the grace period were cut; they can resume");
+                }
+            }
+            () = stop_now => {
+                warn!(
+                    connections = all_handlers_done.sender_strong_count(),
+                    "stopping at once: transfers in flight are cut; haul's keep their partial data for resume"
+                );
+            }
         }
         log_output::write_gathered();
     }
@@ -326,9 +405,16 @@ fn peer_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Deletes abandoned partial data at start-up and every hour after: what
-/// is stale, and what is over `--max-partial`.
-async fn remove_stale_partials(store: Store, space: Arc<SpaceLedger>, max_age: Duration) {
+/// is stale, and what is over `--max-partial`. At start-up, then logs what
+/// is still held, so that an operator sees what a restart kept.
+async fn remove_stale_partials(
+    store: Store,
+    space: Arc<SpaceLedger>,
+    max_age: Duration,
+    dir: PathBuf,
+) {
     let mut every_hour = tokio::time::interval(Duration::from_secs(60 * 60));
+    let mut at_start = true;
     loop {
         every_hour.tick().await;
         let store = store.clone();
@@ -336,14 +422,57 @@ async fn remove_stale_partials(store: Store, space: Arc<SpaceLedger>, max_age: D
         let removed = blocking(move || {
             let removed = store.remove_stale(max_age);
             space.cap_partials(None);
-            removed
+            let held = if at_start {
+                Some(store.held_partials())
+            } else {
+                None
+            };
+            Ok((removed, held))
         });
-        match removed.await {
+        let Ok((removed, held)) = removed.await else {
+            continue;
+        };
+        match removed {
             Ok(0) => {}
             Ok(removed) => info!(removed, "removed stale partial files"),
             Err(error) => warn!(%error, "could not remove stale partial files"),
         }
+        match held {
+            Some(Ok(held)) => log_held_partials(&held, &dir),
+            Some(Err(error)) => warn!(%error, "cannot list the partial data held"),
+            None => {}
+        }
+        at_start = false;
     }
+}
+
+/// Logs, in one line, the partial transfers held for resume, if any: how
+/// many, their bytes in all, and how long ago the oldest was written to.
+fn log_held_partials(held: &[store::HeldPartial], dir: &std::path::Path) {
+    // Private temporary files left by an earlier process cannot resume.
+    let held: Vec<&store::HeldPartial> = held
+        .iter()
+        .filter(|partial| partial.name.starts_with(store::RESUME_PREFIX))
+        .collect();
+    let Some(oldest) = held.iter().map(|partial| partial.modified).min() else {
+        return;
+    };
+    let bytes: u64 = held.iter().map(|partial| partial.bytes).sum();
+    let age = std::time::SystemTime::now()
+        .duration_since(oldest)
+        .unwrap_or_default();
+    let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+    info!(
+        "holding {} partial {} for resume in {}: {} in all, the oldest last written {age} ago",
+        held.len(),
+        if held.len() == 1 {
+            "transfer"
+        } else {
+            "transfers"
+        },
+        dir.join(store::HIDDEN_AREA).display(),
+        log_output::Size(bytes),
+    );
 }
 
 async fn serve_connection(
@@ -405,19 +534,72 @@ async fn blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
+/// Which protocol a transfer came by, named on its log line.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Haul,
+    Seed,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Haul => "haul",
+            Protocol::Seed => "seed",
+        }
+    }
+}
+
+/// How one file's transfer ended, for its log line.
+enum Outcome<'a> {
+    /// Stored under this name.
+    Stored(&'a str),
+    /// Not stored, for `reason`; `data` says what became of what arrived.
+    Failed {
+        reason: &'a dyn std::fmt::Display,
+        data: Fate<'a>,
+    },
+}
+
+/// What became of the data of a file that was not stored: an operator
+/// reads from it whether running the same send again resumes.
+enum Fate<'a> {
+    /// None of it arrived.
+    NoneReceived,
+    /// What arrived is deleted.
+    Deleted,
+    /// `bytes` of it stay in the hidden area, for the same sender to resume.
+    Kept { bytes: u64, name: &'a str },
+}
+
+impl std::fmt::Display for Fate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fate::NoneReceived => f.write_str("no data received"),
+            Fate::Deleted => f.write_str("partial data deleted"),
+            Fate::Kept { bytes, name } => {
+                write!(f, "kept {} of {name} for resume", log_output::Size(*bytes))
+            }
+        }
+    }
+}
+
 /// Logs the outcome of one file's transfer, in one line.
 fn log_transfer(
+    protocol: Protocol,
     peer: SocketAddr,
     name: &str,
     size: Option<u64>,
     elapsed: Duration,
-    outcome: Result<&str, &dyn std::fmt::Display>,
+    outcome: Outcome<'_>,
 ) {
+    let protocol = protocol.name();
     let size_shown = size.map_or_else(|| "-".to_owned(), |size| size.to_string());
     let secs = format_args!("{:.3}", elapsed.as_secs_f64());
     match outcome {
-        Ok(stored_as) => info!(
+        Outcome::Stored(stored_as) => info!(
             target: log_output::STORED_TARGET,
+            protocol,
             %peer,
             name,
             size = %size_shown,
@@ -427,14 +609,30 @@ fn log_transfer(
             result = "stored",
             "transfer"
         ),
-        Err(reason) => warn!(
+        Outcome::Failed { reason, data } => warn!(
+            protocol,
             %peer,
             name,
             size = %size_shown,
             secs,
             result = "failed",
             %reason,
+            data = %data,
             "transfer"
         ),
     }
+}
+
+/// Logs, at debug level, a file the sender offered that is already stored.
+fn log_already_there(peer: SocketAddr, name: &str, size: Option<u64>, stored_as: &str) {
+    let size_shown = size.map_or_else(|| "-".to_owned(), |size| size.to_string());
+    debug!(
+        protocol = Protocol::Haul.name(),
+        %peer,
+        name,
+        size = %size_shown,
+        stored_as,
+        result = "already there",
+        "transfer"
+    );
 }

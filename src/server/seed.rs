@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::space::SpaceLedger;
-use super::{ServerConfig, blocking, is_out_of_space, log_output, log_transfer};
+use super::{
+    Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_output, log_transfer,
+};
 use crate::protocol::seed::{self, Decoded, HeaderError};
 use crate::store::{NameError, RelPath, SafeName, Store};
 use crate::text::printable;
@@ -47,6 +49,9 @@ enum SeedError {
 struct Announced {
     name: Option<String>,
     size: Option<u64>,
+    /// Set once the client was told to go ahead: from then on, data may
+    /// have arrived.
+    receiving: bool,
 }
 
 pub(super) async fn serve(
@@ -76,10 +81,26 @@ pub(super) async fn serve(
         let _ = stream.set_zero_linger();
     }
     let name = announced.name.as_deref().unwrap_or("-");
-    match &result {
-        Ok(stored_as) => log_transfer(peer, name, announced.size, started.elapsed(), Ok(stored_as)),
-        Err(error) => log_transfer(peer, name, announced.size, started.elapsed(), Err(error)),
-    }
+    let outcome = match &result {
+        Ok(stored_as) => Outcome::Stored(stored_as),
+        Err(error) => Outcome::Failed {
+            reason: error,
+            // A seed file cannot resume: its partial data is always deleted.
+            data: if announced.receiving {
+                Fate::Deleted
+            } else {
+                Fate::NoneReceived
+            },
+        },
+    };
+    log_transfer(
+        Protocol::Seed,
+        peer,
+        name,
+        announced.size,
+        started.elapsed(),
+        outcome,
+    );
     log_output::write_gathered();
 }
 
@@ -125,6 +146,7 @@ async fn receive(
     // The bytes are stored as they come, unhashed and unchanged, so they go
     // from the socket to the file inside the kernel; the wait for them is
     // done on this task, so a silent client holds no blocking thread.
+    announced.receiving = true;
     stream.write_all(seed::GO_AHEAD).await?;
     zero_copy::receive_to_file(stream, file, header.size, config.idle_timeout)
         .await
