@@ -3,12 +3,10 @@
 
 use std::collections::VecDeque;
 use std::io::SeekFrom;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::walk::{Entry, Source, Walked, walk};
@@ -21,7 +19,6 @@ use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret
 use crate::text::printable;
 use crate::throttle::Throttle;
 use crate::transfer::{FileSource, PumpError, SMALL_FILE};
-use crate::zero_copy::send_file;
 
 // A small file, read whole, goes out as one Data frame.
 const _: () = assert!(SMALL_FILE <= MAX_DATA_LEN as u64);
@@ -62,13 +59,6 @@ pub async fn send_haul(
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<Summary, SendError> {
     let stream = connect(to, options.idle).await?;
-    // A second handle on the socket, for the file bytes of a plain session;
-    // only where nothing between this side and the socket needs to see them.
-    let zero_copy = if options.limit.is_none() && options.secret.is_none() {
-        Some(second_handle(&stream)?)
-    } else {
-        None
-    };
     let (reader, writer) = stream.into_split();
     let mut session = Session {
         to: to.to_owned(),
@@ -80,7 +70,6 @@ pub async fn send_haul(
         summary: Summary::default(),
         compressor: None,
         small_file: Vec::new(),
-        zero_copy,
     };
     session
         .handshake(options.compress, options.secret.as_ref(), options.sender)
@@ -121,20 +110,6 @@ struct Session {
     compressor: Option<zstd::bulk::Compressor<'static>>,
     /// Where each small file is read whole, reused from file to file.
     small_file: Vec<u8>,
-    /// Set when the session is plain and unthrottled: the socket that
-    /// uncompressed file bytes are handed to with `sendfile`, behind the
-    /// frame headers that go through `writer`.
-    zero_copy: Option<TcpStream>,
-}
-
-/// Another handle on `stream`'s socket (a duplicated descriptor, registered
-/// with the runtime on its own), so that file bytes can go out with
-/// `sendfile` while the frames go through the buffered writer.
-fn second_handle(stream: &TcpStream) -> std::io::Result<TcpStream> {
-    let duplicate = stream.as_fd().try_clone_to_owned()?;
-    let std_stream = std::net::TcpStream::from(duplicate);
-    std_stream.set_nonblocking(true)?;
-    TcpStream::from_std(std_stream)
 }
 
 /// zstd's default level: fast, and most of the gain.
@@ -630,10 +605,6 @@ impl Session {
         // a file that fails or shrinks leaves the stream in step.
         let left = size - offset;
         let file = source.try_clone().await?.into_std().await;
-        let pages = match self.zero_copy {
-            Some(_) => Some(file.try_clone()?),
-            None => None,
-        };
         let mut chunks = FileSource::start(
             file,
             left,
@@ -655,35 +626,12 @@ impl Session {
             };
             self.write_data_header(Kind::Data, chunk.len() as u32)
                 .await?;
-            let from_memory = match (&self.zero_copy, &pages) {
-                (Some(socket), Some(pages)) => {
-                    self.writer.flush().await?;
-                    let position = offset + sent;
-                    let len = chunk.len() as u64;
-                    match send_file(socket, pages, position, len, self.idle, |_| {}).await {
-                        Ok(()) => None,
-                        // The file changed since the chunk was read: the
-                        // frame is finished from the chunk, so the stream
-                        // stays in step, and the server's check of the hash
-                        // decides.
-                        Err(PumpError::EarlyEof { moved, .. } | PumpError::Read { moved, .. }) => {
-                            usize::try_from(moved)
-                                .ok()
-                                .and_then(|moved| chunk.get(moved..))
-                        }
-                        Err(error) => return Err(SendError::Pump(error)),
-                    }
-                }
-                _ => Some(&chunk[..]),
-            };
-            if let Some(bytes) = from_memory {
-                match timeout(self.idle, self.writer.write_all(bytes)).await {
-                    Err(_) => return Err(SendError::Pump(PumpError::Idle(self.idle))),
-                    Ok(result) => result.map_err(|source| PumpError::Write {
-                        moved: sent,
-                        source,
-                    })?,
-                }
+            match timeout(self.idle, self.writer.write_all(&chunk)).await {
+                Err(_) => return Err(SendError::Pump(PumpError::Idle(self.idle))),
+                Ok(result) => result.map_err(|source| PumpError::Write {
+                    moved: sent,
+                    source,
+                })?,
             }
             sent += chunk.len() as u64;
             self.summary.bytes_sent += chunk.len() as u64;
