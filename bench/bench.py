@@ -9,6 +9,7 @@ See docs/BENCHMARKS.md for what is measured and how.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import getpass
 import hashlib
@@ -730,12 +731,22 @@ class SeedPy(Peer):
     strip_suffix = '.temp'
 
 
+_HAUL_STATE: list[str] = []
+
+
 def haul_env() -> dict:
     """The environment for haul processes: without HAUL_TOKEN, so that the
     haul and haul-seed peers stay unauthenticated whatever the caller's shell
-    holds, and haul-secret uses only the secret it passes with --token-file."""
+    holds, and haul-secret uses only the secret it passes with --token-file;
+    with a state directory of the run's own (removed at exit), so that the
+    sender identity `haul send` keeps goes nowhere near the caller's home."""
+    if not _HAUL_STATE:
+        state = tempfile.mkdtemp(prefix='haul-bench-state-')
+        atexit.register(shutil.rmtree, state, ignore_errors=True)
+        _HAUL_STATE.append(state)
     env = dict(os.environ)
     env.pop('HAUL_TOKEN', None)
+    env['XDG_STATE_HOME'] = _HAUL_STATE[0]
     return env
 
 
