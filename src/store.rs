@@ -449,22 +449,19 @@ impl Store {
         *locked(&self.inner.hashes) = HashCache::new(entries);
     }
 
-    /// The regular files stored under `path` and under its first `limit`
-    /// numbered names (`name (1).ext` ...), with their sizes: where a file
-    /// sent before under this name may have been stored. Costs at most
-    /// `limit + 1` metadata look-ups; symlinks and other kinds are left out.
-    pub fn stored_copies(&self, path: &RelPath, limit: u64) -> io::Result<Vec<(RelPath, u64)>> {
+    /// The regular files stored under the first `limit` numbered names of
+    /// `path` (`name (1).ext` ...), with their sizes: where a file sent
+    /// before under this name may have been stored when the name was taken.
+    /// Stops at the first number with nothing under it; costs at most
+    /// `limit` metadata look-ups; symlinks and other kinds are left out.
+    pub fn numbered_copies(&self, path: &RelPath, limit: u64) -> io::Result<Vec<(RelPath, u64)>> {
         let mut copies = Vec::new();
-        for n in 0..=limit {
-            let candidate = if n == 0 {
-                path.clone()
-            } else {
-                path.numbered(n)
-            };
+        for n in 1..=limit {
+            let candidate = path.numbered(n);
             match self.existing(&candidate)? {
                 Existing::File { size } => copies.push((candidate, size)),
-                Existing::Nothing if n > 0 => break,
-                _ => {}
+                Existing::Nothing => break,
+                Existing::Directory | Existing::Other => {}
             }
         }
         Ok(copies)

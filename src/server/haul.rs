@@ -5,7 +5,7 @@
 //! group, which gets its names while the rest of the batch arrives. The
 //! receipts follow the batch's last group.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -544,14 +544,14 @@ impl Session<'_> {
             // offer of the same is asked for its hash (Compare), so that two
             // identical sources with one name store one copy; it is offered
             // again in a later batch, once the first is stored.
-            let mut sending: HashSet<(Vec<u8>, u64)> = HashSet::new();
+            let mut sending: HashMap<Vec<u8>, u64> = HashMap::new();
             let decided = offers
                 .into_iter()
                 .map(|offer| {
                     let twin = offer.hash.is_none()
                         && offer
                             .size
-                            .is_some_and(|size| sending.contains(&(offer.path.clone(), size)));
+                            .is_some_and(|size| sending.get(offer.path.as_slice()) == Some(&size));
                     let decision = if twin {
                         Ok((Decision::Answer(Answer::Compare, None), None))
                     } else {
@@ -560,7 +560,7 @@ impl Session<'_> {
                     if let (Ok((Decision::Answer(Answer::Send { .. }, _), _)), Some(size)) =
                         (&decision, offer.size)
                     {
-                        sending.insert((offer.path.clone(), size));
+                        sending.entry(offer.path.clone()).or_insert(size);
                     }
                     if created.full_noticed() {
                         warn!(%peer, limit = MAX_CREATED_DIRS, "this session created more directories than are tracked; the rest keep the server's time and mode");
@@ -1090,7 +1090,7 @@ const CREATED_DIR_OVERHEAD: usize = 64;
 /// move into place refuses to.
 #[derive(Default)]
 struct CreatedDirs {
-    dirs: std::collections::HashMap<Vec<u8>, Metadata>,
+    dirs: HashMap<Vec<u8>, Metadata>,
     bytes: usize,
     /// Set when an insert was refused for the bounds.
     full: bool,
@@ -1252,29 +1252,17 @@ fn decide_file(
     if let Existing::Directory | Existing::Other = existing {
         return Ok(Decision::Refuse("a directory or link is in the way".into()));
     }
-    if let (Existing::File { .. }, Some(size)) = (existing, size) {
+    if let (Existing::File { size: held }, Some(size)) = (existing, size) {
         // Where the sender's file may be from an earlier send: under its
         // name, or, when the name was taken by another file, under one of
         // its numbered names.
-        let copies = if on_conflict == OnConflict::Rename {
-            store.stored_copies(&target, MAX_COMPARED_COPIES)?
-        } else {
-            store.stored_copies(&target, 0)?
-        };
-        let mut same_size = copies.into_iter().filter(|(_, held)| *held == size);
-        match hash {
-            None => {
-                if same_size.next().is_some() {
-                    return Ok(Decision::Answer(Answer::Compare, None));
-                }
-            }
-            Some(offered) => {
-                let offered = blake3::Hash::from_bytes(offered);
-                for (copy, _) in same_size {
-                    // `blake3::Hash` compares in constant time.
-                    if store.hash_existing(&copy)? == offered {
-                        return Ok(Decision::Same(copy.to_string()));
-                    }
+        if let Some(decision) = answer_for_copy(store, &target, held, size, hash)? {
+            return Ok(decision);
+        }
+        if on_conflict == OnConflict::Rename {
+            for (copy, held) in store.numbered_copies(&target, MAX_COMPARED_COPIES)? {
+                if let Some(decision) = answer_for_copy(store, &copy, held, size, hash)? {
+                    return Ok(decision);
                 }
             }
         }
@@ -1307,6 +1295,28 @@ fn decide_file(
     };
     let offset = partial.offset();
     Ok(Decision::Answer(Answer::Send { offset }, Some(partial)))
+}
+
+/// What to answer an offer of `size` bytes with `hash` (if it came with
+/// one) for the stored file `copy` of `held` bytes: Compare when the sizes
+/// match and no hash came, Same when the hash is the copy's; `None` when
+/// this copy is not the sender's file.
+fn answer_for_copy(
+    store: &Store,
+    copy: &RelPath,
+    held: u64,
+    size: u64,
+    hash: Option<Hash>,
+) -> io::Result<Option<Decision>> {
+    if held != size {
+        return Ok(None);
+    }
+    let Some(offered) = hash else {
+        return Ok(Some(Decision::Answer(Answer::Compare, None)));
+    };
+    // `blake3::Hash` compares in constant time.
+    let same = store.hash_existing(copy)? == blake3::Hash::from_bytes(offered);
+    Ok(same.then(|| Decision::Same(copy.to_string())))
 }
 
 /// Numbered names (`name (1).ext` ...) looked at, besides the name itself,

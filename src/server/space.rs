@@ -44,10 +44,11 @@ const PARTIAL_SHARES_PER_SENDER: u64 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Sender(IpAddr);
 
-/// The one place a connection's sender is chosen: its IP address, so that
-/// the ports of one machine's connections count as one sender.
+/// The one place a connection's sender is chosen: its address as the limit
+/// of connections per address counts it, so that the ports of one
+/// machine's connections count as one sender.
 pub(super) fn sender_of(peer: SocketAddr) -> Sender {
-    Sender(peer.ip().to_canonical())
+    Sender(super::peer_key(peer.ip()))
 }
 
 /// The server's account of promised room, and of who left which partial
