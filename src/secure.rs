@@ -384,11 +384,10 @@ fn tampered() -> io::Error {
 const SEALED_AT: usize = 64;
 
 /// Whether copying from `source` to `destination` would start the copy 1
-/// to 63 bytes past its source, modulo 4 KiB. On this machine's AMD cores
-/// such a copy (glibc's `rep movsb`) runs up to 16 times slower than any
-/// other: 3 GiB/s instead of 50. The cipher copies every message once, and
-/// landing in that window by chance once cost a third of the encrypted
-/// sender's time.
+/// to 63 bytes past its source, modulo 4 KiB. On some AMD cores such a copy
+/// (glibc's `rep movsb`) takes a slow path many times slower than any other
+/// alignment, and the cipher copies every message once: the sealed buffer
+/// must never sit in that window relative to the plaintext.
 fn copy_is_slow(source: *const u8, destination: *const u8) -> bool {
     let gap = (destination as usize).wrapping_sub(source as usize) % 4096;
     (1..64).contains(&gap)
