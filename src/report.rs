@@ -81,6 +81,8 @@ enum JsonLine<'a> {
         failed: u64,
         skipped: u64,
         bytes_sent: u64,
+        /// `bytes_sent` as it went on the wire: fewer with `--compress`.
+        wire_bytes: u64,
         seconds: f64,
         to: &'a str,
         /// Why the send as a whole failed (e.g. the server is unreachable).
@@ -145,7 +147,10 @@ impl Reporter {
             Event::AlreadyThere { .. } => self.seen.already_there += 1,
             Event::Failed { .. } => self.seen.failed += 1,
             Event::Skipped { .. } => self.seen.skipped += 1,
-            Event::Progress { bytes } => self.seen.bytes_sent += bytes,
+            Event::Progress { bytes, wire } => {
+                self.seen.bytes_sent += bytes;
+                self.seen.wire_bytes += wire;
+            }
             Event::Started { .. } | Event::BatchSettled => {}
         }
         match event {
@@ -242,6 +247,7 @@ impl Reporter {
             failed: counts.failed,
             skipped: counts.skipped,
             bytes_sent: counts.bytes_sent,
+            wire_bytes: counts.wire_bytes,
             seconds: self.started.elapsed().as_secs_f64(),
             to: &self.to,
             error,
@@ -393,7 +399,7 @@ impl Progress {
                 self.overall.inc(offset);
                 self.files_done.fetch_add(1, Ordering::Relaxed);
             }
-            Event::Progress { bytes } => {
+            Event::Progress { bytes, .. } => {
                 self.current.inc(bytes);
                 self.overall.inc(bytes);
             }

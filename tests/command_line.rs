@@ -216,6 +216,31 @@ fn without_a_terminal_every_file_gets_its_line_in_order_before_the_closing_line(
     );
 }
 
+#[test]
+fn with_compress_json_says_what_went_on_the_wire() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("app.log");
+    let content: Vec<u8> = (0..200_000)
+        .flat_map(|index| format!("{index:08} GET /index.html 200\n").into_bytes())
+        .collect();
+    std::fs::write(&path, &content).unwrap();
+    let path = path.to_str().unwrap();
+
+    let output = haul(&["send", "--json", "--compress", "--to", server.addr(), path]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let lines = json_lines(&output.stdout);
+    let summary = lines.last().unwrap();
+    let sent = summary["bytes_sent"].as_u64().unwrap();
+    let wire = summary["wire_bytes"].as_u64().unwrap();
+    assert_eq!(sent, content.len() as u64, "{summary}");
+    assert!(wire > 0 && wire * 4 < sent, "{summary}");
+    assert_eq!(
+        std::fs::read(server.inbox.join("app.log")).unwrap(),
+        content
+    );
+}
+
 /// Parses stdout as JSON lines; every line must be one JSON object.
 fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8(stdout.to_vec())
@@ -282,6 +307,10 @@ fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
     assert_eq!(summary["failed"], 1);
     assert_eq!(summary["already_there"], 0);
     assert_eq!(summary["bytes_sent"], 3000);
+    assert_eq!(
+        summary["wire_bytes"], 3000,
+        "no compression: the same bytes"
+    );
     assert_eq!(summary["to"], server.addr());
     assert!(summary["error"].is_null());
 
@@ -302,6 +331,8 @@ fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
     let lines = json_lines(&again.stdout);
     assert_eq!(of_kind(&lines, "already_there").len(), 2, "{lines:#?}");
     assert_eq!(lines.last().unwrap()["already_there"], 2);
+    assert_eq!(lines.last().unwrap()["bytes_sent"], 0);
+    assert_eq!(lines.last().unwrap()["wire_bytes"], 0);
     assert_eq!(stderr_of(&again), "");
 }
 
