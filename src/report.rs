@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use haul::send::{self, Event, SendError, Summary};
+use haul::size::Human;
 use haul::text::shown;
-use haul::transfer::Rate;
 use indicatif::{
     HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState,
     ProgressStyle,
@@ -105,6 +105,8 @@ impl JsonLine<'_> {
 /// Turns the events of one send into what the user sees.
 pub struct Reporter {
     output: Output,
+    /// A line for every file, also those that went as expected (`-v`).
+    verbose: bool,
     /// Present while a live display is drawn.
     progress: Option<Progress>,
     /// The server's address, for the closing line.
@@ -119,19 +121,29 @@ pub struct Reporter {
     /// What the events said so far, for the report of an interrupted
     /// send, which ends without the library's summary.
     seen: Summary,
+    /// Bytes of the files found already there.
+    already_there_bytes: u64,
 }
 
 impl Reporter {
     /// Starts reporting a send of `sources` to `to`; with
     /// [`Output::Progress`], the display appears at once.
-    pub fn new(output: Output, to: &str, sources: &[PathBuf], name: Option<&str>) -> Reporter {
+    pub fn new(
+        output: Output,
+        verbose: bool,
+        to: &str,
+        sources: &[PathBuf],
+        name: Option<&str>,
+    ) -> Reporter {
         Reporter {
             output,
+            verbose,
             progress: (output == Output::Progress).then(|| Progress::start(sources, name)),
             to: to.to_owned(),
             started: Instant::now(),
             gathered: String::new(),
             seen: Summary::default(),
+            already_there_bytes: 0,
         }
     }
 
@@ -144,7 +156,10 @@ impl Reporter {
         }
         match event {
             Event::Stored { .. } => self.seen.stored += 1,
-            Event::AlreadyThere { .. } => self.seen.already_there += 1,
+            Event::AlreadyThere { bytes, .. } => {
+                self.seen.already_there += 1;
+                self.already_there_bytes += bytes;
+            }
             Event::Failed { .. } => self.seen.failed += 1,
             Event::Skipped { .. } => self.seen.skipped += 1,
             Event::Progress { bytes, wire } => {
@@ -161,20 +176,22 @@ impl Reporter {
                 bytes,
                 ..
             } if stored_as != path => {
-                self.note(&format!("stored {path} as {stored_as} ({bytes} bytes)"));
+                self.note(&format!("stored {path} as {stored_as} ({})", Human(bytes)));
             }
             Event::Stored {
                 path,
                 stored_as: Some(_),
                 bytes,
                 ..
-            } => self.routine(&format!("stored {path} ({bytes} bytes)")),
+            } => self.routine(&format!("stored {path} ({})", Human(bytes))),
             Event::Stored {
                 path,
                 stored_as: None,
                 bytes,
                 ..
-            } => self.routine(&format!("sent {path} ({bytes} bytes)")),
+            } => self.routine(&format!("sent {path} ({})", Human(bytes))),
+            // Where the identical copy is, when it is not under the name
+            // sent: worth its line in a log.
             Event::AlreadyThere {
                 path, stored_as, ..
             } if *stored_as != *path => {
@@ -182,8 +199,12 @@ impl Reporter {
                     "{path} is already there, identical, as {stored_as}"
                 ));
             }
+            // Otherwise one line at the end counts them all (a re-send of a
+            // tree is mostly such files), unless every file is to be named.
             Event::AlreadyThere { path, .. } => {
-                self.routine(&format!("{path} is already there, identical"));
+                if self.verbose {
+                    self.routine(&format!("{path} is already there, identical"));
+                }
             }
             Event::Failed { path, reason } => self.error(&format!("{path}: {reason}")),
             Event::Skipped { path, reason } => self.note(&format!("skipped {path}: {reason}")),
@@ -201,21 +222,10 @@ impl Reporter {
             let counts = outcome.as_ref().copied().unwrap_or_default();
             self.json_summary(&counts, outcome.as_ref().err().map(ToString::to_string));
         }
+        self.already_there_line();
         match outcome {
             Ok(summary) if matches!(self.output, Output::Lines | Output::Progress) => {
-                print_to_stderr(&format!(
-                    "{} stored, {} already there, {} failed, {} skipped; {} bytes sent to {} ({})",
-                    summary.stored,
-                    summary.already_there,
-                    summary.failed,
-                    summary.skipped,
-                    summary.bytes_sent,
-                    self.to,
-                    Rate {
-                        bytes: summary.bytes_sent,
-                        elapsed: self.started.elapsed()
-                    }
-                ));
+                print_to_stderr(&closing_line(summary, &self.to, self.started.elapsed()));
             }
             Ok(_) => {}
             Err(error) => print_to_stderr(&error.to_string()),
@@ -229,6 +239,7 @@ impl Reporter {
         if let Some(progress) = self.progress.take() {
             progress.clear();
         }
+        self.already_there_line();
         let line = format!(
             "interrupted after {} of {total} files; run the same command again to resume",
             self.seen.stored + self.seen.already_there
@@ -293,10 +304,24 @@ impl Reporter {
         }
     }
 
-    /// A line for each file that went as expected: only in a log, gathered
-    /// until the batch settles.
+    /// Without a terminal and without `-v`, the one line that stands for
+    /// the lines of files already there under their own name.
+    fn already_there_line(&mut self) {
+        let count = self.seen.already_there;
+        if self.output == Output::Lines && !self.verbose && count > 0 {
+            self.print(&format!(
+                "{count} {} already there ({}), nothing sent for {}",
+                if count == 1 { "file" } else { "files" },
+                Human(self.already_there_bytes),
+                if count == 1 { "it" } else { "them" },
+            ));
+        }
+    }
+
+    /// A line for each file that went as expected: in a log, or with `-v`
+    /// above the display too; gathered until the batch settles.
     fn routine(&mut self, line: &str) {
-        if self.output == Output::Lines {
+        if self.output == Output::Lines || (self.verbose && self.output == Output::Progress) {
             self.gathered.push_str("haul: ");
             self.gathered.push_str(&shown(line));
             self.gathered.push('\n');
@@ -319,11 +344,18 @@ impl Reporter {
         }
     }
 
-    /// Writes the gathered routine lines in one call.
+    /// Writes the gathered routine lines in one call, above the display if
+    /// there is one.
     fn write_gathered(&mut self) {
         if !self.gathered.is_empty() {
             // A closed stderr is not haul's failure to report.
-            let _ = std::io::stderr().write_all(self.gathered.as_bytes());
+            let write = || {
+                let _ = std::io::stderr().write_all(self.gathered.as_bytes());
+            };
+            match &self.progress {
+                Some(progress) => progress.multi.suspend(write),
+                None => write(),
+            }
             self.gathered.clear();
         }
     }
@@ -461,4 +493,58 @@ fn total(state: &ProgressState, out: &mut dyn std::fmt::Write) {
         Some(len) => write!(out, "{}", HumanBytes(len)),
         None => write!(out, "?"),
     };
+}
+
+/// The closing line: the counts, then what went to the server in human
+/// units, and with compression what that took on the wire. The rate counts
+/// wire bytes, as `--limit-rate` does.
+fn closing_line(summary: &Summary, to: &str, elapsed: Duration) -> String {
+    let mut line = format!(
+        "{} stored, {} already there, {} failed, {} skipped; {} sent to {to}",
+        summary.stored,
+        summary.already_there,
+        summary.failed,
+        summary.skipped,
+        Human(summary.bytes_sent),
+    );
+    let rate = Human((summary.wire_bytes as f64 / elapsed.as_secs_f64().max(1e-3)) as u64);
+    if summary.wire_bytes == summary.bytes_sent {
+        line.push_str(&format!(" ({rate}/s)"));
+    } else {
+        line.push_str(&format!(
+            " ({} on the wire, {:.1}x smaller; {rate}/s)",
+            Human(summary.wire_bytes),
+            summary.bytes_sent as f64 / summary.wire_bytes.max(1) as f64,
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closing_line_is_in_human_units_and_shows_what_compression_saved() {
+        let plain = Summary {
+            stored: 3,
+            bytes_sent: 25_000_000,
+            wire_bytes: 25_000_000,
+            ..Summary::default()
+        };
+        assert_eq!(
+            closing_line(&plain, "127.0.0.1:9", Duration::from_secs(2)),
+            "3 stored, 0 already there, 0 failed, 0 skipped; 23.8 MiB sent to 127.0.0.1:9 \
+             (11.9 MiB/s)"
+        );
+        let compressed = Summary {
+            wire_bytes: 3_125_000,
+            ..plain
+        };
+        assert_eq!(
+            closing_line(&compressed, "127.0.0.1:9", Duration::from_secs(1)),
+            "3 stored, 0 already there, 0 failed, 0 skipped; 23.8 MiB sent to 127.0.0.1:9 \
+             (3.0 MiB on the wire, 8.0x smaller; 3.0 MiB/s)"
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod util;
 use std::path::Path;
 use std::time::Instant;
 
+use haul::size::Human;
 use util::{HaulServer, haul, random_bytes, stderr_of};
 
 fn write_file(dir: &Path, name: &str, len: usize) -> String {
@@ -184,7 +185,7 @@ fn without_a_terminal_nothing_is_drawn() {
     );
     assert_eq!(
         stderr.lines().collect::<Vec<_>>()[0],
-        "haul: stored piped.bin (65536 bytes)"
+        "haul: stored piped.bin (64.0 KiB)"
     );
 }
 
@@ -206,18 +207,72 @@ fn without_a_terminal_every_file_gets_its_line_in_order_before_the_closing_line(
     let lines: Vec<&str> = stderr.lines().collect();
     let expected: Vec<String> = names
         .iter()
-        .map(|name| format!("haul: stored many/{name} (10 bytes)"))
+        .map(|name| format!("haul: stored many/{name} (10 B)"))
+        .collect();
+    assert_eq!(lines.len(), names.len() + 1, "{stderr}");
+    assert_eq!(lines[..names.len()], expected);
+    // Sizes in the units the progress display and --limit-rate use.
+    let closing = format!(
+        "haul: 600 stored, 0 already there, 0 failed, 0 skipped; 5.9 KiB sent to {} (",
+        server.addr()
+    );
+    assert!(lines[names.len()].starts_with(&closing), "{stderr}");
+}
+
+#[test]
+fn without_a_terminal_a_resend_of_a_tree_says_in_one_line_what_was_already_there() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let names: Vec<String> = (0..200).map(|index| format!("f{index:03}.txt")).collect();
+    for name in &names {
+        write_file(&tree, name, 1024);
+    }
+    let tree = tree.to_str().unwrap();
+    let first = haul(&["send", "--to", server.addr(), tree]);
+    assert!(first.status.success(), "{}", stderr_of(&first));
+
+    let again = haul(&["send", "--to", server.addr(), tree]);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+    assert_eq!(
+        stderr_of(&again),
+        format!(
+            "haul: 200 files already there (200.0 KiB), nothing sent for them\n\
+             haul: 0 stored, 200 already there, 0 failed, 0 skipped; 0 B sent to {} (0 B/s)\n",
+            server.addr()
+        )
+    );
+
+    // With -v, a line for each, as they come, and no line counting them.
+    let verbose = haul(&["send", "-v", "--to", server.addr(), tree]);
+    assert!(verbose.status.success(), "{}", stderr_of(&verbose));
+    let stderr = stderr_of(&verbose);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected: Vec<String> = names
+        .iter()
+        .map(|name| format!("haul: tree/{name} is already there, identical"))
         .collect();
     assert_eq!(lines.len(), names.len() + 1, "{stderr}");
     assert_eq!(lines[..names.len()], expected);
     assert!(
-        lines[names.len()].starts_with("haul: 600 stored, 0 already there, 0 failed"),
+        lines[names.len()].starts_with("haul: 0 stored, 200 already there, "),
         "{stderr}"
     );
+
+    // JSON keeps one event per file; none of them put a byte on the wire.
+    let json = haul(&["send", "--json", "--to", server.addr(), tree]);
+    assert!(json.status.success(), "{}", stderr_of(&json));
+    let lines = json_lines(&json.stdout);
+    assert_eq!(of_kind(&lines, "already_there").len(), 200, "{lines:#?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["already_there"], 200);
+    assert_eq!(summary["bytes_sent"], 0);
+    assert_eq!(summary["wire_bytes"], 0);
 }
 
 #[test]
-fn with_compress_json_says_what_went_on_the_wire() {
+fn with_compress_the_summary_says_what_went_on_the_wire_and_the_ratio() {
     let server = HaulServer::start(&[]);
     let source = tempfile::tempdir().unwrap();
     let path = source.path().join("app.log");
@@ -238,6 +293,38 @@ fn with_compress_json_says_what_went_on_the_wire() {
     assert_eq!(
         std::fs::read(server.inbox.join("app.log")).unwrap(),
         content
+    );
+
+    // The same bytes again, under another name so that they go again, and
+    // compressed the same way.
+    let output = haul(&[
+        "send",
+        "--compress",
+        "--name",
+        "again.log",
+        "--to",
+        server.addr(),
+        path,
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    let expected = format!(
+        "haul: 1 stored, 0 already there, 0 failed, 0 skipped; {} sent to {} \
+         ({} on the wire, {:.1}x smaller; ",
+        Human(sent),
+        server.addr(),
+        Human(wire),
+        sent as f64 / wire as f64
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("haul: stored again.log ({})", Human(sent)),
+        "{stderr}"
+    );
+    assert!(
+        lines.len() == 2 && lines[1].starts_with(&expected),
+        "{expected:?} does not start the closing line of {stderr:?}"
     );
 }
 
