@@ -11,18 +11,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use haul::send::{self, Event, SendError, Summary};
+use haul::send::{Event, SendError, Summary};
 use haul::size::Human;
 use haul::text::shown;
-use indicatif::{
-    HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState,
-    ProgressStyle,
-};
 use serde::Serialize;
+
+mod progress;
+
+use progress::Progress;
 
 /// How a send is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,129 +368,6 @@ const GATHER_LIMIT: usize = 64 * 1024;
 fn print_to_stderr(line: &str) {
     let text = format!("haul: {}\n", shown(line));
     let _ = std::io::stderr().write_all(text.as_bytes());
-}
-
-/// The live display: the whole send on one line, the current file below.
-struct Progress {
-    multi: MultiProgress,
-    /// Bytes of the whole send, against the total once it is counted.
-    overall: ProgressBar,
-    /// Bytes of the file being sent.
-    current: ProgressBar,
-    /// Files started or found already there, for the `{files}` key. Counted
-    /// as they go rather than as receipts arrive, which is once per batch.
-    files_done: Arc<AtomicU64>,
-}
-
-/// Stands for "not counted yet" in the total of files.
-const COUNTING: u64 = u64::MAX;
-
-impl Progress {
-    fn start(sources: &[PathBuf], name: Option<&str>) -> Progress {
-        let files_done = Arc::new(AtomicU64::new(0));
-        let files_total = Arc::new(AtomicU64::new(COUNTING));
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let overall = multi.add(ProgressBar::no_length().with_style(overall_style(
-            Arc::clone(&files_done),
-            Arc::clone(&files_total),
-        )));
-        let current = multi.add(ProgressBar::no_length().with_style(current_style()));
-        overall.enable_steady_tick(Duration::from_millis(100));
-
-        // Count in the background, so that a large tree starts going at once.
-        let sources = sources.to_vec();
-        let name = name.map(str::to_owned);
-        let bar = overall.downgrade();
-        std::thread::spawn(move || {
-            let totals = send::measure(&sources, name.as_deref());
-            if let (Some(bar), Some(bytes)) = (bar.upgrade(), totals.bytes) {
-                bar.set_length(bytes);
-            }
-            files_total.store(totals.files, Ordering::Relaxed);
-        });
-        Progress {
-            multi,
-            overall,
-            current,
-            files_done,
-        }
-    }
-
-    fn event(&self, event: &Event<'_>) {
-        match *event {
-            Event::Started { path, size, offset } => {
-                self.current.reset();
-                match size {
-                    Some(size) => self.current.set_length(size),
-                    None => self.current.unset_length(),
-                }
-                self.current.set_position(offset);
-                self.current.set_message(shown(path).into_owned());
-                self.overall.inc(offset);
-                self.files_done.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::Progress { bytes, .. } => {
-                self.current.inc(bytes);
-                self.overall.inc(bytes);
-            }
-            Event::AlreadyThere { bytes, .. } => {
-                self.files_done.fetch_add(1, Ordering::Relaxed);
-                self.overall.inc(bytes);
-            }
-            Event::Stored { .. }
-            | Event::Failed { .. }
-            | Event::Skipped { .. }
-            | Event::BatchSettled => {}
-        }
-    }
-
-    /// Takes the display off the screen, leaving the cursor where it began,
-    /// and stops it drawing again.
-    fn clear(self) {
-        let _ = self.multi.clear();
-        self.multi.set_draw_target(ProgressDrawTarget::hidden());
-        self.overall.finish_and_clear();
-        self.current.finish_and_clear();
-    }
-}
-
-fn overall_style(files_done: Arc<AtomicU64>, files_total: Arc<AtomicU64>) -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{spinner:.green} {bytes:>10} of {total} [{bar:28.cyan/blue}] {binary_bytes_per_sec:>12}, {left} left, {files}",
-    )
-    .expect("a valid template")
-    .progress_chars("=> ")
-    .with_key("total", total)
-    .with_key("left", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
-        let _ = match state.len() {
-            Some(_) => write!(out, "{}", HumanDuration(state.eta())),
-            None => write!(out, "?"),
-        };
-    })
-    .with_key(
-        "files",
-        move |_: &ProgressState, out: &mut dyn std::fmt::Write| {
-            let done = files_done.load(Ordering::Relaxed);
-            let _ = match files_total.load(Ordering::Relaxed) {
-                COUNTING => write!(out, "{done} files"),
-                total => write!(out, "{done}/{total} files"),
-            };
-        },
-    )
-}
-
-fn current_style() -> ProgressStyle {
-    ProgressStyle::with_template("  {wide_msg} {bytes:>10} of {total}")
-        .expect("a valid template")
-        .with_key("total", total)
-}
-
-/// The `{total}` key: the length in bytes, or `?` while it is unknown.
-fn total(state: &ProgressState, out: &mut dyn std::fmt::Write) {
-    let _ = match state.len() {
-        Some(len) => write!(out, "{}", HumanBytes(len)),
-        None => write!(out, "?"),
-    };
 }
 
 /// The closing line: the counts, then what went to the server in human

@@ -64,11 +64,20 @@ fn a_rate_that_is_not_one_is_a_usage_error() {
 /// Runs `haul ARGS` in a pseudo-terminal made by util-linux's `script`, and
 /// returns everything the terminal received, escape sequences included.
 fn haul_on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    haul_on_a_terminal_of(120, args, env)
+}
+
+/// [`haul_on_a_terminal`] on a terminal `columns` wide.
+fn haul_on_a_terminal_of(
+    columns: usize,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let quoted: Vec<String> = std::iter::once(util::HAUL)
         .chain(args.iter().copied())
         .map(|arg| format!("'{}'", arg.replace('\'', r"'\''")))
         .collect();
-    let command = format!("stty cols 120 rows 40; exec {}", quoted.join(" "));
+    let command = format!("stty cols {columns} rows 40; exec {}", quoted.join(" "));
     let output = std::process::Command::new("script")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .env("TERM", "xterm-256color")
@@ -140,6 +149,101 @@ fn on_a_terminal_send_shows_progress_then_one_clean_summary_line() {
     );
     // Per-file lines are for logs, not for a terminal with a display.
     assert!(!transcript.contains("haul: stored"), "{transcript:?}");
+    // The counter counts files with a receipt: while big.bin, the first
+    // file, is still going out, none has one.
+    let mut while_big = 0;
+    for frame in frames(&transcript) {
+        let chars: Vec<char> = frame.chars().collect();
+        if chars.len() != 2 * 120 {
+            continue;
+        }
+        let (overall, current): (String, String) =
+            (chars[..120].iter().collect(), chars[120..].iter().collect());
+        if current.contains("folder/big.bin") && !current.contains("1.0 MiB of 1.0 MiB") {
+            while_big += 1;
+            assert!(
+                overall.contains(" 0/51 files") || overall.contains(" 0 files"),
+                "a file counted before its receipt: {overall:?}"
+            );
+        }
+    }
+    assert!(while_big > 0, "big.bin was never drawn: {transcript:?}");
+}
+
+/// What the terminal shows of a transcript, frame by frame: the text
+/// between carriage returns and newlines, without escape sequences.
+/// indicatif pads each line it draws with spaces to the terminal's width,
+/// so a frame of the two-line display whose lines fit is exactly two
+/// widths long; a line that wraps makes it longer.
+fn frames(transcript: &str) -> Vec<String> {
+    let mut plain = String::new();
+    let mut chars = transcript.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            plain.push(c);
+        } else if chars.next_if_eq(&'[').is_some() {
+            // Parameters, then one final character in @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    plain
+        .split(['\r', '\n'])
+        .filter(|frame| !frame.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn on_a_narrow_terminal_no_line_of_the_display_wraps_and_long_names_keep_their_end() {
+    let source = tempfile::tempdir().unwrap();
+    let folder = source.path().join("a-folder-with-a-rather-long-name");
+    std::fs::create_dir(&folder).unwrap();
+    write_file(
+        &folder,
+        "a-name-longer-than-a-narrow-terminal-is-wide.bin",
+        512 * 1024,
+    );
+    for index in 0..5 {
+        write_file(&folder, &format!("small-{index}.txt"), 100);
+    }
+    for columns in [60, 40] {
+        let server = HaulServer::start(&[]);
+        let (code, transcript) = haul_on_a_terminal_of(
+            columns,
+            &[
+                "send",
+                "--to",
+                server.addr(),
+                "--limit-rate",
+                "512K",
+                folder.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(0), "{transcript:?}");
+        // The closing line is printed, not drawn: it may wrap.
+        let drawn: Vec<String> = frames(&transcript)
+            .into_iter()
+            .filter(|frame| !frame.starts_with("haul: "))
+            .collect();
+        for frame in &drawn {
+            let width = frame.chars().count();
+            assert!(
+                width <= columns || width == 2 * columns,
+                "at {columns} columns a line wrapped: {frame:?}"
+            );
+        }
+        assert!(
+            drawn
+                .iter()
+                .any(|frame| frame.contains("…") && frame.contains("-is-wide.bin")),
+            "at {columns} columns the long name was not shortened to its end: {drawn:#?}"
+        );
+    }
 }
 
 #[test]
