@@ -180,7 +180,10 @@ by a receipt; an interrupted send resumes when run again. With --protocol seed e
 goes over its own connection, exactly as the classroom protocol describes: 8-byte
 big-endian size, the file name, `go ahead`, the bytes.
 
-On a terminal a progress display is drawn on stderr; elsewhere each file gets a line.
+On a terminal a progress display is drawn on stderr; elsewhere each file gets a line,
+except files already there, which one line counts (-v gives each its line). The rate
+counts only bytes that go on the wire; sizes are in powers of 1024 (KiB, MiB, GiB).
+With --compress the closing line says what went on the wire and the ratio.
 Ctrl-C stops the send and says how far it got; run the same command again to resume.
 
 Exit codes:
@@ -219,6 +222,10 @@ Exit codes:
         /// Print only failures: no progress display, no closing line.
         #[arg(short, long)]
         quiet: bool,
+        /// Print a line for every file, also above the progress display, and
+        /// for each file already there (otherwise counted in one line).
+        #[arg(short, long, conflicts_with = "quiet")]
+        verbose: bool,
         /// Print one JSON object per line on stdout for each file and a
         /// closing summary, for scripts; stderr gets only failures.
         #[arg(long, conflicts_with = "quiet")]
@@ -416,6 +423,7 @@ fn main() -> ExitCode {
             compress,
             limit_rate,
             quiet,
+            verbose,
             json,
             token_file,
             cleartext,
@@ -500,7 +508,7 @@ fn main() -> ExitCode {
                 Output::Lines
             };
             let name = name.as_deref();
-            let mut reporter = Reporter::new(output, &to, &paths, name);
+            let mut reporter = Reporter::new(output, verbose, &to, &paths, name);
             let finished = runtime.block_on(async {
                 let sending = async {
                     match protocol {

@@ -11,18 +11,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use haul::send::{self, Event, SendError, Summary};
+use haul::send::{Event, SendError, Summary};
+use haul::size::Human;
 use haul::text::shown;
-use haul::transfer::Rate;
-use indicatif::{
-    HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState,
-    ProgressStyle,
-};
 use serde::Serialize;
+
+mod progress;
+
+use progress::Progress;
 
 /// How a send is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +79,8 @@ enum JsonLine<'a> {
         failed: u64,
         skipped: u64,
         bytes_sent: u64,
+        /// `bytes_sent` as it went on the wire: fewer with `--compress`.
+        wire_bytes: u64,
         seconds: f64,
         to: &'a str,
         /// Why the send as a whole failed (e.g. the server is unreachable).
@@ -103,6 +103,8 @@ impl JsonLine<'_> {
 /// Turns the events of one send into what the user sees.
 pub struct Reporter {
     output: Output,
+    /// A line for every file, also those that went as expected (`-v`).
+    verbose: bool,
     /// Present while a live display is drawn.
     progress: Option<Progress>,
     /// The server's address, for the closing line.
@@ -117,19 +119,29 @@ pub struct Reporter {
     /// What the events said so far, for the report of an interrupted
     /// send, which ends without the library's summary.
     seen: Summary,
+    /// Bytes of the files found already there.
+    already_there_bytes: u64,
 }
 
 impl Reporter {
     /// Starts reporting a send of `sources` to `to`; with
     /// [`Output::Progress`], the display appears at once.
-    pub fn new(output: Output, to: &str, sources: &[PathBuf], name: Option<&str>) -> Reporter {
+    pub fn new(
+        output: Output,
+        verbose: bool,
+        to: &str,
+        sources: &[PathBuf],
+        name: Option<&str>,
+    ) -> Reporter {
         Reporter {
             output,
+            verbose,
             progress: (output == Output::Progress).then(|| Progress::start(sources, name)),
             to: to.to_owned(),
             started: Instant::now(),
             gathered: String::new(),
             seen: Summary::default(),
+            already_there_bytes: 0,
         }
     }
 
@@ -142,10 +154,16 @@ impl Reporter {
         }
         match event {
             Event::Stored { .. } => self.seen.stored += 1,
-            Event::AlreadyThere { .. } => self.seen.already_there += 1,
+            Event::AlreadyThere { bytes, .. } => {
+                self.seen.already_there += 1;
+                self.already_there_bytes += bytes;
+            }
             Event::Failed { .. } => self.seen.failed += 1,
             Event::Skipped { .. } => self.seen.skipped += 1,
-            Event::Progress { bytes } => self.seen.bytes_sent += bytes,
+            Event::Progress { bytes, wire } => {
+                self.seen.bytes_sent += bytes;
+                self.seen.wire_bytes += wire;
+            }
             Event::Started { .. } | Event::BatchSettled => {}
         }
         match event {
@@ -156,20 +174,22 @@ impl Reporter {
                 bytes,
                 ..
             } if stored_as != path => {
-                self.note(&format!("stored {path} as {stored_as} ({bytes} bytes)"));
+                self.note(&format!("stored {path} as {stored_as} ({})", Human(bytes)));
             }
             Event::Stored {
                 path,
                 stored_as: Some(_),
                 bytes,
                 ..
-            } => self.routine(&format!("stored {path} ({bytes} bytes)")),
+            } => self.routine(&format!("stored {path} ({})", Human(bytes))),
             Event::Stored {
                 path,
                 stored_as: None,
                 bytes,
                 ..
-            } => self.routine(&format!("sent {path} ({bytes} bytes)")),
+            } => self.routine(&format!("sent {path} ({})", Human(bytes))),
+            // Where the identical copy is, when it is not under the name
+            // sent: worth its line in a log.
             Event::AlreadyThere {
                 path, stored_as, ..
             } if *stored_as != *path => {
@@ -177,8 +197,12 @@ impl Reporter {
                     "{path} is already there, identical, as {stored_as}"
                 ));
             }
+            // Otherwise one line at the end counts them all (a re-send of a
+            // tree is mostly such files), unless every file is to be named.
             Event::AlreadyThere { path, .. } => {
-                self.routine(&format!("{path} is already there, identical"));
+                if self.verbose {
+                    self.routine(&format!("{path} is already there, identical"));
+                }
             }
             Event::Failed { path, reason } => self.error(&format!("{path}: {reason}")),
             Event::Skipped { path, reason } => self.note(&format!("skipped {path}: {reason}")),
@@ -196,21 +220,10 @@ impl Reporter {
             let counts = outcome.as_ref().copied().unwrap_or_default();
             self.json_summary(&counts, outcome.as_ref().err().map(ToString::to_string));
         }
+        self.already_there_line();
         match outcome {
             Ok(summary) if matches!(self.output, Output::Lines | Output::Progress) => {
-                print_to_stderr(&format!(
-                    "{} stored, {} already there, {} failed, {} skipped; {} bytes sent to {} ({})",
-                    summary.stored,
-                    summary.already_there,
-                    summary.failed,
-                    summary.skipped,
-                    summary.bytes_sent,
-                    self.to,
-                    Rate {
-                        bytes: summary.bytes_sent,
-                        elapsed: self.started.elapsed()
-                    }
-                ));
+                print_to_stderr(&closing_line(summary, &self.to, self.started.elapsed()));
             }
             Ok(_) => {}
             Err(error) => print_to_stderr(&error.to_string()),
@@ -224,6 +237,7 @@ impl Reporter {
         if let Some(progress) = self.progress.take() {
             progress.clear();
         }
+        self.already_there_line();
         let line = format!(
             "interrupted after {} of {total} files; run the same command again to resume",
             self.seen.stored + self.seen.already_there
@@ -242,6 +256,7 @@ impl Reporter {
             failed: counts.failed,
             skipped: counts.skipped,
             bytes_sent: counts.bytes_sent,
+            wire_bytes: counts.wire_bytes,
             seconds: self.started.elapsed().as_secs_f64(),
             to: &self.to,
             error,
@@ -287,10 +302,24 @@ impl Reporter {
         }
     }
 
-    /// A line for each file that went as expected: only in a log, gathered
-    /// until the batch settles.
+    /// Without a terminal and without `-v`, the one line that stands for
+    /// the lines of files already there under their own name.
+    fn already_there_line(&mut self) {
+        let count = self.seen.already_there;
+        if self.output == Output::Lines && !self.verbose && count > 0 {
+            self.print(&format!(
+                "{count} {} already there ({}), nothing sent for {}",
+                if count == 1 { "file" } else { "files" },
+                Human(self.already_there_bytes),
+                if count == 1 { "it" } else { "them" },
+            ));
+        }
+    }
+
+    /// A line for each file that went as expected: in a log, or with `-v`
+    /// above the display too; gathered until the batch settles.
     fn routine(&mut self, line: &str) {
-        if self.output == Output::Lines {
+        if self.output == Output::Lines || (self.verbose && self.output == Output::Progress) {
             self.gathered.push_str("haul: ");
             self.gathered.push_str(&shown(line));
             self.gathered.push('\n');
@@ -313,11 +342,18 @@ impl Reporter {
         }
     }
 
-    /// Writes the gathered routine lines in one call.
+    /// Writes the gathered routine lines in one call, above the display if
+    /// there is one.
     fn write_gathered(&mut self) {
         if !self.gathered.is_empty() {
             // A closed stderr is not haul's failure to report.
-            let _ = std::io::stderr().write_all(self.gathered.as_bytes());
+            let write = || {
+                let _ = std::io::stderr().write_all(self.gathered.as_bytes());
+            };
+            match &self.progress {
+                Some(progress) => progress.multi.suspend(write),
+                None => write(),
+            }
             self.gathered.clear();
         }
     }
@@ -334,125 +370,56 @@ fn print_to_stderr(line: &str) {
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
-/// The live display: the whole send on one line, the current file below.
-struct Progress {
-    multi: MultiProgress,
-    /// Bytes of the whole send, against the total once it is counted.
-    overall: ProgressBar,
-    /// Bytes of the file being sent.
-    current: ProgressBar,
-    /// Files started or found already there, for the `{files}` key. Counted
-    /// as they go rather than as receipts arrive, which is once per batch.
-    files_done: Arc<AtomicU64>,
+/// The closing line: the counts, then what went to the server in human
+/// units, and with compression what that took on the wire. The rate counts
+/// wire bytes, as `--limit-rate` does.
+fn closing_line(summary: &Summary, to: &str, elapsed: Duration) -> String {
+    let mut line = format!(
+        "{} stored, {} already there, {} failed, {} skipped; {} sent to {to}",
+        summary.stored,
+        summary.already_there,
+        summary.failed,
+        summary.skipped,
+        Human(summary.bytes_sent),
+    );
+    let rate = Human((summary.wire_bytes as f64 / elapsed.as_secs_f64().max(1e-3)) as u64);
+    if summary.wire_bytes == summary.bytes_sent {
+        line.push_str(&format!(" ({rate}/s)"));
+    } else {
+        line.push_str(&format!(
+            " ({} on the wire, {:.1}x smaller; {rate}/s)",
+            Human(summary.wire_bytes),
+            summary.bytes_sent as f64 / summary.wire_bytes.max(1) as f64,
+        ));
+    }
+    line
 }
 
-/// Stands for "not counted yet" in the total of files.
-const COUNTING: u64 = u64::MAX;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Progress {
-    fn start(sources: &[PathBuf], name: Option<&str>) -> Progress {
-        let files_done = Arc::new(AtomicU64::new(0));
-        let files_total = Arc::new(AtomicU64::new(COUNTING));
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let overall = multi.add(ProgressBar::no_length().with_style(overall_style(
-            Arc::clone(&files_done),
-            Arc::clone(&files_total),
-        )));
-        let current = multi.add(ProgressBar::no_length().with_style(current_style()));
-        overall.enable_steady_tick(Duration::from_millis(100));
-
-        // Count in the background, so that a large tree starts going at once.
-        let sources = sources.to_vec();
-        let name = name.map(str::to_owned);
-        let bar = overall.downgrade();
-        std::thread::spawn(move || {
-            let totals = send::measure(&sources, name.as_deref());
-            if let (Some(bar), Some(bytes)) = (bar.upgrade(), totals.bytes) {
-                bar.set_length(bytes);
-            }
-            files_total.store(totals.files, Ordering::Relaxed);
-        });
-        Progress {
-            multi,
-            overall,
-            current,
-            files_done,
-        }
-    }
-
-    fn event(&self, event: &Event<'_>) {
-        match *event {
-            Event::Started { path, size, offset } => {
-                self.current.reset();
-                match size {
-                    Some(size) => self.current.set_length(size),
-                    None => self.current.unset_length(),
-                }
-                self.current.set_position(offset);
-                self.current.set_message(shown(path).into_owned());
-                self.overall.inc(offset);
-                self.files_done.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::Progress { bytes } => {
-                self.current.inc(bytes);
-                self.overall.inc(bytes);
-            }
-            Event::AlreadyThere { bytes, .. } => {
-                self.files_done.fetch_add(1, Ordering::Relaxed);
-                self.overall.inc(bytes);
-            }
-            Event::Stored { .. }
-            | Event::Failed { .. }
-            | Event::Skipped { .. }
-            | Event::BatchSettled => {}
-        }
-    }
-
-    /// Takes the display off the screen, leaving the cursor where it began,
-    /// and stops it drawing again.
-    fn clear(self) {
-        let _ = self.multi.clear();
-        self.multi.set_draw_target(ProgressDrawTarget::hidden());
-        self.overall.finish_and_clear();
-        self.current.finish_and_clear();
-    }
-}
-
-fn overall_style(files_done: Arc<AtomicU64>, files_total: Arc<AtomicU64>) -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{spinner:.green} {bytes:>10} of {total} [{bar:28.cyan/blue}] {binary_bytes_per_sec:>12}, {left} left, {files}",
-    )
-    .expect("a valid template")
-    .progress_chars("=> ")
-    .with_key("total", total)
-    .with_key("left", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
-        let _ = match state.len() {
-            Some(_) => write!(out, "{}", HumanDuration(state.eta())),
-            None => write!(out, "?"),
+    #[test]
+    fn the_closing_line_is_in_human_units_and_shows_what_compression_saved() {
+        let plain = Summary {
+            stored: 3,
+            bytes_sent: 25_000_000,
+            wire_bytes: 25_000_000,
+            ..Summary::default()
         };
-    })
-    .with_key(
-        "files",
-        move |_: &ProgressState, out: &mut dyn std::fmt::Write| {
-            let done = files_done.load(Ordering::Relaxed);
-            let _ = match files_total.load(Ordering::Relaxed) {
-                COUNTING => write!(out, "{done} files"),
-                total => write!(out, "{done}/{total} files"),
-            };
-        },
-    )
-}
-
-fn current_style() -> ProgressStyle {
-    ProgressStyle::with_template("  {wide_msg} {bytes:>10} of {total}")
-        .expect("a valid template")
-        .with_key("total", total)
-}
-
-/// The `{total}` key: the length in bytes, or `?` while it is unknown.
-fn total(state: &ProgressState, out: &mut dyn std::fmt::Write) {
-    let _ = match state.len() {
-        Some(len) => write!(out, "{}", HumanBytes(len)),
-        None => write!(out, "?"),
-    };
+        assert_eq!(
+            closing_line(&plain, "127.0.0.1:9", Duration::from_secs(2)),
+            "3 stored, 0 already there, 0 failed, 0 skipped; 23.8 MiB sent to 127.0.0.1:9 \
+             (11.9 MiB/s)"
+        );
+        let compressed = Summary {
+            wire_bytes: 3_125_000,
+            ..plain
+        };
+        assert_eq!(
+            closing_line(&compressed, "127.0.0.1:9", Duration::from_secs(1)),
+            "3 stored, 0 already there, 0 failed, 0 skipped; 23.8 MiB sent to 127.0.0.1:9 \
+             (3.0 MiB on the wire, 8.0x smaller; 3.0 MiB/s)"
+        );
+    }
 }

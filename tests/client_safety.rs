@@ -151,7 +151,7 @@ fn a_hostile_name_a_seed_server_accepts_is_shown_escaped_and_carried_exactly() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     assert_terminal_safe(&output.stderr);
     let stderr = stderr_of(&output);
-    let expected = format!("haul: sent {HOSTILE_SHOWN} (7 bytes)");
+    let expected = format!("haul: sent {HOSTILE_SHOWN} (7 B)");
     assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
     // The server closes only after writing the file, and haul waits for that.
     let stored = peer.dir.path().join(format!("{HOSTILE}.temp"));
@@ -320,7 +320,7 @@ fn a_name_from_a_hostile_server_is_shown_escaped_and_carried_exactly() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     assert_terminal_safe(&output.stderr);
     let stderr = stderr_of(&output);
-    let expected = format!("haul: stored report.txt as {HOSTILE_SHOWN} (6 bytes)");
+    let expected = format!("haul: stored report.txt as {HOSTILE_SHOWN} (6 B)");
     assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
 
     let (addr, server) = rogue_haul_server(HOSTILE);

@@ -6,6 +6,7 @@ mod util;
 use std::path::Path;
 use std::time::Instant;
 
+use haul::size::Human;
 use util::{HaulServer, haul, random_bytes, stderr_of};
 
 fn write_file(dir: &Path, name: &str, len: usize) -> String {
@@ -63,11 +64,20 @@ fn a_rate_that_is_not_one_is_a_usage_error() {
 /// Runs `haul ARGS` in a pseudo-terminal made by util-linux's `script`, and
 /// returns everything the terminal received, escape sequences included.
 fn haul_on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    haul_on_a_terminal_of(120, args, env)
+}
+
+/// [`haul_on_a_terminal`] on a terminal `columns` wide.
+fn haul_on_a_terminal_of(
+    columns: usize,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let quoted: Vec<String> = std::iter::once(util::HAUL)
         .chain(args.iter().copied())
         .map(|arg| format!("'{}'", arg.replace('\'', r"'\''")))
         .collect();
-    let command = format!("stty cols 120 rows 40; exec {}", quoted.join(" "));
+    let command = format!("stty cols {columns} rows 40; exec {}", quoted.join(" "));
     let output = std::process::Command::new("script")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .env("TERM", "xterm-256color")
@@ -139,6 +149,101 @@ fn on_a_terminal_send_shows_progress_then_one_clean_summary_line() {
     );
     // Per-file lines are for logs, not for a terminal with a display.
     assert!(!transcript.contains("haul: stored"), "{transcript:?}");
+    // The counter counts files with a receipt: while big.bin, the first
+    // file, is still going out, none has one.
+    let mut while_big = 0;
+    for frame in frames(&transcript) {
+        let chars: Vec<char> = frame.chars().collect();
+        if chars.len() != 2 * 120 {
+            continue;
+        }
+        let (overall, current): (String, String) =
+            (chars[..120].iter().collect(), chars[120..].iter().collect());
+        if current.contains("folder/big.bin") && !current.contains("1.0 MiB of 1.0 MiB") {
+            while_big += 1;
+            assert!(
+                overall.contains(" 0/51 files") || overall.contains(" 0 files"),
+                "a file counted before its receipt: {overall:?}"
+            );
+        }
+    }
+    assert!(while_big > 0, "big.bin was never drawn: {transcript:?}");
+}
+
+/// What the terminal shows of a transcript, frame by frame: the text
+/// between carriage returns and newlines, without escape sequences.
+/// indicatif pads each line it draws with spaces to the terminal's width,
+/// so a frame of the two-line display whose lines fit is exactly two
+/// widths long; a line that wraps makes it longer.
+fn frames(transcript: &str) -> Vec<String> {
+    let mut plain = String::new();
+    let mut chars = transcript.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            plain.push(c);
+        } else if chars.next_if_eq(&'[').is_some() {
+            // Parameters, then one final character in @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    plain
+        .split(['\r', '\n'])
+        .filter(|frame| !frame.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn on_a_narrow_terminal_no_line_of_the_display_wraps_and_long_names_keep_their_end() {
+    let source = tempfile::tempdir().unwrap();
+    let folder = source.path().join("a-folder-with-a-rather-long-name");
+    std::fs::create_dir(&folder).unwrap();
+    write_file(
+        &folder,
+        "a-name-longer-than-a-narrow-terminal-is-wide.bin",
+        512 * 1024,
+    );
+    for index in 0..5 {
+        write_file(&folder, &format!("small-{index}.txt"), 100);
+    }
+    for columns in [60, 40] {
+        let server = HaulServer::start(&[]);
+        let (code, transcript) = haul_on_a_terminal_of(
+            columns,
+            &[
+                "send",
+                "--to",
+                server.addr(),
+                "--limit-rate",
+                "512K",
+                folder.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(0), "{transcript:?}");
+        // The closing line is printed, not drawn: it may wrap.
+        let drawn: Vec<String> = frames(&transcript)
+            .into_iter()
+            .filter(|frame| !frame.starts_with("haul: "))
+            .collect();
+        for frame in &drawn {
+            let width = frame.chars().count();
+            assert!(
+                width <= columns || width == 2 * columns,
+                "at {columns} columns a line wrapped: {frame:?}"
+            );
+        }
+        assert!(
+            drawn
+                .iter()
+                .any(|frame| frame.contains("…") && frame.contains("-is-wide.bin")),
+            "at {columns} columns the long name was not shortened to its end: {drawn:#?}"
+        );
+    }
 }
 
 #[test]
@@ -184,7 +289,7 @@ fn without_a_terminal_nothing_is_drawn() {
     );
     assert_eq!(
         stderr.lines().collect::<Vec<_>>()[0],
-        "haul: stored piped.bin (65536 bytes)"
+        "haul: stored piped.bin (64.0 KiB)"
     );
 }
 
@@ -206,13 +311,124 @@ fn without_a_terminal_every_file_gets_its_line_in_order_before_the_closing_line(
     let lines: Vec<&str> = stderr.lines().collect();
     let expected: Vec<String> = names
         .iter()
-        .map(|name| format!("haul: stored many/{name} (10 bytes)"))
+        .map(|name| format!("haul: stored many/{name} (10 B)"))
+        .collect();
+    assert_eq!(lines.len(), names.len() + 1, "{stderr}");
+    assert_eq!(lines[..names.len()], expected);
+    // Sizes in the units the progress display and --limit-rate use.
+    let closing = format!(
+        "haul: 600 stored, 0 already there, 0 failed, 0 skipped; 5.9 KiB sent to {} (",
+        server.addr()
+    );
+    assert!(lines[names.len()].starts_with(&closing), "{stderr}");
+}
+
+#[test]
+fn without_a_terminal_a_resend_of_a_tree_says_in_one_line_what_was_already_there() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let names: Vec<String> = (0..200).map(|index| format!("f{index:03}.txt")).collect();
+    for name in &names {
+        write_file(&tree, name, 1024);
+    }
+    let tree = tree.to_str().unwrap();
+    let first = haul(&["send", "--to", server.addr(), tree]);
+    assert!(first.status.success(), "{}", stderr_of(&first));
+
+    let again = haul(&["send", "--to", server.addr(), tree]);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+    assert_eq!(
+        stderr_of(&again),
+        format!(
+            "haul: 200 files already there (200.0 KiB), nothing sent for them\n\
+             haul: 0 stored, 200 already there, 0 failed, 0 skipped; 0 B sent to {} (0 B/s)\n",
+            server.addr()
+        )
+    );
+
+    // With -v, a line for each, as they come, and no line counting them.
+    let verbose = haul(&["send", "-v", "--to", server.addr(), tree]);
+    assert!(verbose.status.success(), "{}", stderr_of(&verbose));
+    let stderr = stderr_of(&verbose);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected: Vec<String> = names
+        .iter()
+        .map(|name| format!("haul: tree/{name} is already there, identical"))
         .collect();
     assert_eq!(lines.len(), names.len() + 1, "{stderr}");
     assert_eq!(lines[..names.len()], expected);
     assert!(
-        lines[names.len()].starts_with("haul: 600 stored, 0 already there, 0 failed"),
+        lines[names.len()].starts_with("haul: 0 stored, 200 already there, "),
         "{stderr}"
+    );
+
+    // JSON keeps one event per file; none of them put a byte on the wire.
+    let json = haul(&["send", "--json", "--to", server.addr(), tree]);
+    assert!(json.status.success(), "{}", stderr_of(&json));
+    let lines = json_lines(&json.stdout);
+    assert_eq!(of_kind(&lines, "already_there").len(), 200, "{lines:#?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["already_there"], 200);
+    assert_eq!(summary["bytes_sent"], 0);
+    assert_eq!(summary["wire_bytes"], 0);
+}
+
+#[test]
+fn with_compress_the_summary_says_what_went_on_the_wire_and_the_ratio() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("app.log");
+    let content: Vec<u8> = (0..200_000)
+        .flat_map(|index| format!("{index:08} GET /index.html 200\n").into_bytes())
+        .collect();
+    std::fs::write(&path, &content).unwrap();
+    let path = path.to_str().unwrap();
+
+    let output = haul(&["send", "--json", "--compress", "--to", server.addr(), path]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let lines = json_lines(&output.stdout);
+    let summary = lines.last().unwrap();
+    let sent = summary["bytes_sent"].as_u64().unwrap();
+    let wire = summary["wire_bytes"].as_u64().unwrap();
+    assert_eq!(sent, content.len() as u64, "{summary}");
+    assert!(wire > 0 && wire * 4 < sent, "{summary}");
+    assert_eq!(
+        std::fs::read(server.inbox.join("app.log")).unwrap(),
+        content
+    );
+
+    // The same bytes again, under another name so that they go again, and
+    // compressed the same way.
+    let output = haul(&[
+        "send",
+        "--compress",
+        "--name",
+        "again.log",
+        "--to",
+        server.addr(),
+        path,
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    let expected = format!(
+        "haul: 1 stored, 0 already there, 0 failed, 0 skipped; {} sent to {} \
+         ({} on the wire, {:.1}x smaller; ",
+        Human(sent),
+        server.addr(),
+        Human(wire),
+        sent as f64 / wire as f64
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("haul: stored again.log ({})", Human(sent)),
+        "{stderr}"
+    );
+    assert!(
+        lines.len() == 2 && lines[1].starts_with(&expected),
+        "{expected:?} does not start the closing line of {stderr:?}"
     );
 }
 
@@ -282,6 +498,10 @@ fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
     assert_eq!(summary["failed"], 1);
     assert_eq!(summary["already_there"], 0);
     assert_eq!(summary["bytes_sent"], 3000);
+    assert_eq!(
+        summary["wire_bytes"], 3000,
+        "no compression: the same bytes"
+    );
     assert_eq!(summary["to"], server.addr());
     assert!(summary["error"].is_null());
 
@@ -302,6 +522,8 @@ fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
     let lines = json_lines(&again.stdout);
     assert_eq!(of_kind(&lines, "already_there").len(), 2, "{lines:#?}");
     assert_eq!(lines.last().unwrap()["already_there"], 2);
+    assert_eq!(lines.last().unwrap()["bytes_sent"], 0);
+    assert_eq!(lines.last().unwrap()["wire_bytes"], 0);
     assert_eq!(stderr_of(&again), "");
 }
 

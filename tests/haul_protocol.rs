@@ -18,15 +18,34 @@ fn send(to: &str, paths: &[&Path]) -> std::process::Output {
     haul(&args)
 }
 
-/// The byte count in the closing line: `...; N bytes sent to ...`.
-fn bytes_sent(stderr: &str) -> u64 {
-    let line = stderr
+/// Sends `paths` with `--json`; returns the output and its JSON lines.
+fn send_json(to: &str, paths: &[&Path]) -> (std::process::Output, Vec<serde_json::Value>) {
+    let mut args = vec!["send", "--json", "--to", to];
+    args.extend(paths.iter().map(|path| path.to_str().unwrap()));
+    let output = haul(&args);
+    let lines = String::from_utf8(output.stdout.clone())
+        .unwrap()
         .lines()
-        .rev()
-        .find(|line| line.contains(" bytes sent to "))
-        .unwrap();
-    let before = line.split(" bytes sent to ").next().unwrap();
-    before.rsplit(' ').next().unwrap().parse().unwrap()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    (output, lines)
+}
+
+/// The one `started` event and the summary of a resumed one-file send,
+/// checked to agree: the bytes sent, and the bytes on the wire, are the
+/// file's bytes after the offset it resumed from. Returns that offset.
+fn resumed_offset(lines: &[serde_json::Value], size: u64) -> u64 {
+    let started: Vec<_> = lines
+        .iter()
+        .filter(|line| line["event"] == "started")
+        .collect();
+    assert_eq!(started.len(), 1, "{lines:#?}");
+    let offset = started[0]["offset"].as_u64().unwrap();
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["event"], "summary", "{lines:#?}");
+    assert_eq!(summary["bytes_sent"], size - offset, "{summary}");
+    assert_eq!(summary["wire_bytes"], size - offset, "{summary}");
+    offset
 }
 
 fn mtime(path: &Path) -> SystemTime {
@@ -207,14 +226,14 @@ fn a_transfer_cut_short_resumes_and_sends_only_the_rest() {
     assert!(server.stored_names().is_empty());
 
     let counting = Proxy::start(server.addr(), Fault::None);
-    let resumed = send(&counting.addr, &[&path]);
+    let (resumed, lines) = send_json(&counting.addr, &[&path]);
     assert!(resumed.status.success(), "{}", stderr_of(&resumed));
     assert_eq!(
         std::fs::read(server.inbox.join("video.bin")).unwrap(),
         content
     );
-    let sent = bytes_sent(&stderr_of(&resumed));
-    assert!(sent <= 15 * 1024 * 1024, "resume sent {sent} bytes");
+    let offset = resumed_offset(&lines, content.len() as u64);
+    assert!(offset >= 9 * 1024 * 1024, "resumed from {offset}");
     assert!(
         counting.forwarded() < 15 * 1024 * 1024,
         "{}",
@@ -260,14 +279,14 @@ fn a_server_killed_mid_transfer_resumes_after_restart() {
     let _ = sender.wait();
     assert!(server.stored_names().is_empty());
 
-    let resumed = send(server.addr(), &[&path]);
+    let (resumed, lines) = send_json(server.addr(), &[&path]);
     assert!(resumed.status.success(), "{}", stderr_of(&resumed));
     assert_eq!(
         std::fs::read(server.inbox.join("archive.bin")).unwrap(),
         content
     );
-    let sent = bytes_sent(&stderr_of(&resumed));
-    assert!(sent <= 24 * 1024 * 1024, "resume sent {sent} bytes");
+    let offset = resumed_offset(&lines, content.len() as u64);
+    assert!(offset >= 8 * 1024 * 1024, "resumed from {offset}");
 }
 
 #[test]

@@ -635,8 +635,10 @@ impl Session {
             }
             sent += chunk.len() as u64;
             self.summary.bytes_sent += chunk.len() as u64;
+            self.summary.wire_bytes += chunk.len() as u64;
             on_event(Event::Progress {
                 bytes: chunk.len() as u64,
+                wire: chunk.len() as u64,
             });
             chunks.recycle(chunk);
         }
@@ -657,11 +659,13 @@ impl Session {
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<(), SendError> {
         hasher.update(chunk);
-        self.write_chunk(chunk).await?;
+        let wire = self.write_chunk(chunk).await?;
         on_event(Event::Progress {
             bytes: chunk.len() as u64,
+            wire,
         });
         self.summary.bytes_sent += chunk.len() as u64;
+        self.summary.wire_bytes += wire;
         Ok(())
     }
 
@@ -702,21 +706,22 @@ impl Session {
     }
 
     /// Writes one chunk as a Data frame, or as a DataZstd frame when
-    /// compression is on and actually makes it smaller.
-    async fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), SendError> {
+    /// compression is on and actually makes it smaller. Returns the length
+    /// of the frame's payload: the chunk's bytes as they went on the wire.
+    async fn write_chunk(&mut self, chunk: &[u8]) -> Result<u64, SendError> {
         if let Some(compressor) = self.compressor.as_mut() {
             let packed = compressor.compress(chunk)?;
             if packed.len() < chunk.len() {
                 self.write_data_header(Kind::DataZstd, packed.len() as u32)
                     .await?;
                 self.writer.write_all(&packed).await?;
-                return Ok(());
+                return Ok(packed.len() as u64);
             }
         }
         self.write_data_header(Kind::Data, chunk.len() as u32)
             .await?;
         self.writer.write_all(chunk).await?;
-        Ok(())
+        Ok(chunk.len() as u64)
     }
 
     async fn write_data_header(&mut self, kind: Kind, len: u32) -> Result<(), SendError> {

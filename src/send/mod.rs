@@ -44,8 +44,10 @@ pub enum Event<'a> {
         size: Option<u64>,
         offset: u64,
     },
-    /// `bytes` more bytes of the file last started have been sent.
-    Progress { bytes: u64 },
+    /// `bytes` more bytes of the file last started have been sent, and
+    /// took `wire` bytes on the wire: fewer when compressed, never bytes the
+    /// server already held.
+    Progress { bytes: u64, wire: u64 },
     /// The server has the file. With haul's protocol it verified the bytes
     /// against `hash`, synced them and stored them under `stored_as`; the
     /// seed protocol gives no receipt, so both are `None` and all that is
@@ -103,6 +105,10 @@ pub struct Summary {
     pub skipped: u64,
     /// File bytes sent, before compression (resumed parts excluded).
     pub bytes_sent: u64,
+    /// The same file bytes as they went on the wire: after compression,
+    /// without frame headers or encryption. Equal to `bytes_sent` without
+    /// compression.
+    pub wire_bytes: u64,
 }
 
 /// Why one file was not sent completely.

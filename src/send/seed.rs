@@ -43,6 +43,7 @@ pub async fn send_seed(
             Ok(bytes) => {
                 summary.stored += 1;
                 summary.bytes_sent += bytes;
+                summary.wire_bytes += bytes;
                 on_event(Event::Stored {
                     path: &name,
                     stored_as: None,
@@ -118,7 +119,7 @@ async fn send_file(
         Some(socket) => {
             let file = file.into_std().await;
             zero_copy::send_file(socket, &file, 0, size, idle, |bytes| {
-                on_event(Event::Progress { bytes });
+                on_event(Event::Progress { bytes, wire: bytes });
             })
             .await?;
         }
@@ -126,6 +127,7 @@ async fn send_file(
             pump(&mut file, &mut stream, size, idle, |chunk| {
                 on_event(Event::Progress {
                     bytes: chunk.len() as u64,
+                    wire: chunk.len() as u64,
                 });
             })
             .await?;

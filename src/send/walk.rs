@@ -62,6 +62,9 @@ pub struct Totals {
     pub files: u64,
     /// `None` when a size is known only at the end (standard input).
     pub bytes: Option<u64>,
+    /// Paths the walk reports as skipped or unsendable: each gets an
+    /// outcome as a file does, but is never offered.
+    pub passed_over: u64,
 }
 
 /// Counts the files under `sources` and adds up their sizes, walking them
@@ -70,13 +73,16 @@ pub fn measure(sources: &[PathBuf], name: Option<&str>) -> Totals {
     let mut totals = Totals {
         files: 0,
         bytes: Some(0),
+        passed_over: 0,
     };
     for walked in walk(sources, name) {
-        if let Walked::Entry(entry) = walked
-            && entry.kind == EntryKind::File
-        {
-            totals.files += 1;
-            totals.bytes = totals.bytes.zip(entry.size).map(|(sum, size)| sum + size);
+        match walked {
+            Walked::Entry(entry) if entry.kind == EntryKind::File => {
+                totals.files += 1;
+                totals.bytes = totals.bytes.zip(entry.size).map(|(sum, size)| sum + size);
+            }
+            Walked::Entry(_) => {}
+            Walked::Unsendable { .. } | Walked::Skipped { .. } => totals.passed_over += 1,
         }
     }
     totals
