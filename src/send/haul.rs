@@ -15,7 +15,7 @@ use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN,
     Message, Offer, SenderId,
 };
-use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
+use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
 use crate::text::printable;
 use crate::throttle::Throttle;
 use crate::transfer::{FileSource, PumpError, SMALL_FILE};
@@ -322,13 +322,8 @@ impl Session {
 
     /// Replaces the plain socket halves with the encrypted channel.
     async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SendError> {
-        let handshake = secure::upgrade(
-            &mut self.reader,
-            &mut self.writer,
-            secret,
-            Role::Client,
-            prologue,
-        );
+        let handshake =
+            secure::upgrade_client(&mut self.reader, &mut self.writer, secret, prologue);
         match timeout(self.idle, handshake).await {
             Err(_) => Err(SendError::Silent(self.idle)),
             Ok(Ok(())) => Ok(()),

@@ -26,7 +26,7 @@ use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
 };
-use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
+use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
 use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
 use crate::transfer::{
@@ -510,13 +510,8 @@ impl Session<'_> {
 
     /// Replaces the plain socket halves with the encrypted channel.
     async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SessionError> {
-        let handshake = secure::upgrade(
-            &mut self.reader,
-            &mut self.writer,
-            secret,
-            Role::Server,
-            prologue,
-        );
+        let keys = [(secret.clone(), ())];
+        let handshake = secure::upgrade_server(&mut self.reader, &mut self.writer, &keys, prologue);
         match timeout(self.config.header_timeout, handshake).await {
             Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
             Ok(result) => result.map_err(SessionError::Auth)?,
