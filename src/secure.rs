@@ -76,6 +76,13 @@ impl Secret {
             key: blake3::derive_key(KEY_CONTEXT, text.as_bytes()),
         })
     }
+
+    /// Whether two secrets are the same (after trimming). Not in constant
+    /// time: for checks of the operator's own secrets at start, never of
+    /// anything a peer sent.
+    pub fn same_as(&self, other: &Secret) -> bool {
+        self.key == other.key
+    }
 }
 
 /// Why no secret could be had from where the user said it is.
@@ -88,7 +95,7 @@ pub enum SecretError {
     #[error("cannot read the secret from {}: {source}", .path.display())]
     Unreadable { path: PathBuf, source: io::Error },
     #[error(
-        "the token file {} holds no secret (it is empty or blank); put one in it (`haul token` makes one) or leave out --token-file",
+        "the token file {} holds no secret (it is empty or blank); put one in it (`haul token` makes one) or leave out the option that names it",
         .0.display()
     )]
     EmptyFile(PathBuf),
