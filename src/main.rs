@@ -437,8 +437,9 @@ fn main() -> ExitCode {
             if !has_secret && !listen.ip().is_loopback() {
                 tracing::warn!(
                     address = %listen,
-                    "listening beyond this machine with no secret: anyone who can reach the port can write \
-                     to the inbox, in clear; set HAUL_TOKEN or --token-file"
+                    "listening beyond this machine with no secret: anyone who can reach the port can {} \
+                     the inbox, in clear; set HAUL_TOKEN or --token-file",
+                    if allow_get { "read and write" } else { "write to" }
                 );
             }
             config.partial_max_age = partial_max_age.0;
