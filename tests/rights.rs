@@ -368,3 +368,17 @@ fn a_read_only_share_refuses_the_classroom_protocol() {
         .wait_for_log(&["refused a seed-protocol connection"]);
     assert!(server.stored_names().is_empty());
 }
+
+#[test]
+fn allow_get_without_a_main_secret_warns_that_it_shares_with_nobody() {
+    let keys = Keys::new();
+    let send = keys.file("send", SEND);
+    let server = HaulServer::start(&["--send-token-file", &send, "--allow-get"]);
+    server
+        .running
+        .wait_for_log(&["WARN", "--allow-get shares with nobody here"]);
+    // The send secret still sends.
+    let (_source, file, _folder) = sources();
+    let output = send_as(Some(SEND), server.addr(), &[&file]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+}
