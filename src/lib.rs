@@ -15,7 +15,9 @@
 //! - [`zero_copy`] moves bytes that nothing hashes or transforms (the
 //!   classroom protocol) between file and socket inside the kernel.
 //! - [`secure`] is the encrypted channel (Noise with the shared secret) that
-//!   a haul session runs over when a secret is set.
+//!   a haul session runs over when a secret is set. Which of the server's
+//!   secrets a client holds decides what its session may do (send, get and
+//!   list): `server::rights`.
 //! - [`keepalive`] has the kernel notice a peer that vanished without a word,
 //!   on the server's sockets and the client's.
 //! - [`throttle`] caps the rate at which a sender writes to its socket.

@@ -11,9 +11,9 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use haul::config::{self, Bytes, Span};
 use haul::protocol::haul::SenderId;
-use haul::secure::{self, LoadedSecret, SecretError};
+use haul::secure::{self, LoadedSecret, SecretError, SecretOrigin};
 use haul::send::{self, SendError, SendOptions, Summary};
-use haul::server::{SeedSettle, Server, ServerConfig, StartError};
+use haul::server::{Access, SecretRole, SeedSettle, Server, ServerConfig, StartError};
 use haul::size::parse_byte_size;
 use haul::store::OnConflict;
 use haul::text::shown;
@@ -28,6 +28,9 @@ mod exit {
     pub const USAGE: u8 = 2;
     pub const UNREACHABLE: u8 = 3;
     pub const AUTHENTICATION: u8 = 4;
+    /// The server let the client in, but its secret (or, without one, the
+    /// server's flags) does not allow what was asked.
+    pub const NOT_ALLOWED: u8 = 5;
     /// 128 + SIGINT, as shells report a command stopped by Ctrl-C.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -49,7 +52,8 @@ mod exit {
   haul man --all | man -l -                  read the manual, every subcommand
 
 Exit codes (haul send): 0 every file sent, 1 some files failed, 2 usage error,
-3 no haul server reached, 4 authentication failed, 130 interrupted (Ctrl-C)."
+3 no haul server reached, 4 authentication failed, 5 not allowed (the server refused
+the operation for this secret or server), 130 interrupted (Ctrl-C)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -68,6 +72,7 @@ enum Command {
     #[command(after_help = "Examples:
   haul serve
   haul serve --listen 127.0.0.1:0 --dir /tmp/inbox    port 0 picks a free port
+  haul serve --token-file main.key --send-token-file drop.key   a secret that may only send
 
 The first line on stdout is `listening on ADDR:PORT`. The log goes to stderr: one line
 per transfer with its protocol, and for a failure what became of the file's data (kept
@@ -77,7 +82,16 @@ RUST_LOG=debug) adds sessions and files already there; -q leaves warnings only.
 SIGINT (Ctrl-C) or SIGTERM stops accepting and gives transfers in flight --grace to
 finish; a second one cuts them at once (haul's keep their partial data for resume).
 Exit codes: 0 after a shutdown, 1 when it cannot start (a one-line reason on stderr),
-2 usage error.
+2 usage error (two of the secrets the same, among others).
+
+Rights: the server shares nothing unless told to. Each session gets its rights from the
+secret it proves it holds, never from anything it sends:
+  (no secret set)             send; get and list too with --allow-get
+  --token-file or HAUL_TOKEN  send; get and list too with --allow-get or --get-token-file
+  --send-token-file           send only
+  --get-token-file            get and list only (alone: a read-only share)
+With any secret set, a client without one is refused. A session refused an operation
+gets a message saying so, and nothing is read or written for it.
 
 Besides the limits above, each connection is held to fixed bounds: 1,024 offers per
 batch, 64 KiB control frames and 1 MiB data frames, 65,536 directories (or 16 MiB of
@@ -147,6 +161,19 @@ their paths) remembered per session; docs/RELIABILITY.md lists every bound.")]
         /// With a secret, haul sessions must hold it and are encrypted.
         #[arg(long, value_name = "PATH")]
         token_file: Option<PathBuf>,
+        /// Read a second secret from this file, whose holders may only send.
+        #[arg(long, value_name = "PATH")]
+        send_token_file: Option<PathBuf>,
+        /// Read a third secret from this file, whose holders may only get
+        /// and list files. The server then shares DIR with the main secret
+        /// too.
+        #[arg(long, value_name = "PATH")]
+        get_token_file: Option<PathBuf>,
+        /// Share DIR: let clients get and list its files (with a secret,
+        /// the holders of the main one). Without it, and without
+        /// --get-token-file, the server reveals nothing.
+        #[arg(long)]
+        allow_get: bool,
         /// With a secret set, still accept the classroom protocol, which
         /// cannot authenticate.
         #[arg(long)]
@@ -194,6 +221,8 @@ Exit codes:
        no answer (haul's Welcome, `go ahead`) within --reply-timeout
   4    authentication failed: a wrong or missing secret, or a server that
        cannot prove it holds ours
+  5    not allowed: the server refused the operation for this secret (one
+       that may only get and list, say) or for any client; nothing was stored
   130  interrupted (Ctrl-C)")]
     Send {
         /// Server address; without a port, 12000 (`localhost`, `[::1]`).
@@ -341,6 +370,9 @@ fn main() -> ExitCode {
             max_file_size,
             reserve,
             token_file,
+            send_token_file,
+            get_token_file,
+            allow_get,
             allow_seed,
             grace,
             seed_settle,
@@ -362,37 +394,61 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             }
-            let secret = match load_secret(token_file.as_deref()) {
-                Ok(loaded) => loaded.map(|loaded| {
-                    if let Some(loose) = &loaded.loose {
-                        tracing::warn!("{}", shown(&loose.to_string()));
-                    }
-                    loaded.secret
-                }),
-                Err(error) => {
-                    eprintln!("haul: {}", shown(&error.to_string()));
-                    return ExitCode::from(exit::USAGE);
-                }
+            let (Some(main), Some(send_only), Some(get_only)) = (
+                server_secret(load_secret(token_file.as_deref())),
+                server_secret(secure::load_secret(send_token_file.as_deref(), None)),
+                server_secret(secure::load_secret(get_token_file.as_deref(), None)),
+            ) else {
+                return ExitCode::from(exit::USAGE);
             };
+            let main_from_variable = main
+                .as_ref()
+                .is_some_and(|loaded| loaded.origin == SecretOrigin::Variable);
+            config.access = Access {
+                main: main.map(|loaded| loaded.secret),
+                send_only: send_only.map(|loaded| loaded.secret),
+                get_only: get_only.map(|loaded| loaded.secret),
+                allow_get,
+            };
+            if let Some((first, second)) = config.access.same_secrets() {
+                // Each named where it came from: its option, or HAUL_TOKEN.
+                let named = |role: SecretRole| match role {
+                    SecretRole::Main if main_from_variable => secure::TOKEN_VARIABLE.to_owned(),
+                    role => role.to_string(),
+                };
+                eprintln!(
+                    "haul: {} and {} hold the same secret; each needs its own (`haul token` makes one)",
+                    named(first),
+                    named(second)
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+            let has_secret = config.access.has_secret();
+            if allow_get && has_secret && config.access.main.is_none() {
+                tracing::warn!(
+                    "--allow-get shares with nobody here: with secrets set, it gives get and list to the \
+                     main secret (--token-file or HAUL_TOKEN), and there is none"
+                );
+            }
             let wants_seed = protocols.contains(&Protocol::Seed);
-            config.accept_seed = wants_seed && (secret.is_none() || allow_seed);
-            if secret.is_some() && wants_seed && allow_seed {
+            config.accept_seed = wants_seed && (!has_secret || allow_seed);
+            if has_secret && wants_seed && allow_seed {
                 tracing::warn!(
                     "--allow-seed: classroom-protocol clients are accepted without authentication"
                 );
-            } else if secret.is_some() && wants_seed {
+            } else if has_secret && wants_seed {
                 tracing::info!(
                     "the classroom protocol is off because a secret is set (--allow-seed turns it on)"
                 );
             }
-            if secret.is_none() && !listen.ip().is_loopback() {
+            if !has_secret && !listen.ip().is_loopback() {
                 tracing::warn!(
                     address = %listen,
-                    "listening beyond this machine with no secret: anyone who can reach the port can write \
-                     to the inbox, in clear; set HAUL_TOKEN or --token-file"
+                    "listening beyond this machine with no secret: anyone who can reach the port can {} \
+                     the inbox, in clear; set HAUL_TOKEN or --token-file",
+                    if allow_get { "read and write" } else { "write to" }
                 );
             }
-            config.secret = secret;
             config.partial_max_age = partial_max_age.0;
             config.max_partial = max_partial.0;
             config.max_connections = max_connections as usize;
@@ -643,6 +699,26 @@ fn load_secret(token_file: Option<&std::path::Path>) -> Result<Option<LoadedSecr
     )
 }
 
+/// One of `haul serve`'s secrets, if set, with a warning logged when its
+/// file is open to other users; `None` when it cannot be had, after saying
+/// why on stderr.
+fn server_secret(
+    loaded: Result<Option<LoadedSecret>, SecretError>,
+) -> Option<Option<LoadedSecret>> {
+    match loaded {
+        Ok(loaded) => {
+            if let Some(loose) = loaded.as_ref().and_then(|loaded| loaded.loose.as_ref()) {
+                tracing::warn!("{}", shown(&loose.to_string()));
+            }
+            Some(loaded)
+        }
+        Err(error) => {
+            eprintln!("haul: {}", shown(&error.to_string()));
+            None
+        }
+    }
+}
+
 /// Logs to stderr at `level` if given, else as RUST_LOG says, else at info.
 fn init_logging(level: Option<&str>) {
     let filter = match level {
@@ -720,6 +796,7 @@ fn send_exit_code(outcome: &Result<Summary, SendError>) -> ExitCode {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
         Err(error) if error.is_connect() => ExitCode::from(exit::UNREACHABLE),
         Err(error) if error.is_auth() => ExitCode::from(exit::AUTHENTICATION),
+        Err(error) if error.is_not_allowed() => ExitCode::from(exit::NOT_ALLOWED),
         _ => ExitCode::from(exit::SOME_FILES_FAILED),
     }
 }

@@ -76,6 +76,13 @@ impl Secret {
             key: blake3::derive_key(KEY_CONTEXT, text.as_bytes()),
         })
     }
+
+    /// Whether two secrets are the same (after trimming). Not in constant
+    /// time: for checks of the operator's own secrets at start, never of
+    /// anything a peer sent.
+    pub fn same_as(&self, other: &Secret) -> bool {
+        self.key == other.key
+    }
 }
 
 /// Why no secret could be had from where the user said it is.
@@ -88,7 +95,7 @@ pub enum SecretError {
     #[error("cannot read the secret from {}: {source}", .path.display())]
     Unreadable { path: PathBuf, source: io::Error },
     #[error(
-        "the token file {} holds no secret (it is empty or blank); put one in it (`haul token` makes one) or leave out --token-file",
+        "the token file {} holds no secret (it is empty or blank); put one in it (`haul token` makes one) or leave out the option that names it",
         .0.display()
     )]
     EmptyFile(PathBuf),
@@ -215,13 +222,6 @@ pub type Channel<R, W> = (OpenedReader<R>, SealedWriter<W>);
 pub type BoxedReader = Box<dyn AsyncRead + Unpin + Send>;
 pub type BoxedWriter = Box<dyn AsyncWrite + Unpin + Send>;
 
-/// Which side of the handshake this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Client,
-    Server,
-}
-
 /// The handshake's prologue: the magic, then the Hello frame and the
 /// Welcome frame (header and payload), exactly as this side sent or
 /// received them. Both sides must build the same bytes, or the first
@@ -231,27 +231,61 @@ pub fn prologue(hello_frame: &[u8], welcome_frame: &[u8]) -> Vec<u8> {
     [&MAGIC[..], hello_frame, welcome_frame].concat()
 }
 
-/// Runs the handshake over a session's buffered halves and replaces them
-/// with the encrypted channel, keeping any bytes already read ahead. On
-/// failure the halves are left unusable: the session must end.
-pub async fn upgrade(
+/// Runs the client's side of the handshake over a session's buffered
+/// halves and replaces them with the encrypted channel, keeping any bytes
+/// already read ahead. On failure the halves are left unusable: the session
+/// must end.
+pub async fn upgrade_client(
     reader: &mut BufReader<BoxedReader>,
     writer: &mut BufWriter<BoxedWriter>,
     secret: &Secret,
-    role: Role,
     prologue: &[u8],
 ) -> Result<(), HandshakeError> {
+    let (raw_reader, raw_writer) = take_halves(reader, writer);
+    let channel = connect(raw_reader, raw_writer, secret, prologue).await?;
+    install(reader, writer, channel);
+    Ok(())
+}
+
+/// Runs the server's side of the handshake over a session's buffered
+/// halves, as [`upgrade_client`] does the client's, with every secret in
+/// `keys` (see [`accept`]); returns the tag of the secret the client holds.
+pub async fn upgrade_server<T: Copy>(
+    reader: &mut BufReader<BoxedReader>,
+    writer: &mut BufWriter<BoxedWriter>,
+    keys: &[(Secret, T)],
+    prologue: &[u8],
+) -> Result<T, HandshakeError> {
+    let (raw_reader, raw_writer) = take_halves(reader, writer);
+    let (channel, tag) = accept(raw_reader, raw_writer, keys, prologue).await?;
+    install(reader, writer, channel);
+    Ok(tag)
+}
+
+/// The plain streams under a session's buffered halves, bytes already read
+/// ahead first; the halves are left reading nothing and writing nowhere.
+fn take_halves(
+    reader: &mut BufReader<BoxedReader>,
+    writer: &mut BufWriter<BoxedWriter>,
+) -> (impl AsyncRead + Unpin + Send + 'static, BoxedWriter) {
     let placeholder_reader: BoxedReader = Box::new(tokio::io::empty());
     let placeholder_writer: BoxedWriter = Box::new(tokio::io::sink());
     let plain_reader = std::mem::replace(reader, BufReader::new(placeholder_reader));
     let plain_writer = std::mem::replace(writer, BufWriter::new(placeholder_writer));
     let read_ahead = plain_reader.buffer().to_vec();
     let raw_reader = std::io::Cursor::new(read_ahead).chain(plain_reader.into_inner());
-    let raw_writer = plain_writer.into_inner();
-    let (opened, sealed) = match role {
-        Role::Client => connect(raw_reader, raw_writer, secret, prologue).await?,
-        Role::Server => accept(raw_reader, raw_writer, secret, prologue).await?,
-    };
+    (raw_reader, plain_writer.into_inner())
+}
+
+/// Puts an established channel in place of a session's buffered halves.
+fn install<R, W>(
+    reader: &mut BufReader<BoxedReader>,
+    writer: &mut BufWriter<BoxedWriter>,
+    (opened, sealed): Channel<R, W>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     // Room for a whole message, so that each opens straight into the
     // session's buffer and a small file's frame is usually whole in it. With
     // the default 8 KiB every message was opened aside and handed out 8 KiB
@@ -259,7 +293,6 @@ pub async fn upgrade(
     *reader = BufReader::with_capacity(2 * MAX_MESSAGE, Box::new(opened));
     // A message's worth, so that small frames are sealed together.
     *writer = BufWriter::with_capacity(MAX_PLAIN, Box::new(sealed));
-    Ok(())
 }
 
 /// Runs the client's side of the handshake.
@@ -288,30 +321,83 @@ where
     established(noise, reader, writer)
 }
 
-/// Runs the server's side of the handshake.
-pub async fn accept<R, W>(
+/// Most secrets a server holds, and so tries on a client's first
+/// handshake message: one per set of rights (see `server::rights`).
+pub const MAX_SECRETS: usize = 3;
+
+/// Bytes of the client's first handshake message (`psk, e`): its ephemeral
+/// public key and the tag of an empty payload. A first message of any other
+/// length is refused before it is read.
+const FIRST_MESSAGE_LEN: usize = 32 + TAG_LEN;
+
+/// Runs the server's side of the handshake, accepting a client that holds
+/// any one of `keys` (at most [`MAX_SECRETS`]); returns the channel and the
+/// tag of the secret that client holds. Nothing the client says chooses
+/// the secret: each one is tried on its first message (which the pre-shared
+/// key authenticates), and only the one that opens it counts.
+pub async fn accept<R, W, T: Copy>(
     mut reader: R,
     mut writer: W,
-    secret: &Secret,
+    keys: &[(Secret, T)],
     prologue: &[u8],
-) -> Result<Channel<R, W>, HandshakeError>
+) -> Result<(Channel<R, W>, T), HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut noise = builder(secret, prologue)?
-        .build_responder()
-        .map_err(HandshakeError::Noise)?;
+    let mut len = [0u8; 2];
+    reader.read_exact(&mut len).await?;
+    if usize::from(u16::from_be_bytes(len)) != FIRST_MESSAGE_LEN {
+        return Err(HandshakeError::WrongSecret);
+    }
+    let mut first = [0u8; FIRST_MESSAGE_LEN];
+    reader.read_exact(&mut first).await?;
+    let Some((mut noise, tag)) = open_first(keys, prologue, &first)?.opened else {
+        return Err(HandshakeError::WrongSecret);
+    };
     let mut message = vec![0u8; MAX_MESSAGE];
-    let hello = read_message(&mut reader).await?;
-    noise
-        .read_message(&hello, &mut message)
-        .map_err(|_| HandshakeError::WrongSecret)?;
     let len = noise
         .write_message(&[], &mut message)
         .map_err(HandshakeError::Noise)?;
     write_message(&mut writer, &message[..len]).await?;
-    established(noise, reader, writer)
+    Ok((established(noise, reader, writer)?, tag))
+}
+
+/// What trying the server's secrets on a client's first message gave.
+struct Trial<T> {
+    /// The handshake, one message in, and the tag of the secret that
+    /// opened the message, if one did.
+    opened: Option<(HandshakeState, T)>,
+    /// How many secrets were tried.
+    tries: usize,
+}
+
+/// Tries each of `keys` on the client's first handshake message. Every
+/// one is tried, each with the same work (a few hashes and the check of one
+/// 16-byte tag), whichever opens it: the time taken says how many secrets
+/// the server holds, not which one the client has. Should two open it,
+/// which [`crate::server`] refuses to start with, the first counts.
+fn open_first<T: Copy>(
+    keys: &[(Secret, T)],
+    prologue: &[u8],
+    message: &[u8; FIRST_MESSAGE_LEN],
+) -> Result<Trial<T>, HandshakeError> {
+    let mut trial = Trial {
+        opened: None,
+        tries: 0,
+    };
+    let mut payload = [0u8; FIRST_MESSAGE_LEN];
+    for (secret, tag) in keys {
+        let mut noise = builder(secret, prologue)?
+            .build_responder()
+            .map_err(HandshakeError::Noise)?;
+        let opened = noise.read_message(message, &mut payload).is_ok();
+        trial.tries += 1;
+        if opened && trial.opened.is_none() {
+            trial.opened = Some((noise, *tag));
+        }
+    }
+    Ok(trial)
 }
 
 fn builder<'a>(secret: &'a Secret, prologue: &'a [u8]) -> Result<Builder<'a>, HandshakeError> {
@@ -598,10 +684,10 @@ mod tests {
         let (client_read, client_write) = tokio::io::split(client_side);
         let (server_read, server_write) = tokio::io::split(server_side);
         let client_secret = Secret::new(client_secret).unwrap();
-        let server_secret = Secret::new(server_secret).unwrap();
+        let server_keys = [(Secret::new(server_secret).unwrap(), ())];
         let (client, server) = tokio::join!(
             connect(client_read, client_write, &client_secret, client_prologue),
-            accept(server_read, server_write, &server_secret, server_prologue)
+            accept(server_read, server_write, &server_keys, server_prologue)
         );
         (client.map(drop), server.map(drop))
     }
@@ -618,11 +704,12 @@ mod tests {
         let (client_read, client_write) = tokio::io::split(client_side);
         let (server_read, server_write) = tokio::io::split(server_side);
         let secret = Secret::new("a shared secret of some length").unwrap();
+        let keys = [(secret.clone(), ())];
         let (client, server) = tokio::join!(
             connect(client_read, client_write, &secret, b"negotiation"),
-            accept(server_read, server_write, &secret, b"negotiation")
+            accept(server_read, server_write, &keys, b"negotiation")
         );
-        let ((_, client_writer), (server_reader, _)) = (client.unwrap(), server.unwrap());
+        let ((_, client_writer), ((server_reader, _), ())) = (client.unwrap(), server.unwrap());
         (client_writer, server_reader)
     }
 
@@ -704,6 +791,97 @@ mod tests {
             "{server:?}"
         );
         assert!(client.is_err());
+    }
+
+    /// A server holding three secrets, each tagged with what it grants,
+    /// and a client holding `client_secret`: what the server's handshake
+    /// gave, and whether the channel then carries bytes.
+    async fn three_secret_server(client_secret: &str) -> Result<&'static str, HandshakeError> {
+        let keys = [
+            (Secret::new("the main secret, long enough").unwrap(), "main"),
+            (Secret::new("the send-only secret, long").unwrap(), "send"),
+            (Secret::new("the get-only secret, long").unwrap(), "get"),
+        ];
+        let (client_side, server_side) = tokio::io::duplex(1 << 16);
+        let (client_read, client_write) = tokio::io::split(client_side);
+        let (server_read, server_write) = tokio::io::split(server_side);
+        let client_secret = Secret::new(client_secret).unwrap();
+        let (client, server) = tokio::join!(
+            connect(client_read, client_write, &client_secret, b"same"),
+            accept(server_read, server_write, &keys, b"same")
+        );
+        let ((mut server_reader, _), tag) = server?;
+        let (_, mut client_writer) = client.expect("the server accepted, so must the client");
+        client_writer.write_all(b"offer").await.unwrap();
+        client_writer.shutdown().await.unwrap();
+        let mut received = Vec::new();
+        server_reader.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, b"offer");
+        Ok(tag)
+    }
+
+    #[tokio::test]
+    async fn each_of_three_secrets_opens_its_own_session_and_a_fourth_opens_none() {
+        for (secret, tag) in [
+            ("the main secret, long enough", "main"),
+            ("the send-only secret, long", "send"),
+            ("the get-only secret, long", "get"),
+        ] {
+            assert_eq!(three_secret_server(secret).await.unwrap(), tag);
+        }
+        let wrong = three_secret_server("a secret the server does not hold").await;
+        assert!(
+            matches!(wrong, Err(HandshakeError::WrongSecret)),
+            "{wrong:?}"
+        );
+    }
+
+    /// Every secret is tried on every first message, so that neither a
+    /// wrong secret nor which right one is held changes the work done.
+    #[test]
+    fn every_secret_is_tried_on_every_first_message() {
+        let names = [
+            "the main secret, long enough",
+            "the send-only secret, long",
+            "the get-only secret, long",
+        ];
+        let keys: Vec<(Secret, usize)> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (Secret::new(name).unwrap(), index))
+            .collect();
+        let first_message = |secret: &str| {
+            let secret = Secret::new(secret).unwrap();
+            let mut noise = builder(&secret, b"p").unwrap().build_initiator().unwrap();
+            let mut message = [0u8; FIRST_MESSAGE_LEN];
+            let len = noise.write_message(&[], &mut message).unwrap();
+            assert_eq!(len, FIRST_MESSAGE_LEN, "the client's first message");
+            message
+        };
+        for (index, name) in names.iter().enumerate() {
+            let trial = open_first(&keys, b"p", &first_message(name)).unwrap();
+            assert_eq!(trial.opened.map(|(_, tag)| tag), Some(index));
+            assert_eq!(trial.tries, MAX_SECRETS);
+        }
+        let trial = open_first(&keys, b"p", &first_message("not one of the three")).unwrap();
+        assert!(trial.opened.is_none());
+        assert_eq!(trial.tries, MAX_SECRETS);
+        // The right secret with another prologue opens nothing either.
+        let trial = open_first(&keys, b"q", &first_message(names[1])).unwrap();
+        assert!(trial.opened.is_none());
+    }
+
+    /// A first message of another length than an empty payload makes is
+    /// refused from its length alone, before its bytes are read.
+    #[tokio::test]
+    async fn a_first_message_of_the_wrong_length_is_refused_unread() {
+        let keys = [(Secret::new(LONG_SECRET).unwrap(), ())];
+        for len in [0u16, 47, 49, 65535] {
+            let mut sent = len.to_be_bytes().to_vec();
+            sent.extend(std::iter::repeat_n(0u8, FIRST_MESSAGE_LEN + 1));
+            let result = accept(&sent[..], tokio::io::sink(), &keys, b"p").await;
+            assert!(matches!(result, Err(HandshakeError::WrongSecret)), "{len}");
+        }
     }
 
     const LONG_SECRET: &str = "a shared secret of some length";

@@ -396,7 +396,7 @@ fn a_version_one_client_is_told_its_version_is_too_old() {
     let mut payload = vec![0u8; header.len as usize];
     stream.read_exact(&mut payload).unwrap();
     let message = haul::protocol::haul::decode_message(header.kind, &payload).unwrap();
-    let Message::Error { message } = message else {
+    let Message::Error { message, .. } = message else {
         panic!("expected an Error, got {message:?}");
     };
     assert_eq!(

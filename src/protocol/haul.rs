@@ -181,6 +181,29 @@ pub enum Answer<'a> {
     Same { stored_as: &'a str },
 }
 
+/// What ended a session, as the first byte of its `Error` frame: a
+/// client acts on the code and shows the message beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// Anything else: the message says what. A code this version does not
+    /// know is read as this one, so that its message is still shown.
+    Other = 0,
+    /// The session's rights (from the secret it holds, or the server's
+    /// flags) do not allow what it asked for; nothing was read or written
+    /// for it.
+    NotAllowed = 1,
+}
+
+impl ErrorCode {
+    fn from_byte(byte: u8) -> ErrorCode {
+        match byte {
+            1 => ErrorCode::NotAllowed,
+            _ => ErrorCode::Other,
+        }
+    }
+}
+
 /// Every message but `Data`, whose payload is file bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
@@ -209,6 +232,7 @@ pub enum Message<'a> {
     },
     Bye,
     Error {
+        code: ErrorCode,
         message: &'a str,
     },
 }
@@ -390,6 +414,7 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
             reason: fields.text()?,
         },
         Kind::Error => Message::Error {
+            code: ErrorCode::from_byte(fields.u8()?),
             message: fields.text()?,
         },
         Kind::Data | Kind::DataZstd => {
@@ -504,7 +529,8 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
             Kind::Failed
         }
         Message::Bye => Kind::Bye,
-        Message::Error { message } => {
+        Message::Error { code, message } => {
+            out.push(*code as u8);
             push_text(message, out, start);
             Kind::Error
         }
@@ -613,7 +639,12 @@ mod tests {
             },
             Message::Bye,
             Message::Error {
+                code: ErrorCode::Other,
                 message: "unsupported version",
+            },
+            Message::Error {
+                code: ErrorCode::NotAllowed,
+                message: "this secret may not send",
             },
         ] {
             round_trip(&message);
@@ -622,6 +653,30 @@ mod tests {
             let (frame, _) = split_frame(&bytes).unwrap().unwrap();
             assert_eq!(raw_frame(frame.header.kind, frame.payload), bytes);
         }
+    }
+
+    #[test]
+    fn an_error_leads_with_its_code_and_an_unknown_code_reads_as_other() {
+        let mut bytes = Vec::new();
+        encode(
+            &Message::Error {
+                code: ErrorCode::NotAllowed,
+                message: "no",
+            },
+            &mut bytes,
+        );
+        assert_eq!(bytes, [0x31, 0, 0, 0, 3, 1, b'n', b'o']);
+        assert_eq!(
+            decode_message(Kind::Error, &[7, b'n', b'o']),
+            Ok(Message::Error {
+                code: ErrorCode::Other,
+                message: "no"
+            })
+        );
+        assert_eq!(
+            decode_message(Kind::Error, &[]),
+            Err(DecodeError::Truncated(Kind::Error))
+        );
     }
 
     #[test]

@@ -12,10 +12,10 @@ use tokio::time::timeout;
 use super::walk::{Entry, Source, Walked, walk};
 use super::{Event, SendError, SendOptions, Summary, connect, unreadable};
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FRAME_HEADER_LEN, Hash, Kind, MAX_DATA_LEN,
-    Message, Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, ErrorCode, FRAME_HEADER_LEN, Hash, Kind,
+    MAX_DATA_LEN, Message, Offer, SenderId,
 };
-use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
+use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
 use crate::text::printable;
 use crate::throttle::Throttle;
 use crate::transfer::{FileSource, PumpError, SMALL_FILE};
@@ -237,8 +237,8 @@ impl Session {
                     haul::VERSION
                 )));
             }
-            Message::Error { message } => {
-                return Err(SendError::Auth(printable(message.as_bytes())));
+            Message::Error { code, message } => {
+                return Err(server_error(code, message, SendError::Auth));
             }
             other => return Err(unexpected(&other, "Welcome")),
         };
@@ -322,13 +322,8 @@ impl Session {
 
     /// Replaces the plain socket halves with the encrypted channel.
     async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SendError> {
-        let handshake = secure::upgrade(
-            &mut self.reader,
-            &mut self.writer,
-            secret,
-            Role::Client,
-            prologue,
-        );
+        let handshake =
+            secure::upgrade_client(&mut self.reader, &mut self.writer, secret, prologue);
         match timeout(self.idle, handshake).await {
             Err(_) => Err(SendError::Silent(self.idle)),
             Ok(Ok(())) => Ok(()),
@@ -750,7 +745,9 @@ impl Session {
         let reason = loop {
             match self.read_frame().await {
                 Ok(frame) => match frame.message() {
-                    Ok(Message::Error { message }) => break Some(printable(message.as_bytes())),
+                    Ok(Message::Error { code, message }) => {
+                        break Some(server_error(code, message, SendError::Server));
+                    }
                     Ok(_) => continue,
                     Err(_) => break None,
                 },
@@ -758,7 +755,7 @@ impl Session {
             }
         };
         self.idle = idle;
-        reason.map_or(error, SendError::Server)
+        reason.unwrap_or(error)
     }
 
     async fn goodbye(&mut self) -> Result<(), SendError> {
@@ -903,9 +900,19 @@ impl Frame {
     }
 }
 
+/// What the server's Error frame means for the send: by its code, a refusal
+/// for this client's rights, or else `other`, with the server's words.
+fn server_error(code: ErrorCode, message: &str, other: fn(String) -> SendError) -> SendError {
+    let message = printable(message.as_bytes());
+    match code {
+        ErrorCode::NotAllowed => SendError::NotAllowed(message),
+        ErrorCode::Other => other(message),
+    }
+}
+
 fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
     match message {
-        Message::Error { message } => SendError::Server(printable(message.as_bytes())),
+        Message::Error { code, message } => server_error(*code, message, SendError::Server),
         other => SendError::Protocol(format!("expected {wanted}, got {other:?}")),
     }
 }

@@ -185,6 +185,10 @@ pub enum SendError {
     Server(String),
     #[error("{0}")]
     Auth(String),
+    /// The server refused what was asked for this client's secret (or for
+    /// any client, on a server without one); nothing was stored.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     #[error("connection failed: {}", plain(.0))]
     Io(#[from] io::Error),
 }
@@ -203,6 +207,12 @@ impl SendError {
     /// prove it holds this client's secret.
     pub fn is_auth(&self) -> bool {
         matches!(self, SendError::Auth(_))
+    }
+
+    /// True when the server let this client in, but not to do what it
+    /// asked.
+    pub fn is_not_allowed(&self) -> bool {
+        matches!(self, SendError::NotAllowed(_))
     }
 
     /// True when the connection broke or went silent after the session

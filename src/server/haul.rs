@@ -17,16 +17,17 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
+use super::rights::Rights;
 use super::space::{Charge, Sender, SpaceLedger, sender_of};
 use super::{
     Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_already_there,
     log_output, log_transfer,
 };
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
-    Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, ErrorCode, FRAME_HEADER_LEN,
+    FrameHeader, Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
 };
-use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
+use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
 use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
 use crate::transfer::{
@@ -65,10 +66,23 @@ enum SessionError {
     SecretRequired,
     #[error("{0}")]
     Auth(HandshakeError),
+    /// The session's rights lack what it asked for.
+    #[error("{}", .0.send_refusal())]
+    NotAllowed(Rights),
     #[error("storage failed: {0}")]
     Storage(io::Error),
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
+}
+
+impl SessionError {
+    /// The code its Error frame carries.
+    fn code(&self) -> ErrorCode {
+        match self {
+            SessionError::NotAllowed(_) => ErrorCode::NotAllowed,
+            _ => ErrorCode::Other,
+        }
+    }
 }
 
 /// An offer, owned, with what the server decided for it.
@@ -147,6 +161,9 @@ struct Session<'a> {
     /// This session's hold on the partial data it claimed, through which a
     /// newer session of the same sender can ask for it.
     holder: Holder,
+    /// What this session may do: none until the handshake, then what the
+    /// secret it completed the handshake with gives (see `rights`).
+    rights: Rights,
 }
 
 /// Decompression state for `DataZstd` frames, kept for the whole session.
@@ -183,6 +200,7 @@ pub(super) async fn serve(
         zstd: None,
         sender: SenderId::default(),
         holder: Holder::new(),
+        rights: Rights::NONE,
     };
     match session.run(deadline).await {
         Ok(()) => debug!(%peer, "haul session ended"),
@@ -195,6 +213,7 @@ pub(super) async fn serve(
             warn!(%peer, %error, "haul session failed");
             let _ = session
                 .send(&Message::Error {
+                    code: error.code(),
                     message: &error.to_string(),
                 })
                 .await;
@@ -425,6 +444,11 @@ impl Session<'_> {
             let payload = self.read_payload(header).await?;
             match haul::decode_message(header.kind, &payload)? {
                 Message::Offer(offer) => {
+                    // Refused before anything is planned: nothing is read
+                    // or written for a session that may not send.
+                    if !self.rights.send {
+                        return Err(SessionError::NotAllowed(self.rights));
+                    }
                     if offers.len() == MAX_BATCH {
                         return Err(SessionError::Violation(format!(
                             "more than {MAX_BATCH} offers in a batch"
@@ -474,14 +498,13 @@ impl Session<'_> {
         };
         self.sender = sender;
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
-        if self.config.secret.is_some() && capabilities & CAP_SECRET == 0 {
+        // Without a secret on the server, the flags give the rights; with
+        // one, only the secret the handshake completes with does.
+        let open_rights = self.config.access.without_secret();
+        if open_rights.is_none() && capabilities & CAP_SECRET == 0 {
             return Err(SessionError::SecretRequired);
         }
-        let secret_granted = if self.config.secret.is_some() {
-            CAP_SECRET
-        } else {
-            0
-        };
+        let secret_granted = if open_rights.is_none() { CAP_SECRET } else { 0 };
         let granted = capabilities & CAP_ZSTD | secret_granted;
         if granted & CAP_ZSTD != 0 {
             self.zstd = Some(Zstd {
@@ -499,30 +522,32 @@ impl Session<'_> {
         );
         self.send_frame(&welcome).await?;
         self.writer.flush().await?;
-        if let Some(secret) = &self.config.secret {
-            // The Hello as it arrived, the Welcome as it left: the client
-            // holds them as it sent and received them.
-            let prologue = secure::prologue(&haul::raw_frame(header.kind, &payload), &welcome);
-            self.encrypt(secret, &prologue).await?;
-        }
+        self.rights = match open_rights {
+            Some(rights) => rights,
+            None => {
+                // The Hello as it arrived, the Welcome as it left: the
+                // client holds them as it sent and received them.
+                let prologue = secure::prologue(&haul::raw_frame(header.kind, &payload), &welcome);
+                self.encrypt(&self.config.access.keys(), &prologue).await?
+            }
+        };
         Ok(())
     }
 
-    /// Replaces the plain socket halves with the encrypted channel.
-    async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SessionError> {
-        let handshake = secure::upgrade(
-            &mut self.reader,
-            &mut self.writer,
-            secret,
-            Role::Server,
-            prologue,
-        );
-        match timeout(self.config.header_timeout, handshake).await {
+    /// Replaces the plain socket halves with the encrypted channel, with
+    /// whichever of `keys` the client holds; returns the rights it gives.
+    async fn encrypt(
+        &mut self,
+        keys: &[(Secret, Rights)],
+        prologue: &[u8],
+    ) -> Result<Rights, SessionError> {
+        let handshake = secure::upgrade_server(&mut self.reader, &mut self.writer, keys, prologue);
+        let rights = match timeout(self.config.header_timeout, handshake).await {
             Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
             Ok(result) => result.map_err(SessionError::Auth)?,
-        }
-        debug!(peer = %self.peer, "encrypted session established");
-        Ok(())
+        };
+        debug!(peer = %self.peer, send = rights.send, get = rights.get, "encrypted session established");
+        Ok(rights)
     }
 
     /// Decides what to do with every offer of a batch, in one trip to a

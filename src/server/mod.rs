@@ -8,10 +8,12 @@
 
 mod haul;
 mod log_output;
+mod rights;
 mod seed;
 mod space;
 
 pub use log_output::LogOutput;
+pub use rights::{Access, Rights, SecretRole};
 pub use seed::SeedSettle;
 
 use std::collections::HashMap;
@@ -29,7 +31,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::config;
 use crate::protocol::haul::MAGIC;
-use crate::secure::Secret;
 use crate::store::{self, OnConflict, Store};
 use crate::transfer::Rate;
 use space::SpaceLedger;
@@ -75,8 +76,10 @@ pub struct ServerConfig {
     /// Free inodes kept on the inbox's file system: a file that would need
     /// one of them is refused. Directories stop at twice as many.
     pub reserve_inodes: u64,
-    /// When set, haul sessions must prove they hold it, and are encrypted.
-    pub secret: Option<Secret>,
+    /// The secrets and what each allows, and whether the directory is
+    /// shared. With any secret, haul sessions must prove they hold one,
+    /// and are encrypted.
+    pub access: Access,
     /// Stored files whose BLAKE3 hashes are kept in memory (at most about
     /// 6 MiB for the default), so that a sender's hashed offer of an unchanged file reads
     /// nothing. A client can make the server read a stored file only by
@@ -109,7 +112,7 @@ impl ServerConfig {
             max_file_size: None,
             reserve: config::RESERVE.0,
             reserve_inodes: config::RESERVE_INODES,
-            secret: None,
+            access: Access::default(),
             hash_cache_entries: config::HASH_CACHE_ENTRIES,
             takeover_wait: Duration::from_secs(5),
         }
@@ -122,6 +125,10 @@ pub enum StartError {
     /// The inbox cannot be made or opened.
     #[error("{}: {}", .dir.display(), dir_problem(.dir, .error))]
     Dir { dir: PathBuf, error: io::Error },
+    /// Two of the secrets are the same, so that its holder would have the
+    /// rights of both.
+    #[error("{0} and {1} hold the same secret; each needs its own (`haul token` makes one)")]
+    SameSecret(SecretRole, SecretRole),
     /// The address cannot be listened on.
     #[error("cannot listen on {address}: {}", listen_problem(*.address, .error))]
     Listen {
@@ -186,6 +193,9 @@ pub struct Server {
 impl Server {
     /// Opens the inbox and binds the listening socket.
     pub async fn bind(listen: SocketAddr, config: ServerConfig) -> Result<Server, StartError> {
+        if let Some((first, second)) = config.access.same_secrets() {
+            return Err(StartError::SameSecret(first, second));
+        }
         raise_open_file_limit();
         let store =
             Store::open(&config.dir, config.on_conflict).map_err(|error| StartError::Dir {
