@@ -27,7 +27,7 @@ use crate::protocol::haul::{
     Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
-use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
+use crate::storage::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
 use crate::transfer::{
     FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_buffered, receive_slice,

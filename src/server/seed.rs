@@ -16,7 +16,7 @@ use super::{
     Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_output, log_transfer,
 };
 use crate::protocol::seed::{self, Decoded, HeaderError};
-use crate::store::{NameError, RelPath, SafeName, Store};
+use crate::storage::{NameError, RelPath, SafeName, Store};
 use crate::text::printable;
 use crate::transfer::PumpError;
 use crate::zero_copy;
