@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use crate::config;
 use crate::protocol::haul::MAGIC;
 use crate::secure::Secret;
-use crate::storage::{self, OnConflict, Store};
+use crate::storage::{self, Backend, OnConflict, Store};
 use crate::transfer::Rate;
 use space::SpaceLedger;
 

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::ServerConfig;
 use crate::protocol::haul::MAX_DATA_LEN;
-use crate::storage::{FreeSpace, HeldPartial, Partial, Store};
+use crate::storage::{Backend, FreeSpace, HeldPartial, Partial, Store, Upload};
 
 /// Bytes handed to a file's writer that may not have reached the disk yet,
 /// and so stay granted until the file ends: at least what a `FileSink` may

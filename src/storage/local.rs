@@ -1,28 +1,32 @@
-//! The inbox: the only code that creates, renames or deletes files in the
-//! server's receive directory.
+//! The local directory backend: stored files in a directory on this
+//! machine, the server's inbox.
 //!
-//! Every received name is judged here ([`SafeName::parse`]) and every file
-//! operation goes through a directory handle (`cap-std`), so no name, however
-//! it was crafted, can reach outside the directory. Data arrives under a
-//! temporary name in a hidden area ([`HIDDEN_AREA`]) and only a complete file
-//! is given its final name; a file under a final name is never partial.
+//! Every file operation goes through a directory handle (`cap-std`), so no
+//! name, however it was crafted, can reach outside the directory; names
+//! arrive judged ([`SafeName`], [`RelPath`]). Data arrives under a temporary
+//! name in a hidden area ([`HIDDEN_AREA`]) and only a complete file is given
+//! its final name; a file under a final name is never partial.
 //!
 //! This module must never read from the network or decide what a protocol
 //! means; it is handed names and bytes, and it keeps them safe.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 
 use super::names::{RelPath, SafeName};
-use super::{HIDDEN_AREA, RESUME_PREFIX};
+use super::{
+    Backend, Commit, Existing, FreeSpace, HIDDEN_AREA, HeldPartial, Holder, Metadata, OnConflict,
+    RESUME_PREFIX, Upload,
+};
 
 /// The umask assumed when the process's cannot be read.
 const DEFAULT_UMASK: u32 = 0o022;
@@ -31,65 +35,13 @@ const DEFAULT_UMASK: u32 = 0o022;
 /// forgotten all at once when there are more, and rebuilt as needed.
 const MAX_COPY_HINTS: usize = 4096;
 
-/// What to do when a file with the incoming name already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnConflict {
-    /// Keep both: the new file gets the first free `name (N).ext`.
-    Rename,
-    /// Replace the existing file.
-    Overwrite,
-    /// Keep the existing file and fail the new one.
-    Refuse,
-}
-
-/// What the inbox holds under a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
-    Nothing,
-    File {
-        size: u64,
-    },
-    Directory,
-    /// A symlink or a special file: never written through or replaced.
-    Other,
-}
-
-/// Metadata to give a received file or directory.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Metadata {
-    pub modified: Option<SystemTime>,
-    /// Permission bits; anything beyond `0o777` is ignored, and the
-    /// server's umask is applied.
-    pub mode: Option<u32>,
-}
-
-/// Room left on the inbox's file system, as an unprivileged writer sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct FreeSpace {
-    pub bytes: u64,
-    /// The unit space is handed out in: a file takes whole blocks.
-    pub block: u64,
-    /// Free inodes; `None` where the file system has no limit on them.
-    pub inodes: Option<u64>,
-}
-
-/// Partial data no transfer is using, in the hidden area.
-#[derive(Debug, Clone)]
-pub struct HeldPartial {
-    /// Its name in the hidden area.
-    pub name: String,
-    pub bytes: u64,
-    /// When it was last written to.
-    pub modified: SystemTime,
-}
-
 /// The receive directory. Cheap to clone; every clone is the same inbox.
 #[derive(Clone)]
-pub struct Store {
-    inner: Arc<StoreInner>,
+pub struct LocalDir {
+    inner: Arc<Inner>,
 }
 
-struct StoreInner {
+struct Inner {
     /// Handle every operation goes through, so no name can reach outside.
     dir: Dir,
     /// Handle on [`HIDDEN_AREA`], where partial files live.
@@ -104,7 +56,7 @@ struct StoreInner {
     no_replace_unsupported: AtomicBool,
     /// Resumable partials being written now, and the session holding
     /// each: a second session wanting the same file either asks the holder
-    /// to let go ([`Store::begin_resumable_for`]) or gets a private
+    /// to let go ([`LocalDir::begin_resumable_for`]) or gets a private
     /// temporary file, never a share of the same one.
     busy: Mutex<HashMap<String, Holder>>,
     /// Woken whenever a claim in `busy` is released, for sessions waiting
@@ -132,9 +84,9 @@ struct StoreInner {
     hashes: Mutex<HashCache>,
 }
 
-impl Store {
+impl LocalDir {
     /// Opens (and creates, if missing) the receive directory at `path`.
-    pub fn open(path: &Path, on_conflict: OnConflict) -> io::Result<Store> {
+    pub fn open(path: &Path, on_conflict: OnConflict) -> io::Result<LocalDir> {
         std::fs::create_dir_all(path)?;
         let dir = Dir::open_ambient_dir(path, ambient_authority())?;
         dir.create_dir_all(HIDDEN_AREA)?;
@@ -150,8 +102,8 @@ impl Store {
         let hidden_for_sync = dir
             .open_with(HIDDEN_AREA, OpenOptions::new().read(true))?
             .into_std();
-        Ok(Store {
-            inner: Arc::new(StoreInner {
+        Ok(LocalDir {
+            inner: Arc::new(Inner {
                 dir,
                 hidden,
                 hidden_for_sync,
@@ -168,297 +120,6 @@ impl Store {
                 hashes: Mutex::new(HashCache::new(0)),
             }),
         })
-    }
-
-    /// Removes partial data not written to for `max_age`; returns how many
-    /// files went.
-    pub fn remove_stale(&self, max_age: Duration) -> io::Result<usize> {
-        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
-        let mut removed = 0;
-        for entry in self.inner.hidden.entries()? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if busy.contains(name) {
-                continue;
-            }
-            let age = entry
-                .metadata()?
-                .modified()?
-                .into_std()
-                .elapsed()
-                .unwrap_or_default();
-            if age >= max_age && self.inner.hidden.remove_file(name).is_ok() {
-                self.inner.forget_held(name);
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// What an unprivileged writer may still add to the inbox's file system.
-    pub fn free_space(&self) -> io::Result<FreeSpace> {
-        let stat = rustix::fs::fstatvfs(&self.inner.dir)?;
-        Ok(FreeSpace {
-            bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
-            block: stat.f_frsize.max(1),
-            // A file system with no inode limit (btrfs, for one) reports
-            // none at all.
-            inodes: (stat.f_files > 0).then_some(stat.f_favail),
-        })
-    }
-
-    /// Partial data in the hidden area that no transfer of this process is
-    /// using: what interrupted transfers left to be resumed, and litter of
-    /// earlier processes.
-    pub fn held_partials(&self) -> io::Result<Vec<HeldPartial>> {
-        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
-        let mut held = Vec::new();
-        for entry in self.inner.hidden.entries()? {
-            let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if busy.contains(&name) || self.inner.is_own_temp(&name) {
-                continue;
-            }
-            let metadata = match entry.metadata() {
-                Ok(metadata) if metadata.is_file() => metadata,
-                Ok(_) => continue,
-                // Gone since it was listed.
-                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                Err(error) => return Err(error),
-            };
-            held.push(HeldPartial {
-                bytes: metadata.len(),
-                modified: metadata.modified()?.into_std(),
-                name,
-            });
-        }
-        Ok(held)
-    }
-
-    /// Deletes the held partial data `name`, unless a transfer took it up
-    /// since it was listed; returns whether it was deleted.
-    pub fn remove_held(&self, name: &str) -> io::Result<bool> {
-        if self.inner.is_own_temp(name) {
-            return Ok(false);
-        }
-        // Claimed for the deletion, by a holder no session can ask.
-        match locked(&self.inner.busy).entry(name.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(_) => return Ok(false),
-            std::collections::hash_map::Entry::Vacant(free) => {
-                free.insert(Holder::new());
-            }
-        }
-        let removed = match self.inner.hidden.remove_file(name) {
-            Ok(()) => Ok(true),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(error) => Err(error),
-        };
-        self.inner.forget_held(name);
-        self.release(name);
-        removed
-    }
-
-    /// What is stored under `path` now. Symlinks are reported, not followed.
-    pub fn existing(&self, path: &RelPath) -> io::Result<Existing> {
-        match self.inner.dir.symlink_metadata(path.to_path()) {
-            Ok(metadata) if metadata.is_file() => Ok(Existing::File {
-                size: metadata.len(),
-            }),
-            Ok(metadata) if metadata.is_dir() => Ok(Existing::Directory),
-            Ok(_) => Ok(Existing::Other),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
-            Err(error) => Err(error),
-        }
-    }
-
-    /// How many stored files' hashes to keep (0: none). Until it is set,
-    /// every hash is computed anew.
-    pub fn set_hash_cache_entries(&self, entries: usize) {
-        *locked(&self.inner.hashes) = HashCache::new(entries);
-    }
-
-    /// The regular files stored under the first `limit` numbered names of
-    /// `path` (`name (1).ext` ...), with their sizes: where a file sent
-    /// before under this name may have been stored when the name was taken.
-    /// Stops at the first number with nothing under it; costs at most
-    /// `limit` metadata look-ups; symlinks and other kinds are left out.
-    pub fn numbered_copies(&self, path: &RelPath, limit: u64) -> io::Result<Vec<(RelPath, u64)>> {
-        let mut copies = Vec::new();
-        for n in 1..=limit {
-            let candidate = path.numbered(n);
-            match self.existing(&candidate)? {
-                Existing::File { size } => copies.push((candidate, size)),
-                Existing::Nothing => break,
-                Existing::Directory | Existing::Other => {}
-            }
-        }
-        Ok(copies)
-    }
-
-    /// The BLAKE3 hash of the file stored under `path`, from the cache when
-    /// this version of the file was hashed or committed before; otherwise
-    /// read whole, and then kept.
-    pub fn hash_existing(&self, path: &RelPath) -> io::Result<blake3::Hash> {
-        let file = self.inner.dir.open(path.to_path())?;
-        let version = FileVersion::of(&file.metadata()?);
-        if let Some(hash) = locked(&self.inner.hashes).get(&version) {
-            return Ok(hash);
-        }
-        // Read without the lock: another session may hash the same file
-        // at the same time, which costs a read each, never a wrong answer.
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(&file)?;
-        let hash = hasher.finalize();
-        // A file written to while it was read has a hash of no one version.
-        if FileVersion::of(&file.metadata()?) == version {
-            locked(&self.inner.hashes).insert(version, hash);
-        }
-        Ok(hash)
-    }
-
-    /// Creates the directory `path` and its parents.
-    pub fn create_dir(&self, path: &RelPath) -> io::Result<()> {
-        self.inner.dir.create_dir_all(path.to_path())
-    }
-
-    /// Gives a directory its modification time and mode. Done after its
-    /// files are in place, since adding a file changes the time. The mode
-    /// is masked by the umask, and the owner (the server) keeps every right
-    /// on it, so that later files can still be placed in it.
-    pub fn set_dir_metadata(&self, path: &RelPath, metadata: Metadata) -> io::Result<()> {
-        let dir = self
-            .inner
-            .dir
-            .open_with(path.to_path(), OpenOptions::new().read(true))?
-            .into_std();
-        let metadata = Metadata {
-            mode: metadata.mode.map(|mode| mode | 0o700),
-            ..metadata
-        };
-        apply_metadata(&dir, metadata, self.inner.umask, None)
-    }
-
-    /// Starts receiving a file that will be stored as `target`, in a fresh
-    /// temporary file (made on the first [`Partial::writer`]). Until it is
-    /// committed nothing exists under a final name, and dropping the
-    /// [`Partial`] removes what was written.
-    pub fn begin(&self, target: RelPath) -> Partial {
-        Partial {
-            store: self.clone(),
-            file: None,
-            on_disk: OnDisk::NotYet,
-            temp_name: String::new(),
-            target,
-            offset: 0,
-            resumable: false,
-            claimed: false,
-            committed: false,
-            metadata: Metadata::default(),
-            created_mode: None,
-            hash: None,
-        }
-    }
-
-    /// Starts or resumes receiving the file identified by `key` (which must
-    /// name its content: path, size and modification time). The data already
-    /// held is kept across connections and server restarts; [`Partial::offset`]
-    /// says how much there is. If another connection is receiving the same
-    /// key right now, this one gets a fresh, private temporary file.
-    ///
-    /// Only looks: the file is opened, or made, by [`Partial::writer`], so
-    /// that a batch of answered offers holds no open file each.
-    pub fn begin_resumable(&self, target: RelPath, key: &str) -> io::Result<Partial> {
-        match self.begin_resumable_for(target.clone(), key, &Holder::new(), false)? {
-            Some(partial) => Ok(partial),
-            None => Ok(self.begin(target)),
-        }
-    }
-
-    /// [`Store::begin_resumable`] for the session `holder`, which then
-    /// holds the claim. If another session holds it and `take_over` is set,
-    /// that session is asked to let go and `None` returned: wait with
-    /// [`Store::wait_released`], then call again without `take_over`.
-    pub fn begin_resumable_for(
-        &self,
-        target: RelPath,
-        key: &str,
-        holder: &Holder,
-        take_over: bool,
-    ) -> io::Result<Option<Partial>> {
-        let temp_name = format!("{RESUME_PREFIX}{key}");
-        match locked(&self.inner.busy).entry(temp_name.clone()) {
-            std::collections::hash_map::Entry::Vacant(free) => {
-                free.insert(holder.clone());
-            }
-            std::collections::hash_map::Entry::Occupied(held)
-                if take_over && !held.get().is(holder) =>
-            {
-                held.get().ask();
-                return Ok(None);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => return Ok(Some(self.begin(target))),
-        }
-        let known = locked(&self.inner.held).contains(&temp_name);
-        let looked_up = if known {
-            self.inner.hidden.symlink_metadata(&temp_name)
-        } else {
-            Err(io::ErrorKind::NotFound.into())
-        };
-        let held = match looked_up {
-            Ok(metadata) if metadata.is_file() => Some(metadata.len()),
-            Ok(_) => {
-                self.release(&temp_name);
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "something other than partial data is in the way in the hidden area",
-                ));
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => {
-                self.release(&temp_name);
-                return Err(error);
-            }
-        };
-        Ok(Some(Partial {
-            store: self.clone(),
-            file: None,
-            on_disk: if held.is_some() {
-                OnDisk::Held
-            } else {
-                OnDisk::NotYet
-            },
-            temp_name,
-            target,
-            offset: held.unwrap_or(0),
-            resumable: true,
-            claimed: true,
-            committed: false,
-            metadata: Metadata::default(),
-            created_mode: None,
-            hash: None,
-        }))
-    }
-
-    /// Waits, until `deadline` at most, for no session to hold the claim
-    /// on `key`; returns whether it was released in time.
-    pub async fn wait_released(&self, key: &str, deadline: tokio::time::Instant) -> bool {
-        let temp_name = format!("{RESUME_PREFIX}{key}");
-        loop {
-            // Registered before looking, so that a release between the look
-            // and the wait still wakes it.
-            let released = self.inner.released.notified();
-            let mut released = std::pin::pin!(released);
-            released.as_mut().enable();
-            if !locked(&self.inner.busy).contains_key(&temp_name) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, released).await.is_err() {
-                return false;
-            }
-        }
     }
 
     /// Makes a new temporary file under a name unique to this process.
@@ -498,24 +159,6 @@ impl Store {
         self.inner.released.notify_waiters();
     }
 
-    /// Makes every partial durable with one file-system sync, then gives each
-    /// its final name and syncs the directories that changed. Returns, for
-    /// each partial in order, the path it was stored under.
-    pub fn commit_all(&self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
-        let mut commit = self.start_commit();
-        let placed = commit.place(partials);
-        commit.finish(placed)
-    }
-
-    /// Starts committing one batch of files group by group, so that the
-    /// first groups get their names while the rest are still arriving.
-    pub fn start_commit(&self) -> Commit {
-        Commit {
-            store: self.clone(),
-            changed: HashSet::new(),
-        }
-    }
-
     /// The folder (relative to the inbox, empty for the inbox itself) that
     /// received files go in, made if missing.
     fn open_parent(&self, relative: &Path) -> io::Result<Dir> {
@@ -543,31 +186,308 @@ impl Store {
     }
 }
 
+impl Backend for LocalDir {
+    type Upload = LocalUpload;
+    type Commit = LocalCommit;
+
+    /// Removes partial data not written to for `max_age`; returns how many
+    /// files went.
+    fn remove_stale(&self, max_age: Duration) -> io::Result<usize> {
+        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
+        let mut removed = 0;
+        for entry in self.inner.hidden.entries()? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if busy.contains(name) {
+                continue;
+            }
+            let age = entry
+                .metadata()?
+                .modified()?
+                .into_std()
+                .elapsed()
+                .unwrap_or_default();
+            if age >= max_age && self.inner.hidden.remove_file(name).is_ok() {
+                self.inner.forget_held(name);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// What an unprivileged writer may still add to the inbox's file system.
+    fn free_space(&self) -> io::Result<FreeSpace> {
+        let stat = rustix::fs::fstatvfs(&self.inner.dir)?;
+        Ok(FreeSpace {
+            bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+            block: stat.f_frsize.max(1),
+            // A file system with no inode limit (btrfs, for one) reports
+            // none at all.
+            inodes: (stat.f_files > 0).then_some(stat.f_favail),
+        })
+    }
+
+    /// LocalUpload data in the hidden area that no transfer of this process is
+    /// using: what interrupted transfers left to be resumed, and litter of
+    /// earlier processes.
+    fn held_partials(&self) -> io::Result<Vec<HeldPartial>> {
+        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
+        let mut held = Vec::new();
+        for entry in self.inner.hidden.entries()? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if busy.contains(&name) || self.inner.is_own_temp(&name) {
+                continue;
+            }
+            let metadata = match entry.metadata() {
+                Ok(metadata) if metadata.is_file() => metadata,
+                Ok(_) => continue,
+                // Gone since it was listed.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            held.push(HeldPartial {
+                bytes: metadata.len(),
+                modified: metadata.modified()?.into_std(),
+                name,
+            });
+        }
+        Ok(held)
+    }
+
+    /// Deletes the held partial data `name`, unless a transfer took it up
+    /// since it was listed; returns whether it was deleted.
+    fn remove_held(&self, name: &str) -> io::Result<bool> {
+        if self.inner.is_own_temp(name) {
+            return Ok(false);
+        }
+        // Claimed for the deletion, by a holder no session can ask.
+        match locked(&self.inner.busy).entry(name.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => return Ok(false),
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(Holder::new());
+            }
+        }
+        let removed = match self.inner.hidden.remove_file(name) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        };
+        self.inner.forget_held(name);
+        self.release(name);
+        removed
+    }
+
+    /// What is stored under `path` now. Symlinks are reported, not followed.
+    fn existing(&self, path: &RelPath) -> io::Result<Existing> {
+        match self.inner.dir.symlink_metadata(path.to_path()) {
+            Ok(metadata) if metadata.is_file() => Ok(Existing::File {
+                size: metadata.len(),
+            }),
+            Ok(metadata) if metadata.is_dir() => Ok(Existing::Directory),
+            Ok(_) => Ok(Existing::Other),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// How many stored files' hashes to keep (0: none). Until it is set,
+    /// every hash is computed anew.
+    fn set_hash_cache_entries(&self, entries: usize) {
+        *locked(&self.inner.hashes) = HashCache::new(entries);
+    }
+
+    /// The BLAKE3 hash of the file stored under `path`, from the cache when
+    /// this version of the file was hashed or committed before; otherwise
+    /// read whole, and then kept.
+    fn hash_existing(&self, path: &RelPath) -> io::Result<blake3::Hash> {
+        let file = self.inner.dir.open(path.to_path())?;
+        let version = FileVersion::of(&file.metadata()?);
+        if let Some(hash) = locked(&self.inner.hashes).get(&version) {
+            return Ok(hash);
+        }
+        // Read without the lock: another session may hash the same file
+        // at the same time, which costs a read each, never a wrong answer.
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(&file)?;
+        let hash = hasher.finalize();
+        // A file written to while it was read has a hash of no one version.
+        if FileVersion::of(&file.metadata()?) == version {
+            locked(&self.inner.hashes).insert(version, hash);
+        }
+        Ok(hash)
+    }
+
+    /// Creates the directory `path` and its parents.
+    fn create_dir(&self, path: &RelPath) -> io::Result<()> {
+        self.inner.dir.create_dir_all(path.to_path())
+    }
+
+    /// Gives a directory its modification time and mode. Done after its
+    /// files are in place, since adding a file changes the time. The mode
+    /// is masked by the umask, and the owner (the server) keeps every right
+    /// on it, so that later files can still be placed in it.
+    fn set_dir_metadata(&self, path: &RelPath, metadata: Metadata) -> io::Result<()> {
+        let dir = self
+            .inner
+            .dir
+            .open_with(path.to_path(), OpenOptions::new().read(true))?
+            .into_std();
+        let metadata = Metadata {
+            mode: metadata.mode.map(|mode| mode | 0o700),
+            ..metadata
+        };
+        apply_metadata(&dir, metadata, self.inner.umask, None)
+    }
+
+    /// Starts receiving a file that will be stored as `target`, in a fresh
+    /// temporary file (made on the first [`LocalUpload::writer`]). Until it is
+    /// committed nothing exists under a final name, and dropping the
+    /// [`LocalUpload`] removes what was written.
+    fn begin(&self, target: RelPath) -> LocalUpload {
+        LocalUpload {
+            store: self.clone(),
+            file: None,
+            positional: None,
+            on_disk: OnDisk::NotYet,
+            temp_name: String::new(),
+            target,
+            offset: 0,
+            resumable: false,
+            claimed: false,
+            committed: false,
+            metadata: Metadata::default(),
+            created_mode: None,
+            hash: None,
+        }
+    }
+
+    /// [`LocalDir::begin_resumable`] for the session `holder`, which then
+    /// holds the claim. If another session holds it and `take_over` is set,
+    /// that session is asked to let go and `None` returned: wait with
+    /// [`LocalDir::wait_released`], then call again without `take_over`.
+    fn begin_resumable_for(
+        &self,
+        target: RelPath,
+        key: &str,
+        holder: &Holder,
+        take_over: bool,
+    ) -> io::Result<Option<LocalUpload>> {
+        let temp_name = format!("{RESUME_PREFIX}{key}");
+        match locked(&self.inner.busy).entry(temp_name.clone()) {
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(holder.clone());
+            }
+            std::collections::hash_map::Entry::Occupied(held)
+                if take_over && !held.get().is(holder) =>
+            {
+                held.get().ask();
+                return Ok(None);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => return Ok(Some(self.begin(target))),
+        }
+        let known = locked(&self.inner.held).contains(&temp_name);
+        let looked_up = if known {
+            self.inner.hidden.symlink_metadata(&temp_name)
+        } else {
+            Err(io::ErrorKind::NotFound.into())
+        };
+        let held = match looked_up {
+            Ok(metadata) if metadata.is_file() => Some(metadata.len()),
+            Ok(_) => {
+                self.release(&temp_name);
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "something other than partial data is in the way in the hidden area",
+                ));
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => {
+                self.release(&temp_name);
+                return Err(error);
+            }
+        };
+        Ok(Some(LocalUpload {
+            store: self.clone(),
+            file: None,
+            positional: None,
+            on_disk: if held.is_some() {
+                OnDisk::Held
+            } else {
+                OnDisk::NotYet
+            },
+            temp_name,
+            target,
+            offset: held.unwrap_or(0),
+            resumable: true,
+            claimed: true,
+            committed: false,
+            metadata: Metadata::default(),
+            created_mode: None,
+            hash: None,
+        }))
+    }
+
+    /// Waits, until `deadline` at most, for no session to hold the claim
+    /// on `key`; returns whether it was released in time.
+    async fn wait_released(&self, key: &str, deadline: tokio::time::Instant) -> bool {
+        let temp_name = format!("{RESUME_PREFIX}{key}");
+        loop {
+            // Registered before looking, so that a release between the look
+            // and the wait still wakes it.
+            let released = self.inner.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            if !locked(&self.inner.busy).contains_key(&temp_name) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Starts committing one batch of files group by group, so that the
+    /// first groups get their names while the rest are still arriving.
+    fn start_commit(&self) -> LocalCommit {
+        LocalCommit {
+            store: self.clone(),
+            changed: HashSet::new(),
+        }
+    }
+}
+
 /// One batch's commit, made of groups: each group's data is synced and
 /// named as soon as it is whole, and the folders that gained names are
 /// synced once, at the end. A file is named only after its data is durable,
 /// and the batch is durable when [`Commit::finish`] returns, as with one
-/// [`Store::commit_all`].
-pub struct Commit {
-    store: Store,
+/// [`LocalDir::commit_all`].
+pub struct LocalCommit {
+    store: LocalDir,
     /// The folders that gained names, to be synced at the end. Paths, not
     /// open handles: a batch spread over many folders must not hold a
     /// descriptor for each until it ends.
     changed: HashSet<PathBuf>,
 }
 
-impl Commit {
+impl Commit for LocalCommit {
+    type Upload = LocalUpload;
+
     /// Makes the data of `partials` durable with one sync, then gives each
     /// its final name. Returns, for each partial in order, the path it was
     /// stored under; the names are durable only after [`Commit::finish`].
-    pub fn place(&mut self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
+    fn place(&mut self, partials: Vec<LocalUpload>) -> Vec<io::Result<String>> {
         let store = &self.store;
         // Times and modes first, so that the sync below covers them too.
-        let prepared: Vec<io::Result<()>> = partials.iter().map(Partial::apply_metadata).collect();
+        let prepared: Vec<io::Result<()>> =
+            partials.iter().map(LocalUpload::apply_metadata).collect();
         let synced = match partials.as_slice() {
             [] => return Vec::new(),
             [
-                Partial {
+                LocalUpload {
                     file: Some(only), ..
                 },
             ] => only.sync_all(),
@@ -608,7 +528,7 @@ impl Commit {
 
     /// Syncs every folder that gained a name, so that the names placed are
     /// durable; if that fails, every result in `placed` becomes the failure.
-    pub fn finish(self, placed: Vec<io::Result<String>>) -> Vec<io::Result<String>> {
+    fn finish(self, placed: Vec<io::Result<String>>) -> Vec<io::Result<String>> {
         for dir in self.changed {
             if let Err(error) = self.store.sync_dir(&dir) {
                 return placed
@@ -621,52 +541,15 @@ impl Commit {
     }
 }
 
-/// One session's hold on the resumable partials it claimed. A newer
-/// session of the same sender that wants one of them asks the holder to
-/// let go: [`Holder::asked`] completes, and the holder ends its transfer,
-/// keeping the data it wrote, which releases the claim. Cheap to clone;
-/// every clone is the same holder.
-#[derive(Clone)]
-pub struct Holder {
-    asked: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-impl Holder {
-    pub fn new() -> Holder {
-        Holder {
-            asked: Arc::new(tokio::sync::watch::Sender::new(false)),
-        }
-    }
-
-    /// Completes once another session has asked for one of this holder's
-    /// claims (at once, if it already has).
-    pub async fn asked(&self) {
-        let mut asked = self.asked.subscribe();
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = asked.wait_for(|asked| *asked).await;
-    }
-
-    fn ask(&self) {
-        self.asked.send_replace(true);
-    }
-
-    fn is(&self, other: &Holder) -> bool {
-        Arc::ptr_eq(&self.asked, &other.asked)
-    }
-}
-
-impl Default for Holder {
-    fn default() -> Holder {
-        Holder::new()
-    }
-}
-
 /// A file being received, under a temporary name in the hidden area.
-pub struct Partial {
-    store: Store,
-    /// Open while data is written, and closed by [`Partial::close`] once the
+pub struct LocalUpload {
+    store: LocalDir,
+    /// Open while data is written, and closed by [`LocalUpload::close`] once the
     /// file is whole, so that a batch does not hold a descriptor per file.
     file: Option<Arc<std::fs::File>>,
+    /// A second descriptor, without `O_APPEND`, for [`Upload::write_at`];
+    /// made on its first use and closed with `file`.
+    positional: Option<std::fs::File>,
     on_disk: OnDisk,
     /// Empty until a private temporary file is made.
     temp_name: String,
@@ -675,7 +558,7 @@ pub struct Partial {
     offset: u64,
     /// Kept when dropped uncommitted, so that a later transfer resumes it.
     resumable: bool,
-    /// Holds the store's claim on `temp_name` (see `StoreInner::busy`).
+    /// Holds the store's claim on `temp_name` (see `Inner::busy`).
     claimed: bool,
     committed: bool,
     /// Applied at close or commit, before the data is synced.
@@ -692,18 +575,18 @@ pub struct Partial {
 enum OnDisk {
     /// Made on the first write.
     NotYet,
-    /// Held from an earlier transfer, [`Partial::offset`] bytes long when
+    /// Held from an earlier transfer, [`LocalUpload::offset`] bytes long when
     /// the offer was answered.
     Held,
     /// Made or opened by this partial.
     Opened,
 }
 
-impl Partial {
+impl LocalUpload {
     /// A handle to append the received bytes to, opening (or making) the
     /// file on first use. Shared, not duplicated: a duplicate cost two
     /// system calls per file.
-    pub fn writer(&mut self) -> io::Result<Arc<std::fs::File>> {
+    fn writer(&mut self) -> io::Result<Arc<std::fs::File>> {
         if let Some(file) = &self.file {
             return Ok(Arc::clone(file));
         }
@@ -761,15 +644,6 @@ impl Partial {
         Ok(file)
     }
 
-    /// Gives the whole file its time and mode and closes it. The data is
-    /// synced at commit all the same, by a sync of the whole file system
-    /// when the batch has more than one file.
-    pub fn close(&mut self) -> io::Result<()> {
-        self.apply_metadata()?;
-        self.file = None;
-        Ok(())
-    }
-
     /// Gives the file its time and mode while it is open; a closed one got
     /// them when it was closed.
     fn apply_metadata(&self) -> io::Result<()> {
@@ -782,65 +656,6 @@ impl Partial {
             ),
             None => Ok(()),
         }
-    }
-
-    /// The name its data keeps in the hidden area when the transfer is
-    /// interrupted, for a resumable partial.
-    pub fn resume_name(&self) -> Option<&str> {
-        (self.resumable && self.claimed).then_some(self.temp_name.as_str())
-    }
-
-    /// Bytes already held from an earlier, interrupted transfer.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// Feeds the first [`Partial::offset`] bytes to `hasher`, so that a
-    /// resumed file is verified whole.
-    pub fn hash_held_bytes(&mut self, hasher: &mut blake3::Hasher) -> io::Result<()> {
-        let file = self.writer()?;
-        let mut buffer = vec![0u8; 1024 * 1024];
-        let mut position = 0;
-        while position < self.offset {
-            let want = usize::try_from(self.offset - position)
-                .map_or(buffer.len(), |left| left.min(buffer.len()));
-            let read = file.read_at(&mut buffer[..want], position)?;
-            if read == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "partial data shrank",
-                ));
-            }
-            hasher.update(&buffer[..read]);
-            position += read as u64;
-        }
-        Ok(())
-    }
-
-    /// The modification time and mode to give the file when it is committed.
-    pub fn set_metadata(&mut self, metadata: Metadata) {
-        self.metadata = metadata;
-    }
-
-    /// The verified hash of the whole file: once the file is under its final
-    /// name, [`Store::hash_existing`] knows it without reading the file.
-    pub fn set_hash(&mut self, hash: blake3::Hash) {
-        self.hash = Some(hash);
-    }
-
-    /// Deletes the data, resumable or not: it is known to be wrong.
-    pub fn discard(mut self) {
-        self.resumable = false;
-    }
-
-    /// Makes the file durable and gives it its final name; returns that name,
-    /// which differs from the requested one when the store kept both.
-    pub fn commit(self) -> io::Result<String> {
-        let store = self.store.clone();
-        store
-            .commit_all(vec![self])
-            .pop()
-            .unwrap_or_else(|| Err(io::Error::other("nothing committed")))
     }
 
     /// Gives the synced data its final name in `parent`, the target's
@@ -928,6 +743,90 @@ impl Partial {
     }
 }
 
+impl Upload for LocalUpload {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer()?.as_ref().write_all(bytes)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        // The data path's file appends whatever the offset (`O_APPEND`), so
+        // positional writes go through a second descriptor, made on first
+        // use and closed with the first.
+        self.writer()?;
+        if self.positional.is_none() {
+            let file = self
+                .store
+                .inner
+                .hidden
+                .open_with(&self.temp_name, OpenOptions::new().write(true))?;
+            self.positional = Some(file.into_std());
+        }
+        match &self.positional {
+            Some(file) => file.write_all_at(bytes, offset),
+            None => unreachable!("opened above"),
+        }
+    }
+
+    fn read_at(&mut self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.writer()?.read_at(buffer, offset)
+    }
+
+    fn len(&mut self) -> io::Result<u64> {
+        Ok(self.writer()?.metadata()?.len())
+    }
+
+    fn local_file(&mut self) -> io::Result<Option<Arc<std::fs::File>>> {
+        self.writer().map(Some)
+    }
+
+    /// Gives the whole file its time and mode and closes it. The data is
+    /// synced at commit all the same, by a sync of the whole file system
+    /// when the batch has more than one file.
+    fn close(&mut self) -> io::Result<()> {
+        self.apply_metadata()?;
+        self.file = None;
+        self.positional = None;
+        Ok(())
+    }
+
+    /// The name its data keeps in the hidden area when the transfer is
+    /// interrupted, for a resumable partial.
+    fn resume_name(&self) -> Option<&str> {
+        (self.resumable && self.claimed).then_some(self.temp_name.as_str())
+    }
+
+    /// Bytes already held from an earlier, interrupted transfer.
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The modification time and mode to give the file when it is committed.
+    fn set_metadata(&mut self, metadata: Metadata) {
+        self.metadata = metadata;
+    }
+
+    /// The verified hash of the whole file: once the file is under its final
+    /// name, [`LocalDir::hash_existing`] knows it without reading the file.
+    fn set_hash(&mut self, hash: blake3::Hash) {
+        self.hash = Some(hash);
+    }
+
+    /// Deletes the data, resumable or not: it is known to be wrong.
+    fn discard(mut self) {
+        self.resumable = false;
+    }
+
+    /// Makes the file durable and gives it its final name; returns that name,
+    /// which differs from the requested one when the store kept both.
+    fn commit(self) -> io::Result<String> {
+        let store = self.store.clone();
+        store
+            .commit_all(vec![self])
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("nothing committed")))
+    }
+}
+
 /// A number `n` such that `name (n)` is free in `parent` and `name (n-1)`
 /// is not (or `n` is 1), found in a number of looks that grows with the
 /// logarithm of the copies there, not with the copies: doubling until a
@@ -955,7 +854,7 @@ fn first_free_number(parent: &Dir, name: &SafeName) -> u64 {
     free
 }
 
-impl StoreInner {
+impl Inner {
     /// Whether `name` is a private temporary file of this process: always
     /// in use, until its transfer commits or removes it.
     fn is_own_temp(&self, name: &str) -> bool {
@@ -1016,7 +915,7 @@ impl StoreInner {
     }
 }
 
-impl Drop for Partial {
+impl Drop for LocalUpload {
     fn drop(&mut self) {
         if !self.committed && !self.resumable && self.on_disk != OnDisk::NotYet {
             // The data is incomplete; a failure to remove it only leaves
@@ -1142,12 +1041,12 @@ fn process_umask() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::time::SystemTime;
 
     #[test]
     fn a_resumable_partial_survives_and_reports_what_it_holds() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"dir/big.bin").unwrap();
         let mut first = store.begin_resumable(target.clone(), "key").unwrap();
         assert_eq!(first.offset(), 0);
@@ -1192,7 +1091,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_partial_is_handed_over_once_its_holder_lets_go() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"big.bin").unwrap();
         let (old, new) = (Holder::new(), Holder::new());
         let mut held = store
@@ -1231,13 +1130,13 @@ mod tests {
     #[test]
     fn a_batch_of_closed_partials_commits_with_content_time_and_mode() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         // Made with their modes where the umask allows, changed after
         // where it does not (0o666), or where the server keeps the right to
         // write (0o444); setuid, setgid and sticky bits never survive.
         let modes = [0o640, 0o444, 0o666, 0o7777];
-        let partials: Vec<Partial> = (0..modes.len())
+        let partials: Vec<LocalUpload> = (0..modes.len())
             .map(|index| {
                 let name = format!("dir/{index}.txt");
                 let key = format!("key-{index}");
@@ -1282,7 +1181,7 @@ mod tests {
     #[test]
     fn a_commit_names_each_group_when_placed_and_keeps_the_conflict_policy_across_groups() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let whole = |name: &str, content: &str| {
             let mut partial = store.begin(RelPath::parse(name.as_bytes()).unwrap());
             partial
@@ -1321,7 +1220,7 @@ mod tests {
     #[test]
     fn an_answered_partial_holds_no_file_until_written() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"a.bin").unwrap();
         let fresh = store.begin_resumable(target.clone(), "fresh").unwrap();
         let private = store.begin(target.clone());
@@ -1339,7 +1238,7 @@ mod tests {
     #[test]
     fn discarded_data_is_deleted_and_its_key_can_be_used_again() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"a.bin").unwrap();
         let mut damaged = store.begin_resumable(target.clone(), "key").unwrap();
         damaged
@@ -1361,7 +1260,7 @@ mod tests {
         let hidden = temp.path().join(HIDDEN_AREA);
         std::fs::create_dir_all(&hidden).unwrap();
         std::fs::write(hidden.join("resume-earlier"), b"held").unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let earlier = store
             .begin_resumable(RelPath::parse(b"a.bin").unwrap(), "earlier")
             .unwrap();
@@ -1391,14 +1290,14 @@ mod tests {
     #[test]
     fn the_three_thousandth_copy_of_a_name_costs_no_more_than_the_first() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let tries = || store.inner.moves_tried.load(Ordering::Relaxed);
         // Committed a hundred at a time, to spare the test 3,000 syncs.
         // Every copy takes at least two tries (its own name, taken, and a
         // numbered one), so a batch's total says that each took exactly
         // as many.
         for batch in 0..30u32 {
-            let partials: Vec<Partial> = (0..100u32)
+            let partials: Vec<LocalUpload> = (0..100u32)
                 .map(|index| {
                     let mut partial = store.begin(RelPath::parse(b"x.txt").unwrap());
                     let content = (batch * 100 + index).to_be_bytes();
@@ -1426,7 +1325,7 @@ mod tests {
             std::fs::read(temp.path().join("x (2999).txt")).unwrap(),
             2999u32.to_be_bytes()
         );
-        let restarted = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let restarted = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         assert_eq!(
             receive(&restarted, "x.txt", b"after a restart"),
             "x (3000).txt"
@@ -1438,7 +1337,7 @@ mod tests {
         );
     }
 
-    fn receive(store: &Store, name: &str, content: &[u8]) -> String {
+    fn receive(store: &LocalDir, name: &str, content: &[u8]) -> String {
         let mut partial = store.begin(RelPath::parse(name.as_bytes()).unwrap());
         partial
             .writer()
@@ -1452,7 +1351,7 @@ mod tests {
     #[test]
     fn an_existing_file_is_kept_and_the_new_one_numbered() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         assert_eq!(receive(&store, "a.txt", b"one"), "a.txt");
         assert_eq!(receive(&store, "a.txt", b"two"), "a (1).txt");
         assert_eq!(receive(&store, "a.txt", b"three"), "a (2).txt");
@@ -1468,7 +1367,7 @@ mod tests {
     #[test]
     fn overwrite_replaces_the_existing_file() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Overwrite).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Overwrite).unwrap();
         receive(&store, "a.txt", b"one");
         assert_eq!(receive(&store, "a.txt", b"two"), "a.txt");
         assert_eq!(std::fs::read(temp.path().join("a.txt")).unwrap(), b"two");
@@ -1477,7 +1376,7 @@ mod tests {
     #[test]
     fn an_abandoned_partial_leaves_nothing() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let mut partial = store.begin(RelPath::parse(b"a.txt").unwrap());
         partial
             .writer()
@@ -1494,7 +1393,7 @@ mod tests {
     #[test]
     fn a_stored_hash_is_kept_until_the_file_changes_even_with_its_mtime_put_back() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         store.set_hash_cache_entries(16);
         let path = temp.path().join("a.bin");
         std::fs::write(&path, b"one version").unwrap();
@@ -1526,7 +1425,7 @@ mod tests {
     #[test]
     fn a_committed_file_with_its_hash_is_known_without_reading_it() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         store.set_hash_cache_entries(16);
         std::fs::write(temp.path().join("a.txt"), b"theirs").unwrap();
         let mut partial = store.begin(RelPath::parse(b"a.txt").unwrap());
@@ -1589,11 +1488,11 @@ mod tests {
         let target = outside.path().join("victim");
         std::fs::write(&target, b"precious").unwrap();
         std::os::unix::fs::symlink(&target, temp.path().join("a.txt")).unwrap();
-        let keep_both = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let keep_both = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         assert_eq!(receive(&keep_both, "a.txt", b"attack"), "a (1).txt");
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
 
-        let overwrite = Store::open(temp.path(), OnConflict::Overwrite).unwrap();
+        let overwrite = LocalDir::open(temp.path(), OnConflict::Overwrite).unwrap();
         let mut partial = overwrite.begin(RelPath::parse(b"a.txt").unwrap());
         partial
             .writer()
