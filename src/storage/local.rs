@@ -21,11 +21,12 @@ use std::time::Duration;
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
+use rustix::fs::{Mode, OFlags};
 
 use super::names::{RelPath, SafeName};
 use super::{
-    Backend, Commit, Existing, FreeSpace, HIDDEN_AREA, HeldPartial, Holder, Metadata, OnConflict,
-    RESUME_PREFIX, Upload,
+    Backend, Commit, Existing, FileInfo, FreeSpace, HIDDEN_AREA, HeldPartial, Holder, Listed,
+    ListedKind, Listing, MAX_LIST_BATCH, Metadata, OnConflict, RESUME_PREFIX, Reader, Upload,
 };
 
 /// The umask assumed when the process's cannot be read.
@@ -122,6 +123,30 @@ impl LocalDir {
         })
     }
 
+    /// The folder `components` name, from the top, opened one component at
+    /// a time without following a symlink: a symlinked folder leads nowhere,
+    /// not even to another folder inside the store.
+    fn open_dir_no_links(&self, components: &[SafeName]) -> io::Result<Dir> {
+        let mut dir = self.inner.dir.try_clone()?;
+        for component in components {
+            let next = rustix::fs::openat(
+                &dir,
+                component.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|error| match error {
+                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "something other than a folder is on the path (a symlink is not followed)",
+                ),
+                other => other.into(),
+            })?;
+            dir = Dir::from_std_file(std::fs::File::from(next));
+        }
+        Ok(dir)
+    }
+
     /// Makes a new temporary file under a name unique to this process.
     fn create_temp(&self, mode: u32) -> io::Result<(String, std::fs::File)> {
         loop {
@@ -189,6 +214,8 @@ impl LocalDir {
 impl Backend for LocalDir {
     type Upload = LocalUpload;
     type Commit = LocalCommit;
+    type Reader = LocalReader;
+    type Listing = LocalListing;
 
     /// Removes partial data not written to for `max_age`; returns how many
     /// files went.
@@ -452,6 +479,48 @@ impl Backend for LocalDir {
 
     /// Starts committing one batch of files group by group, so that the
     /// first groups get their names while the rest are still arriving.
+    fn list(&self, dir: Option<&RelPath>) -> io::Result<LocalListing> {
+        let components = dir.map_or(&[][..], RelPath::components);
+        let dir = self.open_dir_no_links(components)?;
+        Ok(LocalListing {
+            entries: dir.entries()?,
+        })
+    }
+
+    fn open_read(&self, path: &RelPath) -> io::Result<LocalReader> {
+        let Some((name, parents)) = path.components().split_last() else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let parent = self.open_dir_no_links(parents)?;
+        // Looked at first, so that a special file is never opened (opening
+        // a device can act on it); checked again once open, for one put in
+        // its place meanwhile.
+        if !parent.symlink_metadata(name.as_str())?.is_file() {
+            return Err(not_a_regular_file());
+        }
+        let file = rustix::fs::openat(
+            &parent,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|error| match error {
+            rustix::io::Errno::LOOP => not_a_regular_file(),
+            other => other.into(),
+        })?;
+        let file = std::fs::File::from(file);
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(not_a_regular_file());
+        }
+        let info = FileInfo {
+            size: metadata.len(),
+            modified: metadata.modified()?,
+            mode: metadata.permissions().mode() & 0o777,
+        };
+        Ok(LocalReader { file, info })
+    }
+
     fn start_commit(&self) -> LocalCommit {
         LocalCommit {
             store: self.clone(),
@@ -539,6 +608,84 @@ impl Commit for LocalCommit {
         }
         placed
     }
+}
+
+/// A stored file opened for reading.
+pub struct LocalReader {
+    file: std::fs::File,
+    /// What the file was when it was opened.
+    info: FileInfo,
+}
+
+impl io::Read for LocalReader {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buffer)
+    }
+}
+
+impl Reader for LocalReader {
+    fn info(&self) -> FileInfo {
+        self.info
+    }
+
+    fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.file.read_at(buffer, offset)
+    }
+
+    fn local_file(&self) -> Option<&std::fs::File> {
+        Some(&self.file)
+    }
+}
+
+/// A folder's entries, read from the kernel a buffer at a time: it holds
+/// a directory stream and its buffer, never the entries it has returned.
+pub struct LocalListing {
+    entries: cap_std::fs::ReadDir,
+}
+
+impl Listing for LocalListing {
+    /// An entry skipped (a refused name, a symlink, a special file, one
+    /// gone since it was read) costs its look-up and no memory, so a batch
+    /// may take a while to fill, never more room.
+    fn next_batch(&mut self, max: usize) -> io::Result<Vec<Listed>> {
+        let max = max.clamp(1, MAX_LIST_BATCH);
+        let mut batch = Vec::with_capacity(max);
+        while batch.len() < max {
+            let Some(entry) = self.entries.next() else {
+                break;
+            };
+            let entry = entry?;
+            // The hidden area's name is reserved, so it is refused here too.
+            let Ok(name) = SafeName::parse(entry.file_name().as_encoded_bytes()) else {
+                continue;
+            };
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            let kind = if metadata.is_file() {
+                ListedKind::File(FileInfo {
+                    size: metadata.len(),
+                    modified: metadata.modified()?.into_std(),
+                    mode: metadata.mode() & 0o777,
+                })
+            } else if metadata.is_dir() {
+                ListedKind::Directory
+            } else {
+                continue;
+            };
+            batch.push(Listed { name, kind });
+        }
+        Ok(batch)
+    }
+}
+
+fn not_a_regular_file() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not a regular file (a symlink is not followed)",
+    )
 }
 
 /// A file being received, under a temporary name in the hidden area.
@@ -1041,6 +1188,7 @@ fn process_umask() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::time::SystemTime;
 
     #[test]
@@ -1507,6 +1655,236 @@ mod tests {
             std::fs::symlink_metadata(temp.path().join("a.txt"))
                 .unwrap()
                 .is_symlink()
+        );
+    }
+
+    /// A store as a sender and a planter of traps left it: a file and a
+    /// folder it may list and open, and around them what it must not.
+    struct Planted {
+        inbox: tempfile::TempDir,
+        outside: tempfile::TempDir,
+        store: LocalDir,
+        modified: SystemTime,
+    }
+
+    fn planted() -> Planted {
+        let inbox = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(inbox.path(), OnConflict::Rename).unwrap();
+        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+        let mut upload = store.begin(RelPath::parse(b"a.txt").unwrap());
+        upload.set_metadata(Metadata {
+            modified: Some(modified),
+            mode: Some(0o640),
+        });
+        upload.append(b"stored").unwrap();
+        assert_eq!(upload.commit().unwrap(), "a.txt");
+        store.create_dir(&RelPath::parse(b"sub").unwrap()).unwrap();
+        std::fs::write(inbox.path().join("sub/inner.txt"), b"inner").unwrap();
+        // Partial data, in the hidden area.
+        let mut held = store
+            .begin_resumable(RelPath::parse(b"big.bin").unwrap(), "key")
+            .unwrap();
+        held.append(b"half").unwrap();
+        drop(held);
+        std::fs::write(outside.path().join("secret"), b"outside").unwrap();
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, inbox.path().join(name)).unwrap();
+        };
+        link(&outside.path().join("secret"), "out-link");
+        link(outside.path(), "out-dir");
+        link(Path::new("a.txt"), "in-link");
+        link(Path::new("sub"), "in-dir");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            inbox.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        for refused in ["new\nline", "invoice\u{202e}fdp.exe", "zero\u{200b}width"] {
+            std::fs::write(inbox.path().join(refused), b"refused").unwrap();
+        }
+        Planted {
+            inbox,
+            outside,
+            store,
+            modified,
+        }
+    }
+
+    fn list_all(store: &LocalDir, dir: Option<&RelPath>) -> io::Result<Vec<Listed>> {
+        let mut listing = store.list(dir)?;
+        let mut all = Vec::new();
+        loop {
+            let batch = listing.next_batch(2)?;
+            if batch.is_empty() {
+                break;
+            }
+            all.extend(batch);
+        }
+        all.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(all)
+    }
+
+    #[test]
+    fn a_listing_shows_stored_files_and_folders_and_nothing_else() {
+        let planted = planted();
+        let store = &planted.store;
+        let umask = store.inner.umask;
+        let listed = list_all(store, None).unwrap();
+        let expected = [
+            Listed {
+                name: SafeName::parse(b"a.txt").unwrap(),
+                kind: ListedKind::File(FileInfo {
+                    size: 6,
+                    modified: planted.modified,
+                    mode: 0o640 & !umask,
+                }),
+            },
+            Listed {
+                name: SafeName::parse(b"sub").unwrap(),
+                kind: ListedKind::Directory,
+            },
+        ];
+        assert_eq!(
+            listed, expected,
+            "no hidden area, symlink, special file or refused name"
+        );
+
+        let sub = list_all(store, Some(&RelPath::parse(b"sub").unwrap())).unwrap();
+        let names: Vec<&str> = sub.iter().map(|entry| entry.name.as_str()).collect();
+        assert_eq!(names, ["inner.txt"]);
+        for link in ["out-dir", "in-dir", "a.txt"] {
+            let error =
+                list_all(store, Some(&RelPath::parse(link.as_bytes()).unwrap())).expect_err(link);
+            assert!(
+                error.to_string().contains("a symlink is not followed"),
+                "{link}: {error}"
+            );
+        }
+        assert!(
+            list_all(store, Some(&RelPath::parse(b"in-dir/inner.txt").unwrap())).is_err(),
+            "not through a symlink on the way either"
+        );
+    }
+
+    #[test]
+    fn a_stored_file_opens_for_reading_and_nothing_else_does() {
+        let planted = planted();
+        let store = &planted.store;
+        let mut reader = store.open_read(&RelPath::parse(b"a.txt").unwrap()).unwrap();
+        let mut content = Vec::new();
+        reader.read_to_end(&mut content).unwrap();
+        assert_eq!(content, b"stored");
+        let mut tail = [0u8; 3];
+        assert_eq!(reader.read_at(&mut tail, 3).unwrap(), 3);
+        assert_eq!(&tail, b"red");
+        assert_eq!(
+            reader.info(),
+            FileInfo {
+                size: 6,
+                modified: planted.modified,
+                mode: 0o640 & !store.inner.umask,
+            }
+        );
+        assert!(reader.local_file().is_some());
+        let inner = store.open_read(&RelPath::parse(b"sub/inner.txt").unwrap());
+        assert_eq!(inner.unwrap().info().size, 5);
+
+        // A FIFO would block an open without O_NONBLOCK: this returns.
+        for refused in [
+            "out-link",
+            "in-link",
+            "out-dir/secret",
+            "in-dir/inner.txt",
+            "fifo",
+            "sub",
+        ] {
+            let error = store
+                .open_read(&RelPath::parse(refused.as_bytes()).unwrap())
+                .err()
+                .unwrap_or_else(|| panic!("{refused} opened"));
+            assert!(
+                error.to_string().contains("a symlink is not followed"),
+                "{refused}: {error}"
+            );
+        }
+        let missing = store.open_read(&RelPath::parse(b"missing").unwrap());
+        assert_eq!(
+            missing.err().map(|error| error.kind()),
+            Some(io::ErrorKind::NotFound)
+        );
+        assert_eq!(
+            std::fs::read(planted.outside.path().join("secret")).unwrap(),
+            b"outside"
+        );
+        assert!(
+            planted
+                .inbox
+                .path()
+                .join(HIDDEN_AREA)
+                .join("resume-key")
+                .exists()
+        );
+    }
+
+    /// A listing holds one batch of entries at a time, whatever the size of
+    /// the folder and whatever it is asked for.
+    #[test]
+    fn a_folder_of_twenty_thousand_files_is_listed_a_bounded_batch_at_a_time() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
+        let count = 20_000;
+        for index in 0..count {
+            std::fs::File::create(temp.path().join(format!("f{index}"))).unwrap();
+        }
+        let mut listing = store.list(None).unwrap();
+        let mut seen = HashSet::new();
+        let mut batches = 0;
+        loop {
+            let batch = listing.next_batch(100).unwrap();
+            assert!(batch.capacity() <= 100, "{}", batch.capacity());
+            if batch.is_empty() {
+                break;
+            }
+            batches += 1;
+            for entry in batch {
+                assert!(matches!(
+                    entry.kind,
+                    ListedKind::File(FileInfo { size: 0, .. })
+                ));
+                assert!(seen.insert(entry.name.as_str().to_owned()), "listed twice");
+            }
+        }
+        assert_eq!(seen.len(), count);
+        assert!(batches >= count / 100);
+        let mut greedy = store.list(None).unwrap();
+        let batch = greedy.next_batch(usize::MAX).unwrap();
+        assert_eq!(batch.len(), MAX_LIST_BATCH);
+        assert!(batch.capacity() <= MAX_LIST_BATCH);
+    }
+
+    #[test]
+    fn an_upload_takes_bytes_at_an_offset_and_reads_back_what_it_holds() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
+        let mut upload = store.begin(RelPath::parse(b"pieces.bin").unwrap());
+        assert!(upload.is_empty().unwrap());
+        upload.append(b"0123").unwrap();
+        upload.write_at(8, b"89").unwrap();
+        upload.write_at(4, b"4567").unwrap();
+        upload.append(b"ab").unwrap();
+        assert_eq!(upload.len().unwrap(), 12);
+        let mut back = [0u8; 12];
+        assert_eq!(upload.read_at(&mut back, 0).unwrap(), 12);
+        assert_eq!(&back, b"0123456789ab");
+        upload.close().unwrap();
+        assert_eq!(upload.commit().unwrap(), "pieces.bin");
+        assert_eq!(
+            std::fs::read(temp.path().join("pieces.bin")).unwrap(),
+            b"0123456789ab"
         );
     }
 }

@@ -60,8 +60,8 @@
 //! | [`Commit::finish`] | one `fsync` per folder that gained a name | the group's folders |
 //! | [`Backend::free_space`] | one `fstatvfs` | — |
 //! | [`Backend::held_partials`], [`Backend::remove_stale`] | a listing of the hidden area, an `fstatat` per entry | the partial data kept (`--max-partial`) |
-//! | [`Backend::list`] | one `getdents` per buffer of entries, an `fstatat` per entry; memory for one batch | [`MAX_LIST_BATCH`] entries per batch |
-//! | [`Backend::open_read`] | an `openat` and an `fstatat` per path component, one descriptor while the reader lives | the path's depth |
+//! | [`Backend::list`] | an `openat` per component of the folder's path; then one `getdents` per buffer of entries and an `fstatat` per entry; one descriptor while the listing lives, and memory for one batch | [`MAX_LIST_BATCH`] entries per batch; the path's depth |
+//! | [`Backend::open_read`] | an `openat` per folder on the path, then an `fstatat`, an `openat` and an `fstat` for the file; one descriptor while the reader lives | the path's depth |
 //!
 //! # What comes next fits
 //!
@@ -106,6 +106,10 @@ pub const HIDDEN_AREA: &str = ".haul";
 /// How the names of resumable partial files begin, in [`HIDDEN_AREA`].
 pub const RESUME_PREFIX: &str = "resume-";
 
+/// Most entries one [`Listing::next_batch`] returns, whatever it is asked
+/// for: what a listing holds in memory at once.
+pub const MAX_LIST_BATCH: usize = 1024;
+
 /// The place stored files are kept. Cheap to clone; every clone is the same
 /// store. Every method blocks; call it on a blocking thread.
 pub trait Backend: Clone + Send + Sync + 'static {
@@ -113,6 +117,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     type Upload: Upload;
     /// One batch's commit.
     type Commit: Commit<Upload = Self::Upload>;
+    /// A stored file opened for reading.
+    type Reader: Reader;
+    /// A folder's entries, a batch at a time.
+    type Listing: Listing;
 
     /// What is stored under `path` now. Symlinks are reported, not followed.
     fn existing(&self, path: &RelPath) -> io::Result<Existing>;
@@ -217,6 +225,17 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Removes partial data not written to for `max_age`; returns how many
     /// went.
     fn remove_stale(&self, max_age: Duration) -> io::Result<usize>;
+
+    /// The entries of the folder `dir` (`None`: the top of the store), in
+    /// no particular order: stored files and folders only. Partial data,
+    /// symlinks, special files and names the rules in [`names`] refuse are
+    /// left out, and no symlink is followed to reach `dir`.
+    fn list(&self, dir: Option<&RelPath>) -> io::Result<Self::Listing>;
+
+    /// Opens the regular file stored under `path` for reading. A symlink,
+    /// anywhere on the path, is refused, not followed; so is anything but a
+    /// regular file.
+    fn open_read(&self, path: &RelPath) -> io::Result<Self::Reader>;
 }
 
 /// A file being received. Dropped uncommitted, a resumable upload keeps its
@@ -324,6 +343,52 @@ pub trait Commit: Send + 'static {
     /// Makes the names placed durable; if that fails, every result in
     /// `placed` becomes the failure.
     fn finish(self, placed: Vec<io::Result<String>>) -> Vec<io::Result<String>>;
+}
+
+/// A stored file opened for reading: the file as it was when it was
+/// opened, even if it is replaced meanwhile.
+pub trait Reader: io::Read + Send + 'static {
+    /// Its size, time and mode when it was opened.
+    fn info(&self) -> FileInfo;
+
+    /// Reads at `offset` into `buffer`; returns how many bytes were read, 0
+    /// at the end.
+    fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// The open file, where the backend has one: the fast path for data
+    /// sent inside the kernel. `None` from an object store.
+    fn local_file(&self) -> Option<&File>;
+}
+
+/// A cursor over a folder's entries. It holds no more than one batch of
+/// them, so that a folder of any size can be listed.
+pub trait Listing: Send + 'static {
+    /// The next entries, at most `max` and at most [`MAX_LIST_BATCH`];
+    /// empty once the listing is done.
+    fn next_batch(&mut self, max: usize) -> io::Result<Vec<Listed>>;
+}
+
+/// One entry of a [`Listing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: SafeName,
+    pub kind: ListedKind,
+}
+
+/// What a listed entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListedKind {
+    File(FileInfo),
+    Directory,
+}
+
+/// A stored file's size, modification time and permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    pub size: u64,
+    pub modified: SystemTime,
+    /// Permission bits only (`0o777` at most).
+    pub mode: u32,
 }
 
 /// What to do when a file with the incoming name already exists.

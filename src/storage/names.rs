@@ -131,6 +131,11 @@ impl RelPath {
         RelPath(vec![name])
     }
 
+    /// Its components, from the top.
+    pub fn components(&self) -> &[SafeName] {
+        &self.0
+    }
+
     pub(super) fn to_path(&self) -> PathBuf {
         self.0.iter().map(SafeName::as_str).collect()
     }
