@@ -21,7 +21,9 @@
 //! - [`throttle`] caps the rate at which a sender writes to its socket.
 //! - [`size`] reads byte sizes and rates given on the command line.
 //! - [`storage`] is the only code that creates, renames or deletes stored
-//!   files, and the only place where a received name is judged.
+//!   files, and the only place where a received name is judged. The server
+//!   asks for what it needs through its `Backend` trait; the inbox
+//!   directory is the one backend so far.
 //! - [`text`] makes text from the other side safe to log or print.
 //!
 //! The `haul` binary (`main.rs`, with `report.rs` for what a send shows) is

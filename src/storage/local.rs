@@ -371,9 +371,9 @@ impl Backend for LocalDir {
     }
 
     /// Starts receiving a file that will be stored as `target`, in a fresh
-    /// temporary file (made on the first [`LocalUpload::writer`]). Until it is
-    /// committed nothing exists under a final name, and dropping the
-    /// [`LocalUpload`] removes what was written.
+    /// temporary file, made on the first write or [`Upload::local_file`].
+    /// Until it is committed nothing exists under a final name, and
+    /// dropping the [`LocalUpload`] removes what was written.
     fn begin(&self, target: RelPath) -> LocalUpload {
         LocalUpload {
             store: self.clone(),

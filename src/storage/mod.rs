@@ -288,7 +288,7 @@ pub trait Upload: Send + 'static {
         self.local_file()?.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
-                "this storage takes data only through Upload::append",
+                "this storage cannot take data through a local file",
             )
         })
     }
