@@ -24,10 +24,11 @@
 //! # Dispatch and async
 //!
 //! The server names its backend only through [`Store`], [`Partial`] and
-//! the trait's associated types, and calls only [`Backend`], [`Upload`] and
-//! [`Commit`] methods on them. Dispatch is static: a second backend makes
-//! [`Store`] an enum of backends that implements [`Backend`] by delegating
-//! to its variants. That keeps associated types for uploads, commits,
+//! the trait's associated types, and, once it has opened it, calls only
+//! [`Backend`], [`Upload`] and [`Commit`] methods on them. Dispatch is
+//! static: a second backend makes [`Store`] an enum of backends (and each
+//! associated type an enum of theirs) that implements [`Backend`] by
+//! delegating to its variants. That keeps associated types for uploads, commits,
 //! readers and listings (a `dyn Backend` could not have them without
 //! boxing each), adds no generic parameter to every server type, and costs
 //! no allocation per call.
@@ -37,7 +38,7 @@
 //! in one trip to a blocking thread, which is what keeps small files cheap.
 //! An async trait would cost the local directory a trip per operation. An
 //! object store, whose operations are requests, drives them from those
-//! threads with its runtime's `Handle::block_on`, and answers the batch
+//! threads with its runtime's `Handle::block_on`, and can answer the batch
 //! operations ([`Commit::place`]) with its requests in flight together.
 //! Only waiting for another session is async
 //! ([`Backend::wait_released`]): it parks no thread.
