@@ -22,17 +22,19 @@
 //!   on the server's sockets and the client's.
 //! - [`throttle`] caps the rate at which a sender writes to its socket.
 //! - [`size`] reads byte sizes and rates given on the command line.
-//! - [`store`] is the only code that creates, renames or deletes files in the
-//!   server's inbox, and the only place where a received name is judged.
+//! - [`storage`] is the only code that creates, renames or deletes stored
+//!   files, and the only place where a received name is judged. The server
+//!   asks for what it needs through its `Backend` trait; the inbox
+//!   directory is the one backend so far.
 //! - [`text`] makes text from the other side safe to log or print.
 //!
 //! The `haul` binary (`main.rs`, with `report.rs` for what a send shows) is
 //! a thin layer over these: it parses arguments, calls [`send`] or
 //! [`server`], and turns their events and errors into output and exit codes.
 //!
-//! Data flows socket → [`server`] → [`protocol`] (header) → [`store`] (a
-//! partial file) → [`transfer`] (the bytes) → [`store`] (commit under a final
-//! name).
+//! Data flows socket → [`server`] → [`protocol`] (header) → [`storage`] (a
+//! partial file) → [`transfer`] (the bytes) → [`storage`] (commit under a
+//! final name).
 
 pub mod config;
 pub mod keepalive;
@@ -41,7 +43,7 @@ pub mod secure;
 pub mod send;
 pub mod server;
 pub mod size;
-pub mod store;
+pub mod storage;
 pub mod text;
 pub mod throttle;
 pub mod transfer;

@@ -15,7 +15,7 @@ use haul::secure::{self, LoadedSecret, SecretError, SecretOrigin};
 use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{Access, SecretRole, SeedSettle, Server, ServerConfig, StartError};
 use haul::size::parse_byte_size;
-use haul::store::OnConflict;
+use haul::storage::OnConflict;
 use haul::text::shown;
 use haul::throttle::RateLimit;
 use report::{Output, Reporter};

@@ -28,7 +28,9 @@ use crate::protocol::haul::{
     FrameHeader, Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
-use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
+use crate::storage::{
+    Backend, Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store, Upload,
+};
 use crate::text::printable;
 use crate::transfer::{
     FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_buffered, receive_slice,
@@ -344,7 +346,7 @@ impl Committer {
 /// One batch's commit on the thread that does it, logging each file's
 /// outcome as it is known.
 struct Placing {
-    commit: Commit,
+    commit: <Store as Backend>::Commit,
     peer: SocketAddr,
     placed: Vec<io::Result<String>>,
     logged: Vec<ToLog>,
@@ -788,13 +790,13 @@ impl Session<'_> {
         let small = partial.offset() == 0 && planned.size.is_some_and(|size| size <= SMALL_FILE);
         let (mut partial, hasher, writer) = if small {
             // Made right here: a hand-off to a file thread would cost more.
-            let writer = partial.writer().map_err(storage_error)?;
+            let writer = partial.data_file().map_err(storage_error)?;
             (partial, Box::default(), writer)
         } else {
             blocking(move || {
                 let mut hasher = Box::<blake3::Hasher>::default();
                 partial.hash_held_bytes(&mut hasher)?;
-                let writer = partial.writer()?;
+                let writer = partial.data_file()?;
                 Ok((partial, hasher, writer))
             })
             .await
@@ -823,10 +825,7 @@ impl Session<'_> {
                 // Kept, to be resumed.
                 self.space.note_held(&partial, self.owner);
                 self.left_partial = true;
-                let held = partial
-                    .writer()
-                    .and_then(|file| file.metadata())
-                    .map(|metadata| metadata.len());
+                let held = partial.len();
                 let fate = match held {
                     Ok(bytes) if partial.resume_name().is_some() => Fate::Kept {
                         bytes,
@@ -1435,7 +1434,6 @@ fn kind_of(message: &Message<'_>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn offer(kind: EntryKind, path: &str, size: Option<u64>) -> OwnedOffer {
         OwnedOffer {
@@ -1490,7 +1488,7 @@ mod tests {
         let Decision::Answer(Answer::Send { offset: 0 }, Some(mut partial)) = decision else {
             panic!("a file in a directory made by this session is asked for whole");
         };
-        partial.writer().unwrap().as_ref().write_all(ours).unwrap();
+        partial.append(ours).unwrap();
         assert_eq!(partial.commit().unwrap(), "made/x (1)");
         assert_eq!(std::fs::read(inbox.path().join("made/x")).unwrap(), theirs);
         assert_eq!(

@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config;
 use crate::protocol::haul::MAGIC;
-use crate::store::{self, OnConflict, Store};
+use crate::storage::{self, Backend, OnConflict, Store};
 use crate::transfer::Rate;
 use space::SpaceLedger;
 
@@ -458,11 +458,11 @@ async fn remove_stale_partials(
 
 /// Logs, in one line, the partial transfers held for resume, if any: how
 /// many, their bytes in all, and how long ago the oldest was written to.
-fn log_held_partials(held: &[store::HeldPartial], dir: &std::path::Path) {
+fn log_held_partials(held: &[storage::HeldPartial], dir: &std::path::Path) {
     // Private temporary files left by an earlier process cannot resume.
-    let held: Vec<&store::HeldPartial> = held
+    let held: Vec<&storage::HeldPartial> = held
         .iter()
-        .filter(|partial| partial.name.starts_with(store::RESUME_PREFIX))
+        .filter(|partial| partial.name.starts_with(storage::RESUME_PREFIX))
         .collect();
     let Some(oldest) = held.iter().map(|partial| partial.modified).min() else {
         return;
@@ -480,7 +480,7 @@ fn log_held_partials(held: &[store::HeldPartial], dir: &std::path::Path) {
         } else {
             "transfers"
         },
-        dir.join(store::HIDDEN_AREA).display(),
+        dir.join(storage::HIDDEN_AREA).display(),
         log_output::Size(bytes),
     );
 }

@@ -16,7 +16,7 @@ use super::{
     Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_output, log_transfer,
 };
 use crate::protocol::seed::{self, Decoded, HeaderError};
-use crate::store::{NameError, RelPath, SafeName, Store};
+use crate::storage::{Backend, NameError, RelPath, SafeName, Store, Upload};
 use crate::text::printable;
 use crate::transfer::PumpError;
 use crate::zero_copy;
@@ -137,7 +137,7 @@ async fn receive(
     let (partial, file) = {
         let mut partial = store.begin(RelPath::single(name));
         blocking(move || {
-            let file = partial.writer()?;
+            let file = partial.data_file()?;
             Ok((partial, file))
         })
         .await

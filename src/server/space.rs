@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::ServerConfig;
 use crate::protocol::haul::MAX_DATA_LEN;
-use crate::store::{FreeSpace, HeldPartial, Partial, Store};
+use crate::storage::{Backend, FreeSpace, HeldPartial, Partial, Store, Upload};
 
 /// Bytes handed to a file's writer that may not have reached the disk yet,
 /// and so stay granted until the file ends: at least what a `FileSink` may
@@ -430,7 +430,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::OnConflict;
+    use crate::storage::OnConflict;
 
     const MIB: u64 = 1024 * 1024;
 

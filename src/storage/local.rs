@@ -1,36 +1,33 @@
-//! The inbox: the only code that creates, renames or deletes files in the
-//! server's receive directory.
+//! The local directory backend: stored files in a directory on this
+//! machine, the server's inbox.
 //!
-//! Every received name is judged here ([`SafeName::parse`]) and every file
-//! operation goes through a directory handle (`cap-std`), so no name, however
-//! it was crafted, can reach outside the directory. Data arrives under a
-//! temporary name in a hidden area ([`HIDDEN_AREA`]) and only a complete file
-//! is given its final name; a file under a final name is never partial.
+//! Every file operation goes through a directory handle (`cap-std`), so no
+//! name, however it was crafted, can reach outside the directory; names
+//! arrive judged ([`SafeName`], [`RelPath`]). Data arrives under a temporary
+//! name in a hidden area ([`HIDDEN_AREA`]) and only a complete file is given
+//! its final name; a file under a final name is never partial.
 //!
 //! This module must never read from the network or decide what a protocol
 //! means; it is handed names and bytes, and it keeps them safe.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::io;
+use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
-use thiserror::Error;
+use rustix::fs::{Mode, OFlags};
 
-use crate::text;
-
-/// Folder inside the inbox that holds data still arriving. Its name is
-/// reserved: no sender may store a file under it.
-pub const HIDDEN_AREA: &str = ".haul";
-
-/// How the names of resumable partial files begin, in [`HIDDEN_AREA`].
-pub const RESUME_PREFIX: &str = "resume-";
+use super::names::{RelPath, SafeName};
+use super::{
+    Backend, Commit, Existing, FileInfo, FreeSpace, HIDDEN_AREA, HeldPartial, Holder, Listed,
+    ListedKind, Listing, MAX_LIST_BATCH, Metadata, OnConflict, RESUME_PREFIX, Reader, Upload,
+};
 
 /// The umask assumed when the process's cannot be read.
 const DEFAULT_UMASK: u32 = 0o022;
@@ -39,226 +36,13 @@ const DEFAULT_UMASK: u32 = 0o022;
 /// forgotten all at once when there are more, and rebuilt as needed.
 const MAX_COPY_HINTS: usize = 4096;
 
-/// Longest file name most Linux file systems accept, in bytes.
-pub const MAX_NAME_LEN: usize = 255;
-
-/// A single path component that is safe to create inside the inbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SafeName(String);
-
-/// Why a received name was refused.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum NameError {
-    #[error("the name is empty")]
-    Empty,
-    #[error("the name is `.` or `..`")]
-    DotOrDotDot,
-    #[error("the name is not UTF-8")]
-    NotUtf8,
-    #[error("the name contains a NUL or another control character")]
-    ControlCharacter,
-    /// A bidirectional control (U+202E and its kin), which reorders what
-    /// follows it on screen: the name would not read as it is.
-    #[error(
-        "the name contains U+{:04X}, a bidirectional control that reorders the text around it",
-        u32::from(*.0)
-    )]
-    DirectionChange(char),
-    /// A zero-width or otherwise invisible character: the name would look
-    /// like another one that lacks it.
-    #[error(
-        "the name contains U+{:04X}, an invisible character (zero-width or default-ignorable)",
-        u32::from(*.0)
-    )]
-    Invisible(char),
-    #[error("the name contains a path separator")]
-    Separator,
-    #[error("the name is {0} bytes long; at most {MAX_NAME_LEN} are allowed")]
-    TooLong(usize),
-    #[error("the name `{HIDDEN_AREA}` is reserved for haul's own use")]
-    Reserved,
-}
-
-impl SafeName {
-    /// Judges a received name. Only a single, printable, UTF-8 component of at
-    /// most [`MAX_NAME_LEN`] bytes passes, which reads on screen as it is
-    /// stored: no direction changes, no invisible characters.
-    pub fn parse(raw: &[u8]) -> Result<SafeName, NameError> {
-        if raw.is_empty() {
-            return Err(NameError::Empty);
-        }
-        let name = std::str::from_utf8(raw).map_err(|_| NameError::NotUtf8)?;
-        if name.chars().any(char::is_control) {
-            return Err(NameError::ControlCharacter);
-        }
-        if let Some(c) = name.chars().find(|&c| text::changes_direction(c)) {
-            return Err(NameError::DirectionChange(c));
-        }
-        if let Some(c) = name.chars().find(|&c| text::is_invisible(c)) {
-            return Err(NameError::Invisible(c));
-        }
-        if name.contains(['/', '\\']) {
-            return Err(NameError::Separator);
-        }
-        if name == "." || name == ".." {
-            return Err(NameError::DotOrDotDot);
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong(name.len()));
-        }
-        if name == HIDDEN_AREA {
-            return Err(NameError::Reserved);
-        }
-        Ok(SafeName(name.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The `n`th alternative to this name when it is taken: `report (1).pdf`.
-    /// The stem is shortened when needed so that the result stays a valid name.
-    fn numbered(&self, n: u64) -> String {
-        let (stem, extension) = match self.0.rfind('.') {
-            Some(dot) if dot > 0 => self.0.split_at(dot),
-            _ => (self.0.as_str(), ""),
-        };
-        let suffix = format!(" ({n}){extension}");
-        let mut stem_len = stem.len().min(MAX_NAME_LEN.saturating_sub(suffix.len()));
-        while !stem.is_char_boundary(stem_len) {
-            stem_len -= 1;
-        }
-        format!("{}{suffix}", &stem[..stem_len])
-    }
-}
-
-impl fmt::Display for SafeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A relative path inside the inbox: one or more [`SafeName`] components.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelPath(Vec<SafeName>);
-
-impl RelPath {
-    /// Judges a `/`-separated relative path: every component must pass
-    /// [`SafeName::parse`], so absolute paths, `..`, empty components and
-    /// backslashes are all refused.
-    pub fn parse(raw: &[u8]) -> Result<RelPath, NameError> {
-        raw.split(|&byte| byte == b'/')
-            .map(SafeName::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map(RelPath)
-    }
-
-    pub fn single(name: SafeName) -> RelPath {
-        RelPath(vec![name])
-    }
-
-    fn to_path(&self) -> PathBuf {
-        self.0.iter().map(SafeName::as_str).collect()
-    }
-
-    fn parent(&self) -> Option<PathBuf> {
-        let (_, parents) = self.0.split_last()?;
-        (!parents.is_empty()).then(|| parents.iter().map(SafeName::as_str).collect())
-    }
-
-    fn with_last(&self, last: String) -> PathBuf {
-        let mut path = self.parent().unwrap_or_default();
-        path.push(last);
-        path
-    }
-
-    /// This path with its last component numbered: `dir/report (2).pdf`.
-    fn numbered(&self, n: u64) -> RelPath {
-        let mut components = self.0.clone();
-        if let Some(last) = components.last_mut() {
-            // A numbered valid name is valid: it only gains ` (n)` and may
-            // lose the end of its stem to stay within the length limit.
-            *last = SafeName(last.numbered(n));
-        }
-        RelPath(components)
-    }
-
-    fn last(&self) -> &SafeName {
-        self.0.last().expect("a RelPath has at least one component")
-    }
-}
-
-impl fmt::Display for RelPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (index, component) in self.0.iter().enumerate() {
-            if index > 0 {
-                f.write_str("/")?;
-            }
-            f.write_str(component.as_str())?;
-        }
-        Ok(())
-    }
-}
-
-/// What to do when a file with the incoming name already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnConflict {
-    /// Keep both: the new file gets the first free `name (N).ext`.
-    Rename,
-    /// Replace the existing file.
-    Overwrite,
-    /// Keep the existing file and fail the new one.
-    Refuse,
-}
-
-/// What the inbox holds under a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
-    Nothing,
-    File {
-        size: u64,
-    },
-    Directory,
-    /// A symlink or a special file: never written through or replaced.
-    Other,
-}
-
-/// Metadata to give a received file or directory.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Metadata {
-    pub modified: Option<SystemTime>,
-    /// Permission bits; anything beyond `0o777` is ignored, and the
-    /// server's umask is applied.
-    pub mode: Option<u32>,
-}
-
-/// Room left on the inbox's file system, as an unprivileged writer sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct FreeSpace {
-    pub bytes: u64,
-    /// The unit space is handed out in: a file takes whole blocks.
-    pub block: u64,
-    /// Free inodes; `None` where the file system has no limit on them.
-    pub inodes: Option<u64>,
-}
-
-/// Partial data no transfer is using, in the hidden area.
-#[derive(Debug, Clone)]
-pub struct HeldPartial {
-    /// Its name in the hidden area.
-    pub name: String,
-    pub bytes: u64,
-    /// When it was last written to.
-    pub modified: SystemTime,
-}
-
 /// The receive directory. Cheap to clone; every clone is the same inbox.
 #[derive(Clone)]
-pub struct Store {
-    inner: Arc<StoreInner>,
+pub struct LocalDir {
+    inner: Arc<Inner>,
 }
 
-struct StoreInner {
+struct Inner {
     /// Handle every operation goes through, so no name can reach outside.
     dir: Dir,
     /// Handle on [`HIDDEN_AREA`], where partial files live.
@@ -273,7 +57,7 @@ struct StoreInner {
     no_replace_unsupported: AtomicBool,
     /// Resumable partials being written now, and the session holding
     /// each: a second session wanting the same file either asks the holder
-    /// to let go ([`Store::begin_resumable_for`]) or gets a private
+    /// to let go ([`LocalDir::begin_resumable_for`]) or gets a private
     /// temporary file, never a share of the same one.
     busy: Mutex<HashMap<String, Holder>>,
     /// Woken whenever a claim in `busy` is released, for sessions waiting
@@ -301,9 +85,9 @@ struct StoreInner {
     hashes: Mutex<HashCache>,
 }
 
-impl Store {
+impl LocalDir {
     /// Opens (and creates, if missing) the receive directory at `path`.
-    pub fn open(path: &Path, on_conflict: OnConflict) -> io::Result<Store> {
+    pub fn open(path: &Path, on_conflict: OnConflict) -> io::Result<LocalDir> {
         std::fs::create_dir_all(path)?;
         let dir = Dir::open_ambient_dir(path, ambient_authority())?;
         dir.create_dir_all(HIDDEN_AREA)?;
@@ -319,8 +103,8 @@ impl Store {
         let hidden_for_sync = dir
             .open_with(HIDDEN_AREA, OpenOptions::new().read(true))?
             .into_std();
-        Ok(Store {
-            inner: Arc::new(StoreInner {
+        Ok(LocalDir {
+            inner: Arc::new(Inner {
                 dir,
                 hidden,
                 hidden_for_sync,
@@ -339,295 +123,28 @@ impl Store {
         })
     }
 
-    /// Removes partial data not written to for `max_age`; returns how many
-    /// files went.
-    pub fn remove_stale(&self, max_age: Duration) -> io::Result<usize> {
-        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
-        let mut removed = 0;
-        for entry in self.inner.hidden.entries()? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if busy.contains(name) {
-                continue;
-            }
-            let age = entry
-                .metadata()?
-                .modified()?
-                .into_std()
-                .elapsed()
-                .unwrap_or_default();
-            if age >= max_age && self.inner.hidden.remove_file(name).is_ok() {
-                self.inner.forget_held(name);
-                removed += 1;
-            }
+    /// The folder `components` name, from the top, opened one component at
+    /// a time without following a symlink: a symlinked folder leads nowhere,
+    /// not even to another folder inside the store.
+    fn open_dir_no_links(&self, components: &[SafeName]) -> io::Result<Dir> {
+        let mut dir = self.inner.dir.try_clone()?;
+        for component in components {
+            let next = rustix::fs::openat(
+                &dir,
+                component.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|error| match error {
+                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "something other than a folder is on the path (a symlink is not followed)",
+                ),
+                other => other.into(),
+            })?;
+            dir = Dir::from_std_file(std::fs::File::from(next));
         }
-        Ok(removed)
-    }
-
-    /// What an unprivileged writer may still add to the inbox's file system.
-    pub fn free_space(&self) -> io::Result<FreeSpace> {
-        let stat = rustix::fs::fstatvfs(&self.inner.dir)?;
-        Ok(FreeSpace {
-            bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
-            block: stat.f_frsize.max(1),
-            // A file system with no inode limit (btrfs, for one) reports
-            // none at all.
-            inodes: (stat.f_files > 0).then_some(stat.f_favail),
-        })
-    }
-
-    /// Partial data in the hidden area that no transfer of this process is
-    /// using: what interrupted transfers left to be resumed, and litter of
-    /// earlier processes.
-    pub fn held_partials(&self) -> io::Result<Vec<HeldPartial>> {
-        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
-        let mut held = Vec::new();
-        for entry in self.inner.hidden.entries()? {
-            let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if busy.contains(&name) || self.inner.is_own_temp(&name) {
-                continue;
-            }
-            let metadata = match entry.metadata() {
-                Ok(metadata) if metadata.is_file() => metadata,
-                Ok(_) => continue,
-                // Gone since it was listed.
-                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                Err(error) => return Err(error),
-            };
-            held.push(HeldPartial {
-                bytes: metadata.len(),
-                modified: metadata.modified()?.into_std(),
-                name,
-            });
-        }
-        Ok(held)
-    }
-
-    /// Deletes the held partial data `name`, unless a transfer took it up
-    /// since it was listed; returns whether it was deleted.
-    pub fn remove_held(&self, name: &str) -> io::Result<bool> {
-        if self.inner.is_own_temp(name) {
-            return Ok(false);
-        }
-        // Claimed for the deletion, by a holder no session can ask.
-        match locked(&self.inner.busy).entry(name.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(_) => return Ok(false),
-            std::collections::hash_map::Entry::Vacant(free) => {
-                free.insert(Holder::new());
-            }
-        }
-        let removed = match self.inner.hidden.remove_file(name) {
-            Ok(()) => Ok(true),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(error) => Err(error),
-        };
-        self.inner.forget_held(name);
-        self.release(name);
-        removed
-    }
-
-    /// What is stored under `path` now. Symlinks are reported, not followed.
-    pub fn existing(&self, path: &RelPath) -> io::Result<Existing> {
-        match self.inner.dir.symlink_metadata(path.to_path()) {
-            Ok(metadata) if metadata.is_file() => Ok(Existing::File {
-                size: metadata.len(),
-            }),
-            Ok(metadata) if metadata.is_dir() => Ok(Existing::Directory),
-            Ok(_) => Ok(Existing::Other),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
-            Err(error) => Err(error),
-        }
-    }
-
-    /// How many stored files' hashes to keep (0: none). Until it is set,
-    /// every hash is computed anew.
-    pub fn set_hash_cache_entries(&self, entries: usize) {
-        *locked(&self.inner.hashes) = HashCache::new(entries);
-    }
-
-    /// The regular files stored under the first `limit` numbered names of
-    /// `path` (`name (1).ext` ...), with their sizes: where a file sent
-    /// before under this name may have been stored when the name was taken.
-    /// Stops at the first number with nothing under it; costs at most
-    /// `limit` metadata look-ups; symlinks and other kinds are left out.
-    pub fn numbered_copies(&self, path: &RelPath, limit: u64) -> io::Result<Vec<(RelPath, u64)>> {
-        let mut copies = Vec::new();
-        for n in 1..=limit {
-            let candidate = path.numbered(n);
-            match self.existing(&candidate)? {
-                Existing::File { size } => copies.push((candidate, size)),
-                Existing::Nothing => break,
-                Existing::Directory | Existing::Other => {}
-            }
-        }
-        Ok(copies)
-    }
-
-    /// The BLAKE3 hash of the file stored under `path`, from the cache when
-    /// this version of the file was hashed or committed before; otherwise
-    /// read whole, and then kept.
-    pub fn hash_existing(&self, path: &RelPath) -> io::Result<blake3::Hash> {
-        let file = self.inner.dir.open(path.to_path())?;
-        let version = FileVersion::of(&file.metadata()?);
-        if let Some(hash) = locked(&self.inner.hashes).get(&version) {
-            return Ok(hash);
-        }
-        // Read without the lock: another session may hash the same file
-        // at the same time, which costs a read each, never a wrong answer.
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(&file)?;
-        let hash = hasher.finalize();
-        // A file written to while it was read has a hash of no one version.
-        if FileVersion::of(&file.metadata()?) == version {
-            locked(&self.inner.hashes).insert(version, hash);
-        }
-        Ok(hash)
-    }
-
-    /// Creates the directory `path` and its parents.
-    pub fn create_dir(&self, path: &RelPath) -> io::Result<()> {
-        self.inner.dir.create_dir_all(path.to_path())
-    }
-
-    /// Gives a directory its modification time and mode. Done after its
-    /// files are in place, since adding a file changes the time. The mode
-    /// is masked by the umask, and the owner (the server) keeps every right
-    /// on it, so that later files can still be placed in it.
-    pub fn set_dir_metadata(&self, path: &RelPath, metadata: Metadata) -> io::Result<()> {
-        let dir = self
-            .inner
-            .dir
-            .open_with(path.to_path(), OpenOptions::new().read(true))?
-            .into_std();
-        let metadata = Metadata {
-            mode: metadata.mode.map(|mode| mode | 0o700),
-            ..metadata
-        };
-        apply_metadata(&dir, metadata, self.inner.umask, None)
-    }
-
-    /// Starts receiving a file that will be stored as `target`, in a fresh
-    /// temporary file (made on the first [`Partial::writer`]). Until it is
-    /// committed nothing exists under a final name, and dropping the
-    /// [`Partial`] removes what was written.
-    pub fn begin(&self, target: RelPath) -> Partial {
-        Partial {
-            store: self.clone(),
-            file: None,
-            on_disk: OnDisk::NotYet,
-            temp_name: String::new(),
-            target,
-            offset: 0,
-            resumable: false,
-            claimed: false,
-            committed: false,
-            metadata: Metadata::default(),
-            created_mode: None,
-            hash: None,
-        }
-    }
-
-    /// Starts or resumes receiving the file identified by `key` (which must
-    /// name its content: path, size and modification time). The data already
-    /// held is kept across connections and server restarts; [`Partial::offset`]
-    /// says how much there is. If another connection is receiving the same
-    /// key right now, this one gets a fresh, private temporary file.
-    ///
-    /// Only looks: the file is opened, or made, by [`Partial::writer`], so
-    /// that a batch of answered offers holds no open file each.
-    pub fn begin_resumable(&self, target: RelPath, key: &str) -> io::Result<Partial> {
-        match self.begin_resumable_for(target.clone(), key, &Holder::new(), false)? {
-            Some(partial) => Ok(partial),
-            None => Ok(self.begin(target)),
-        }
-    }
-
-    /// [`Store::begin_resumable`] for the session `holder`, which then
-    /// holds the claim. If another session holds it and `take_over` is set,
-    /// that session is asked to let go and `None` returned: wait with
-    /// [`Store::wait_released`], then call again without `take_over`.
-    pub fn begin_resumable_for(
-        &self,
-        target: RelPath,
-        key: &str,
-        holder: &Holder,
-        take_over: bool,
-    ) -> io::Result<Option<Partial>> {
-        let temp_name = format!("{RESUME_PREFIX}{key}");
-        match locked(&self.inner.busy).entry(temp_name.clone()) {
-            std::collections::hash_map::Entry::Vacant(free) => {
-                free.insert(holder.clone());
-            }
-            std::collections::hash_map::Entry::Occupied(held)
-                if take_over && !held.get().is(holder) =>
-            {
-                held.get().ask();
-                return Ok(None);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => return Ok(Some(self.begin(target))),
-        }
-        let known = locked(&self.inner.held).contains(&temp_name);
-        let looked_up = if known {
-            self.inner.hidden.symlink_metadata(&temp_name)
-        } else {
-            Err(io::ErrorKind::NotFound.into())
-        };
-        let held = match looked_up {
-            Ok(metadata) if metadata.is_file() => Some(metadata.len()),
-            Ok(_) => {
-                self.release(&temp_name);
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "something other than partial data is in the way in the hidden area",
-                ));
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => {
-                self.release(&temp_name);
-                return Err(error);
-            }
-        };
-        Ok(Some(Partial {
-            store: self.clone(),
-            file: None,
-            on_disk: if held.is_some() {
-                OnDisk::Held
-            } else {
-                OnDisk::NotYet
-            },
-            temp_name,
-            target,
-            offset: held.unwrap_or(0),
-            resumable: true,
-            claimed: true,
-            committed: false,
-            metadata: Metadata::default(),
-            created_mode: None,
-            hash: None,
-        }))
-    }
-
-    /// Waits, until `deadline` at most, for no session to hold the claim
-    /// on `key`; returns whether it was released in time.
-    pub async fn wait_released(&self, key: &str, deadline: tokio::time::Instant) -> bool {
-        let temp_name = format!("{RESUME_PREFIX}{key}");
-        loop {
-            // Registered before looking, so that a release between the look
-            // and the wait still wakes it.
-            let released = self.inner.released.notified();
-            let mut released = std::pin::pin!(released);
-            released.as_mut().enable();
-            if !locked(&self.inner.busy).contains_key(&temp_name) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, released).await.is_err() {
-                return false;
-            }
-        }
+        Ok(dir)
     }
 
     /// Makes a new temporary file under a name unique to this process.
@@ -667,24 +184,6 @@ impl Store {
         self.inner.released.notify_waiters();
     }
 
-    /// Makes every partial durable with one file-system sync, then gives each
-    /// its final name and syncs the directories that changed. Returns, for
-    /// each partial in order, the path it was stored under.
-    pub fn commit_all(&self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
-        let mut commit = self.start_commit();
-        let placed = commit.place(partials);
-        commit.finish(placed)
-    }
-
-    /// Starts committing one batch of files group by group, so that the
-    /// first groups get their names while the rest are still arriving.
-    pub fn start_commit(&self) -> Commit {
-        Commit {
-            store: self.clone(),
-            changed: HashSet::new(),
-        }
-    }
-
     /// The folder (relative to the inbox, empty for the inbox itself) that
     /// received files go in, made if missing.
     fn open_parent(&self, relative: &Path) -> io::Result<Dir> {
@@ -712,31 +211,352 @@ impl Store {
     }
 }
 
+impl Backend for LocalDir {
+    type Upload = LocalUpload;
+    type Commit = LocalCommit;
+    type Reader = LocalReader;
+    type Listing = LocalListing;
+
+    /// Removes partial data not written to for `max_age`; returns how many
+    /// files went.
+    fn remove_stale(&self, max_age: Duration) -> io::Result<usize> {
+        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
+        let mut removed = 0;
+        for entry in self.inner.hidden.entries()? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if busy.contains(name) {
+                continue;
+            }
+            let age = entry
+                .metadata()?
+                .modified()?
+                .into_std()
+                .elapsed()
+                .unwrap_or_default();
+            if age >= max_age && self.inner.hidden.remove_file(name).is_ok() {
+                self.inner.forget_held(name);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// What an unprivileged writer may still add to the inbox's file system.
+    fn free_space(&self) -> io::Result<FreeSpace> {
+        let stat = rustix::fs::fstatvfs(&self.inner.dir)?;
+        Ok(FreeSpace {
+            bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+            block: stat.f_frsize.max(1),
+            // A file system with no inode limit (btrfs, for one) reports
+            // none at all.
+            inodes: (stat.f_files > 0).then_some(stat.f_favail),
+        })
+    }
+
+    /// LocalUpload data in the hidden area that no transfer of this process is
+    /// using: what interrupted transfers left to be resumed, and litter of
+    /// earlier processes.
+    fn held_partials(&self) -> io::Result<Vec<HeldPartial>> {
+        let busy: HashSet<String> = locked(&self.inner.busy).keys().cloned().collect();
+        let mut held = Vec::new();
+        for entry in self.inner.hidden.entries()? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if busy.contains(&name) || self.inner.is_own_temp(&name) {
+                continue;
+            }
+            let metadata = match entry.metadata() {
+                Ok(metadata) if metadata.is_file() => metadata,
+                Ok(_) => continue,
+                // Gone since it was listed.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            held.push(HeldPartial {
+                bytes: metadata.len(),
+                modified: metadata.modified()?.into_std(),
+                name,
+            });
+        }
+        Ok(held)
+    }
+
+    /// Deletes the held partial data `name`, unless a transfer took it up
+    /// since it was listed; returns whether it was deleted.
+    fn remove_held(&self, name: &str) -> io::Result<bool> {
+        if self.inner.is_own_temp(name) {
+            return Ok(false);
+        }
+        // Claimed for the deletion, by a holder no session can ask.
+        match locked(&self.inner.busy).entry(name.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => return Ok(false),
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(Holder::new());
+            }
+        }
+        let removed = match self.inner.hidden.remove_file(name) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        };
+        self.inner.forget_held(name);
+        self.release(name);
+        removed
+    }
+
+    /// What is stored under `path` now. Symlinks are reported, not followed.
+    fn existing(&self, path: &RelPath) -> io::Result<Existing> {
+        match self.inner.dir.symlink_metadata(path.to_path()) {
+            Ok(metadata) if metadata.is_file() => Ok(Existing::File {
+                size: metadata.len(),
+            }),
+            Ok(metadata) if metadata.is_dir() => Ok(Existing::Directory),
+            Ok(_) => Ok(Existing::Other),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// How many stored files' hashes to keep (0: none). Until it is set,
+    /// every hash is computed anew.
+    fn set_hash_cache_entries(&self, entries: usize) {
+        *locked(&self.inner.hashes) = HashCache::new(entries);
+    }
+
+    /// The BLAKE3 hash of the file stored under `path`, from the cache when
+    /// this version of the file was hashed or committed before; otherwise
+    /// read whole, and then kept.
+    fn hash_existing(&self, path: &RelPath) -> io::Result<blake3::Hash> {
+        let file = self.inner.dir.open(path.to_path())?;
+        let version = FileVersion::of(&file.metadata()?);
+        if let Some(hash) = locked(&self.inner.hashes).get(&version) {
+            return Ok(hash);
+        }
+        // Read without the lock: another session may hash the same file
+        // at the same time, which costs a read each, never a wrong answer.
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(&file)?;
+        let hash = hasher.finalize();
+        // A file written to while it was read has a hash of no one version.
+        if FileVersion::of(&file.metadata()?) == version {
+            locked(&self.inner.hashes).insert(version, hash);
+        }
+        Ok(hash)
+    }
+
+    /// Creates the directory `path` and its parents.
+    fn create_dir(&self, path: &RelPath) -> io::Result<()> {
+        self.inner.dir.create_dir_all(path.to_path())
+    }
+
+    /// Gives a directory its modification time and mode. Done after its
+    /// files are in place, since adding a file changes the time. The mode
+    /// is masked by the umask, and the owner (the server) keeps every right
+    /// on it, so that later files can still be placed in it.
+    fn set_dir_metadata(&self, path: &RelPath, metadata: Metadata) -> io::Result<()> {
+        let dir = self
+            .inner
+            .dir
+            .open_with(path.to_path(), OpenOptions::new().read(true))?
+            .into_std();
+        let metadata = Metadata {
+            mode: metadata.mode.map(|mode| mode | 0o700),
+            ..metadata
+        };
+        apply_metadata(&dir, metadata, self.inner.umask, None)
+    }
+
+    /// Starts receiving a file that will be stored as `target`, in a fresh
+    /// temporary file, made on the first write or [`Upload::local_file`].
+    /// Until it is committed nothing exists under a final name, and
+    /// dropping the [`LocalUpload`] removes what was written.
+    fn begin(&self, target: RelPath) -> LocalUpload {
+        LocalUpload {
+            store: self.clone(),
+            file: None,
+            positional: None,
+            on_disk: OnDisk::NotYet,
+            temp_name: String::new(),
+            target,
+            offset: 0,
+            resumable: false,
+            claimed: false,
+            committed: false,
+            metadata: Metadata::default(),
+            created_mode: None,
+            hash: None,
+        }
+    }
+
+    /// [`LocalDir::begin_resumable`] for the session `holder`, which then
+    /// holds the claim. If another session holds it and `take_over` is set,
+    /// that session is asked to let go and `None` returned: wait with
+    /// [`LocalDir::wait_released`], then call again without `take_over`.
+    fn begin_resumable_for(
+        &self,
+        target: RelPath,
+        key: &str,
+        holder: &Holder,
+        take_over: bool,
+    ) -> io::Result<Option<LocalUpload>> {
+        let temp_name = format!("{RESUME_PREFIX}{key}");
+        match locked(&self.inner.busy).entry(temp_name.clone()) {
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(holder.clone());
+            }
+            std::collections::hash_map::Entry::Occupied(held)
+                if take_over && !held.get().is(holder) =>
+            {
+                held.get().ask();
+                return Ok(None);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => return Ok(Some(self.begin(target))),
+        }
+        let known = locked(&self.inner.held).contains(&temp_name);
+        let looked_up = if known {
+            self.inner.hidden.symlink_metadata(&temp_name)
+        } else {
+            Err(io::ErrorKind::NotFound.into())
+        };
+        let held = match looked_up {
+            Ok(metadata) if metadata.is_file() => Some(metadata.len()),
+            Ok(_) => {
+                self.release(&temp_name);
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "something other than partial data is in the way in the hidden area",
+                ));
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => {
+                self.release(&temp_name);
+                return Err(error);
+            }
+        };
+        Ok(Some(LocalUpload {
+            store: self.clone(),
+            file: None,
+            positional: None,
+            on_disk: if held.is_some() {
+                OnDisk::Held
+            } else {
+                OnDisk::NotYet
+            },
+            temp_name,
+            target,
+            offset: held.unwrap_or(0),
+            resumable: true,
+            claimed: true,
+            committed: false,
+            metadata: Metadata::default(),
+            created_mode: None,
+            hash: None,
+        }))
+    }
+
+    /// Waits, until `deadline` at most, for no session to hold the claim
+    /// on `key`; returns whether it was released in time.
+    async fn wait_released(&self, key: &str, deadline: tokio::time::Instant) -> bool {
+        let temp_name = format!("{RESUME_PREFIX}{key}");
+        loop {
+            // Registered before looking, so that a release between the look
+            // and the wait still wakes it.
+            let released = self.inner.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            if !locked(&self.inner.busy).contains_key(&temp_name) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Starts committing one batch of files group by group, so that the
+    /// first groups get their names while the rest are still arriving.
+    fn list(&self, dir: Option<&RelPath>) -> io::Result<LocalListing> {
+        let components = dir.map_or(&[][..], RelPath::components);
+        let dir = self.open_dir_no_links(components)?;
+        Ok(LocalListing {
+            entries: dir.entries()?,
+        })
+    }
+
+    fn open_read(&self, path: &RelPath) -> io::Result<LocalReader> {
+        let Some((name, parents)) = path.components().split_last() else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let parent = self.open_dir_no_links(parents)?;
+        // Looked at first, so that a special file is never opened (opening
+        // a device can act on it); checked again once open, for one put in
+        // its place meanwhile.
+        if !parent.symlink_metadata(name.as_str())?.is_file() {
+            return Err(not_a_regular_file());
+        }
+        let file = rustix::fs::openat(
+            &parent,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|error| match error {
+            rustix::io::Errno::LOOP => not_a_regular_file(),
+            other => other.into(),
+        })?;
+        let file = std::fs::File::from(file);
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(not_a_regular_file());
+        }
+        let info = FileInfo {
+            size: metadata.len(),
+            modified: metadata.modified()?,
+            mode: metadata.permissions().mode() & 0o777,
+        };
+        Ok(LocalReader { file, info })
+    }
+
+    fn start_commit(&self) -> LocalCommit {
+        LocalCommit {
+            store: self.clone(),
+            changed: HashSet::new(),
+        }
+    }
+}
+
 /// One batch's commit, made of groups: each group's data is synced and
 /// named as soon as it is whole, and the folders that gained names are
 /// synced once, at the end. A file is named only after its data is durable,
 /// and the batch is durable when [`Commit::finish`] returns, as with one
-/// [`Store::commit_all`].
-pub struct Commit {
-    store: Store,
+/// [`LocalDir::commit_all`].
+pub struct LocalCommit {
+    store: LocalDir,
     /// The folders that gained names, to be synced at the end. Paths, not
     /// open handles: a batch spread over many folders must not hold a
     /// descriptor for each until it ends.
     changed: HashSet<PathBuf>,
 }
 
-impl Commit {
+impl Commit for LocalCommit {
+    type Upload = LocalUpload;
+
     /// Makes the data of `partials` durable with one sync, then gives each
     /// its final name. Returns, for each partial in order, the path it was
     /// stored under; the names are durable only after [`Commit::finish`].
-    pub fn place(&mut self, partials: Vec<Partial>) -> Vec<io::Result<String>> {
+    fn place(&mut self, partials: Vec<LocalUpload>) -> Vec<io::Result<String>> {
         let store = &self.store;
         // Times and modes first, so that the sync below covers them too.
-        let prepared: Vec<io::Result<()>> = partials.iter().map(Partial::apply_metadata).collect();
+        let prepared: Vec<io::Result<()>> =
+            partials.iter().map(LocalUpload::apply_metadata).collect();
         let synced = match partials.as_slice() {
             [] => return Vec::new(),
             [
-                Partial {
+                LocalUpload {
                     file: Some(only), ..
                 },
             ] => only.sync_all(),
@@ -777,7 +597,7 @@ impl Commit {
 
     /// Syncs every folder that gained a name, so that the names placed are
     /// durable; if that fails, every result in `placed` becomes the failure.
-    pub fn finish(self, placed: Vec<io::Result<String>>) -> Vec<io::Result<String>> {
+    fn finish(self, placed: Vec<io::Result<String>>) -> Vec<io::Result<String>> {
         for dir in self.changed {
             if let Err(error) = self.store.sync_dir(&dir) {
                 return placed
@@ -790,52 +610,93 @@ impl Commit {
     }
 }
 
-/// One session's hold on the resumable partials it claimed. A newer
-/// session of the same sender that wants one of them asks the holder to
-/// let go: [`Holder::asked`] completes, and the holder ends its transfer,
-/// keeping the data it wrote, which releases the claim. Cheap to clone;
-/// every clone is the same holder.
-#[derive(Clone)]
-pub struct Holder {
-    asked: Arc<tokio::sync::watch::Sender<bool>>,
+/// A stored file opened for reading.
+pub struct LocalReader {
+    file: std::fs::File,
+    /// What the file was when it was opened.
+    info: FileInfo,
 }
 
-impl Holder {
-    pub fn new() -> Holder {
-        Holder {
-            asked: Arc::new(tokio::sync::watch::Sender::new(false)),
+impl io::Read for LocalReader {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buffer)
+    }
+}
+
+impl Reader for LocalReader {
+    fn info(&self) -> FileInfo {
+        self.info
+    }
+
+    fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.file.read_at(buffer, offset)
+    }
+
+    fn local_file(&self) -> Option<&std::fs::File> {
+        Some(&self.file)
+    }
+}
+
+/// A folder's entries, read from the kernel a buffer at a time: it holds
+/// a directory stream and its buffer, never the entries it has returned.
+pub struct LocalListing {
+    entries: cap_std::fs::ReadDir,
+}
+
+impl Listing for LocalListing {
+    /// An entry skipped (a refused name, a symlink, a special file, one
+    /// gone since it was read) costs its look-up and no memory, so a batch
+    /// may take a while to fill, never more room.
+    fn next_batch(&mut self, max: usize) -> io::Result<Vec<Listed>> {
+        let max = max.clamp(1, MAX_LIST_BATCH);
+        let mut batch = Vec::with_capacity(max);
+        while batch.len() < max {
+            let Some(entry) = self.entries.next() else {
+                break;
+            };
+            let entry = entry?;
+            // The hidden area's name is reserved, so it is refused here too.
+            let Ok(name) = SafeName::parse(entry.file_name().as_encoded_bytes()) else {
+                continue;
+            };
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            let kind = if metadata.is_file() {
+                ListedKind::File(FileInfo {
+                    size: metadata.len(),
+                    modified: metadata.modified()?.into_std(),
+                    mode: metadata.mode() & 0o777,
+                })
+            } else if metadata.is_dir() {
+                ListedKind::Directory
+            } else {
+                continue;
+            };
+            batch.push(Listed { name, kind });
         }
-    }
-
-    /// Completes once another session has asked for one of this holder's
-    /// claims (at once, if it already has).
-    pub async fn asked(&self) {
-        let mut asked = self.asked.subscribe();
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = asked.wait_for(|asked| *asked).await;
-    }
-
-    fn ask(&self) {
-        self.asked.send_replace(true);
-    }
-
-    fn is(&self, other: &Holder) -> bool {
-        Arc::ptr_eq(&self.asked, &other.asked)
+        Ok(batch)
     }
 }
 
-impl Default for Holder {
-    fn default() -> Holder {
-        Holder::new()
-    }
+fn not_a_regular_file() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not a regular file (a symlink is not followed)",
+    )
 }
 
 /// A file being received, under a temporary name in the hidden area.
-pub struct Partial {
-    store: Store,
-    /// Open while data is written, and closed by [`Partial::close`] once the
+pub struct LocalUpload {
+    store: LocalDir,
+    /// Open while data is written, and closed by [`LocalUpload::close`] once the
     /// file is whole, so that a batch does not hold a descriptor per file.
     file: Option<Arc<std::fs::File>>,
+    /// A second descriptor, without `O_APPEND`, for [`Upload::write_at`];
+    /// made on its first use and closed with `file`.
+    positional: Option<std::fs::File>,
     on_disk: OnDisk,
     /// Empty until a private temporary file is made.
     temp_name: String,
@@ -844,7 +705,7 @@ pub struct Partial {
     offset: u64,
     /// Kept when dropped uncommitted, so that a later transfer resumes it.
     resumable: bool,
-    /// Holds the store's claim on `temp_name` (see `StoreInner::busy`).
+    /// Holds the store's claim on `temp_name` (see `Inner::busy`).
     claimed: bool,
     committed: bool,
     /// Applied at close or commit, before the data is synced.
@@ -861,18 +722,18 @@ pub struct Partial {
 enum OnDisk {
     /// Made on the first write.
     NotYet,
-    /// Held from an earlier transfer, [`Partial::offset`] bytes long when
+    /// Held from an earlier transfer, [`LocalUpload::offset`] bytes long when
     /// the offer was answered.
     Held,
     /// Made or opened by this partial.
     Opened,
 }
 
-impl Partial {
+impl LocalUpload {
     /// A handle to append the received bytes to, opening (or making) the
     /// file on first use. Shared, not duplicated: a duplicate cost two
     /// system calls per file.
-    pub fn writer(&mut self) -> io::Result<Arc<std::fs::File>> {
+    fn writer(&mut self) -> io::Result<Arc<std::fs::File>> {
         if let Some(file) = &self.file {
             return Ok(Arc::clone(file));
         }
@@ -930,15 +791,6 @@ impl Partial {
         Ok(file)
     }
 
-    /// Gives the whole file its time and mode and closes it. The data is
-    /// synced at commit all the same, by a sync of the whole file system
-    /// when the batch has more than one file.
-    pub fn close(&mut self) -> io::Result<()> {
-        self.apply_metadata()?;
-        self.file = None;
-        Ok(())
-    }
-
     /// Gives the file its time and mode while it is open; a closed one got
     /// them when it was closed.
     fn apply_metadata(&self) -> io::Result<()> {
@@ -951,65 +803,6 @@ impl Partial {
             ),
             None => Ok(()),
         }
-    }
-
-    /// The name its data keeps in the hidden area when the transfer is
-    /// interrupted, for a resumable partial.
-    pub fn resume_name(&self) -> Option<&str> {
-        (self.resumable && self.claimed).then_some(self.temp_name.as_str())
-    }
-
-    /// Bytes already held from an earlier, interrupted transfer.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// Feeds the first [`Partial::offset`] bytes to `hasher`, so that a
-    /// resumed file is verified whole.
-    pub fn hash_held_bytes(&mut self, hasher: &mut blake3::Hasher) -> io::Result<()> {
-        let file = self.writer()?;
-        let mut buffer = vec![0u8; 1024 * 1024];
-        let mut position = 0;
-        while position < self.offset {
-            let want = usize::try_from(self.offset - position)
-                .map_or(buffer.len(), |left| left.min(buffer.len()));
-            let read = file.read_at(&mut buffer[..want], position)?;
-            if read == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "partial data shrank",
-                ));
-            }
-            hasher.update(&buffer[..read]);
-            position += read as u64;
-        }
-        Ok(())
-    }
-
-    /// The modification time and mode to give the file when it is committed.
-    pub fn set_metadata(&mut self, metadata: Metadata) {
-        self.metadata = metadata;
-    }
-
-    /// The verified hash of the whole file: once the file is under its final
-    /// name, [`Store::hash_existing`] knows it without reading the file.
-    pub fn set_hash(&mut self, hash: blake3::Hash) {
-        self.hash = Some(hash);
-    }
-
-    /// Deletes the data, resumable or not: it is known to be wrong.
-    pub fn discard(mut self) {
-        self.resumable = false;
-    }
-
-    /// Makes the file durable and gives it its final name; returns that name,
-    /// which differs from the requested one when the store kept both.
-    pub fn commit(self) -> io::Result<String> {
-        let store = self.store.clone();
-        store
-            .commit_all(vec![self])
-            .pop()
-            .unwrap_or_else(|| Err(io::Error::other("nothing committed")))
     }
 
     /// Gives the synced data its final name in `parent`, the target's
@@ -1097,6 +890,90 @@ impl Partial {
     }
 }
 
+impl Upload for LocalUpload {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer()?.as_ref().write_all(bytes)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        // The data path's file appends whatever the offset (`O_APPEND`), so
+        // positional writes go through a second descriptor, made on first
+        // use and closed with the first.
+        self.writer()?;
+        if self.positional.is_none() {
+            let file = self
+                .store
+                .inner
+                .hidden
+                .open_with(&self.temp_name, OpenOptions::new().write(true))?;
+            self.positional = Some(file.into_std());
+        }
+        match &self.positional {
+            Some(file) => file.write_all_at(bytes, offset),
+            None => unreachable!("opened above"),
+        }
+    }
+
+    fn read_at(&mut self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.writer()?.read_at(buffer, offset)
+    }
+
+    fn len(&mut self) -> io::Result<u64> {
+        Ok(self.writer()?.metadata()?.len())
+    }
+
+    fn local_file(&mut self) -> io::Result<Option<Arc<std::fs::File>>> {
+        self.writer().map(Some)
+    }
+
+    /// Gives the whole file its time and mode and closes it. The data is
+    /// synced at commit all the same, by a sync of the whole file system
+    /// when the batch has more than one file.
+    fn close(&mut self) -> io::Result<()> {
+        self.apply_metadata()?;
+        self.file = None;
+        self.positional = None;
+        Ok(())
+    }
+
+    /// The name its data keeps in the hidden area when the transfer is
+    /// interrupted, for a resumable partial.
+    fn resume_name(&self) -> Option<&str> {
+        (self.resumable && self.claimed).then_some(self.temp_name.as_str())
+    }
+
+    /// Bytes already held from an earlier, interrupted transfer.
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The modification time and mode to give the file when it is committed.
+    fn set_metadata(&mut self, metadata: Metadata) {
+        self.metadata = metadata;
+    }
+
+    /// The verified hash of the whole file: once the file is under its final
+    /// name, [`LocalDir::hash_existing`] knows it without reading the file.
+    fn set_hash(&mut self, hash: blake3::Hash) {
+        self.hash = Some(hash);
+    }
+
+    /// Deletes the data, resumable or not: it is known to be wrong.
+    fn discard(mut self) {
+        self.resumable = false;
+    }
+
+    /// Makes the file durable and gives it its final name; returns that name,
+    /// which differs from the requested one when the store kept both.
+    fn commit(self) -> io::Result<String> {
+        let store = self.store.clone();
+        store
+            .commit_all(vec![self])
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("nothing committed")))
+    }
+}
+
 /// A number `n` such that `name (n)` is free in `parent` and `name (n-1)`
 /// is not (or `n` is 1), found in a number of looks that grows with the
 /// logarithm of the copies there, not with the copies: doubling until a
@@ -1124,7 +1001,7 @@ fn first_free_number(parent: &Dir, name: &SafeName) -> u64 {
     free
 }
 
-impl StoreInner {
+impl Inner {
     /// Whether `name` is a private temporary file of this process: always
     /// in use, until its transfer commits or removes it.
     fn is_own_temp(&self, name: &str) -> bool {
@@ -1185,7 +1062,7 @@ impl StoreInner {
     }
 }
 
-impl Drop for Partial {
+impl Drop for LocalUpload {
     fn drop(&mut self) {
         if !self.committed && !self.resumable && self.on_disk != OnDisk::NotYet {
             // The data is incomplete; a failure to remove it only leaves
@@ -1311,105 +1188,13 @@ fn process_umask() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn ordinary_names_pass() {
-        for name in [
-            "report.pdf",
-            "a b c.txt",
-            "naïve – 日本.txt",
-            "שלום.txt",
-            "e\u{301}t\u{e9}",
-            "\u{2764}\u{fe0f} notes",
-            "葛\u{e0100}城",
-            ".bashrc",
-            "x",
-        ] {
-            assert_eq!(SafeName::parse(name.as_bytes()).unwrap().as_str(), name);
-        }
-        let longest = "n".repeat(MAX_NAME_LEN);
-        assert!(SafeName::parse(longest.as_bytes()).is_ok());
-    }
-
-    #[test]
-    fn dangerous_names_are_refused_with_their_reason() {
-        let cases: &[(&[u8], NameError)] = &[
-            (b"", NameError::Empty),
-            (b".", NameError::DotOrDotDot),
-            (b"..", NameError::DotOrDotDot),
-            (b"a\0b", NameError::ControlCharacter),
-            (b"a\nb", NameError::ControlCharacter),
-            (b"\x1b[31mred", NameError::ControlCharacter),
-            ("a\u{9b}b".as_bytes(), NameError::ControlCharacter),
-            (b"\xff\xfe", NameError::NotUtf8),
-            (
-                "invoice\u{202e}fdp.exe".as_bytes(),
-                NameError::DirectionChange('\u{202e}'),
-            ),
-            (
-                "\u{2067}x".as_bytes(),
-                NameError::DirectionChange('\u{2067}'),
-            ),
-            (
-                "a\u{200f}".as_bytes(),
-                NameError::DirectionChange('\u{200f}'),
-            ),
-            (
-                "a\u{61c}b".as_bytes(),
-                NameError::DirectionChange('\u{61c}'),
-            ),
-            (
-                "pay\u{200b}pal".as_bytes(),
-                NameError::Invisible('\u{200b}'),
-            ),
-            ("a\u{200d}b".as_bytes(), NameError::Invisible('\u{200d}')),
-            (
-                "\u{feff}report".as_bytes(),
-                NameError::Invisible('\u{feff}'),
-            ),
-            ("a\u{2060}b".as_bytes(), NameError::Invisible('\u{2060}')),
-            ("a\u{ad}b".as_bytes(), NameError::Invisible('\u{ad}')),
-            ("\u{3164}".as_bytes(), NameError::Invisible('\u{3164}')),
-            ("x\u{e0041}".as_bytes(), NameError::Invisible('\u{e0041}')),
-            (b"a/b", NameError::Separator),
-            (b"..\\x", NameError::Separator),
-            (b".haul", NameError::Reserved),
-        ];
-        for (raw, expected) in cases {
-            assert_eq!(SafeName::parse(raw).as_ref(), Err(expected), "{raw:?}");
-        }
-        let too_long = "n".repeat(MAX_NAME_LEN + 1);
-        assert_eq!(
-            SafeName::parse(too_long.as_bytes()),
-            Err(NameError::TooLong(MAX_NAME_LEN + 1))
-        );
-    }
-
-    #[test]
-    fn relative_paths_are_judged_component_by_component() {
-        assert_eq!(
-            RelPath::parse(b"a/b c/d.txt").unwrap().to_string(),
-            "a/b c/d.txt"
-        );
-        let cases: &[(&[u8], NameError)] = &[
-            (b"/etc/passwd", NameError::Empty),
-            (b"a/../../b", NameError::DotOrDotDot),
-            (b"a//b", NameError::Empty),
-            (b"a/", NameError::Empty),
-            (b"..\\x", NameError::Separator),
-            (b".haul/x", NameError::Reserved),
-            (b"a/\0/b", NameError::ControlCharacter),
-        ];
-        for (raw, expected) in cases {
-            assert_eq!(RelPath::parse(raw).as_ref(), Err(expected), "{raw:?}");
-        }
-    }
+    use std::io::Read;
+    use std::time::SystemTime;
 
     #[test]
     fn a_resumable_partial_survives_and_reports_what_it_holds() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"dir/big.bin").unwrap();
         let mut first = store.begin_resumable(target.clone(), "key").unwrap();
         assert_eq!(first.offset(), 0);
@@ -1454,7 +1239,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_partial_is_handed_over_once_its_holder_lets_go() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"big.bin").unwrap();
         let (old, new) = (Holder::new(), Holder::new());
         let mut held = store
@@ -1493,13 +1278,13 @@ mod tests {
     #[test]
     fn a_batch_of_closed_partials_commits_with_content_time_and_mode() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         // Made with their modes where the umask allows, changed after
         // where it does not (0o666), or where the server keeps the right to
         // write (0o444); setuid, setgid and sticky bits never survive.
         let modes = [0o640, 0o444, 0o666, 0o7777];
-        let partials: Vec<Partial> = (0..modes.len())
+        let partials: Vec<LocalUpload> = (0..modes.len())
             .map(|index| {
                 let name = format!("dir/{index}.txt");
                 let key = format!("key-{index}");
@@ -1544,7 +1329,7 @@ mod tests {
     #[test]
     fn a_commit_names_each_group_when_placed_and_keeps_the_conflict_policy_across_groups() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let whole = |name: &str, content: &str| {
             let mut partial = store.begin(RelPath::parse(name.as_bytes()).unwrap());
             partial
@@ -1583,7 +1368,7 @@ mod tests {
     #[test]
     fn an_answered_partial_holds_no_file_until_written() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"a.bin").unwrap();
         let fresh = store.begin_resumable(target.clone(), "fresh").unwrap();
         let private = store.begin(target.clone());
@@ -1601,7 +1386,7 @@ mod tests {
     #[test]
     fn discarded_data_is_deleted_and_its_key_can_be_used_again() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let target = RelPath::parse(b"a.bin").unwrap();
         let mut damaged = store.begin_resumable(target.clone(), "key").unwrap();
         damaged
@@ -1623,7 +1408,7 @@ mod tests {
         let hidden = temp.path().join(HIDDEN_AREA);
         std::fs::create_dir_all(&hidden).unwrap();
         std::fs::write(hidden.join("resume-earlier"), b"held").unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let earlier = store
             .begin_resumable(RelPath::parse(b"a.bin").unwrap(), "earlier")
             .unwrap();
@@ -1646,18 +1431,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn numbered_names_keep_the_extension_and_the_length_limit() {
-        let name = |s: &str| SafeName::parse(s.as_bytes()).unwrap();
-        assert_eq!(name("report.pdf").numbered(1), "report (1).pdf");
-        assert_eq!(name("README").numbered(2), "README (2)");
-        assert_eq!(name(".bashrc").numbered(1), ".bashrc (1)");
-        let long = name(&"é".repeat(MAX_NAME_LEN / 2));
-        let numbered = long.numbered(7);
-        assert!(numbered.len() <= MAX_NAME_LEN);
-        assert!(numbered.ends_with(" (7)"));
-    }
-
     /// The k-th copy of a name is placed in as few tries as the first:
     /// its own name, then the number remembered for it. A store that has
     /// no memory of the name (a restarted server) finds a free number in a
@@ -1665,14 +1438,14 @@ mod tests {
     #[test]
     fn the_three_thousandth_copy_of_a_name_costs_no_more_than_the_first() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let tries = || store.inner.moves_tried.load(Ordering::Relaxed);
         // Committed a hundred at a time, to spare the test 3,000 syncs.
         // Every copy takes at least two tries (its own name, taken, and a
         // numbered one), so a batch's total says that each took exactly
         // as many.
         for batch in 0..30u32 {
-            let partials: Vec<Partial> = (0..100u32)
+            let partials: Vec<LocalUpload> = (0..100u32)
                 .map(|index| {
                     let mut partial = store.begin(RelPath::parse(b"x.txt").unwrap());
                     let content = (batch * 100 + index).to_be_bytes();
@@ -1700,7 +1473,7 @@ mod tests {
             std::fs::read(temp.path().join("x (2999).txt")).unwrap(),
             2999u32.to_be_bytes()
         );
-        let restarted = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let restarted = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         assert_eq!(
             receive(&restarted, "x.txt", b"after a restart"),
             "x (3000).txt"
@@ -1712,7 +1485,7 @@ mod tests {
         );
     }
 
-    fn receive(store: &Store, name: &str, content: &[u8]) -> String {
+    fn receive(store: &LocalDir, name: &str, content: &[u8]) -> String {
         let mut partial = store.begin(RelPath::parse(name.as_bytes()).unwrap());
         partial
             .writer()
@@ -1726,7 +1499,7 @@ mod tests {
     #[test]
     fn an_existing_file_is_kept_and_the_new_one_numbered() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         assert_eq!(receive(&store, "a.txt", b"one"), "a.txt");
         assert_eq!(receive(&store, "a.txt", b"two"), "a (1).txt");
         assert_eq!(receive(&store, "a.txt", b"three"), "a (2).txt");
@@ -1742,7 +1515,7 @@ mod tests {
     #[test]
     fn overwrite_replaces_the_existing_file() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Overwrite).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Overwrite).unwrap();
         receive(&store, "a.txt", b"one");
         assert_eq!(receive(&store, "a.txt", b"two"), "a.txt");
         assert_eq!(std::fs::read(temp.path().join("a.txt")).unwrap(), b"two");
@@ -1751,7 +1524,7 @@ mod tests {
     #[test]
     fn an_abandoned_partial_leaves_nothing() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         let mut partial = store.begin(RelPath::parse(b"a.txt").unwrap());
         partial
             .writer()
@@ -1768,7 +1541,7 @@ mod tests {
     #[test]
     fn a_stored_hash_is_kept_until_the_file_changes_even_with_its_mtime_put_back() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         store.set_hash_cache_entries(16);
         let path = temp.path().join("a.bin");
         std::fs::write(&path, b"one version").unwrap();
@@ -1800,7 +1573,7 @@ mod tests {
     #[test]
     fn a_committed_file_with_its_hash_is_known_without_reading_it() {
         let temp = tempfile::tempdir().unwrap();
-        let store = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         store.set_hash_cache_entries(16);
         std::fs::write(temp.path().join("a.txt"), b"theirs").unwrap();
         let mut partial = store.begin(RelPath::parse(b"a.txt").unwrap());
@@ -1863,11 +1636,11 @@ mod tests {
         let target = outside.path().join("victim");
         std::fs::write(&target, b"precious").unwrap();
         std::os::unix::fs::symlink(&target, temp.path().join("a.txt")).unwrap();
-        let keep_both = Store::open(temp.path(), OnConflict::Rename).unwrap();
+        let keep_both = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
         assert_eq!(receive(&keep_both, "a.txt", b"attack"), "a (1).txt");
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
 
-        let overwrite = Store::open(temp.path(), OnConflict::Overwrite).unwrap();
+        let overwrite = LocalDir::open(temp.path(), OnConflict::Overwrite).unwrap();
         let mut partial = overwrite.begin(RelPath::parse(b"a.txt").unwrap());
         partial
             .writer()
@@ -1882,6 +1655,236 @@ mod tests {
             std::fs::symlink_metadata(temp.path().join("a.txt"))
                 .unwrap()
                 .is_symlink()
+        );
+    }
+
+    /// A store as a sender and a planter of traps left it: a file and a
+    /// folder it may list and open, and around them what it must not.
+    struct Planted {
+        inbox: tempfile::TempDir,
+        outside: tempfile::TempDir,
+        store: LocalDir,
+        modified: SystemTime,
+    }
+
+    fn planted() -> Planted {
+        let inbox = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(inbox.path(), OnConflict::Rename).unwrap();
+        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+        let mut upload = store.begin(RelPath::parse(b"a.txt").unwrap());
+        upload.set_metadata(Metadata {
+            modified: Some(modified),
+            mode: Some(0o640),
+        });
+        upload.append(b"stored").unwrap();
+        assert_eq!(upload.commit().unwrap(), "a.txt");
+        store.create_dir(&RelPath::parse(b"sub").unwrap()).unwrap();
+        std::fs::write(inbox.path().join("sub/inner.txt"), b"inner").unwrap();
+        // Partial data, in the hidden area.
+        let mut held = store
+            .begin_resumable(RelPath::parse(b"big.bin").unwrap(), "key")
+            .unwrap();
+        held.append(b"half").unwrap();
+        drop(held);
+        std::fs::write(outside.path().join("secret"), b"outside").unwrap();
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, inbox.path().join(name)).unwrap();
+        };
+        link(&outside.path().join("secret"), "out-link");
+        link(outside.path(), "out-dir");
+        link(Path::new("a.txt"), "in-link");
+        link(Path::new("sub"), "in-dir");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            inbox.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        for refused in ["new\nline", "invoice\u{202e}fdp.exe", "zero\u{200b}width"] {
+            std::fs::write(inbox.path().join(refused), b"refused").unwrap();
+        }
+        Planted {
+            inbox,
+            outside,
+            store,
+            modified,
+        }
+    }
+
+    fn list_all(store: &LocalDir, dir: Option<&RelPath>) -> io::Result<Vec<Listed>> {
+        let mut listing = store.list(dir)?;
+        let mut all = Vec::new();
+        loop {
+            let batch = listing.next_batch(2)?;
+            if batch.is_empty() {
+                break;
+            }
+            all.extend(batch);
+        }
+        all.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(all)
+    }
+
+    #[test]
+    fn a_listing_shows_stored_files_and_folders_and_nothing_else() {
+        let planted = planted();
+        let store = &planted.store;
+        let umask = store.inner.umask;
+        let listed = list_all(store, None).unwrap();
+        let expected = [
+            Listed {
+                name: SafeName::parse(b"a.txt").unwrap(),
+                kind: ListedKind::File(FileInfo {
+                    size: 6,
+                    modified: planted.modified,
+                    mode: 0o640 & !umask,
+                }),
+            },
+            Listed {
+                name: SafeName::parse(b"sub").unwrap(),
+                kind: ListedKind::Directory,
+            },
+        ];
+        assert_eq!(
+            listed, expected,
+            "no hidden area, symlink, special file or refused name"
+        );
+
+        let sub = list_all(store, Some(&RelPath::parse(b"sub").unwrap())).unwrap();
+        let names: Vec<&str> = sub.iter().map(|entry| entry.name.as_str()).collect();
+        assert_eq!(names, ["inner.txt"]);
+        for link in ["out-dir", "in-dir", "a.txt"] {
+            let error =
+                list_all(store, Some(&RelPath::parse(link.as_bytes()).unwrap())).expect_err(link);
+            assert!(
+                error.to_string().contains("a symlink is not followed"),
+                "{link}: {error}"
+            );
+        }
+        assert!(
+            list_all(store, Some(&RelPath::parse(b"in-dir/inner.txt").unwrap())).is_err(),
+            "not through a symlink on the way either"
+        );
+    }
+
+    #[test]
+    fn a_stored_file_opens_for_reading_and_nothing_else_does() {
+        let planted = planted();
+        let store = &planted.store;
+        let mut reader = store.open_read(&RelPath::parse(b"a.txt").unwrap()).unwrap();
+        let mut content = Vec::new();
+        reader.read_to_end(&mut content).unwrap();
+        assert_eq!(content, b"stored");
+        let mut tail = [0u8; 3];
+        assert_eq!(reader.read_at(&mut tail, 3).unwrap(), 3);
+        assert_eq!(&tail, b"red");
+        assert_eq!(
+            reader.info(),
+            FileInfo {
+                size: 6,
+                modified: planted.modified,
+                mode: 0o640 & !store.inner.umask,
+            }
+        );
+        assert!(reader.local_file().is_some());
+        let inner = store.open_read(&RelPath::parse(b"sub/inner.txt").unwrap());
+        assert_eq!(inner.unwrap().info().size, 5);
+
+        // A FIFO would block an open without O_NONBLOCK: this returns.
+        for refused in [
+            "out-link",
+            "in-link",
+            "out-dir/secret",
+            "in-dir/inner.txt",
+            "fifo",
+            "sub",
+        ] {
+            let error = store
+                .open_read(&RelPath::parse(refused.as_bytes()).unwrap())
+                .err()
+                .unwrap_or_else(|| panic!("{refused} opened"));
+            assert!(
+                error.to_string().contains("a symlink is not followed"),
+                "{refused}: {error}"
+            );
+        }
+        let missing = store.open_read(&RelPath::parse(b"missing").unwrap());
+        assert_eq!(
+            missing.err().map(|error| error.kind()),
+            Some(io::ErrorKind::NotFound)
+        );
+        assert_eq!(
+            std::fs::read(planted.outside.path().join("secret")).unwrap(),
+            b"outside"
+        );
+        assert!(
+            planted
+                .inbox
+                .path()
+                .join(HIDDEN_AREA)
+                .join("resume-key")
+                .exists()
+        );
+    }
+
+    /// A listing holds one batch of entries at a time, whatever the size of
+    /// the folder and whatever it is asked for.
+    #[test]
+    fn a_folder_of_twenty_thousand_files_is_listed_a_bounded_batch_at_a_time() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
+        let count = 20_000;
+        for index in 0..count {
+            std::fs::File::create(temp.path().join(format!("f{index}"))).unwrap();
+        }
+        let mut listing = store.list(None).unwrap();
+        let mut seen = HashSet::new();
+        let mut batches = 0;
+        loop {
+            let batch = listing.next_batch(100).unwrap();
+            assert!(batch.capacity() <= 100, "{}", batch.capacity());
+            if batch.is_empty() {
+                break;
+            }
+            batches += 1;
+            for entry in batch {
+                assert!(matches!(
+                    entry.kind,
+                    ListedKind::File(FileInfo { size: 0, .. })
+                ));
+                assert!(seen.insert(entry.name.as_str().to_owned()), "listed twice");
+            }
+        }
+        assert_eq!(seen.len(), count);
+        assert!(batches >= count / 100);
+        let mut greedy = store.list(None).unwrap();
+        let batch = greedy.next_batch(usize::MAX).unwrap();
+        assert_eq!(batch.len(), MAX_LIST_BATCH);
+        assert!(batch.capacity() <= MAX_LIST_BATCH);
+    }
+
+    #[test]
+    fn an_upload_takes_bytes_at_an_offset_and_reads_back_what_it_holds() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(temp.path(), OnConflict::Rename).unwrap();
+        let mut upload = store.begin(RelPath::parse(b"pieces.bin").unwrap());
+        assert!(upload.is_empty().unwrap());
+        upload.append(b"0123").unwrap();
+        upload.write_at(8, b"89").unwrap();
+        upload.write_at(4, b"4567").unwrap();
+        upload.append(b"ab").unwrap();
+        assert_eq!(upload.len().unwrap(), 12);
+        let mut back = [0u8; 12];
+        assert_eq!(upload.read_at(&mut back, 0).unwrap(), 12);
+        assert_eq!(&back, b"0123456789ab");
+        upload.close().unwrap();
+        assert_eq!(upload.commit().unwrap(), "pieces.bin");
+        assert_eq!(
+            std::fs::read(temp.path().join("pieces.bin")).unwrap(),
+            b"0123456789ab"
         );
     }
 }
