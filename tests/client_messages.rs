@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use util::{HaulServer, LINE_WAIT, haul, haul_command, random_bytes, stderr_of};
+use util::{HaulServer, LINE_WAIT, haul, haul_command, json, random_bytes, stderr_of};
 
 const SECRET: &str = "4f6d2c0a9be14e7f8a3d5c21b7e09f64d2a1c3e5f7b9d0e2a4c6e8f0a2b4c6d8";
 
@@ -32,21 +32,6 @@ fn a_file(dir: &Path, name: &str, content: &[u8]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
     path.to_str().unwrap().to_owned()
-}
-
-/// The JSON lines a send printed on stdout.
-fn json_lines(output: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-        .collect()
-}
-
-fn summary_of(output: &Output) -> serde_json::Value {
-    json_lines(output)
-        .into_iter()
-        .find(|line| line["event"] == "summary")
-        .unwrap_or_else(|| panic!("no summary; stdout: {:?}", output.stdout))
 }
 
 #[test]
@@ -128,7 +113,10 @@ fn to_without_a_port_sends_to_port_12000() {
     let path = a_file(source.path(), "portless.txt", b"to the default port");
     let output = send_with_secret(None, "127.0.0.77", &["--json", &path]);
     assert!(output.status.success(), "{}", stderr_of(&output));
-    assert_eq!(summary_of(&output)["to"], "127.0.0.77:12000");
+    assert_eq!(
+        json::summary(&json::lines(&output.stdout))["to"],
+        "127.0.0.77:12000"
+    );
     assert_eq!(
         std::fs::read(inbox.join("portless.txt")).unwrap(),
         b"to the default port"
@@ -151,7 +139,12 @@ fn to_without_a_port_sends_to_port_12000() {
     ] {
         let missing = source.path().join("missing.txt");
         let output = send_with_secret(None, given, &["--json", missing.to_str().unwrap()]);
-        assert_eq!(summary_of(&output)["to"], meant, "{}", stderr_of(&output));
+        assert_eq!(
+            json::summary(&json::lines(&output.stdout))["to"],
+            meant,
+            "{}",
+            stderr_of(&output)
+        );
     }
 }
 
@@ -370,7 +363,8 @@ fn ctrl_c_says_how_many_files_are_stored_exits_130_and_a_rerun_resumes() {
 
     let again = haul(&["send", "--json", "--to", server.addr(), &tree]);
     assert!(again.status.success(), "{}", stderr_of(&again));
-    let summary = summary_of(&again);
+    let lines = json::lines(&again.stdout);
+    let summary = json::summary(&lines);
     assert_eq!(summary["already_there"], 255, "{summary}");
     assert_eq!(summary["stored"], 1, "{summary}");
     assert_eq!(
@@ -466,10 +460,7 @@ fn a_fifo_is_read_to_its_end_and_stored_under_its_name() {
     ]);
     writer.join().unwrap();
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let started = json_lines(&output)
-        .into_iter()
-        .find(|line| line["event"] == "started")
-        .unwrap();
+    let started = json::of_kind(&json::lines(&output.stdout), "started")[0].clone();
     assert_eq!(started["size"], serde_json::Value::Null, "{started}");
     assert_eq!(
         std::fs::read(server.inbox.join("piped.log")).unwrap(),
