@@ -10,6 +10,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
+use util::proxy::{Fault, Proxy};
 use util::{HaulServer, LINE_WAIT, haul, haul_command, json, random_bytes, stderr_of};
 
 const SECRET: &str = "4f6d2c0a9be14e7f8a3d5c21b7e09f64d2a1c3e5f7b9d0e2a4c6e8f0a2b4c6d8";
@@ -335,12 +336,15 @@ fn tree_with_a_big_file_last(dir: &Path) -> (String, Vec<u8>) {
 #[test]
 fn ctrl_c_says_how_many_files_are_stored_exits_130_and_a_rerun_resumes() {
     let server = HaulServer::start(&[]);
+    let counting = Proxy::start(server.addr(), Fault::None);
     let source = tempfile::tempdir().unwrap();
     let (tree, big) = tree_with_a_big_file_last(source.path());
 
-    // Slow enough that the big file is still going when SIGINT arrives.
-    let mut sending = Sending::start(server.addr(), &["--limit-rate", "256K", &tree]);
+    // Slow enough that the big file is still going when SIGINT arrives,
+    // and past its first megabyte, which the server must keep.
+    let mut sending = Sending::start(&counting.addr, &["--limit-rate", "256K", &tree]);
     sending.wait_started("tree/zz-big.bin");
+    counting.wait_forwarded(1 << 20);
     let status = Command::new("kill")
         .args(["-INT", &sending.child.id().to_string()])
         .status()
@@ -360,6 +364,19 @@ fn ctrl_c_says_how_many_files_are_stored_exits_130_and_a_rerun_resumes() {
         "haul: interrupted after 255 of 256 files; run the same command again to resume\n"
     );
     assert!(!server.inbox.join("tree/zz-big.bin").exists());
+    // The server keeps what arrived of the big file.
+    server.running.wait_for_log(&[
+        "name=\"tree/zz-big.bin\"",
+        "result=\"failed\"",
+        "data=kept ",
+    ]);
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    assert!(partial.starts_with("resume-"), "{hidden:?}");
+    assert!(*held > 0, "nothing of the big file was kept");
+    let held = *held;
 
     let again = haul(&["send", "--json", "--to", server.addr(), &tree]);
     assert!(again.status.success(), "{}", stderr_of(&again));
@@ -368,8 +385,19 @@ fn ctrl_c_says_how_many_files_are_stored_exits_130_and_a_rerun_resumes() {
     assert_eq!(summary["already_there"], 255, "{summary}");
     assert_eq!(summary["stored"], 1, "{summary}");
     assert_eq!(
+        json::started_offsets(&again.stdout),
+        [held],
+        "the big file resumed"
+    );
+    assert_eq!(summary["bytes_sent"], big.len() as u64 - held, "{summary}");
+    assert_eq!(
         std::fs::read(server.inbox.join("tree/zz-big.bin")).unwrap(),
         big
+    );
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
     );
 }
 

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use util::proxy::{Fault, Proxy};
-use util::{HaulServer, LINE_WAIT, haul, random_bytes, seed_client, stderr_of};
+use util::{HaulServer, LINE_WAIT, haul, json, random_bytes, seed_client, stderr_of};
 
 fn send(to: &str, paths: &[&Path]) -> std::process::Output {
     let mut args = vec!["send", "--to", to];
@@ -228,7 +228,8 @@ fn a_server_killed_mid_transfer_resumes_after_restart() {
     let mut server = HaulServer::start(&[]);
     let source = tempfile::tempdir().unwrap();
     let path = source.path().join("archive.bin");
-    let content = random_bytes(32 * 1024 * 1024, 5);
+    let size = 32 * 1024 * 1024;
+    let content = random_bytes(size, 5);
     std::fs::write(&path, &content).unwrap();
 
     let stalling = Proxy::start(server.addr(), Fault::StallAfter(12 * 1024 * 1024));
@@ -239,35 +240,70 @@ fn a_server_killed_mid_transfer_resumes_after_restart() {
         .spawn()
         .unwrap();
     // Wait until the server has written most of what the proxy let through.
-    let partial_dir = server.inbox.join(".haul");
     let deadline = std::time::Instant::now() + LINE_WAIT;
-    loop {
-        let held: u64 = std::fs::read_dir(&partial_dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().metadata().unwrap().len())
-            .sum();
-        if held >= 8 * 1024 * 1024 {
-            break;
-        }
+    while server
+        .hidden_files()
+        .iter()
+        .map(|(_, len)| len)
+        .sum::<u64>()
+        < 8 * 1024 * 1024
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "the server never held 8 MiB"
+            "the server never held 8 MiB: {:?}",
+            server.hidden_files()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     server.kill_and_restart(&[]);
     let _ = sender.kill();
     let _ = sender.wait();
-    assert!(server.stored_names().is_empty());
+    assert!(
+        server.stored_names().is_empty(),
+        "{:?}",
+        server.stored_names()
+    );
+    // The killed server left one resumable partial file and nothing else:
+    // no private temporary file, nothing under the final name.
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    assert!(partial.starts_with("resume-"), "{hidden:?}");
+    assert!(
+        (8 * 1024 * 1024..=12 * 1024 * 1024).contains(held),
+        "{held} bytes held"
+    );
+    assert_eq!(
+        std::fs::read(server.inbox.join(".haul").join(partial)).unwrap(),
+        content[..*held as usize],
+        "the partial data is the file's first {held} bytes"
+    );
+    server
+        .running
+        .wait_for_log(&["holding 1 partial transfer for resume"]);
 
-    let resumed = send(server.addr(), &[&path]);
+    let resumed = haul(&[
+        "send",
+        "--json",
+        "--to",
+        server.addr(),
+        path.to_str().unwrap(),
+    ]);
     assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    assert_eq!(json::started_offsets(&resumed.stdout), [*held]);
+    let lines = json::lines(&resumed.stdout);
+    assert_eq!(json::summary(&lines)["bytes_sent"], size as u64 - held);
     assert_eq!(
         std::fs::read(server.inbox.join("archive.bin")).unwrap(),
         content
     );
-    let sent = bytes_sent(&stderr_of(&resumed));
-    assert!(sent <= 24 * 1024 * 1024, "resume sent {sent} bytes");
+    assert_eq!(server.stored_names(), ["archive.bin"]);
+    assert!(
+        server.hidden_files().is_empty(),
+        "nothing left in .haul: {:?}",
+        server.hidden_files()
+    );
 }
 
 #[test]
@@ -327,10 +363,20 @@ fn ten_thousand_small_files_arrive_in_one_send() {
     }
 }
 
+/// The name in a log line: what follows `name="`, to the next quote.
+fn logged_name(line: &str) -> &str {
+    let after = line
+        .split_once("name=\"")
+        .unwrap_or_else(|| panic!("no name: {line}"))
+        .1;
+    after.split('"').next().unwrap()
+}
+
 #[test]
 fn every_stored_file_gets_its_log_line_in_order() {
     // Lines of a batch are written together; long names make a batch's
-    // lines overflow the gathering buffer too.
+    // lines overflow the gathering buffer too, and 600 files make three
+    // batches.
     let server = HaulServer::start(&[]);
     let source = tempfile::tempdir().unwrap();
     let folder = source.path().join("logged");
@@ -343,12 +389,28 @@ fn every_stored_file_gets_its_log_line_in_order() {
     }
     let output = send(server.addr(), &[&folder]);
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let mut previous = String::new();
-    for name in &names {
-        let line = server.wait_stored(&format!("logged/{name}"));
-        assert_eq!(line.matches(" INFO ").count(), 1, "one line each: {line}");
-        assert!(line > previous, "in order: {line}");
-        previous = line;
+    // Everything the server wrote from its handshake to the session's
+    // end, in the order written: the session's last line comes after
+    // every gathered line.
+    let log = server.running.log_through(&["haul session ended"]);
+    let handshake = log
+        .iter()
+        .position(|line| line.contains("haul handshake"))
+        .unwrap_or_else(|| panic!("no handshake in {log:#?}"));
+    let session = &log[handshake..];
+    let stored: Vec<&str> = session
+        .iter()
+        .filter(|line| line.contains("result=\"stored\""))
+        .map(|line| logged_name(line))
+        .collect();
+    let expected: Vec<String> = names.iter().map(|name| format!("logged/{name}")).collect();
+    assert_eq!(stored, expected, "every file once, in the order sent");
+    for line in session {
+        assert_eq!(
+            line.matches(" INFO ").count() + line.matches(" DEBUG ").count(),
+            1,
+            "one event per line: {line}"
+        );
     }
 }
 
@@ -424,14 +486,53 @@ fn different_content_under_an_existing_name_follows_the_conflict_policy() {
 fn a_symlink_planted_in_the_inbox_leads_nowhere() {
     let server = HaulServer::start(&[]);
     let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("target.txt");
+    std::fs::write(&target, b"outside, untouched").unwrap();
+    // One link where a folder is offered, one where a file is.
     std::os::unix::fs::symlink(outside.path(), server.inbox.join("project")).unwrap();
+    std::os::unix::fs::symlink(&target, server.inbox.join("notes.txt")).unwrap();
     let source = tempfile::tempdir().unwrap();
     let tree = source.path().join("project");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("payload.txt"), b"should not escape").unwrap();
-    let output = send(server.addr(), &[&tree]);
+    let notes = source.path().join("notes.txt");
+    std::fs::write(&notes, b"should not replace the target").unwrap();
+
+    let output = send(server.addr(), &[&tree, &notes]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    let stderr = stderr_of(&output);
+    for refusal in [
+        "haul: project: refused by the server: a file or link is in the way\n",
+        "haul: project/payload.txt: refused by the server: storage failed: \
+         a path led outside of the filesystem\n",
+        "haul: notes.txt: refused by the server: a directory or link is in the way\n",
+    ] {
+        assert!(stderr.contains(refusal), "{refusal:?} not in {stderr}");
+    }
+    assert!(
+        stderr.contains("0 stored, 0 already there, 3 failed"),
+        "{stderr}"
+    );
+    let mut outside_names: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    outside_names.sort();
+    assert_eq!(
+        outside_names,
+        ["target.txt"],
+        "nothing written through the link"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"outside, untouched");
+    for link in ["project", "notes.txt"] {
+        let kept = std::fs::symlink_metadata(server.inbox.join(link)).unwrap();
+        assert!(kept.file_type().is_symlink(), "{link} is still the link");
+    }
+    assert!(
+        server.hidden_files().is_empty(),
+        "no data was received: {:?}",
+        server.hidden_files()
+    );
 }
 
 #[test]

@@ -14,7 +14,8 @@ use util::disk::SmallDisk;
 use util::proxy::{Fault, Proxy};
 use util::wire::{frame, raw_haul_session, read_message};
 use util::{
-    HaulServer, Running, haul, random_bytes, read_until_closed, seed_client, seed_header, stderr_of,
+    HaulServer, Running, haul, json, random_bytes, read_until_closed, seed_client, seed_header,
+    stderr_of,
 };
 
 fn file_offer(path: &[u8], size: u64) -> Message<'_> {
@@ -328,12 +329,24 @@ fn a_server_killed_during_a_seed_transfer_leaves_no_partial_file_and_restarts_cl
     let mut reply = [0u8; 8];
     stream.read_exact(&mut reply).unwrap();
     stream.write_all(&random_bytes(500_000, 11)).unwrap();
+    let killed = server.running.pid();
     server.kill_and_restart(&[]);
     drop(stream);
     assert!(
         server.stored_names().is_empty(),
         "{:?}",
         server.stored_names()
+    );
+    // What the killed server received is at most its own private
+    // temporary file in .haul: never under a final name, and never taken
+    // for resumable data. It stays until --partial-max-age or
+    // --max-partial removes it.
+    let litter = server.hidden_files();
+    assert!(
+        litter
+            .iter()
+            .all(|(name, _)| name.starts_with(&format!("tmp-{killed}-"))),
+        "{litter:?}"
     );
 
     let source = tempfile::tempdir().unwrap();
@@ -352,6 +365,12 @@ fn a_server_killed_during_a_seed_transfer_leaves_no_partial_file_and_restarts_cl
     assert_eq!(
         std::fs::read(server.inbox.join("interrupted.bin")).unwrap(),
         content
+    );
+    assert_eq!(server.stored_names(), ["interrupted.bin"]);
+    assert_eq!(
+        server.hidden_files(),
+        litter,
+        "the re-send left nothing of its own in .haul"
     );
 }
 
@@ -617,16 +636,18 @@ fn sigint_cuts_a_stalled_transfer_after_the_grace_period_and_it_resumes_later() 
     let mut server = HaulServer::start(&["--grace", "1s"]);
     let source = tempfile::tempdir().unwrap();
     let path = source.path().join("stalled.bin");
-    let content = random_bytes(16 * 1024 * 1024, 13);
+    let size = 16 * 1024 * 1024;
+    let content = random_bytes(size, 13);
     std::fs::write(&path, &content).unwrap();
-    let stalling = Proxy::start(server.addr(), Fault::StallAfter(6 * 1024 * 1024));
+    let stall_at = 6 * 1024 * 1024;
+    let stalling = Proxy::start(server.addr(), Fault::StallAfter(stall_at));
     let mut sender = util::haul_command()
         .args(["send", "--to", &stalling.addr, path.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    server.running.wait_for_log(&["haul handshake"]);
+    stalling.wait_forwarded(stall_at);
 
     signal(&server.running, libc::SIGINT);
     server.running.wait_for_log(&["grace period were cut"]);
@@ -635,12 +656,47 @@ fn sigint_cuts_a_stalled_transfer_after_the_grace_period_and_it_resumes_later() 
     let _ = sender.kill();
     let _ = sender.wait();
     assert!(server.stored_names().is_empty());
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    assert!(partial.starts_with("resume-"), "{hidden:?}");
+    assert!(
+        *held > 0 && *held <= stall_at,
+        "{held} bytes kept of the {stall_at} that crossed"
+    );
+    let held = *held;
 
     server.kill_and_restart(&[]);
-    let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+    let counting = Proxy::start(server.addr(), Fault::None);
+    let output = haul(&[
+        "send",
+        "--json",
+        "--to",
+        &counting.addr,
+        path.to_str().unwrap(),
+    ]);
     assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        json::started_offsets(&output.stdout),
+        [held],
+        "resumed where the data ends"
+    );
+    let lines = json::lines(&output.stdout);
+    assert_eq!(json::summary(&lines)["bytes_sent"], size as u64 - held);
+    assert!(
+        counting.forwarded() < size as u64 - held + 64 * 1024,
+        "{} bytes crossed for the {} missing",
+        counting.forwarded(),
+        size as u64 - held
+    );
     assert_eq!(
         std::fs::read(server.inbox.join("stalled.bin")).unwrap(),
         content
+    );
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
     );
 }
