@@ -114,3 +114,38 @@ fn two_different_sources_with_one_name_make_two_copies_and_no_more() {
         b"version y"
     );
 }
+
+#[test]
+fn a_name_with_quotes_already_there_is_reported_as_it_is_stored() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let name = r#"it's "quoted".txt"#;
+    let copy = r#"it's "quoted" (1).txt"#;
+    for (folder, content) in [
+        ("x", &b"the first"[..]),
+        ("y", b"the second, stored beside"),
+    ] {
+        std::fs::create_dir(source.path().join(folder)).unwrap();
+        std::fs::write(source.path().join(folder).join(name), content).unwrap();
+    }
+    let (x, y) = (
+        source.path().join("x").join(name),
+        source.path().join("y").join(name),
+    );
+    send_json(&server, &[&x]);
+    let events = send_json(&server, &[&y]);
+    assert_eq!(json::of_kind(&events, "stored")[0]["stored_as"], copy);
+
+    let events = send_json(&server, &[&y]);
+    let there = json::of_kind(&events, "already_there");
+    assert_eq!(there.len(), 1, "{events:?}");
+    assert_eq!(there[0]["stored_as"], copy, "carried exactly");
+    let output = haul(&["send", "--to", server.addr(), y.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let expected = format!("haul: {name} is already there, identical, as {copy}\n");
+    assert!(
+        stderr_of(&output).contains(&expected),
+        "{expected:?} not in {}",
+        stderr_of(&output)
+    );
+}

@@ -16,7 +16,6 @@ use crate::protocol::haul::{
     Message, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
-use crate::text::printable;
 use crate::throttle::Throttle;
 use crate::transfer::{FileSource, PumpError, SMALL_FILE};
 
@@ -238,7 +237,7 @@ impl Session {
                 )));
             }
             Message::Error { message } => {
-                return Err(SendError::Auth(printable(message.as_bytes())));
+                return Err(SendError::Auth(message.to_owned()));
             }
             other => return Err(unexpected(&other, "Welcome")),
         };
@@ -444,7 +443,7 @@ impl Session {
                     self.summary.already_there += 1;
                     on_event(Event::AlreadyThere {
                         path: &entry.path,
-                        stored_as: &printable(stored_as.as_bytes()),
+                        stored_as,
                         bytes: entry.size.unwrap_or(0),
                     });
                 }
@@ -453,7 +452,7 @@ impl Session {
                     self.summary.failed += 1;
                     on_event(Event::Failed {
                         path: &entry.path,
-                        reason: &format!("refused by the server: {}", printable(reason.as_bytes())),
+                        reason: &format!("refused by the server: {}", reason),
                     });
                 }
                 other => return Err(unexpected(&other, "an answer fitting the offer")),
@@ -745,7 +744,7 @@ impl Session {
         let reason = loop {
             match self.read_frame().await {
                 Ok(frame) => match frame.message() {
-                    Ok(Message::Error { message }) => break Some(printable(message.as_bytes())),
+                    Ok(Message::Error { message }) => break Some(message.to_owned()),
                     Ok(_) => continue,
                     Err(_) => break None,
                 },
@@ -867,7 +866,7 @@ async fn read_receipts(
             Message::Failed { reason } => {
                 summary.failed += 1;
                 let reason = file.local_failure.unwrap_or_else(|| {
-                    let reason = printable(reason.as_bytes());
+                    let reason = reason.to_owned();
                     let hint = if reason.contains("No space left on device") {
                         "; the server's disk is full"
                     } else {
@@ -900,7 +899,7 @@ impl Frame {
 
 fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
     match message {
-        Message::Error { message } => SendError::Server(printable(message.as_bytes())),
+        Message::Error { message } => SendError::Server(message.to_string()),
         other => SendError::Protocol(format!("expected {wanted}, got {other:?}")),
     }
 }
