@@ -700,3 +700,125 @@ fn sigint_cuts_a_stalled_transfer_after_the_grace_period_and_it_resumes_later() 
         server.hidden_files()
     );
 }
+
+/// `haul send ARGS…` to `to`, with `content` on its standard input.
+fn send_stdin(to: &str, args: &[&str], content: &[u8]) -> std::process::Output {
+    let mut sender = util::haul_command()
+        .args(["send", "--to", to])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    let content = content.to_vec();
+    // The send may end before it has read everything (a refused stream):
+    // a write that then fails is no failure of the test.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&content);
+    });
+    let output = sender.wait_with_output().unwrap();
+    writer.join().unwrap();
+    output
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_and_nothing_of_it_is_stored() {
+    let limit = 1024 * 1024;
+    let server = HaulServer::start(&["--max-file-size", "1M"]);
+    let source = tempfile::tempdir().unwrap();
+    let over = source.path().join("over.bin");
+    std::fs::write(&over, random_bytes(limit + 1, 31)).unwrap();
+    let at = source.path().join("at.bin");
+    let at_content = random_bytes(limit, 32);
+    std::fs::write(&at, &at_content).unwrap();
+
+    let output = haul(&[
+        "send",
+        "--to",
+        server.addr(),
+        over.to_str().unwrap(),
+        at.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains(
+            "haul: over.bin: refused by the server: the file is 1048577 bytes; \
+             this server accepts at most 1048576\n"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 stored, 0 already there, 1 failed"),
+        "{stderr}"
+    );
+    let line = server
+        .running
+        .wait_for_log(&["name=\"over.bin\"", "result=\"failed\""]);
+    assert!(line.contains("data=no data received"), "{line}");
+    assert_eq!(server.stored_names(), ["at.bin"]);
+    assert_eq!(
+        std::fs::read(server.inbox.join("at.bin")).unwrap(),
+        at_content
+    );
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}
+
+#[test]
+fn a_stream_growing_past_the_size_limit_fails_and_its_data_is_removed() {
+    let limit = 1024 * 1024;
+    let server = HaulServer::start(&["--max-file-size", "1M"]);
+    let over = random_bytes(3 * limit, 33);
+    for (name, extra) in [("plain.bin", None), ("packed.bin", Some("--compress"))] {
+        let mut args = vec!["-", "--name", name];
+        args.extend(extra);
+        let output = send_stdin(server.addr(), &args, &over);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{name}: {}",
+            stderr_of(&output)
+        );
+        assert_eq!(
+            stderr_of(&output),
+            "haul: the server ended the session: the stream grew past 1048576 bytes, \
+             the most this server accepts\n",
+            "{name}"
+        );
+        let line = server
+            .running
+            .wait_for_log(&[&format!("name=\"{name}\""), "result=\"failed\""]);
+        assert!(line.contains("data=partial data deleted"), "{line}");
+        // The session's last line: its partial file is gone by then.
+        server
+            .running
+            .wait_for_log(&["haul session failed", "the stream grew past"]);
+        assert!(
+            server.stored_names().is_empty(),
+            "{:?}",
+            server.stored_names()
+        );
+        assert!(
+            server.hidden_files().is_empty(),
+            "{name}: {:?}",
+            server.hidden_files()
+        );
+    }
+
+    // A stream of exactly the limit is within it.
+    let at = random_bytes(limit, 34);
+    let output = send_stdin(server.addr(), &["-", "--name", "at.bin"], &at);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(std::fs::read(server.inbox.join("at.bin")).unwrap(), at);
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}

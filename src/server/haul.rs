@@ -49,6 +49,10 @@ enum SessionError {
         haul::VERSION
     )]
     Version { client: u16 },
+    /// A stream of unknown size grew past `--max-file-size`: the sender
+    /// could not know, so this is not its protocol error.
+    #[error("the stream grew past {max} bytes, the most this server accepts")]
+    StreamTooLarge { max: u64 },
     #[error("nothing received for {}s", .0.as_secs())]
     Idle(Duration),
     #[error("the handshake was not complete within {}s of connecting", .0.as_secs())]
@@ -1356,9 +1360,7 @@ fn metadata_of(mtime: Mtime, mode: u32) -> Metadata {
 /// A stream of unknown size is held to the size limit as it grows.
 fn check_stream_limit(config: &ServerConfig, total: u64) -> Result<(), SessionError> {
     match config.max_file_size {
-        Some(max) if total > max => Err(SessionError::Violation(format!(
-            "the file grew past this server's limit of {max} bytes"
-        ))),
+        Some(max) if total > max => Err(SessionError::StreamTooLarge { max }),
         _ => Ok(()),
     }
 }
