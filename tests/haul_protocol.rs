@@ -606,3 +606,76 @@ fn stale_partial_data_is_removed_at_start_up_and_fresh_data_kept() {
         b"recent"
     );
 }
+
+#[test]
+fn a_file_where_a_folder_is_and_a_folder_where_a_file_is_are_refused_under_every_policy() {
+    let source = tempfile::tempdir().unwrap();
+    // notes.txt is a file here and a folder on the server; docs is a
+    // folder here and a file on the server.
+    let notes = source.path().join("notes.txt");
+    std::fs::write(&notes, b"a file now").unwrap();
+    let docs = source.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    std::fs::write(docs.join("inside.txt"), b"inside the folder").unwrap();
+    let fine = source.path().join("fine.txt");
+    std::fs::write(&fine, b"no conflict").unwrap();
+    for policy in ["rename", "overwrite", "refuse"] {
+        let server = HaulServer::start(&["--on-conflict", policy]);
+        std::fs::create_dir_all(server.inbox.join("notes.txt")).unwrap();
+        std::fs::write(server.inbox.join("notes.txt/kept.txt"), b"the operator's").unwrap();
+        std::fs::write(server.inbox.join("docs"), b"the operator's docs").unwrap();
+
+        let output = send(server.addr(), &[&notes, &docs, &fine]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{policy}: {}",
+            stderr_of(&output)
+        );
+        let stderr = stderr_of(&output);
+        for refusal in [
+            "haul: notes.txt: refused by the server: a directory or link is in the way\n",
+            "haul: docs: refused by the server: a file or link is in the way\n",
+            "haul: docs/inside.txt: refused by the server: \
+             a file or link is in the way of one of its folders\n",
+        ] {
+            assert!(
+                stderr.contains(refusal),
+                "{policy}: {refusal:?} not in {stderr}"
+            );
+        }
+        assert!(
+            stderr.contains("1 stored, 0 already there, 3 failed"),
+            "{policy}: {stderr}"
+        );
+        assert_eq!(
+            server.stored_names(),
+            ["docs", "fine.txt", "notes.txt"],
+            "{policy}: nothing stored beside"
+        );
+        assert!(server.inbox.join("notes.txt").is_dir(), "{policy}");
+        let inside: Vec<_> = std::fs::read_dir(server.inbox.join("notes.txt"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(inside, ["kept.txt"], "{policy}");
+        assert_eq!(
+            std::fs::read(server.inbox.join("notes.txt/kept.txt")).unwrap(),
+            b"the operator's"
+        );
+        assert_eq!(
+            std::fs::read(server.inbox.join("docs")).unwrap(),
+            b"the operator's docs",
+            "{policy}"
+        );
+        assert_eq!(
+            std::fs::read(server.inbox.join("fine.txt")).unwrap(),
+            b"no conflict"
+        );
+        assert!(
+            server.hidden_files().is_empty(),
+            "{policy}: {:?}",
+            server.hidden_files()
+        );
+    }
+}

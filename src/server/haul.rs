@@ -1210,6 +1210,10 @@ fn decide(
     }
 }
 
+/// The reason an entry is refused when a stored file (or a link) stands
+/// where one of the folders of its path should be.
+const FILE_IN_A_FOLDERS_PLACE: &str = "a file or link is in the way of one of its folders";
+
 /// What to answer a directory's offer, and whether this created it.
 fn decide_directory(
     store: &Store,
@@ -1217,7 +1221,13 @@ fn decide_directory(
     path: &RelPath,
     depth: u64,
 ) -> io::Result<(Decision, bool)> {
-    match store.existing(path)? {
+    let existing = match store.existing(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
+            return Ok((Decision::Refuse(FILE_IN_A_FOLDERS_PLACE.into()), false));
+        }
+        existing => existing?,
+    };
+    match existing {
         Existing::Directory => Ok((Decision::Answer(Answer::Created, None), false)),
         Existing::Nothing => {
             let _granted = match space.reserve_directory(depth) {
@@ -1251,7 +1261,12 @@ fn decide_file(
     let existing = if in_fresh_directory {
         Existing::Nothing
     } else {
-        store.existing(&target)?
+        match store.existing(&target) {
+            Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
+                return Ok(Decision::Refuse(FILE_IN_A_FOLDERS_PLACE.into()));
+            }
+            existing => existing?,
+        }
     };
     if let Existing::Directory | Existing::Other = existing {
         return Ok(Decision::Refuse("a directory or link is in the way".into()));
