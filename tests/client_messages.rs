@@ -580,3 +580,64 @@ fn send_help_lists_every_exit_code() {
         assert!(help.contains(line), "no {line:?} in:\n{help}");
     }
 }
+
+/// A peer on 127.0.0.1 that reads haul's magic and Hello, answers each
+/// connection with `answer` and closes; what the clients sent comes back
+/// through the handle once `connections` have been served.
+fn raw_haul_server(
+    answer: Vec<u8>,
+    connections: usize,
+) -> (String, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = listener.local_addr().unwrap().to_string();
+    let served = std::thread::spawn(move || {
+        let mut openings = Vec::new();
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut magic = [0u8; 8];
+            stream.read_exact(&mut magic).unwrap();
+            let hello = util::wire::read_raw_frame(&mut stream);
+            stream.write_all(&answer).unwrap();
+            openings.push([&magic[..], &hello].concat());
+        }
+        openings
+    });
+    (to, served)
+}
+
+#[test]
+fn a_server_of_an_older_protocol_version_is_named_with_both_versions_and_exits_3() {
+    use haul::protocol::haul::{MAGIC, Message, VERSION};
+    let older = VERSION - 1;
+    let welcome = util::wire::frame(&Message::Welcome {
+        version: older,
+        capabilities: 0,
+    });
+    let (to, served) = raw_haul_server(welcome, 2);
+    let source = tempfile::tempdir().unwrap();
+    let path = a_file(source.path(), "a.txt", b"never sent");
+
+    let output = send_with_secret(None, &to, &[&path]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "haul: {to} speaks version {older} of haul's protocol and this client version \
+             {VERSION}; send with a haul of the server's version, or update the server\n"
+        )
+    );
+    let output = send_with_secret(None, &to, &["--json", &path]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    let lines = json::lines(&output.stdout);
+    let error = json::summary(&lines)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(&format!("speaks version {older} of haul's protocol")),
+        "{error}"
+    );
+    // What the client sent before it gave up: the magic and its Hello.
+    for opening in served.join().unwrap() {
+        assert_eq!(opening[..8], MAGIC);
+        assert_eq!(opening.len(), 8 + 5 + 2 + 8 + 16, "a Hello of this version");
+        assert_eq!(opening[8 + 5..8 + 7], VERSION.to_be_bytes());
+    }
+}

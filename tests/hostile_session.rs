@@ -394,3 +394,45 @@ fn a_version_one_client_is_told_its_version_is_too_old() {
         "the client speaks protocol version 1; this server speaks 2"
     );
 }
+
+#[test]
+fn a_hello_of_an_unknown_older_version_is_refused_naming_it_and_a_newer_one_is_answered() {
+    use haul::protocol::haul::{MAGIC, Message, VERSION};
+    let server = HaulServer::start(&[]);
+    for version in [0, VERSION - 1] {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        let hello = util::wire::frame(&Message::Hello {
+            version,
+            capabilities: 0,
+            sender: [0; 16],
+        });
+        stream.write_all(&[&MAGIC[..], &hello].concat()).unwrap();
+        assert_eq!(
+            util::wire::read_message(&mut stream),
+            format!(
+                "Error {{ message: \"the client speaks protocol version {version}; \
+                 this server speaks {VERSION}\" }}"
+            )
+        );
+        // And then the server closes.
+        assert!(util::read_until_closed(&mut stream).is_empty());
+        server.running.wait_for_log(&[
+            "haul session failed",
+            &format!("the client speaks protocol version {version};"),
+        ]);
+    }
+    // A newer client is answered with the server's own version, for it
+    // to decide whether it can speak that.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    let hello = util::wire::frame(&Message::Hello {
+        version: VERSION + 1,
+        capabilities: 0,
+        sender: [0; 16],
+    });
+    stream.write_all(&[&MAGIC[..], &hello].concat()).unwrap();
+    assert_eq!(
+        util::wire::read_message(&mut stream),
+        format!("Welcome {{ version: {VERSION}, capabilities: 0 }}")
+    );
+    assert!(server.stored_names().is_empty());
+}

@@ -231,10 +231,10 @@ impl Session {
                 capabilities,
             } if version >= haul::VERSION => capabilities,
             Message::Welcome { version, .. } => {
-                return Err(SendError::Protocol(format!(
-                    "the server speaks version {version}, this client {}",
-                    haul::VERSION
-                )));
+                return Err(SendError::Version {
+                    to: self.to.clone(),
+                    server: version,
+                });
             }
             Message::Error { message } => {
                 return Err(SendError::Auth(message.to_owned()));
