@@ -607,6 +607,126 @@ fn stale_partial_data_is_removed_at_start_up_and_fresh_data_kept() {
     );
 }
 
+/// Megabytes of text and of noise in turn: with `--compress`, the text
+/// goes in compressed frames and the noise in plain ones.
+fn half_compressible(len: usize) -> Vec<u8> {
+    let mut content = Vec::with_capacity(len);
+    let mut block = 0;
+    while content.len() < len {
+        if block % 2 == 0 {
+            let lines: String = (0..80_000)
+                .map(|line| format!("block {block} line {line}\n"))
+                .collect();
+            content.extend_from_slice(&lines.as_bytes()[..1 << 20]);
+        } else {
+            content.extend_from_slice(&random_bytes(1 << 20, block));
+        }
+        block += 1;
+    }
+    content.truncate(len);
+    content
+}
+
+#[test]
+fn a_compressed_transfer_cut_short_resumes_with_every_byte_right() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("mixed.log");
+    let size = 16 * 1024 * 1024;
+    let content = half_compressible(size);
+    std::fs::write(&path, &content).unwrap();
+    let send_compressed = |to: &str| {
+        haul(&[
+            "send",
+            "--json",
+            "--compress",
+            "--to",
+            to,
+            path.to_str().unwrap(),
+        ])
+    };
+
+    let cutting = Proxy::start(server.addr(), Fault::CutAfter(3 * 1024 * 1024 + 777));
+    let cut = send_compressed(&cutting.addr);
+    assert_ne!(cut.status.code(), Some(0), "{}", stderr_of(&cut));
+    server
+        .running
+        .wait_for_log(&["name=\"mixed.log\"", "result=\"failed\"", "data=kept "]);
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    let held = *held;
+    // Compressed frames carry more than they weigh: the server holds the
+    // decompressed bytes, more than crossed.
+    assert!(held > 3 * 1024 * 1024 + 777, "{held} bytes held");
+    assert!(
+        std::fs::read(server.inbox.join(".haul").join(partial)).unwrap()
+            == content[..held as usize],
+        "the partial data is not the file's first {held} bytes"
+    );
+
+    let resumed = send_compressed(server.addr());
+    assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    assert_eq!(json::started_offsets(&resumed.stdout), [held]);
+    let lines = json::lines(&resumed.stdout);
+    let stored = json::of_kind(&lines, "stored");
+    assert_eq!(
+        stored[0]["blake3"],
+        blake3::hash(&content).to_hex().as_str()
+    );
+    assert_eq!(stored[0]["verified"], true);
+    assert!(std::fs::read(server.inbox.join("mixed.log")).unwrap() == content);
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}
+
+#[test]
+fn standard_input_sent_compressed_arrives_whole_and_smaller_on_the_wire() {
+    let server = HaulServer::start(&[]);
+    let proxy = Proxy::start(server.addr(), Fault::None);
+    let content = half_compressible(6 * 1024 * 1024 + 3);
+    let mut sender = util::haul_command()
+        .args(["send", "--json", "--compress", "--to", &proxy.addr])
+        .args(["-", "--name", "piped.log"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    let writer = {
+        let content = content.clone();
+        std::thread::spawn(move || stdin.write_all(&content).unwrap())
+    };
+    let output = sender.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let lines = json::lines(&output.stdout);
+    let stored = json::of_kind(&lines, "stored");
+    assert_eq!(stored[0]["bytes"], content.len() as u64);
+    assert_eq!(
+        stored[0]["blake3"],
+        blake3::hash(&content).to_hex().as_str()
+    );
+    assert!(std::fs::read(server.inbox.join("piped.log")).unwrap() == content);
+    // Half of it is text that compresses to almost nothing.
+    assert!(
+        proxy.forwarded() < content.len() as u64 * 3 / 4,
+        "{} bytes on the wire for {}",
+        proxy.forwarded(),
+        content.len()
+    );
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}
+
 #[test]
 fn a_file_where_a_folder_is_and_a_folder_where_a_file_is_are_refused_under_every_policy() {
     let source = tempfile::tempdir().unwrap();
