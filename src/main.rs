@@ -217,8 +217,9 @@ Exit codes:
   0    every file was stored (or was already there)
   1    some files failed, or the connection broke (run the command again to resume)
   2    usage error
-  3    no haul server reached: nobody listening, something else answered, or
-       no answer (haul's Welcome, `go ahead`) within --reply-timeout
+  3    no haul server reached: nobody listening, something else answered, a
+       server of an older protocol version, or no answer (haul's Welcome,
+       `go ahead`) within --reply-timeout
   4    authentication failed: a wrong or missing secret, or a server that
        cannot prove it holds ours
   5    not allowed: the server refused the operation for this secret (one

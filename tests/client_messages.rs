@@ -10,7 +10,8 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use util::{HaulServer, LINE_WAIT, haul, haul_command, random_bytes, stderr_of};
+use util::proxy::{Fault, Proxy};
+use util::{HaulServer, LINE_WAIT, haul, haul_command, json, random_bytes, stderr_of};
 
 const SECRET: &str = "4f6d2c0a9be14e7f8a3d5c21b7e09f64d2a1c3e5f7b9d0e2a4c6e8f0a2b4c6d8";
 
@@ -32,21 +33,6 @@ fn a_file(dir: &Path, name: &str, content: &[u8]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
     path.to_str().unwrap().to_owned()
-}
-
-/// The JSON lines a send printed on stdout.
-fn json_lines(output: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-        .collect()
-}
-
-fn summary_of(output: &Output) -> serde_json::Value {
-    json_lines(output)
-        .into_iter()
-        .find(|line| line["event"] == "summary")
-        .unwrap_or_else(|| panic!("no summary; stdout: {:?}", output.stdout))
 }
 
 #[test]
@@ -128,7 +114,10 @@ fn to_without_a_port_sends_to_port_12000() {
     let path = a_file(source.path(), "portless.txt", b"to the default port");
     let output = send_with_secret(None, "127.0.0.77", &["--json", &path]);
     assert!(output.status.success(), "{}", stderr_of(&output));
-    assert_eq!(summary_of(&output)["to"], "127.0.0.77:12000");
+    assert_eq!(
+        json::summary(&json::lines(&output.stdout))["to"],
+        "127.0.0.77:12000"
+    );
     assert_eq!(
         std::fs::read(inbox.join("portless.txt")).unwrap(),
         b"to the default port"
@@ -151,7 +140,12 @@ fn to_without_a_port_sends_to_port_12000() {
     ] {
         let missing = source.path().join("missing.txt");
         let output = send_with_secret(None, given, &["--json", missing.to_str().unwrap()]);
-        assert_eq!(summary_of(&output)["to"], meant, "{}", stderr_of(&output));
+        assert_eq!(
+            json::summary(&json::lines(&output.stdout))["to"],
+            meant,
+            "{}",
+            stderr_of(&output)
+        );
     }
 }
 
@@ -342,12 +336,15 @@ fn tree_with_a_big_file_last(dir: &Path) -> (String, Vec<u8>) {
 #[test]
 fn ctrl_c_says_how_many_files_are_stored_exits_130_and_a_rerun_resumes() {
     let server = HaulServer::start(&[]);
+    let counting = Proxy::start(server.addr(), Fault::None);
     let source = tempfile::tempdir().unwrap();
     let (tree, big) = tree_with_a_big_file_last(source.path());
 
-    // Slow enough that the big file is still going when SIGINT arrives.
-    let mut sending = Sending::start(server.addr(), &["--limit-rate", "256K", &tree]);
+    // Slow enough that the big file is still going when SIGINT arrives,
+    // and past its first megabyte, which the server must keep.
+    let mut sending = Sending::start(&counting.addr, &["--limit-rate", "256K", &tree]);
     sending.wait_started("tree/zz-big.bin");
+    counting.wait_forwarded(1 << 20);
     let status = Command::new("kill")
         .args(["-INT", &sending.child.id().to_string()])
         .status()
@@ -367,15 +364,40 @@ fn ctrl_c_says_how_many_files_are_stored_exits_130_and_a_rerun_resumes() {
         "haul: interrupted after 255 of 256 files; run the same command again to resume\n"
     );
     assert!(!server.inbox.join("tree/zz-big.bin").exists());
+    // The server keeps what arrived of the big file.
+    server.running.wait_for_log(&[
+        "name=\"tree/zz-big.bin\"",
+        "result=\"failed\"",
+        "data=kept ",
+    ]);
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    assert!(partial.starts_with("resume-"), "{hidden:?}");
+    assert!(*held > 0, "nothing of the big file was kept");
+    let held = *held;
 
     let again = haul(&["send", "--json", "--to", server.addr(), &tree]);
     assert!(again.status.success(), "{}", stderr_of(&again));
-    let summary = summary_of(&again);
+    let lines = json::lines(&again.stdout);
+    let summary = json::summary(&lines);
     assert_eq!(summary["already_there"], 255, "{summary}");
     assert_eq!(summary["stored"], 1, "{summary}");
     assert_eq!(
+        json::started_offsets(&again.stdout),
+        [held],
+        "the big file resumed"
+    );
+    assert_eq!(summary["bytes_sent"], big.len() as u64 - held, "{summary}");
+    assert_eq!(
         std::fs::read(server.inbox.join("tree/zz-big.bin")).unwrap(),
         big
+    );
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
     );
 }
 
@@ -466,10 +488,7 @@ fn a_fifo_is_read_to_its_end_and_stored_under_its_name() {
     ]);
     writer.join().unwrap();
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let started = json_lines(&output)
-        .into_iter()
-        .find(|line| line["event"] == "started")
-        .unwrap();
+    let started = json::of_kind(&json::lines(&output.stdout), "started")[0].clone();
     assert_eq!(started["size"], serde_json::Value::Null, "{started}");
     assert_eq!(
         std::fs::read(server.inbox.join("piped.log")).unwrap(),
@@ -559,5 +578,66 @@ fn send_help_lists_every_exit_code() {
         "  130  interrupted (Ctrl-C)",
     ] {
         assert!(help.contains(line), "no {line:?} in:\n{help}");
+    }
+}
+
+/// A peer on 127.0.0.1 that reads haul's magic and Hello, answers each
+/// connection with `answer` and closes; what the clients sent comes back
+/// through the handle once `connections` have been served.
+fn raw_haul_server(
+    answer: Vec<u8>,
+    connections: usize,
+) -> (String, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = listener.local_addr().unwrap().to_string();
+    let served = std::thread::spawn(move || {
+        let mut openings = Vec::new();
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut magic = [0u8; 8];
+            stream.read_exact(&mut magic).unwrap();
+            let hello = util::wire::read_raw_frame(&mut stream);
+            stream.write_all(&answer).unwrap();
+            openings.push([&magic[..], &hello].concat());
+        }
+        openings
+    });
+    (to, served)
+}
+
+#[test]
+fn a_server_of_an_older_protocol_version_is_named_with_both_versions_and_exits_3() {
+    use haul::protocol::haul::{MAGIC, Message, VERSION};
+    let older = VERSION - 1;
+    let welcome = util::wire::frame(&Message::Welcome {
+        version: older,
+        capabilities: 0,
+    });
+    let (to, served) = raw_haul_server(welcome, 2);
+    let source = tempfile::tempdir().unwrap();
+    let path = a_file(source.path(), "a.txt", b"never sent");
+
+    let output = send_with_secret(None, &to, &[&path]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "haul: {to} speaks version {older} of haul's protocol and this client version \
+             {VERSION}; send with a haul of the server's version, or update the server\n"
+        )
+    );
+    let output = send_with_secret(None, &to, &["--json", &path]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    let lines = json::lines(&output.stdout);
+    let error = json::summary(&lines)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(&format!("speaks version {older} of haul's protocol")),
+        "{error}"
+    );
+    // What the client sent before it gave up: the magic and its Hello.
+    for opening in served.join().unwrap() {
+        assert_eq!(opening[..8], MAGIC);
+        assert_eq!(opening.len(), 8 + 5 + 2 + 8 + 16, "a Hello of this version");
+        assert_eq!(opening[8 + 5..8 + 7], VERSION.to_be_bytes());
     }
 }

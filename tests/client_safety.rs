@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use haul::protocol::haul::{
     self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
 };
+use util::json;
 use util::wire::{frame, read_message};
 use util::{HAUL, HaulServer, SeedPeerServer, read_until_closed, seed_header, stderr_of};
 
@@ -96,19 +97,6 @@ fn a_hostile_file_name_reaches_stderr_escaped_in_every_line() {
     );
 }
 
-/// The JSON objects of `stdout`, each line parsed on its own.
-fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8(stdout.to_vec())
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?}: {error}")))
-        .collect()
-}
-
-fn events<'a>(lines: &'a [serde_json::Value], event: &str) -> Vec<&'a serde_json::Value> {
-    lines.iter().filter(|line| line["event"] == event).collect()
-}
-
 #[test]
 fn json_lines_stay_valid_and_carry_a_hostile_name_exactly() {
     let server = HaulServer::start(&[]);
@@ -118,19 +106,19 @@ fn json_lines_stay_valid_and_carry_a_hostile_name_exactly() {
     let output = send(&["--json", "--to", server.addr(), path_str(&folder)]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
     assert_terminal_safe(&output.stderr);
-    let lines = json_lines(&output.stdout);
-    let failed = events(&lines, "failed");
+    let lines = json::lines(&output.stdout);
+    let failed = json::of_kind(&lines, "failed");
     assert_eq!(failed.len(), 1, "{lines:?}");
     assert_eq!(failed[0]["path"], format!("sent/{HOSTILE}"));
-    let skipped = events(&lines, "skipped");
+    let skipped = json::of_kind(&lines, "skipped");
     assert_eq!(skipped.len(), 1, "{lines:?}");
     let skipped_path = skipped[0]["path"].as_str().unwrap();
     assert!(
         skipped_path.ends_with(&format!("link {HOSTILE}")),
         "{skipped_path:?}"
     );
-    assert_eq!(events(&lines, "stored").len(), 1, "{lines:?}");
-    assert_eq!(events(&lines, "summary")[0]["failed"], 1);
+    assert_eq!(json::of_kind(&lines, "stored").len(), 1, "{lines:?}");
+    assert_eq!(json::of_kind(&lines, "summary")[0]["failed"], 1);
 }
 
 #[test]
@@ -162,9 +150,9 @@ fn a_hostile_name_a_seed_server_accepts_is_shown_escaped_and_carried_exactly() {
     let output = send(&json_args);
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     assert!(output.stderr.is_empty(), "{}", stderr_of(&output));
-    let lines = json_lines(&output.stdout);
-    assert_eq!(events(&lines, "started")[0]["path"], HOSTILE);
-    assert_eq!(events(&lines, "stored")[0]["path"], HOSTILE);
+    let lines = json::lines(&output.stdout);
+    assert_eq!(json::of_kind(&lines, "started")[0]["path"], HOSTILE);
+    assert_eq!(json::of_kind(&lines, "stored")[0]["path"], HOSTILE);
     assert_eq!(std::fs::read(&stored).unwrap(), b"hostile");
 }
 
@@ -327,8 +315,8 @@ fn a_name_from_a_hostile_server_is_shown_escaped_and_carried_exactly() {
     let output = send(&["--json", "--to", &addr, path_str(&file)]);
     server.join().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
-    let lines = json_lines(&output.stdout);
-    assert_eq!(events(&lines, "stored")[0]["stored_as"], HOSTILE);
+    let lines = json::lines(&output.stdout);
+    assert_eq!(json::of_kind(&lines, "stored")[0]["stored_as"], HOSTILE);
 }
 
 #[test]

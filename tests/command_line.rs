@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use haul::size::Human;
-use util::{HaulServer, haul, random_bytes, stderr_of};
+use util::{HaulServer, haul, json, random_bytes, stderr_of};
 
 fn write_file(dir: &Path, name: &str, len: usize) -> String {
     let path = dir.join(name);
@@ -367,8 +367,12 @@ fn without_a_terminal_a_resend_of_a_tree_says_in_one_line_what_was_already_there
     // JSON keeps one event per file; none of them put a byte on the wire.
     let json = haul(&["send", "--json", "--to", server.addr(), tree]);
     assert!(json.status.success(), "{}", stderr_of(&json));
-    let lines = json_lines(&json.stdout);
-    assert_eq!(of_kind(&lines, "already_there").len(), 200, "{lines:#?}");
+    let lines = json::lines(&json.stdout);
+    assert_eq!(
+        json::of_kind(&lines, "already_there").len(),
+        200,
+        "{lines:#?}"
+    );
     let summary = lines.last().unwrap();
     assert_eq!(summary["already_there"], 200);
     assert_eq!(summary["bytes_sent"], 0);
@@ -388,7 +392,7 @@ fn with_compress_the_summary_says_what_went_on_the_wire_and_the_ratio() {
 
     let output = haul(&["send", "--json", "--compress", "--to", server.addr(), path]);
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let lines = json_lines(&output.stdout);
+    let lines = json::lines(&output.stdout);
     let summary = lines.last().unwrap();
     let sent = summary["bytes_sent"].as_u64().unwrap();
     let wire = summary["wire_bytes"].as_u64().unwrap();
@@ -432,24 +436,6 @@ fn with_compress_the_summary_says_what_went_on_the_wire_and_the_ratio() {
     );
 }
 
-/// Parses stdout as JSON lines; every line must be one JSON object.
-fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8(stdout.to_vec())
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|error| panic!("{line:?} is not JSON: {error}"));
-            assert!(value.is_object(), "{line}");
-            value
-        })
-        .collect()
-}
-
-fn of_kind<'a>(lines: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
-    lines.iter().filter(|line| line["event"] == kind).collect()
-}
-
 #[test]
 fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
     let server = HaulServer::start(&[]);
@@ -468,15 +454,15 @@ fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
         missing.to_str().unwrap(),
     ]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    let lines = json_lines(&output.stdout);
+    let lines = json::lines(&output.stdout);
 
-    let started = of_kind(&lines, "started");
+    let started = json::of_kind(&lines, "started");
     assert_eq!(started.len(), 2, "{lines:#?}");
     assert_eq!(started[0]["path"], "docs/a.txt");
     assert_eq!(started[0]["size"], 1000);
     assert_eq!(started[0]["offset"], 0);
 
-    let stored = of_kind(&lines, "stored");
+    let stored = json::of_kind(&lines, "stored");
     assert_eq!(stored.len(), 2, "{lines:#?}");
     for (line, name) in stored.iter().zip(["a.txt", "b.txt"]) {
         let bytes = std::fs::read(folder.join(name)).unwrap();
@@ -487,7 +473,7 @@ fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
         assert_eq!(line["verified"], true);
     }
 
-    let failed = of_kind(&lines, "failed");
+    let failed = json::of_kind(&lines, "failed");
     assert_eq!(failed.len(), 1, "{lines:#?}");
     assert_eq!(failed[0]["path"], missing.to_str().unwrap());
     assert!(failed[0]["reason"].is_string());
@@ -519,8 +505,12 @@ fn json_reports_each_file_with_its_receipt_a_failure_and_a_summary() {
         folder.to_str().unwrap(),
     ]);
     assert_eq!(again.status.code(), Some(0), "{}", stderr_of(&again));
-    let lines = json_lines(&again.stdout);
-    assert_eq!(of_kind(&lines, "already_there").len(), 2, "{lines:#?}");
+    let lines = json::lines(&again.stdout);
+    assert_eq!(
+        json::of_kind(&lines, "already_there").len(),
+        2,
+        "{lines:#?}"
+    );
     assert_eq!(lines.last().unwrap()["already_there"], 2);
     assert_eq!(lines.last().unwrap()["bytes_sent"], 0);
     assert_eq!(lines.last().unwrap()["wire_bytes"], 0);
@@ -542,7 +532,7 @@ fn json_with_the_seed_protocol_says_the_file_is_not_verified() {
         &path,
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
-    let lines = json_lines(&output.stdout);
+    let lines = json::lines(&output.stdout);
     let kinds: Vec<&str> = lines
         .iter()
         .map(|line| line["event"].as_str().unwrap())
@@ -562,7 +552,7 @@ fn json_for_an_unreachable_server_is_one_summary_with_the_error() {
     drop(closed);
     let output = haul(&["send", "--json", "--to", &addr, "Cargo.toml"]);
     assert_eq!(output.status.code(), Some(3));
-    let lines = json_lines(&output.stdout);
+    let lines = json::lines(&output.stdout);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["event"], "summary");
     let error = lines[0]["error"].as_str().unwrap();
@@ -759,7 +749,7 @@ fn a_wrong_secret_is_one_line_with_a_hint_and_exit_code_4() {
 
     let output = send(&["--json"]);
     assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
-    let lines = json_lines(&output.stdout);
+    let lines = json::lines(&output.stdout);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["event"], "summary");
     let error = lines[0]["error"].as_str().unwrap();

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use util::proxy::{Fault, Proxy};
-use util::{HaulServer, LINE_WAIT, haul, random_bytes, seed_client, stderr_of};
+use util::{HaulServer, LINE_WAIT, haul, json, random_bytes, seed_client, stderr_of};
 
 fn send(to: &str, paths: &[&Path]) -> std::process::Output {
     let mut args = vec!["send", "--to", to];
@@ -247,7 +247,8 @@ fn a_server_killed_mid_transfer_resumes_after_restart() {
     let mut server = HaulServer::start(&[]);
     let source = tempfile::tempdir().unwrap();
     let path = source.path().join("archive.bin");
-    let content = random_bytes(32 * 1024 * 1024, 5);
+    let size = 32 * 1024 * 1024;
+    let content = random_bytes(size, 5);
     std::fs::write(&path, &content).unwrap();
 
     let stalling = Proxy::start(server.addr(), Fault::StallAfter(12 * 1024 * 1024));
@@ -258,35 +259,64 @@ fn a_server_killed_mid_transfer_resumes_after_restart() {
         .spawn()
         .unwrap();
     // Wait until the server has written most of what the proxy let through.
-    let partial_dir = server.inbox.join(".haul");
     let deadline = std::time::Instant::now() + LINE_WAIT;
-    loop {
-        let held: u64 = std::fs::read_dir(&partial_dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().metadata().unwrap().len())
-            .sum();
-        if held >= 8 * 1024 * 1024 {
-            break;
-        }
+    while server
+        .hidden_files()
+        .iter()
+        .map(|(_, len)| len)
+        .sum::<u64>()
+        < 8 * 1024 * 1024
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "the server never held 8 MiB"
+            "the server never held 8 MiB: {:?}",
+            server.hidden_files()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     server.kill_and_restart(&[]);
     let _ = sender.kill();
     let _ = sender.wait();
-    assert!(server.stored_names().is_empty());
+    assert!(
+        server.stored_names().is_empty(),
+        "{:?}",
+        server.stored_names()
+    );
+    // The killed server left one resumable partial file and nothing else:
+    // no private temporary file, nothing under the final name.
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    assert!(partial.starts_with("resume-"), "{hidden:?}");
+    assert!(
+        (8 * 1024 * 1024..=12 * 1024 * 1024).contains(held),
+        "{held} bytes held"
+    );
+    assert_eq!(
+        std::fs::read(server.inbox.join(".haul").join(partial)).unwrap(),
+        content[..*held as usize],
+        "the partial data is the file's first {held} bytes"
+    );
+    server
+        .running
+        .wait_for_log(&["holding 1 partial transfer for resume"]);
 
     let (resumed, lines) = send_json(server.addr(), &[&path]);
     assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    assert_eq!(json::started_offsets(&resumed.stdout), [*held]);
+    assert_eq!(json::summary(&lines)["bytes_sent"], size as u64 - held);
     assert_eq!(
         std::fs::read(server.inbox.join("archive.bin")).unwrap(),
         content
     );
-    let offset = resumed_offset(&lines, content.len() as u64);
-    assert!(offset >= 8 * 1024 * 1024, "resumed from {offset}");
+    assert_eq!(resumed_offset(&lines, content.len() as u64), *held);
+    assert_eq!(server.stored_names(), ["archive.bin"]);
+    assert!(
+        server.hidden_files().is_empty(),
+        "nothing left in .haul: {:?}",
+        server.hidden_files()
+    );
 }
 
 #[test]
@@ -346,10 +376,20 @@ fn ten_thousand_small_files_arrive_in_one_send() {
     }
 }
 
+/// The name in a log line: what follows `name="`, to the next quote.
+fn logged_name(line: &str) -> &str {
+    let after = line
+        .split_once("name=\"")
+        .unwrap_or_else(|| panic!("no name: {line}"))
+        .1;
+    after.split('"').next().unwrap()
+}
+
 #[test]
 fn every_stored_file_gets_its_log_line_in_order() {
     // Lines of a batch are written together; long names make a batch's
-    // lines overflow the gathering buffer too.
+    // lines overflow the gathering buffer too, and 600 files make three
+    // batches.
     let server = HaulServer::start(&[]);
     let source = tempfile::tempdir().unwrap();
     let folder = source.path().join("logged");
@@ -362,12 +402,28 @@ fn every_stored_file_gets_its_log_line_in_order() {
     }
     let output = send(server.addr(), &[&folder]);
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let mut previous = String::new();
-    for name in &names {
-        let line = server.wait_stored(&format!("logged/{name}"));
-        assert_eq!(line.matches(" INFO ").count(), 1, "one line each: {line}");
-        assert!(line > previous, "in order: {line}");
-        previous = line;
+    // Everything the server wrote from its handshake to the session's
+    // end, in the order written: the session's last line comes after
+    // every gathered line.
+    let log = server.running.log_through(&["haul session ended"]);
+    let handshake = log
+        .iter()
+        .position(|line| line.contains("haul handshake"))
+        .unwrap_or_else(|| panic!("no handshake in {log:#?}"));
+    let session = &log[handshake..];
+    let stored: Vec<&str> = session
+        .iter()
+        .filter(|line| line.contains("result=\"stored\""))
+        .map(|line| logged_name(line))
+        .collect();
+    let expected: Vec<String> = names.iter().map(|name| format!("logged/{name}")).collect();
+    assert_eq!(stored, expected, "every file once, in the order sent");
+    for line in session {
+        assert_eq!(
+            line.matches(" INFO ").count() + line.matches(" DEBUG ").count(),
+            1,
+            "one event per line: {line}"
+        );
     }
 }
 
@@ -443,14 +499,53 @@ fn different_content_under_an_existing_name_follows_the_conflict_policy() {
 fn a_symlink_planted_in_the_inbox_leads_nowhere() {
     let server = HaulServer::start(&[]);
     let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("target.txt");
+    std::fs::write(&target, b"outside, untouched").unwrap();
+    // One link where a folder is offered, one where a file is.
     std::os::unix::fs::symlink(outside.path(), server.inbox.join("project")).unwrap();
+    std::os::unix::fs::symlink(&target, server.inbox.join("notes.txt")).unwrap();
     let source = tempfile::tempdir().unwrap();
     let tree = source.path().join("project");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("payload.txt"), b"should not escape").unwrap();
-    let output = send(server.addr(), &[&tree]);
+    let notes = source.path().join("notes.txt");
+    std::fs::write(&notes, b"should not replace the target").unwrap();
+
+    let output = send(server.addr(), &[&tree, &notes]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    let stderr = stderr_of(&output);
+    for refusal in [
+        "haul: project: refused by the server: a file or link is in the way\n",
+        "haul: project/payload.txt: refused by the server: storage failed: \
+         a path led outside of the filesystem\n",
+        "haul: notes.txt: refused by the server: a directory or link is in the way\n",
+    ] {
+        assert!(stderr.contains(refusal), "{refusal:?} not in {stderr}");
+    }
+    assert!(
+        stderr.contains("0 stored, 0 already there, 3 failed"),
+        "{stderr}"
+    );
+    let mut outside_names: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    outside_names.sort();
+    assert_eq!(
+        outside_names,
+        ["target.txt"],
+        "nothing written through the link"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"outside, untouched");
+    for link in ["project", "notes.txt"] {
+        let kept = std::fs::symlink_metadata(server.inbox.join(link)).unwrap();
+        assert!(kept.file_type().is_symlink(), "{link} is still the link");
+    }
+    assert!(
+        server.hidden_files().is_empty(),
+        "no data was received: {:?}",
+        server.hidden_files()
+    );
 }
 
 #[test]
@@ -523,4 +618,197 @@ fn stale_partial_data_is_removed_at_start_up_and_fresh_data_kept() {
         std::fs::read(hidden.join("resume-fresh")).unwrap(),
         b"recent"
     );
+}
+
+/// Megabytes of text and of noise in turn: with `--compress`, the text
+/// goes in compressed frames and the noise in plain ones.
+fn half_compressible(len: usize) -> Vec<u8> {
+    let mut content = Vec::with_capacity(len);
+    let mut block = 0;
+    while content.len() < len {
+        if block % 2 == 0 {
+            let lines: String = (0..80_000)
+                .map(|line| format!("block {block} line {line}\n"))
+                .collect();
+            content.extend_from_slice(&lines.as_bytes()[..1 << 20]);
+        } else {
+            content.extend_from_slice(&random_bytes(1 << 20, block));
+        }
+        block += 1;
+    }
+    content.truncate(len);
+    content
+}
+
+#[test]
+fn a_compressed_transfer_cut_short_resumes_with_every_byte_right() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("mixed.log");
+    let size = 16 * 1024 * 1024;
+    let content = half_compressible(size);
+    std::fs::write(&path, &content).unwrap();
+    let send_compressed = |to: &str| {
+        haul(&[
+            "send",
+            "--json",
+            "--compress",
+            "--to",
+            to,
+            path.to_str().unwrap(),
+        ])
+    };
+
+    let cutting = Proxy::start(server.addr(), Fault::CutAfter(3 * 1024 * 1024 + 777));
+    let cut = send_compressed(&cutting.addr);
+    assert_ne!(cut.status.code(), Some(0), "{}", stderr_of(&cut));
+    server
+        .running
+        .wait_for_log(&["name=\"mixed.log\"", "result=\"failed\"", "data=kept "]);
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    let held = *held;
+    // Compressed frames carry more than they weigh: the server holds the
+    // decompressed bytes, more than crossed.
+    assert!(held > 3 * 1024 * 1024 + 777, "{held} bytes held");
+    assert!(
+        std::fs::read(server.inbox.join(".haul").join(partial)).unwrap()
+            == content[..held as usize],
+        "the partial data is not the file's first {held} bytes"
+    );
+
+    let resumed = send_compressed(server.addr());
+    assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    assert_eq!(json::started_offsets(&resumed.stdout), [held]);
+    let lines = json::lines(&resumed.stdout);
+    let stored = json::of_kind(&lines, "stored");
+    assert_eq!(
+        stored[0]["blake3"],
+        blake3::hash(&content).to_hex().as_str()
+    );
+    assert_eq!(stored[0]["verified"], true);
+    assert!(std::fs::read(server.inbox.join("mixed.log")).unwrap() == content);
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}
+
+#[test]
+fn standard_input_sent_compressed_arrives_whole_and_smaller_on_the_wire() {
+    let server = HaulServer::start(&[]);
+    let proxy = Proxy::start(server.addr(), Fault::None);
+    let content = half_compressible(6 * 1024 * 1024 + 3);
+    let mut sender = util::haul_command()
+        .args(["send", "--json", "--compress", "--to", &proxy.addr])
+        .args(["-", "--name", "piped.log"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    let writer = {
+        let content = content.clone();
+        std::thread::spawn(move || stdin.write_all(&content).unwrap())
+    };
+    let output = sender.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let lines = json::lines(&output.stdout);
+    let stored = json::of_kind(&lines, "stored");
+    assert_eq!(stored[0]["bytes"], content.len() as u64);
+    assert_eq!(
+        stored[0]["blake3"],
+        blake3::hash(&content).to_hex().as_str()
+    );
+    assert!(std::fs::read(server.inbox.join("piped.log")).unwrap() == content);
+    // Half of it is text that compresses to almost nothing.
+    assert!(
+        proxy.forwarded() < content.len() as u64 * 3 / 4,
+        "{} bytes on the wire for {}",
+        proxy.forwarded(),
+        content.len()
+    );
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}
+
+#[test]
+fn a_file_where_a_folder_is_and_a_folder_where_a_file_is_are_refused_under_every_policy() {
+    let source = tempfile::tempdir().unwrap();
+    // notes.txt is a file here and a folder on the server; docs is a
+    // folder here and a file on the server.
+    let notes = source.path().join("notes.txt");
+    std::fs::write(&notes, b"a file now").unwrap();
+    let docs = source.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    std::fs::write(docs.join("inside.txt"), b"inside the folder").unwrap();
+    let fine = source.path().join("fine.txt");
+    std::fs::write(&fine, b"no conflict").unwrap();
+    for policy in ["rename", "overwrite", "refuse"] {
+        let server = HaulServer::start(&["--on-conflict", policy]);
+        std::fs::create_dir_all(server.inbox.join("notes.txt")).unwrap();
+        std::fs::write(server.inbox.join("notes.txt/kept.txt"), b"the operator's").unwrap();
+        std::fs::write(server.inbox.join("docs"), b"the operator's docs").unwrap();
+
+        let output = send(server.addr(), &[&notes, &docs, &fine]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{policy}: {}",
+            stderr_of(&output)
+        );
+        let stderr = stderr_of(&output);
+        for refusal in [
+            "haul: notes.txt: refused by the server: a directory or link is in the way\n",
+            "haul: docs: refused by the server: a file or link is in the way\n",
+            "haul: docs/inside.txt: refused by the server: \
+             a file or link is in the way of one of its folders\n",
+        ] {
+            assert!(
+                stderr.contains(refusal),
+                "{policy}: {refusal:?} not in {stderr}"
+            );
+        }
+        assert!(
+            stderr.contains("1 stored, 0 already there, 3 failed"),
+            "{policy}: {stderr}"
+        );
+        assert_eq!(
+            server.stored_names(),
+            ["docs", "fine.txt", "notes.txt"],
+            "{policy}: nothing stored beside"
+        );
+        assert!(server.inbox.join("notes.txt").is_dir(), "{policy}");
+        let inside: Vec<_> = std::fs::read_dir(server.inbox.join("notes.txt"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(inside, ["kept.txt"], "{policy}");
+        assert_eq!(
+            std::fs::read(server.inbox.join("notes.txt/kept.txt")).unwrap(),
+            b"the operator's"
+        );
+        assert_eq!(
+            std::fs::read(server.inbox.join("docs")).unwrap(),
+            b"the operator's docs",
+            "{policy}"
+        );
+        assert_eq!(
+            std::fs::read(server.inbox.join("fine.txt")).unwrap(),
+            b"no conflict"
+        );
+        assert!(
+            server.hidden_files().is_empty(),
+            "{policy}: {:?}",
+            server.hidden_files()
+        );
+    }
 }

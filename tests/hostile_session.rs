@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use util::proxy::{Fault, Proxy};
-use util::{HaulServer, haul_command, random_bytes, stderr_of};
+use util::{HaulServer, haul_command, json, random_bytes, stderr_of};
 
 const SECRET: &str = "4f6d2c0a9be14e7f8a3d5c21b7e09f64d2a1c3e5f7b9d0e2a4c6e8f0a2b4c6d8";
 
@@ -196,16 +196,6 @@ fn a_client_refuses_a_welcome_granting_what_it_did_not_ask_for() {
     assert!(server.stored_names().is_empty());
 }
 
-/// The `offset` of each `started` event in a `--json` send's output.
-fn started_offsets(output: &Output) -> Vec<u64> {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|value| value["event"] == "started")
-        .map(|value| value["offset"].as_u64().unwrap())
-        .collect()
-}
-
 /// The resumable partial files in the inbox's hidden area, with their
 /// contents.
 fn resumable_partials(inbox: &Path) -> Vec<(String, Vec<u8>)> {
@@ -266,7 +256,11 @@ fn another_sender_of_the_same_path_size_and_time_neither_continues_nor_destroys_
     let cutting_b = Proxy::start(server.addr(), Fault::CutAfter(2 * 1024 * 1024));
     let b = send_as_b(&cutting_b.addr);
     assert_ne!(b.status.code(), Some(0), "{}", stderr_of(&b));
-    assert_eq!(started_offsets(&b), [0], "B must not continue A's upload");
+    assert_eq!(
+        json::started_offsets(&b.stdout),
+        [0],
+        "B must not continue A's upload"
+    );
     server.running.wait_for_log(&["haul session failed"]);
     let after_b = resumable_partials(&server.inbox);
     assert_eq!(after_b.len(), 2, "B's upload has partial data of its own");
@@ -278,7 +272,10 @@ fn another_sender_of_the_same_path_size_and_time_neither_continues_nor_destroys_
     let counting = Proxy::start(server.addr(), Fault::None);
     let resumed = send(&counting.addr, &a_path, None, &["--json"]);
     assert!(resumed.status.success(), "{}", stderr_of(&resumed));
-    assert_eq!(started_offsets(&resumed), [a_held.len() as u64]);
+    assert_eq!(
+        json::started_offsets(&resumed.stdout),
+        [a_held.len() as u64]
+    );
     assert!(
         counting.forwarded() < (size - a_held.len()) as u64 + 64 * 1024,
         "{} bytes crossed to resume after {}",
@@ -337,14 +334,7 @@ fn a_send_run_again_after_a_silently_dead_connection_takes_over_and_sends_only_t
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + util::LINE_WAIT;
-    while stalling.forwarded() < stall_at {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the proxy never forwarded {stall_at} bytes"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    stalling.wait_forwarded(stall_at);
     // The user gives up on the hung send; the server still sees a live,
     // silent connection.
     first.kill().unwrap();
@@ -353,7 +343,7 @@ fn a_send_run_again_after_a_silently_dead_connection_takes_over_and_sends_only_t
     let counting = Proxy::start(server.addr(), Fault::None);
     let again = send(&counting.addr, &path, None, &["--json"]);
     assert!(again.status.success(), "{}", stderr_of(&again));
-    let offsets = started_offsets(&again);
+    let offsets = json::started_offsets(&again.stdout);
     let [offset] = offsets.as_slice() else {
         panic!("one started event expected, got {offsets:?}");
     };
@@ -403,4 +393,46 @@ fn a_version_one_client_is_told_its_version_is_too_old() {
         message,
         "the client speaks protocol version 1; this server speaks 2"
     );
+}
+
+#[test]
+fn a_hello_of_an_unknown_older_version_is_refused_naming_it_and_a_newer_one_is_answered() {
+    use haul::protocol::haul::{MAGIC, Message, VERSION};
+    let server = HaulServer::start(&[]);
+    for version in [0, VERSION - 1] {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        let hello = util::wire::frame(&Message::Hello {
+            version,
+            capabilities: 0,
+            sender: [0; 16],
+        });
+        stream.write_all(&[&MAGIC[..], &hello].concat()).unwrap();
+        assert_eq!(
+            util::wire::read_message(&mut stream),
+            format!(
+                "Error {{ message: \"the client speaks protocol version {version}; \
+                 this server speaks {VERSION}\" }}"
+            )
+        );
+        // And then the server closes.
+        assert!(util::read_until_closed(&mut stream).is_empty());
+        server.running.wait_for_log(&[
+            "haul session failed",
+            &format!("the client speaks protocol version {version};"),
+        ]);
+    }
+    // A newer client is answered with the server's own version, for it
+    // to decide whether it can speak that.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    let hello = util::wire::frame(&Message::Hello {
+        version: VERSION + 1,
+        capabilities: 0,
+        sender: [0; 16],
+    });
+    stream.write_all(&[&MAGIC[..], &hello].concat()).unwrap();
+    assert_eq!(
+        util::wire::read_message(&mut stream),
+        format!("Welcome {{ version: {VERSION}, capabilities: 0 }}")
+    );
+    assert!(server.stored_names().is_empty());
 }

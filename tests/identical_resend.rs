@@ -7,7 +7,7 @@ mod util;
 use std::path::Path;
 
 use serde_json::Value;
-use util::{HaulServer, haul, stderr_of};
+use util::{HaulServer, haul, json, stderr_of};
 
 /// Runs `haul send --json` with `args` and returns its events.
 fn send_json(server: &HaulServer, sources: &[&Path]) -> Vec<Value> {
@@ -15,27 +15,7 @@ fn send_json(server: &HaulServer, sources: &[&Path]) -> Vec<Value> {
     args.extend(sources.iter().map(|path| path.to_str().unwrap()));
     let output = haul(&args);
     assert!(output.status.success(), "{}", stderr_of(&output));
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|event| event["event"] == kind)
-        .collect()
-}
-
-fn bytes_sent(events: &[Value]) -> u64 {
-    events
-        .iter()
-        .find(|event| event["event"] == "summary")
-        .unwrap()["bytes_sent"]
-        .as_u64()
-        .unwrap()
+    json::lines(&output.stdout)
 }
 
 #[test]
@@ -54,15 +34,15 @@ fn two_identical_sources_with_one_name_store_one_copy() {
     let y = source.path().join("y/notes.txt");
     for run in 0..4 {
         let events = send_json(&server, &[&x, &y]);
-        let stored = of_kind(&events, "stored");
-        let there = of_kind(&events, "already_there");
+        let stored = json::of_kind(&events, "stored");
+        let there = json::of_kind(&events, "already_there");
         if run == 0 {
             assert_eq!(stored.len(), 1, "{events:?}");
             assert_eq!(there.len(), 1, "{events:?}");
         } else {
             assert_eq!(stored.len(), 0, "run {run}: {events:?}");
             assert_eq!(there.len(), 2, "run {run}: {events:?}");
-            assert_eq!(bytes_sent(&events), 0);
+            assert_eq!(json::summary(&events)["bytes_sent"], 0);
         }
         assert!(there.iter().all(|event| event["stored_as"] == "notes.txt"));
         assert_eq!(server.stored_names(), ["notes.txt"], "run {run}");
@@ -79,14 +59,17 @@ fn a_resend_after_a_rename_stores_nothing_new_and_says_where_it_is() {
     // Changed, of a different size: kept beside the first.
     std::fs::write(&path, b"second version, longer").unwrap();
     let events = send_json(&server, &[&path]);
-    assert_eq!(of_kind(&events, "stored")[0]["stored_as"], "egl (1).h");
+    assert_eq!(
+        json::of_kind(&events, "stored")[0]["stored_as"],
+        "egl (1).h"
+    );
     for _ in 0..3 {
         let events = send_json(&server, &[&path]);
-        let there = of_kind(&events, "already_there");
+        let there = json::of_kind(&events, "already_there");
         assert_eq!(there.len(), 1, "{events:?}");
         assert_eq!(there[0]["stored_as"], "egl (1).h");
-        assert_eq!(bytes_sent(&events), 0);
-        assert!(of_kind(&events, "started").is_empty(), "{events:?}");
+        assert_eq!(json::summary(&events)["bytes_sent"], 0);
+        assert!(json::of_kind(&events, "started").is_empty(), "{events:?}");
     }
     assert_eq!(server.stored_names(), ["egl (1).h", "egl.h"]);
     // Without --json the line says where the file is.
@@ -113,8 +96,12 @@ fn two_different_sources_with_one_name_make_two_copies_and_no_more() {
     for run in 0..4 {
         let events = send_json(&server, &[&x, &y]);
         if run > 0 {
-            assert_eq!(of_kind(&events, "already_there").len(), 2, "{events:?}");
-            assert_eq!(bytes_sent(&events), 0);
+            assert_eq!(
+                json::of_kind(&events, "already_there").len(),
+                2,
+                "{events:?}"
+            );
+            assert_eq!(json::summary(&events)["bytes_sent"], 0);
         }
         assert_eq!(server.stored_names(), ["a (1).txt", "a.txt"], "run {run}");
     }
@@ -125,5 +112,40 @@ fn two_different_sources_with_one_name_make_two_copies_and_no_more() {
     assert_eq!(
         std::fs::read(server.inbox.join("a (1).txt")).unwrap(),
         b"version y"
+    );
+}
+
+#[test]
+fn a_name_with_quotes_already_there_is_reported_as_it_is_stored() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let name = r#"it's "quoted".txt"#;
+    let copy = r#"it's "quoted" (1).txt"#;
+    for (folder, content) in [
+        ("x", &b"the first"[..]),
+        ("y", b"the second, stored beside"),
+    ] {
+        std::fs::create_dir(source.path().join(folder)).unwrap();
+        std::fs::write(source.path().join(folder).join(name), content).unwrap();
+    }
+    let (x, y) = (
+        source.path().join("x").join(name),
+        source.path().join("y").join(name),
+    );
+    send_json(&server, &[&x]);
+    let events = send_json(&server, &[&y]);
+    assert_eq!(json::of_kind(&events, "stored")[0]["stored_as"], copy);
+
+    let events = send_json(&server, &[&y]);
+    let there = json::of_kind(&events, "already_there");
+    assert_eq!(there.len(), 1, "{events:?}");
+    assert_eq!(there[0]["stored_as"], copy, "carried exactly");
+    let output = haul(&["send", "--to", server.addr(), y.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let expected = format!("haul: {name} is already there, identical, as {copy}\n");
+    assert!(
+        stderr_of(&output).contains(&expected),
+        "{expected:?} not in {}",
+        stderr_of(&output)
     );
 }

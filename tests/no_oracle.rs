@@ -13,7 +13,7 @@ use haul::protocol::haul::{
     self as wire, Answer, EntryKind, FRAME_HEADER_LEN, Hash, Kind, Message, Mtime, Offer,
 };
 use util::wire::{frame, raw_haul_session, read_message, read_raw_frame};
-use util::{HaulServer, haul, random_bytes, read_until_closed, stderr_of};
+use util::{HaulServer, haul, json, random_bytes, read_until_closed, stderr_of};
 
 fn file_offer(path: &[u8], size: u64, hash: Option<Hash>) -> Vec<u8> {
     frame(&Message::Offer(Offer {
@@ -273,22 +273,10 @@ fn a_large_file_the_server_stored_is_compared_without_reading_it() {
     );
 }
 
-fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8(stdout.to_vec())
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-fn of_kind<'a>(lines: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
-    lines.iter().filter(|line| line["event"] == kind).collect()
-}
-
 fn send_json(to: &str, folder: &Path) -> Vec<serde_json::Value> {
     let output = haul(&["send", "--json", "--to", to, folder.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
-    json_lines(&output.stdout)
+    json::lines(&output.stdout)
 }
 
 #[test]
@@ -300,11 +288,11 @@ fn resending_moves_no_bytes_and_a_changed_file_of_the_same_size_is_kept_beside()
     std::fs::write(folder.join("a.txt"), b"first version").unwrap();
     std::fs::write(folder.join("b.bin"), random_bytes(300 * 1024, 3)).unwrap();
     let lines = send_json(server.addr(), &folder);
-    assert_eq!(of_kind(&lines, "stored").len(), 2, "{lines:#?}");
+    assert_eq!(json::of_kind(&lines, "stored").len(), 2, "{lines:#?}");
 
     let lines = send_json(server.addr(), &folder);
-    assert!(of_kind(&lines, "started").is_empty(), "{lines:#?}");
-    let mut there: Vec<(String, String)> = of_kind(&lines, "already_there")
+    assert!(json::of_kind(&lines, "started").is_empty(), "{lines:#?}");
+    let mut there: Vec<(String, String)> = json::of_kind(&lines, "already_there")
         .iter()
         .map(|line| {
             (
@@ -327,11 +315,15 @@ fn resending_moves_no_bytes_and_a_changed_file_of_the_same_size_is_kept_beside()
 
     std::fs::write(folder.join("a.txt"), b"other version").unwrap();
     let lines = send_json(server.addr(), &folder);
-    let stored = of_kind(&lines, "stored");
+    let stored = json::of_kind(&lines, "stored");
     assert_eq!(stored.len(), 1, "{lines:#?}");
     assert_eq!(stored[0]["path"], "docs/a.txt");
     assert_eq!(stored[0]["stored_as"], "docs/a (1).txt");
-    assert_eq!(of_kind(&lines, "already_there").len(), 1, "{lines:#?}");
+    assert_eq!(
+        json::of_kind(&lines, "already_there").len(),
+        1,
+        "{lines:#?}"
+    );
     let inbox = server.inbox.join("docs");
     assert_eq!(
         std::fs::read(inbox.join("a.txt")).unwrap(),

@@ -13,8 +13,8 @@ use std::process::{Command, Output, Stdio};
 
 use util::proxy::{Fault, Proxy};
 use util::{
-    HAUL, HaulServer, Running, haul, haul_command, random_bytes, read_until_closed, seed_header,
-    stderr_of,
+    HAUL, HaulServer, Running, haul, haul_command, json, random_bytes, read_until_closed,
+    seed_header, stderr_of,
 };
 
 /// A byte count as the server's log writes it: binary units, one decimal
@@ -58,16 +58,6 @@ fn send(to: &str, path: &Path, extra: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-/// The offsets of the `started` events of a `--json` send.
-fn started_offsets(output: &Output) -> Vec<u64> {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|value| value["event"] == "started")
-        .filter_map(|value| value["offset"].as_u64())
-        .collect()
 }
 
 /// Leaves the first part of `path` in the server's hidden area: the send
@@ -342,14 +332,7 @@ fn a_second_ctrl_c_stops_the_server_at_once_and_the_send_resumes_later() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + util::LINE_WAIT;
-    while stalling.forwarded() < stall_at {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the proxy never forwarded {stall_at} bytes"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    stalling.wait_forwarded(stall_at);
 
     signal(&server.running, libc::SIGINT);
     server.running.wait_for_log(&["shutting down"]);
@@ -373,7 +356,7 @@ fn a_second_ctrl_c_stops_the_server_at_once_and_the_send_resumes_later() {
     let counting = Proxy::start(server.addr(), Fault::None);
     let resumed = send(&counting.addr, &path, &["--json"]);
     assert!(resumed.status.success(), "{}", stderr_of(&resumed));
-    let offsets = started_offsets(&resumed);
+    let offsets = json::started_offsets(&resumed.stdout);
     let [offset] = offsets.as_slice() else {
         panic!("one started event expected, got {offsets:?}");
     };

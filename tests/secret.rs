@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 use util::proxy::{Fault, Proxy};
-use util::{HaulServer, haul, random_bytes, seed_client, stderr_of};
+use util::{HaulServer, haul, json, random_bytes, seed_client, stderr_of};
 
 const SECRET: &str = "4f6d2c0a9be14e7f8a3d5c21b7e09f64d2a1c3e5f7b9d0e2a4c6e8f0a2b4c6d8";
 
@@ -239,5 +239,116 @@ fn haul_token_prints_a_fresh_strong_secret_and_short_ones_are_refused() {
         stderr_of(&output).contains("at least 16"),
         "{}",
         stderr_of(&output)
+    );
+}
+
+/// `haul send --json` of `sources` to `to` with `HAUL_TOKEN` set, or with
+/// `--token-file FILE` when `token_file` is given.
+fn send_encrypted(to: &str, sources: &[&Path], token_file: Option<&str>) -> Output {
+    let mut command = util::haul_command();
+    command.args(["send", "--json", "--to", to]);
+    match token_file {
+        Some(file) => command
+            .args(["--token-file", file])
+            .env_remove("HAUL_TOKEN"),
+        None => command.env("HAUL_TOKEN", SECRET),
+    };
+    command.args(sources).stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn three_hundred_files_in_a_tree_arrive_encrypted_with_every_hash_right() {
+    let (server, _keys) = secret_server(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("tree");
+    let mut expected = Vec::new();
+    for index in 0..300usize {
+        let relative = format!("d{}/e{}/f{index:03}.bin", index % 7, index % 3);
+        let path = tree.join(&relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Sizes from empty to past one Noise message (65,519 bytes).
+        let content = random_bytes(index * 257 % 70_000, index as u64);
+        std::fs::write(&path, &content).unwrap();
+        expected.push((format!("tree/{relative}"), content));
+    }
+    let output = send_encrypted(server.addr(), &[&tree], None);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let lines = json::lines(&output.stdout);
+    assert_eq!(json::summary(&lines)["stored"], 300);
+    let stored = json::of_kind(&lines, "stored");
+    for (relative, content) in &expected {
+        let on_disk = std::fs::read(server.inbox.join(relative)).unwrap();
+        assert!(on_disk == *content, "{relative} differs");
+        let event = stored
+            .iter()
+            .find(|event| event["path"] == relative.as_str())
+            .unwrap_or_else(|| panic!("no stored event for {relative}"));
+        assert_eq!(event["blake3"], blake3::hash(content).to_hex().as_str());
+        assert_eq!(event["verified"], true);
+    }
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}
+
+#[test]
+fn an_encrypted_transfer_cut_short_resumes_and_sends_only_the_rest() {
+    let (server, keys) = secret_server(&[]);
+    let client_token = token_file(keys.path(), "client-token", SECRET);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("sealed.bin");
+    let size = 16 * 1024 * 1024;
+    let content = random_bytes(size, 21);
+    std::fs::write(&path, &content).unwrap();
+
+    // The cut lands inside a Noise message: the server must keep only
+    // what it decrypted and verified.
+    let cutting = Proxy::start(server.addr(), Fault::CutAfter(6 * 1024 * 1024 + 12_345));
+    let cut = send_encrypted(&cutting.addr, &[&path], None);
+    assert_ne!(cut.status.code(), Some(0), "{}", stderr_of(&cut));
+    server
+        .running
+        .wait_for_log(&["name=\"sealed.bin\"", "result=\"failed\"", "data=kept "]);
+    assert!(server.stored_names().is_empty());
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    let held = *held;
+    assert!(
+        held > 0 && held <= 6 * 1024 * 1024 + 12_345,
+        "{held} bytes held"
+    );
+    assert!(
+        std::fs::read(server.inbox.join(".haul").join(partial)).unwrap()
+            == content[..held as usize],
+        "the partial data is not the file's first {held} bytes"
+    );
+
+    // Resumed with the secret from a file this time: the same secret.
+    let counting = Proxy::start(server.addr(), Fault::None);
+    let resumed = send_encrypted(&counting.addr, &[&path], Some(&client_token));
+    assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    assert_eq!(json::started_offsets(&resumed.stdout), [held]);
+    let lines = json::lines(&resumed.stdout);
+    assert_eq!(json::summary(&lines)["bytes_sent"], size as u64 - held);
+    assert!(
+        counting.forwarded() < size as u64 - held + 256 * 1024,
+        "{} bytes crossed for the {} missing",
+        counting.forwarded(),
+        size as u64 - held
+    );
+    let stored = json::of_kind(&lines, "stored");
+    assert_eq!(
+        stored[0]["blake3"],
+        blake3::hash(&content).to_hex().as_str()
+    );
+    assert!(std::fs::read(server.inbox.join("sealed.bin")).unwrap() == content);
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
     );
 }

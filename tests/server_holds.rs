@@ -14,7 +14,8 @@ use util::disk::SmallDisk;
 use util::proxy::{Fault, Proxy};
 use util::wire::{frame, raw_haul_session, read_message};
 use util::{
-    HaulServer, Running, haul, random_bytes, read_until_closed, seed_client, seed_header, stderr_of,
+    HaulServer, Running, haul, json, random_bytes, read_until_closed, seed_client, seed_header,
+    stderr_of,
 };
 
 fn file_offer(path: &[u8], size: u64) -> Message<'_> {
@@ -328,12 +329,24 @@ fn a_server_killed_during_a_seed_transfer_leaves_no_partial_file_and_restarts_cl
     let mut reply = [0u8; 8];
     stream.read_exact(&mut reply).unwrap();
     stream.write_all(&random_bytes(500_000, 11)).unwrap();
+    let killed = server.running.pid();
     server.kill_and_restart(&[]);
     drop(stream);
     assert!(
         server.stored_names().is_empty(),
         "{:?}",
         server.stored_names()
+    );
+    // What the killed server received is at most its own private
+    // temporary file in .haul: never under a final name, and never taken
+    // for resumable data. It stays until --partial-max-age or
+    // --max-partial removes it.
+    let litter = server.hidden_files();
+    assert!(
+        litter
+            .iter()
+            .all(|(name, _)| name.starts_with(&format!("tmp-{killed}-"))),
+        "{litter:?}"
     );
 
     let source = tempfile::tempdir().unwrap();
@@ -352,6 +365,12 @@ fn a_server_killed_during_a_seed_transfer_leaves_no_partial_file_and_restarts_cl
     assert_eq!(
         std::fs::read(server.inbox.join("interrupted.bin")).unwrap(),
         content
+    );
+    assert_eq!(server.stored_names(), ["interrupted.bin"]);
+    assert_eq!(
+        server.hidden_files(),
+        litter,
+        "the re-send left nothing of its own in .haul"
     );
 }
 
@@ -617,16 +636,18 @@ fn sigint_cuts_a_stalled_transfer_after_the_grace_period_and_it_resumes_later() 
     let mut server = HaulServer::start(&["--grace", "1s"]);
     let source = tempfile::tempdir().unwrap();
     let path = source.path().join("stalled.bin");
-    let content = random_bytes(16 * 1024 * 1024, 13);
+    let size = 16 * 1024 * 1024;
+    let content = random_bytes(size, 13);
     std::fs::write(&path, &content).unwrap();
-    let stalling = Proxy::start(server.addr(), Fault::StallAfter(6 * 1024 * 1024));
+    let stall_at = 6 * 1024 * 1024;
+    let stalling = Proxy::start(server.addr(), Fault::StallAfter(stall_at));
     let mut sender = util::haul_command()
         .args(["send", "--to", &stalling.addr, path.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    server.running.wait_for_log(&["haul handshake"]);
+    stalling.wait_forwarded(stall_at);
 
     signal(&server.running, libc::SIGINT);
     server.running.wait_for_log(&["grace period were cut"]);
@@ -635,12 +656,169 @@ fn sigint_cuts_a_stalled_transfer_after_the_grace_period_and_it_resumes_later() 
     let _ = sender.kill();
     let _ = sender.wait();
     assert!(server.stored_names().is_empty());
+    let hidden = server.hidden_files();
+    let [(partial, held)] = hidden.as_slice() else {
+        panic!("one partial file expected in .haul, found {hidden:?}");
+    };
+    assert!(partial.starts_with("resume-"), "{hidden:?}");
+    assert!(
+        *held > 0 && *held <= stall_at,
+        "{held} bytes kept of the {stall_at} that crossed"
+    );
+    let held = *held;
 
     server.kill_and_restart(&[]);
-    let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+    let counting = Proxy::start(server.addr(), Fault::None);
+    let output = haul(&[
+        "send",
+        "--json",
+        "--to",
+        &counting.addr,
+        path.to_str().unwrap(),
+    ]);
     assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        json::started_offsets(&output.stdout),
+        [held],
+        "resumed where the data ends"
+    );
+    let lines = json::lines(&output.stdout);
+    assert_eq!(json::summary(&lines)["bytes_sent"], size as u64 - held);
+    assert!(
+        counting.forwarded() < size as u64 - held + 64 * 1024,
+        "{} bytes crossed for the {} missing",
+        counting.forwarded(),
+        size as u64 - held
+    );
     assert_eq!(
         std::fs::read(server.inbox.join("stalled.bin")).unwrap(),
         content
+    );
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}
+
+/// `haul send ARGS…` to `to`, with `content` on its standard input.
+fn send_stdin(to: &str, args: &[&str], content: &[u8]) -> std::process::Output {
+    let mut sender = util::haul_command()
+        .args(["send", "--to", to])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    let content = content.to_vec();
+    // The send may end before it has read everything (a refused stream):
+    // a write that then fails is no failure of the test.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&content);
+    });
+    let output = sender.wait_with_output().unwrap();
+    writer.join().unwrap();
+    output
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_and_nothing_of_it_is_stored() {
+    let limit = 1024 * 1024;
+    let server = HaulServer::start(&["--max-file-size", "1M"]);
+    let source = tempfile::tempdir().unwrap();
+    let over = source.path().join("over.bin");
+    std::fs::write(&over, random_bytes(limit + 1, 31)).unwrap();
+    let at = source.path().join("at.bin");
+    let at_content = random_bytes(limit, 32);
+    std::fs::write(&at, &at_content).unwrap();
+
+    let output = haul(&[
+        "send",
+        "--to",
+        server.addr(),
+        over.to_str().unwrap(),
+        at.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains(
+            "haul: over.bin: refused by the server: the file is 1048577 bytes; \
+             this server accepts at most 1048576\n"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 stored, 0 already there, 1 failed"),
+        "{stderr}"
+    );
+    let line = server
+        .running
+        .wait_for_log(&["name=\"over.bin\"", "result=\"failed\""]);
+    assert!(line.contains("data=no data received"), "{line}");
+    assert_eq!(server.stored_names(), ["at.bin"]);
+    assert_eq!(
+        std::fs::read(server.inbox.join("at.bin")).unwrap(),
+        at_content
+    );
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
+    );
+}
+
+#[test]
+fn a_stream_growing_past_the_size_limit_fails_and_its_data_is_removed() {
+    let limit = 1024 * 1024;
+    let server = HaulServer::start(&["--max-file-size", "1M"]);
+    let over = random_bytes(3 * limit, 33);
+    for (name, extra) in [("plain.bin", None), ("packed.bin", Some("--compress"))] {
+        let mut args = vec!["-", "--name", name];
+        args.extend(extra);
+        let output = send_stdin(server.addr(), &args, &over);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{name}: {}",
+            stderr_of(&output)
+        );
+        assert_eq!(
+            stderr_of(&output),
+            "haul: the server ended the session: the stream grew past 1048576 bytes, \
+             the most this server accepts\n",
+            "{name}"
+        );
+        let line = server
+            .running
+            .wait_for_log(&[&format!("name=\"{name}\""), "result=\"failed\""]);
+        assert!(line.contains("data=partial data deleted"), "{line}");
+        // The session's last line: its partial file is gone by then.
+        server
+            .running
+            .wait_for_log(&["haul session failed", "the stream grew past"]);
+        assert!(
+            server.stored_names().is_empty(),
+            "{:?}",
+            server.stored_names()
+        );
+        assert!(
+            server.hidden_files().is_empty(),
+            "{name}: {:?}",
+            server.hidden_files()
+        );
+    }
+
+    // A stream of exactly the limit is within it.
+    let at = random_bytes(limit, 34);
+    let output = send_stdin(server.addr(), &["-", "--name", "at.bin"], &at);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(std::fs::read(server.inbox.join("at.bin")).unwrap(), at);
+    assert!(
+        server.hidden_files().is_empty(),
+        "{:?}",
+        server.hidden_files()
     );
 }

@@ -16,7 +16,6 @@ use crate::protocol::haul::{
     MAX_DATA_LEN, Message, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
-use crate::text::printable;
 use crate::throttle::Throttle;
 use crate::transfer::{FileSource, PumpError, SMALL_FILE};
 
@@ -232,10 +231,10 @@ impl Session {
                 capabilities,
             } if version >= haul::VERSION => capabilities,
             Message::Welcome { version, .. } => {
-                return Err(SendError::Protocol(format!(
-                    "the server speaks version {version}, this client {}",
-                    haul::VERSION
-                )));
+                return Err(SendError::Version {
+                    to: self.to.clone(),
+                    server: version,
+                });
             }
             Message::Error { code, message } => {
                 return Err(server_error(code, message, SendError::Auth));
@@ -439,7 +438,7 @@ impl Session {
                     self.summary.already_there += 1;
                     on_event(Event::AlreadyThere {
                         path: &entry.path,
-                        stored_as: &printable(stored_as.as_bytes()),
+                        stored_as,
                         bytes: entry.size.unwrap_or(0),
                     });
                 }
@@ -448,7 +447,7 @@ impl Session {
                     self.summary.failed += 1;
                     on_event(Event::Failed {
                         path: &entry.path,
-                        reason: &format!("refused by the server: {}", printable(reason.as_bytes())),
+                        reason: &format!("refused by the server: {}", reason),
                     });
                 }
                 other => return Err(unexpected(&other, "an answer fitting the offer")),
@@ -869,7 +868,7 @@ async fn read_receipts(
             Message::Failed { reason } => {
                 summary.failed += 1;
                 let reason = file.local_failure.unwrap_or_else(|| {
-                    let reason = printable(reason.as_bytes());
+                    let reason = reason.to_owned();
                     let hint = if reason.contains("No space left on device") {
                         "; the server's disk is full"
                     } else {
@@ -903,7 +902,7 @@ impl Frame {
 /// What the server's Error frame means for the send: by its code, a refusal
 /// for this client's rights, or else `other`, with the server's words.
 fn server_error(code: ErrorCode, message: &str, other: fn(String) -> SendError) -> SendError {
-    let message = printable(message.as_bytes());
+    let message = message.to_owned();
     match code {
         ErrorCode::NotAllowed => SendError::NotAllowed(message),
         ErrorCode::Other => other(message),

@@ -137,6 +137,12 @@ pub enum SendError {
     #[error("{to} does not speak haul; it answered {}", like(.answer))]
     NotHaul { to: String, answer: Vec<u8> },
     #[error(
+        "{to} speaks version {server} of haul's protocol and this client version {}; \
+         send with a haul of the server's version, or update the server",
+        crate::protocol::haul::VERSION
+    )]
+    Version { to: String, server: u16 },
+    #[error(
         "{to} did not answer {} within {}s; is it a server of the {}? \
          (a busy one may answer later: --reply-timeout waits longer)",
         if *.seed { "\"go ahead\"" } else { "haul's Hello" },
@@ -195,11 +201,14 @@ pub enum SendError {
 
 impl SendError {
     /// True when no server of the protocol could be reached: nobody
-    /// listens, or something else does.
+    /// listens, something else does, or a server of an older version.
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            SendError::Connect { .. } | SendError::NotHaul { .. } | SendError::NoAnswer { .. }
+            SendError::Connect { .. }
+                | SendError::NotHaul { .. }
+                | SendError::Version { .. }
+                | SendError::NoAnswer { .. }
         )
     }
 

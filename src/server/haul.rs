@@ -52,6 +52,10 @@ enum SessionError {
         haul::VERSION
     )]
     Version { client: u16 },
+    /// A stream of unknown size grew past `--max-file-size`: the sender
+    /// could not know, so this is not its protocol error.
+    #[error("the stream grew past {max} bytes, the most this server accepts")]
+    StreamTooLarge { max: u64 },
     #[error("nothing received for {}s", .0.as_secs())]
     Idle(Duration),
     #[error("the handshake was not complete within {}s of connecting", .0.as_secs())]
@@ -1230,6 +1234,10 @@ fn decide(
     }
 }
 
+/// The reason an entry is refused when a stored file (or a link) stands
+/// where one of the folders of its path should be.
+const FILE_IN_A_FOLDERS_PLACE: &str = "a file or link is in the way of one of its folders";
+
 /// What to answer a directory's offer, and whether this created it.
 fn decide_directory(
     store: &Store,
@@ -1237,7 +1245,13 @@ fn decide_directory(
     path: &RelPath,
     depth: u64,
 ) -> io::Result<(Decision, bool)> {
-    match store.existing(path)? {
+    let existing = match store.existing(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
+            return Ok((Decision::Refuse(FILE_IN_A_FOLDERS_PLACE.into()), false));
+        }
+        existing => existing?,
+    };
+    match existing {
         Existing::Directory => Ok((Decision::Answer(Answer::Created, None), false)),
         Existing::Nothing => {
             let _granted = match space.reserve_directory(depth) {
@@ -1271,7 +1285,12 @@ fn decide_file(
     let existing = if in_fresh_directory {
         Existing::Nothing
     } else {
-        store.existing(&target)?
+        match store.existing(&target) {
+            Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
+                return Ok(Decision::Refuse(FILE_IN_A_FOLDERS_PLACE.into()));
+            }
+            existing => existing?,
+        }
     };
     if let Existing::Directory | Existing::Other = existing {
         return Ok(Decision::Refuse("a directory or link is in the way".into()));
@@ -1380,9 +1399,7 @@ fn metadata_of(mtime: Mtime, mode: u32) -> Metadata {
 /// A stream of unknown size is held to the size limit as it grows.
 fn check_stream_limit(config: &ServerConfig, total: u64) -> Result<(), SessionError> {
     match config.max_file_size {
-        Some(max) if total > max => Err(SessionError::Violation(format!(
-            "the file grew past this server's limit of {max} bytes"
-        ))),
+        Some(max) if total > max => Err(SessionError::StreamTooLarge { max }),
         _ => Ok(()),
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod disk;
+pub mod json;
 pub mod proxy;
 pub mod wire;
 
@@ -86,6 +87,36 @@ impl Lines {
             }
         }
     }
+
+    /// Every line not yet taken, in the order the child wrote them, up to
+    /// and including the first that matches; later lines stay for later
+    /// waits.
+    fn take_through(&self, what: &str, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut unmatched = self.unmatched.borrow_mut();
+        if let Some(index) = unmatched.iter().position(|line| matches(line)) {
+            return unmatched.drain(..=index).collect();
+        }
+        let mut taken: Vec<String> = unmatched.drain(..).collect();
+        let deadline = Instant::now() + LINE_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.incoming.recv_timeout(left) {
+                Ok(line) => {
+                    let last = matches(&line);
+                    taken.push(line);
+                    if last {
+                        return taken;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line {what} within {LINE_WAIT:?}; saw {taken:#?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("process ended before a line {what}; saw {taken:#?}")
+                }
+            }
+        }
+    }
 }
 
 impl Running {
@@ -121,6 +152,15 @@ impl Running {
     pub fn wait_for_log(&self, parts: &[&str]) -> String {
         self.stderr
             .wait_for(&format!("containing {parts:?}"), |line| {
+                parts.iter().all(|part| line.contains(part))
+            })
+    }
+
+    /// The log lines (stderr) not yet taken, in the order written, through
+    /// the first containing every one of `parts`: for tests of the order.
+    pub fn log_through(&self, parts: &[&str]) -> Vec<String> {
+        self.stderr
+            .take_through(&format!("containing {parts:?}"), |line| {
                 parts.iter().all(|part| line.contains(part))
             })
     }
@@ -195,6 +235,23 @@ impl HaulServer {
     /// Number of partial files in haul's hidden area.
     pub fn partial_count(&self) -> usize {
         std::fs::read_dir(self.inbox.join(".haul")).map_or(0, |entries| entries.count())
+    }
+
+    /// The files in haul's hidden area, `DIR/.haul`, with their sizes,
+    /// sorted by name; empty if there is no hidden area.
+    pub fn hidden_files(&self) -> Vec<(String, u64)> {
+        let Ok(entries) = std::fs::read_dir(self.inbox.join(".haul")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(String, u64)> = entries
+            .map(|entry| entry.unwrap())
+            .map(|entry| {
+                let name = entry.file_name().into_string().unwrap();
+                (name, entry.metadata().unwrap().len())
+            })
+            .collect();
+        files.sort();
+        files
     }
 
     /// Waits for the log line of a stored file and returns it.

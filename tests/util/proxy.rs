@@ -87,6 +87,20 @@ impl Proxy {
         self.forwarded.load(Ordering::SeqCst)
     }
 
+    /// Waits until at least `bytes` have gone upstream. A proxy that never
+    /// forwards as many fails the test after [`super::LINE_WAIT`].
+    pub fn wait_forwarded(&self, bytes: u64) {
+        let deadline = std::time::Instant::now() + super::LINE_WAIT;
+        while self.forwarded() < bytes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy forwarded {} bytes, never {bytes}",
+                self.forwarded()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// What the clients sent, as forwarded (after any fault).
     pub fn upstream_bytes(&self) -> Vec<u8> {
         self.recording.upstream.lock().unwrap().clone()
