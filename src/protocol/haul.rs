@@ -411,11 +411,40 @@ pub fn raw_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The frame header of a `Data` (or `DataZstd`) frame of `len` bytes.
+pub fn data_header(kind: Kind, len: u32) -> [u8; FRAME_HEADER_LEN] {
+    debug_assert!(matches!(kind, Kind::Data | Kind::DataZstd) && len <= MAX_DATA_LEN);
+    let [a, b, c, d] = len.to_be_bytes();
+    [kind as u8, a, b, c, d]
+}
+
 /// Appends the frame header of a `Data` (or `DataZstd`) frame of `len` bytes.
 pub fn encode_data_header(kind: Kind, len: u32, out: &mut Vec<u8>) {
-    debug_assert!(matches!(kind, Kind::Data | Kind::DataZstd) && len <= MAX_DATA_LEN);
-    out.push(kind as u8);
-    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&data_header(kind, len));
+}
+
+/// A message one side may receive, decoded from a frame's payload and
+/// borrowing from it.
+pub trait Incoming<'a>: Sized {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError>;
+}
+
+/// A message one side may send.
+pub trait Outgoing {
+    /// Appends the message as one whole frame.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+impl<'a> Incoming<'a> for Message<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        decode_message(kind, payload)
+    }
+}
+
+impl Outgoing for Message<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode(self, out);
+    }
 }
 
 /// Appends `message` as one whole frame. Text fields longer than a frame

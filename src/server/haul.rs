@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
@@ -22,16 +22,15 @@ use super::{
     Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_already_there,
     log_output, log_transfer,
 };
+use crate::connection::{Connection, ConnectionError};
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FRAME_HEADER_LEN, FrameHeader,
-    Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, Hash, Kind, MAX_DATA_LEN, Message,
+    Mtime, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
 use crate::text::printable;
-use crate::transfer::{
-    FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_buffered, receive_slice,
-};
+use crate::transfer::{FileSink, PumpError, SMALL_FILE, receive_slice};
 
 /// Most offers one batch may carry: bounds what a client can make the
 /// server hold in memory, and the receipts that pile up before it reads them.
@@ -67,8 +66,21 @@ enum SessionError {
     Auth(HandshakeError),
     #[error("storage failed: {0}")]
     Storage(io::Error),
+    #[error(transparent)]
+    Connection(ConnectionError),
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
+}
+
+impl From<ConnectionError> for SessionError {
+    fn from(error: ConnectionError) -> SessionError {
+        match error {
+            ConnectionError::Closed | ConnectionError::Cut(_) => SessionError::Vanished,
+            ConnectionError::Idle(wait) => SessionError::Idle(wait),
+            ConnectionError::Frame(error) => SessionError::Decode(error),
+            other => SessionError::Connection(other),
+        }
+    }
 }
 
 /// An offer, owned, with what the server decided for it.
@@ -124,8 +136,7 @@ struct Stored {
 }
 
 struct Session<'a> {
-    reader: BufReader<BoxedReader>,
-    writer: BufWriter<BoxedWriter>,
+    conn: Connection,
     peer: SocketAddr,
     store: Store,
     /// The server's account of disk space, shared by every session.
@@ -165,14 +176,20 @@ pub(super) async fn serve(
     deadline: tokio::time::Instant,
 ) {
     let (reader, writer) = stream.into_split();
+    // Room for several small files' frames per read: with the default 8 KiB,
+    // a 16 KiB file took three reads; 128 KiB, eight files per read, was 6%
+    // faster for small files than 64 KiB, and 256 KiB no faster for the
+    // memory it takes per connection. Large payloads bypass it.
+    let reader: BoxedReader = Box::new(reader);
+    let writer: BoxedWriter = Box::new(writer);
+    let mut conn = Connection::new(
+        BufReader::with_capacity(128 * 1024, reader),
+        BufWriter::new(writer),
+        config.header_timeout,
+    );
+    conn.bound_writes(config.idle_timeout);
     let mut session = Session {
-        // Room for several small files' frames per read: with the default
-        // 8 KiB, a 16 KiB file took three reads; 128 KiB, eight files per
-        // read, was 6% faster for small files than 64 KiB, and 256 KiB no
-        // faster for the memory it takes per connection. Large payloads
-        // bypass it.
-        reader: BufReader::with_capacity(128 * 1024, Box::new(reader)),
-        writer: BufWriter::new(Box::new(writer)),
+        conn,
         peer,
         store,
         space,
@@ -194,11 +211,12 @@ pub(super) async fn serve(
         Err(error) => {
             warn!(%peer, %error, "haul session failed");
             let _ = session
+                .conn
                 .send(&Message::Error {
                     message: &error.to_string(),
                 })
                 .await;
-            let _ = session.writer.flush().await;
+            let _ = session.conn.flush().await;
             session.linger().await;
         }
     }
@@ -404,9 +422,8 @@ impl Session<'_> {
     /// short while. Closing with unread data would reset the connection, and
     /// a client still sending could then lose the Error frame that says why.
     async fn linger(&mut self) {
-        let _ = self.writer.shutdown().await;
-        let mut sink = tokio::io::sink();
-        let _ = timeout(LINGER, tokio::io::copy(&mut self.reader, &mut sink)).await;
+        let _ = self.conn.shutdown().await;
+        let _ = self.conn.drain(LINGER).await;
     }
 
     /// Serves the session; the Hello and the handshake (encryption
@@ -416,14 +433,10 @@ impl Session<'_> {
             Err(_) => return Err(SessionError::HandshakeTimeout(self.config.header_timeout)),
             Ok(result) => result?,
         }
+        self.conn.set_idle(self.config.idle_timeout);
         let mut offers: Vec<OwnedOffer> = Vec::new();
         loop {
-            let header = match self.read_frame_header(self.config.idle_timeout).await? {
-                Some(header) => header,
-                None => return Err(SessionError::Vanished),
-            };
-            let payload = self.read_payload(header).await?;
-            match haul::decode_message(header.kind, &payload)? {
+            match self.conn.read_message().await? {
                 Message::Offer(offer) => {
                     if offers.len() == MAX_BATCH {
                         return Err(SessionError::Violation(format!(
@@ -450,10 +463,11 @@ impl Session<'_> {
     }
 
     async fn handshake(&mut self) -> Result<(), SessionError> {
-        let Some(header) = self.read_frame_header(self.config.header_timeout).await? else {
-            return Err(SessionError::Vanished);
-        };
-        let payload = self.read_payload(header).await?;
+        let header = self.conn.read_header().await?;
+        if matches!(header.kind, Kind::Data | Kind::DataZstd) {
+            return Err(ConnectionError::DataOutsideFile.into());
+        }
+        let payload = self.conn.read_payload(header).await?;
         // The version leads every Hello, whatever follows it in that
         // version: an older client is told why, not that its Hello is short.
         if let (Kind::Hello, Some(version)) = (header.kind, payload.first_chunk::<2>()) {
@@ -466,7 +480,7 @@ impl Session<'_> {
             version,
             capabilities,
             sender,
-        } = haul::decode_message(header.kind, &payload)?
+        } = haul::decode_message(header.kind, payload)?
         else {
             return Err(SessionError::Violation(
                 "the first frame must be Hello".into(),
@@ -489,20 +503,17 @@ impl Session<'_> {
                 plain: Vec::with_capacity(MAX_DATA_LEN as usize),
             });
         }
-        let mut welcome = Vec::new();
-        haul::encode(
-            &Message::Welcome {
+        self.conn
+            .send(&Message::Welcome {
                 version: haul::VERSION,
                 capabilities: granted,
-            },
-            &mut welcome,
-        );
-        self.send_frame(&welcome).await?;
-        self.writer.flush().await?;
+            })
+            .await?;
+        self.conn.flush().await?;
         if let Some(secret) = &self.config.secret {
             // The Hello as it arrived, the Welcome as it left: the client
             // holds them as it sent and received them.
-            let prologue = secure::prologue(&haul::raw_frame(header.kind, &payload), &welcome);
+            let prologue = secure::prologue(&self.conn.last_frame(), self.conn.last_sent());
             self.encrypt(secret, &prologue).await?;
         }
         Ok(())
@@ -510,13 +521,7 @@ impl Session<'_> {
 
     /// Replaces the plain socket halves with the encrypted channel.
     async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SessionError> {
-        let handshake = secure::upgrade(
-            &mut self.reader,
-            &mut self.writer,
-            secret,
-            Role::Server,
-            prologue,
-        );
+        let handshake = self.conn.encrypt(secret, Role::Server, prologue);
         match timeout(self.config.header_timeout, handshake).await {
             Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
             Ok(result) => result.map_err(SessionError::Auth)?,
@@ -597,14 +602,15 @@ impl Session<'_> {
                 Ok((Decision::Answer(answer, partial), charge)) => {
                     planned.partial = partial;
                     planned.charge = charge;
-                    self.send(&Message::Answer(answer)).await?;
+                    self.conn.send(&Message::Answer(answer)).await?;
                 }
                 Ok((Decision::Same(stored_as), _)) => {
                     log_already_there(self.peer, &planned.path_shown, planned.size, &stored_as);
-                    self.send(&Message::Answer(Answer::Same {
-                        stored_as: &stored_as,
-                    }))
-                    .await?;
+                    self.conn
+                        .send(&Message::Answer(Answer::Same {
+                            stored_as: &stored_as,
+                        }))
+                        .await?;
                 }
                 // Decided again without asking anyone, a held file gets a
                 // private one instead; this only keeps the match whole.
@@ -662,7 +668,7 @@ impl Session<'_> {
     }
 
     async fn run_batch(&mut self, mut batch: Vec<Planned>) -> Result<(), SessionError> {
-        self.writer.flush().await?;
+        self.conn.flush().await?;
         let mut arrived: Vec<Arrived> = Vec::new();
         let mut commit = BatchCommit::new(self.store.clone(), self.peer);
         let mut replies: Vec<(usize, Result<Stored, String>)> = Vec::new();
@@ -742,9 +748,9 @@ impl Session<'_> {
                 },
                 Err(reason) => Message::Failed { reason },
             };
-            self.send(&message).await?;
+            self.conn.send(&message).await?;
         }
-        self.writer.flush().await?;
+        self.conn.flush().await?;
         Ok(())
     }
 
@@ -873,18 +879,14 @@ impl Session<'_> {
         let direct = planned.size.is_none_or(|size| size > SMALL_FILE);
         loop {
             let header = if direct {
-                read_frame_header(&mut Unbuffered(&mut self.reader), self.config.idle_timeout)
-                    .await?
+                self.conn.read_data_header().await?
             } else {
-                self.read_frame_header(self.config.idle_timeout).await?
-            };
-            let Some(header) = header else {
-                return Err(SessionError::Vanished);
+                self.conn.read_header().await?
             };
             let len = match header.kind {
                 Kind::Data => u64::from(header.len),
                 Kind::DataZstd => {
-                    let compressed = self.read_bytes(header.len as usize).await?;
+                    let compressed = self.conn.read_payload(header).await?;
                     let Some(zstd) = self.zstd.as_mut() else {
                         return Err(SessionError::Violation(
                             "compressed data without compression".into(),
@@ -892,15 +894,14 @@ impl Session<'_> {
                     };
                     zstd.plain.clear();
                     zstd.decompressor
-                        .decompress_to_buffer(&compressed, &mut zstd.plain)
+                        .decompress_to_buffer(compressed, &mut zstd.plain)
                         .map_err(|error| {
                             SessionError::Violation(format!("bad compressed data: {error}"))
                         })?;
                     zstd.plain.len() as u64
                 }
                 Kind::FileEnd => {
-                    let payload = self.read_payload(header).await?;
-                    let Message::FileEnd { hash } = haul::decode_message(header.kind, &payload)?
+                    let Message::FileEnd { hash } = self.conn.read_message_after(header).await?
                     else {
                         unreachable!("a FileEnd frame decodes to FileEnd");
                     };
@@ -933,17 +934,9 @@ impl Session<'_> {
             if header.kind == Kind::DataZstd {
                 let plain = self.zstd.as_ref().map_or(&[][..], |zstd| &zstd.plain[..]);
                 receive_slice(sink, plain).await.map_err(storage_error)?;
-            } else if direct {
-                receive(
-                    &mut Unbuffered(&mut self.reader),
-                    sink,
-                    len,
-                    self.config.idle_timeout,
-                )
-                .await
-                .map_err(pump_error)?;
             } else {
-                receive_buffered(&mut self.reader, sink, len, self.config.idle_timeout)
+                self.conn
+                    .read_data_into(sink, len, direct)
                     .await
                     .map_err(pump_error)?;
             }
@@ -974,59 +967,14 @@ impl Session<'_> {
         })
         .await;
     }
-
-    /// Reads a frame header; `None` when the client closed the connection
-    /// cleanly at a frame boundary.
-    async fn read_frame_header(
-        &mut self,
-        wait: Duration,
-    ) -> Result<Option<FrameHeader>, SessionError> {
-        read_frame_header(&mut self.reader, wait).await
-    }
-
-    async fn read_payload(&mut self, header: FrameHeader) -> Result<Vec<u8>, SessionError> {
-        if matches!(header.kind, Kind::Data | Kind::DataZstd) {
-            return Err(SessionError::Violation("file data outside a file".into()));
-        }
-        self.read_bytes(header.len as usize).await
-    }
-
-    async fn read_bytes(&mut self, len: usize) -> Result<Vec<u8>, SessionError> {
-        let mut payload = vec![0u8; len];
-        match timeout(
-            self.config.idle_timeout,
-            self.reader.read_exact(&mut payload),
-        )
-        .await
-        {
-            Err(_) => Err(SessionError::Idle(self.config.idle_timeout)),
-            Ok(result) => {
-                result?;
-                Ok(payload)
-            }
-        }
-    }
-
-    async fn send(&mut self, message: &Message<'_>) -> io::Result<()> {
-        let mut frame = Vec::new();
-        haul::encode(message, &mut frame);
-        self.send_frame(&frame).await
-    }
-
-    /// Writes one encoded frame.
-    async fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        match timeout(self.config.idle_timeout, self.writer.write_all(frame)).await {
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            )),
-            Ok(result) => result,
-        }
-    }
 }
 
 impl Planned {
-    async fn refused(self, session: &mut Session<'_>, reason: String) -> io::Result<Planned> {
+    async fn refused(
+        self,
+        session: &mut Session<'_>,
+        reason: String,
+    ) -> Result<Planned, ConnectionError> {
         log_transfer(
             Protocol::Haul,
             session.peer,
@@ -1039,6 +987,7 @@ impl Planned {
             },
         );
         session
+            .conn
             .send(&Message::Answer(Answer::Refused { reason: &reason }))
             .await?;
         Ok(self)
@@ -1360,20 +1309,6 @@ fn check_stream_limit(config: &ServerConfig, total: u64) -> Result<(), SessionEr
             "the file grew past this server's limit of {max} bytes"
         ))),
         _ => Ok(()),
-    }
-}
-
-/// The next frame's header; `None` if the connection ended cleanly first.
-async fn read_frame_header(
-    reader: &mut (impl AsyncRead + Unpin),
-    wait: Duration,
-) -> Result<Option<FrameHeader>, SessionError> {
-    let mut bytes = [0u8; FRAME_HEADER_LEN];
-    match timeout(wait, reader.read_exact(&mut bytes)).await {
-        Err(_) => Err(SessionError::Idle(wait)),
-        Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-        Ok(Err(error)) => Err(error.into()),
-        Ok(Ok(_)) => Ok(Some(haul::decode_frame_header(bytes)?)),
     }
 }
 
