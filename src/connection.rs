@@ -66,7 +66,7 @@ impl std::fmt::Display for Part {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Part::Header => f.write_str("a frame's header"),
-            Part::Payload(kind) => write!(f, "a {kind:?} frame's payload"),
+            Part::Payload(kind) => write!(f, "the {kind:?} frame's payload"),
         }
     }
 }
@@ -494,15 +494,17 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let (mut ours, mut theirs) = (connection(ours), connection(theirs));
         for reason in ["first", "a longer second reason", "3"] {
-            ours.send(&Message::Failed { reason }).await.unwrap();
+            ours.send(&Message::Error { message: reason })
+                .await
+                .unwrap();
         }
         ours.flush().await.unwrap();
         for expected in ["first", "a longer second reason", "3"] {
             let message: Message<'_> = theirs.read_message().await.unwrap();
-            assert_eq!(message, Message::Failed { reason: expected });
+            assert_eq!(message, Message::Error { message: expected });
         }
-        assert_eq!(theirs.last_frame(), frame(&Message::Failed { reason: "3" }));
-        assert_eq!(ours.last_sent(), frame(&Message::Failed { reason: "3" }));
+        assert_eq!(theirs.last_frame(), frame(&Message::Error { message: "3" }));
+        assert_eq!(ours.last_sent(), frame(&Message::Error { message: "3" }));
         let (reader, _) = theirs.halves();
         assert!(
             reader.payload.capacity() < 64,
@@ -553,8 +555,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_closes_says_where_in_a_frame() {
-        let whole = frame(&Message::Failed {
-            reason: "ten bytes!",
+        let whole = frame(&Message::Error {
+            message: "ten bytes!",
         });
         for (cut, expected) in [
             (0, "the peer closed the connection"),
@@ -564,7 +566,7 @@ mod tests {
             ),
             (
                 FRAME_HEADER_LEN + 4,
-                "the peer closed the connection in the middle of a Failed frame's payload",
+                "the peer closed the connection in the middle of the Error frame's payload",
             ),
         ] {
             let (mut conn, mut peer) = pair();
@@ -596,7 +598,7 @@ mod tests {
         conn.bound_writes(Duration::from_secs(5));
         let reason = "x".repeat(100_000);
         let error = async {
-            conn.send(&Message::Failed { reason: &reason }).await?;
+            conn.send(&Message::Error { message: &reason }).await?;
             conn.flush().await
         }
         .await

@@ -266,6 +266,15 @@ fn read_frame(stream: &mut TcpStream) -> (wire::Kind, Vec<u8>) {
 /// stored it under `stored_as`, as a hostile server may. Returns its
 /// address and what it was sent.
 fn rogue_haul_server(stored_as: &'static str) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+    haul_server_answering(Some(stored_as), None)
+}
+
+/// A haul server that takes one file and answers it with a receipt for
+/// `stored_as` or with a Failed carrying `failed`.
+fn haul_server_answering(
+    stored_as: Option<&'static str>,
+    failed: Option<(wire::FailCode, &'static str)>,
+) -> (String, std::thread::JoinHandle<Vec<u8>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let server = std::thread::spawn(move || {
@@ -294,12 +303,16 @@ fn rogue_haul_server(stored_as: &'static str) -> (String, std::thread::JoinHandl
             let Ok(Message::FileEnd { hash }) = wire::decode_message(kind, &payload) else {
                 panic!("expected data or FileEnd, got {kind:?}");
             };
-            let receipt = Message::Receipt {
-                size: received.len() as u64,
-                hash,
-                stored_as,
+            let answer = match (stored_as, failed) {
+                (Some(stored_as), _) => Message::Receipt {
+                    size: received.len() as u64,
+                    hash,
+                    stored_as,
+                },
+                (None, Some((code, reason))) => Message::Failed { code, reason },
+                (None, None) => unreachable!("a receipt or a failure"),
             };
-            stream.write_all(&frame(&receipt)).unwrap();
+            stream.write_all(&frame(&answer)).unwrap();
             break;
         }
         read_until_closed(&mut stream);
@@ -329,6 +342,35 @@ fn a_name_from_a_hostile_server_is_shown_escaped_and_carried_exactly() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     let lines = json_lines(&output.stdout);
     assert_eq!(events(&lines, "stored")[0]["stored_as"], HOSTILE);
+}
+
+/// What the client says of a file the server did not store follows the
+/// code in the Failed, never its words: a full disk is named as such
+/// whatever the server wrote, and words that look like it mean nothing.
+#[test]
+fn a_full_server_disk_is_told_from_the_failure_code_not_its_words() {
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join("report.txt");
+    std::fs::write(&file, b"report").unwrap();
+    for (code, reason, expected) in [
+        (
+            wire::FailCode::NoSpace,
+            "quota exceeded",
+            "the server did not store it: quota exceeded; the server's disk is full",
+        ),
+        (
+            wire::FailCode::Io,
+            "No space left on device",
+            "the server did not store it: No space left on device\n",
+        ),
+    ] {
+        let (addr, server) = haul_server_answering(None, Some((code, reason)));
+        let output = send(&["--to", &addr, path_str(&file)]);
+        assert_eq!(server.join().unwrap(), b"report");
+        assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+        let stderr = stderr_of(&output);
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+    }
 }
 
 #[test]

@@ -14,10 +14,11 @@ use thiserror::Error;
 /// does.
 pub const MAGIC: [u8; 8] = [0x89, b'H', b'A', b'U', b'L', b'\r', b'\n', 0x1a];
 
-/// The protocol version this code speaks. Version 2 binds the Hello and
-/// Welcome into the encrypted handshake and adds the sender's resume
-/// identity to the Hello.
-pub const VERSION: u16 = 2;
+/// The protocol version this code speaks. Version 3 gives every Refused
+/// answer and every Failed a [`FailCode`] before its text; version 2 bound
+/// the Hello and Welcome into the encrypted handshake and added the
+/// sender's resume identity to the Hello.
+pub const VERSION: u16 = 3;
 
 /// Bytes in a frame header: kind and length.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -46,6 +47,58 @@ pub const CAP_ZSTD: u64 = 1;
 /// secret (see `secure`). A server with a secret requires it; a client with a
 /// secret refuses a server that does not grant it.
 pub const CAP_SECRET: u64 = 2;
+
+/// Why one entry was refused or not stored, as the number on the wire: what
+/// the other side acts on. The text beside it is for a person and is never
+/// matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum FailCode {
+    /// None of the others; also what a code this side does not know reads as.
+    Other = 0,
+    /// No room (bytes or inodes) left on the receiving side.
+    NoSpace = 1,
+    /// Larger than the receiving side accepts.
+    TooLarge = 2,
+    /// The name breaks the store's rules.
+    NameRefused = 3,
+    /// Something else is under the name, and the conflict policy keeps it.
+    Conflict = 4,
+    /// Another connection is receiving the same file.
+    Busy = 5,
+    /// The bytes that arrived do not have the hash the sender announced.
+    HashMismatch = 6,
+    /// Fewer bytes arrived than were offered.
+    Incomplete = 7,
+    /// Reading or writing storage failed.
+    Io = 8,
+    /// The peer's rights do not cover it.
+    NotAllowed = 9,
+}
+
+impl FailCode {
+    const ALL: [FailCode; 10] = [
+        FailCode::Other,
+        FailCode::NoSpace,
+        FailCode::TooLarge,
+        FailCode::NameRefused,
+        FailCode::Conflict,
+        FailCode::Busy,
+        FailCode::HashMismatch,
+        FailCode::Incomplete,
+        FailCode::Io,
+        FailCode::NotAllowed,
+    ];
+
+    /// The code for a number off the wire; [`FailCode::Other`] for one this
+    /// version does not know, so that a newer peer's codes still read.
+    pub fn from_u16(number: u16) -> FailCode {
+        FailCode::ALL
+            .into_iter()
+            .find(|code| *code as u16 == number)
+            .unwrap_or(FailCode::Other)
+    }
+}
 
 /// Frame kinds, as the first byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +228,7 @@ pub enum Answer<'a> {
     /// The directory exists now.
     Created,
     /// Nothing will be stored for this offer.
-    Refused { reason: &'a str },
+    Refused { code: FailCode, reason: &'a str },
     /// The file offered with its hash is stored, identical, under
     /// `stored_as`: nothing to send.
     Same { stored_as: &'a str },
@@ -205,6 +258,7 @@ pub enum Message<'a> {
         stored_as: &'a str,
     },
     Failed {
+        code: FailCode,
         reason: &'a str,
     },
     Bye,
@@ -365,6 +419,7 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
                 Message::Answer(Answer::Created)
             }
             ANSWER_REFUSED => Message::Answer(Answer::Refused {
+                code: FailCode::from_u16(fields.u16()?),
                 reason: fields.text()?,
             }),
             ANSWER_SAME => Message::Answer(Answer::Same {
@@ -387,6 +442,7 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
             }
         }
         Kind::Failed => Message::Failed {
+            code: FailCode::from_u16(fields.u16()?),
             reason: fields.text()?,
         },
         Kind::Error => Message::Error {
@@ -503,8 +559,9 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
                 }
                 Answer::Compare => out.push(ANSWER_COMPARE),
                 Answer::Created => out.push(ANSWER_CREATED),
-                Answer::Refused { reason } => {
+                Answer::Refused { code, reason } => {
                     out.push(ANSWER_REFUSED);
+                    out.extend_from_slice(&(*code as u16).to_be_bytes());
                     push_text(reason, out, start);
                 }
                 Answer::Same { stored_as } => {
@@ -528,7 +585,8 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
             push_text(stored_as, out, start);
             Kind::Receipt
         }
-        Message::Failed { reason } => {
+        Message::Failed { code, reason } => {
+            out.extend_from_slice(&(*code as u16).to_be_bytes());
             push_text(reason, out, start);
             Kind::Failed
         }
@@ -630,7 +688,10 @@ mod tests {
                 stored_as: "dir/naïve.txt",
             }),
             Message::Answer(Answer::Created),
-            Message::Answer(Answer::Refused { reason: "exists" }),
+            Message::Answer(Answer::Refused {
+                code: FailCode::Conflict,
+                reason: "exists",
+            }),
             Message::FileEnd { hash: [9; 32] },
             Message::Receipt {
                 size: 3,
@@ -638,6 +699,7 @@ mod tests {
                 stored_as: "a (1).txt",
             },
             Message::Failed {
+                code: FailCode::HashMismatch,
                 reason: "hash mismatch",
             },
             Message::Bye,
@@ -729,6 +791,47 @@ mod tests {
         }
     }
 
+    /// A code goes on the wire as its number, before the text; a number this
+    /// version does not know reads as `Other`, the text intact.
+    #[test]
+    fn a_failure_carries_its_code_before_its_text() {
+        let mut failed = Vec::new();
+        encode(
+            &Message::Failed {
+                code: FailCode::NoSpace,
+                reason: "full",
+            },
+            &mut failed,
+        );
+        assert_eq!(failed, [0x23, 0, 0, 0, 6, 0, 1, b'f', b'u', b'l', b'l']);
+        let mut refused = Vec::new();
+        encode(
+            &Message::Answer(Answer::Refused {
+                code: FailCode::NameRefused,
+                reason: "no",
+            }),
+            &mut refused,
+        );
+        assert_eq!(
+            refused,
+            [0x12, 0, 0, 0, 5, ANSWER_REFUSED, 0, 3, b'n', b'o']
+        );
+        for (number, code) in FailCode::ALL.iter().enumerate() {
+            assert_eq!(FailCode::from_u16(number as u16), *code);
+        }
+        assert_eq!(
+            decode_message(Kind::Failed, &[0x01, 0x00, b'?']),
+            Ok(Message::Failed {
+                code: FailCode::Other,
+                reason: "?"
+            })
+        );
+        assert_eq!(
+            decode_message(Kind::Failed, &[0]),
+            Err(DecodeError::Truncated(Kind::Failed))
+        );
+    }
+
     /// The layouts `docs/PROTOCOL.md` gives: a Compare answer is its
     /// decision byte alone, and a hashed offer carries its hash between the
     /// mode and the path.
@@ -803,10 +906,11 @@ mod tests {
         }
 
         #[test]
-        fn texts_round_trip(reason in ".{0,200}", size in any::<u64>(), hash in any::<[u8; 32]>()) {
+        fn texts_round_trip(reason in ".{0,200}", size in any::<u64>(), hash in any::<[u8; 32]>(), code in 0u16..10) {
+            let code = FailCode::from_u16(code);
             for message in [
-                Message::Failed { reason: &reason },
-                Message::Answer(Answer::Refused { reason: &reason }),
+                Message::Failed { code, reason: &reason },
+                Message::Answer(Answer::Refused { code, reason: &reason }),
                 Message::Answer(Answer::Same { stored_as: &reason }),
                 Message::Receipt { size, hash, stored_as: &reason },
             ] {

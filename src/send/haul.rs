@@ -13,8 +13,8 @@ use super::walk::{Entry, Source, Walked, walk};
 use super::{Event, SendError, SendOptions, Summary, connect, unreadable};
 use crate::connection::{Connection, ConnectionError, FrameReader, FrameWriter, Opening};
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FrameHeader, Hash, Kind, MAX_DATA_LEN, Message,
-    Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FailCode, FrameHeader, Hash, Kind, MAX_DATA_LEN,
+    Message, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::text::printable;
@@ -425,7 +425,7 @@ impl Session {
                     });
                 }
                 Message::Answer(Answer::Created) if entry.kind == EntryKind::Directory => {}
-                Message::Answer(Answer::Refused { reason }) => {
+                Message::Answer(Answer::Refused { reason, .. }) => {
                     self.summary.failed += 1;
                     on_event(Event::Failed {
                         path: &entry.path,
@@ -773,14 +773,13 @@ async fn read_receipts(
                     "the receipt for {path} has the wrong hash"
                 )));
             }
-            Message::Failed { reason } => {
+            Message::Failed { code, reason } => {
                 summary.failed += 1;
                 let reason = file.local_failure.unwrap_or_else(|| {
                     let reason = printable(reason.as_bytes());
-                    let hint = if reason.contains("No space left on device") {
-                        "; the server's disk is full"
-                    } else {
-                        ""
+                    let hint = match code {
+                        FailCode::NoSpace => "; the server's disk is full",
+                        _ => "",
                     };
                     format!("the server did not store it: {reason}{hint}")
                 });

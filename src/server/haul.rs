@@ -24,8 +24,8 @@ use super::{
 };
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, Hash, Kind, MAX_DATA_LEN, Message,
-    Mtime, Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FailCode, Hash, Kind, MAX_DATA_LEN,
+    Message, Mtime, Offer, SenderId,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
@@ -80,6 +80,42 @@ impl From<ConnectionError> for SessionError {
             ConnectionError::Frame(error) => SessionError::Decode(error),
             other => SessionError::Connection(other),
         }
+    }
+}
+
+/// Why one file is refused or not stored: the code its Refused answer or
+/// its Failed carries, which the client acts on, and the words the log and
+/// the client show.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub(super) code: FailCode,
+    pub(super) text: String,
+}
+
+impl Refusal {
+    pub(super) fn new(code: FailCode, text: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// A storage operation's failure, coded by what went wrong.
+    fn storage(error: &io::Error, text: String) -> Refusal {
+        let code = if is_out_of_space(error) {
+            FailCode::NoSpace
+        } else if error.kind() == io::ErrorKind::AlreadyExists {
+            FailCode::Conflict
+        } else {
+            FailCode::Io
+        };
+        Refusal::new(code, text)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -615,16 +651,16 @@ impl Session<'_> {
                 // Decided again without asking anyone, a held file gets a
                 // private one instead; this only keeps the match whole.
                 Ok((Decision::TakeOver { .. }, _)) => {
-                    let reason = "another connection is receiving this file".to_owned();
+                    let reason =
+                        Refusal::new(FailCode::Busy, "another connection is receiving this file");
                     planned = planned.refused(self, reason).await?
                 }
                 Ok((Decision::Refuse(reason), _)) => {
                     planned = planned.refused(self, reason).await?
                 }
                 Err(error) => {
-                    planned = planned
-                        .refused(self, format!("storage failed: {error}"))
-                        .await?
+                    let reason = Refusal::storage(&error, format!("storage failed: {error}"));
+                    planned = planned.refused(self, reason).await?
                 }
             }
             batch.push(planned);
@@ -671,7 +707,7 @@ impl Session<'_> {
         self.conn.flush().await?;
         let mut arrived: Vec<Arrived> = Vec::new();
         let mut commit = BatchCommit::new(self.store.clone(), self.peer);
-        let mut replies: Vec<(usize, Result<Stored, String>)> = Vec::new();
+        let mut replies: Vec<(usize, Result<Stored, Refusal>)> = Vec::new();
         // The room of files that arrived stays granted until their commit,
         // which may still make their folders.
         let mut granted: Vec<Charge> = Vec::new();
@@ -731,7 +767,7 @@ impl Session<'_> {
                     bytes: file.bytes,
                     hash: file.hash,
                 }),
-                Err(error) => Err(not_stored(&error)),
+                Err(error) => Err(Refusal::storage(&error, not_stored(&error))),
             };
             replies.push((file.index, reply));
         }
@@ -746,7 +782,10 @@ impl Session<'_> {
                     hash: stored.hash,
                     stored_as: &stored.stored_as,
                 },
-                Err(reason) => Message::Failed { reason },
+                Err(reason) => Message::Failed {
+                    code: reason.code,
+                    reason: &reason.text,
+                },
             };
             self.conn.send(&message).await?;
         }
@@ -763,7 +802,7 @@ impl Session<'_> {
         planned: &Planned,
         started: Instant,
         keep_open: bool,
-    ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
+    ) -> Result<Result<(Partial, Hash, u64), Refusal>, SessionError> {
         // Known before the file is made, so that it is made with its mode.
         partial.set_metadata(metadata_of(planned.mtime, planned.mode));
         let small = partial.offset() == 0 && planned.size.is_some_and(|size| size <= SMALL_FILE);
@@ -830,21 +869,25 @@ impl Session<'_> {
             && received != size
         {
             partial.discard();
-            return Ok(Err(format!("received {received} of {size} bytes")));
+            return Ok(Err(Refusal::new(
+                FailCode::Incomplete,
+                format!("received {received} of {size} bytes"),
+            )));
         }
         let hash: Hash = *hasher.finalize().as_bytes();
         if hash != claimed_hash {
             partial.discard();
-            return Ok(Err(
-                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored".to_owned(),
-            ));
+            return Ok(Err(Refusal::new(
+                FailCode::HashMismatch,
+                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored",
+            )));
         }
         if received >= CACHE_ON_COMMIT {
             partial.set_hash(blake3::Hash::from_bytes(hash));
         }
         if !keep_open && let Err(error) = partial.close() {
             partial.discard();
-            return Ok(Err(format!("could not store it: {error}")));
+            return Ok(Err(Refusal::storage(&error, not_stored(&error))));
         }
         Ok(Ok((partial, hash, received)))
     }
@@ -973,7 +1016,7 @@ impl Planned {
     async fn refused(
         self,
         session: &mut Session<'_>,
-        reason: String,
+        reason: Refusal,
     ) -> Result<Planned, ConnectionError> {
         log_transfer(
             Protocol::Haul,
@@ -988,7 +1031,10 @@ impl Planned {
         );
         session
             .conn
-            .send(&Message::Answer(Answer::Refused { reason: &reason }))
+            .send(&Message::Answer(Answer::Refused {
+                code: reason.code,
+                reason: &reason.text,
+            }))
             .await?;
         Ok(self)
     }
@@ -998,7 +1044,7 @@ enum Decision {
     Answer(Answer<'static>, Option<Partial>),
     /// The file offered with its hash is stored, identical, under this path.
     Same(String),
-    Refuse(String),
+    Refuse(Refusal),
     /// Another session of this sender holds the file's partial data and
     /// was asked to let go: decide again once it has.
     TakeOver {
@@ -1106,7 +1152,10 @@ fn decide(
 ) -> io::Result<(Decision, Option<Charge>)> {
     let path = match RelPath::parse(&offer.path) {
         Ok(path) => path,
-        Err(reason) => return Ok((Decision::Refuse(format!("refused path: {reason}")), None)),
+        Err(reason) => {
+            let refusal = Refusal::new(FailCode::NameRefused, format!("refused path: {reason}"));
+            return Ok((Decision::Refuse(refusal), None));
+        }
     };
     // Components, each a directory that may have to be made.
     let depth = offer.path.iter().filter(|&&byte| byte == b'/').count() as u64 + 1;
@@ -1173,7 +1222,10 @@ fn decide_directory(
             Ok((Decision::Answer(Answer::Created, None), true))
         }
         Existing::File { .. } | Existing::Other => Ok((
-            Decision::Refuse("a file or link is in the way".into()),
+            Decision::Refuse(Refusal::new(
+                FailCode::Conflict,
+                "a file or link is in the way",
+            )),
             false,
         )),
     }
@@ -1199,7 +1251,10 @@ fn decide_file(
         store.existing(&target)?
     };
     if let Existing::Directory | Existing::Other = existing {
-        return Ok(Decision::Refuse("a directory or link is in the way".into()));
+        return Ok(Decision::Refuse(Refusal::new(
+            FailCode::Conflict,
+            "a directory or link is in the way",
+        )));
     }
     if let (Existing::File { size: held }, Some(size)) = (existing, size) {
         // Where the sender's file may be from an earlier send: under its
@@ -1219,9 +1274,10 @@ fn decide_file(
     if let Existing::File { .. } = existing
         && on_conflict == OnConflict::Refuse
     {
-        return Ok(Decision::Refuse(
-            "a different file already exists under this name".into(),
-        ));
+        return Ok(Decision::Refuse(Refusal::new(
+            FailCode::Conflict,
+            "a different file already exists under this name",
+        )));
     }
     let partial = match size {
         // A stream cannot be identified before it ends, so it cannot resume.
