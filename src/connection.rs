@@ -464,7 +464,7 @@ async fn write_within(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::haul::{MAX_CONTROL_LEN, Message};
+    use crate::protocol::haul::{MAX_CONTROL_LEN, Message, ReceiverMessage, SenderMessage};
     use tokio::io::DuplexStream;
 
     const IDLE: Duration = Duration::from_secs(60);
@@ -537,6 +537,34 @@ mod tests {
             )
         );
         assert_eq!(conn.reader.payload.capacity(), 0, "nothing was allocated");
+    }
+
+    #[tokio::test]
+    async fn a_message_from_the_wrong_side_is_refused_and_named() {
+        let (mut conn, mut peer) = pair();
+        let receipt = Message::Receipt {
+            size: 1,
+            hash: [0; 32],
+            stored_as: "x",
+        };
+        peer.write_all(&frame(&receipt)).await.unwrap();
+        peer.write_all(&frame(&Message::BatchEnd)).await.unwrap();
+        peer.write_all(&frame(&Message::BatchEnd)).await.unwrap();
+        let error = conn.read_message::<SenderMessage<'_>>().await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "bad frame: Receipt is not a message a sender sends"
+        );
+        let error = conn
+            .read_message::<ReceiverMessage<'_>>()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "bad frame: BatchEnd is not a message a receiver sends"
+        );
+        let message: SenderMessage<'_> = conn.read_message().await.unwrap();
+        assert_eq!(message, SenderMessage::BatchEnd);
     }
 
     #[tokio::test]

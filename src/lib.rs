@@ -6,6 +6,9 @@
 //!   library and the command line alike.
 //! - [`protocol`] turns bytes into messages and back. It is sans-IO: it never
 //!   touches a socket or a file, so it can be tested and fuzzed on byte slices.
+//!   haul's messages come in sets by who may send them (the opening Hello and
+//!   the server's answer to it; then the sender's and the receiver's), and
+//!   each side decodes only the set of the other.
 //! - [`connection`] owns one haul connection's socket halves, buffers and
 //!   deadlines, and is the only code that reads or writes a haul frame; both
 //!   sides drive their sessions through it.

@@ -401,3 +401,23 @@ fn an_older_client_is_told_its_version_is_too_old() {
         );
     }
 }
+
+/// A client that sends what only a receiver sends (a Receipt) is told,
+/// by name, that it came from the wrong side, and nothing is stored.
+#[test]
+fn a_client_sending_a_receivers_message_is_told_it_is_from_the_wrong_side() {
+    use haul::protocol::haul::Message;
+    let server = HaulServer::start(&[]);
+    let mut stream = util::wire::raw_haul_session(server.addr());
+    let receipt = Message::Receipt {
+        size: 1,
+        hash: [0; 32],
+        stored_as: "x",
+    };
+    stream.write_all(&util::wire::frame(&receipt)).unwrap();
+    assert_eq!(
+        util::wire::read_message(&mut stream),
+        "Error { message: \"bad frame: Receipt is not a message a sender sends\" }"
+    );
+    assert!(server.stored_names().is_empty());
+}

@@ -5,6 +5,14 @@
 //! payload is in `docs/PROTOCOL.md`; this module is its only implementation.
 //! File bytes travel in `Data` frames whose payload is handed to the caller
 //! untouched, so this module never holds file content.
+//!
+//! Messages are typed by who may send them: [`Hello`] opens a session,
+//! [`ServerOpening`] answers it, then [`SenderMessage`] and
+//! [`ReceiverMessage`] by engine role (the side sending files and the side
+//! receiving them), not by process, so that a fetch from the server can
+//! swap the roles and keep the messages. Each decodes only its own kinds
+//! ([`Incoming`]), so a message from the wrong side is a [`DecodeError`].
+//! [`Message`] is every kind at once, for peers made by hand.
 
 use thiserror::Error;
 
@@ -167,6 +175,10 @@ pub enum DecodeError {
     NotUtf8(Kind),
     #[error("invalid value in {kind:?} frame: {what}")]
     Invalid { kind: Kind, what: &'static str },
+    /// A message the other side may not send: a receiver's from a sender,
+    /// say, or anything but a Hello to open a session.
+    #[error("{kind:?} is not a message {from} sends")]
+    WrongSide { kind: Kind, from: &'static str },
 }
 
 /// Decodes and checks a frame header before anything of its payload is read.
@@ -234,7 +246,10 @@ pub enum Answer<'a> {
     Same { stored_as: &'a str },
 }
 
-/// Every message but `Data`, whose payload is file bytes.
+/// Every message but `Data`, whose payload is file bytes, whichever side
+/// sends it: the codec's view, for peers made by hand (tests, fuzzing). The
+/// sessions read and write the typed sets below, split by who may send
+/// what, so that a message from the wrong side is a decode error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
     Hello {
@@ -472,6 +487,216 @@ pub fn data_header(kind: Kind, len: u32) -> [u8; FRAME_HEADER_LEN] {
     debug_assert!(matches!(kind, Kind::Data | Kind::DataZstd) && len <= MAX_DATA_LEN);
     let [a, b, c, d] = len.to_be_bytes();
     [kind as u8, a, b, c, d]
+}
+
+/// The message that opens a session, from a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub capabilities: u64,
+    pub sender: SenderId,
+}
+
+/// A server's answer to a Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerOpening<'a> {
+    Welcome {
+        version: u16,
+        capabilities: u64,
+    },
+    /// The server will not serve this client; it closes next.
+    Error {
+        message: &'a str,
+    },
+}
+
+/// What the side that sends files may send, after the opening: the client
+/// of `haul send`. (`Data` and `DataZstd` frames are this side's too; their
+/// payload is file bytes, read by the data path, not decoded here.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderMessage<'a> {
+    Offer(Offer<'a>),
+    BatchEnd,
+    FileEnd {
+        hash: Hash,
+    },
+    Bye,
+    /// Either side may end a session with an Error; it closes next.
+    Error {
+        message: &'a str,
+    },
+}
+
+/// What the side that receives files may send, after the opening: the
+/// server of `haul send`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverMessage<'a> {
+    Answer(Answer<'a>),
+    Receipt {
+        size: u64,
+        hash: Hash,
+        stored_as: &'a str,
+    },
+    Failed {
+        code: FailCode,
+        reason: &'a str,
+    },
+    Error {
+        message: &'a str,
+    },
+}
+
+impl<'a> Incoming<'a> for Hello {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a client opening a session";
+        if kind != Kind::Hello {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Hello {
+                version,
+                capabilities,
+                sender,
+            } => Ok(Hello {
+                version,
+                capabilities,
+                sender,
+            }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl<'a> Incoming<'a> for ServerOpening<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a server answering a Hello";
+        if !matches!(kind, Kind::Welcome | Kind::Error) {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Welcome {
+                version,
+                capabilities,
+            } => Ok(ServerOpening::Welcome {
+                version,
+                capabilities,
+            }),
+            Message::Error { message } => Ok(ServerOpening::Error { message }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl<'a> Incoming<'a> for SenderMessage<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a sender";
+        if !matches!(
+            kind,
+            Kind::Offer | Kind::BatchEnd | Kind::FileEnd | Kind::Bye | Kind::Error
+        ) {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Offer(offer) => Ok(SenderMessage::Offer(offer)),
+            Message::BatchEnd => Ok(SenderMessage::BatchEnd),
+            Message::FileEnd { hash } => Ok(SenderMessage::FileEnd { hash }),
+            Message::Bye => Ok(SenderMessage::Bye),
+            Message::Error { message } => Ok(SenderMessage::Error { message }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl<'a> Incoming<'a> for ReceiverMessage<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a receiver";
+        if !matches!(
+            kind,
+            Kind::Answer | Kind::Receipt | Kind::Failed | Kind::Error
+        ) {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Answer(answer) => Ok(ReceiverMessage::Answer(answer)),
+            Message::Receipt {
+                size,
+                hash,
+                stored_as,
+            } => Ok(ReceiverMessage::Receipt {
+                size,
+                hash,
+                stored_as,
+            }),
+            Message::Failed { code, reason } => Ok(ReceiverMessage::Failed { code, reason }),
+            Message::Error { message } => Ok(ReceiverMessage::Error { message }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl Outgoing for Hello {
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode(
+            &Message::Hello {
+                version: self.version,
+                capabilities: self.capabilities,
+                sender: self.sender,
+            },
+            out,
+        );
+    }
+}
+
+impl Outgoing for ServerOpening<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let message = match *self {
+            ServerOpening::Welcome {
+                version,
+                capabilities,
+            } => Message::Welcome {
+                version,
+                capabilities,
+            },
+            ServerOpening::Error { message } => Message::Error { message },
+        };
+        encode(&message, out);
+    }
+}
+
+impl Outgoing for SenderMessage<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let message = match self {
+            SenderMessage::Offer(offer) => Message::Offer(offer.clone()),
+            SenderMessage::BatchEnd => Message::BatchEnd,
+            SenderMessage::FileEnd { hash } => Message::FileEnd { hash: *hash },
+            SenderMessage::Bye => Message::Bye,
+            SenderMessage::Error { message } => Message::Error { message },
+        };
+        encode(&message, out);
+    }
+}
+
+impl Outgoing for ReceiverMessage<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let message = match self {
+            ReceiverMessage::Answer(answer) => Message::Answer(answer.clone()),
+            ReceiverMessage::Receipt {
+                size,
+                hash,
+                stored_as,
+            } => Message::Receipt {
+                size: *size,
+                hash: *hash,
+                stored_as,
+            },
+            ReceiverMessage::Failed { code, reason } => Message::Failed {
+                code: *code,
+                reason,
+            },
+            ReceiverMessage::Error { message } => Message::Error { message },
+        };
+        encode(&message, out);
+    }
 }
 
 /// Appends the frame header of a `Data` (or `DataZstd`) frame of `len` bytes.
@@ -789,6 +1014,93 @@ mod tests {
         ] {
             assert!(decode_message(Kind::Offer, bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Each side decodes only what the other may send: a message of the
+    /// wrong side is an error that names it, decided by its kind alone.
+    #[test]
+    fn each_side_decodes_only_the_other_sides_messages() {
+        let offer = Offer {
+            kind: EntryKind::File,
+            size: Some(1),
+            hash: None,
+            mtime: Mtime::default(),
+            mode: 0o644,
+            path: b"a",
+        };
+        let hello = Message::Hello {
+            version: VERSION,
+            capabilities: 0,
+            sender: [1; 16],
+        };
+        let welcome = Message::Welcome {
+            version: VERSION,
+            capabilities: 0,
+        };
+        let receipt = Message::Receipt {
+            size: 1,
+            hash: [2; 32],
+            stored_as: "a",
+        };
+        let failed = Message::Failed {
+            code: FailCode::Io,
+            reason: "r",
+        };
+        let error = Message::Error { message: "e" };
+        // The message, and which of Hello, ServerOpening, SenderMessage and
+        // ReceiverMessage accept it.
+        let cases = [
+            (hello, [true, false, false, false]),
+            (welcome, [false, true, false, false]),
+            (Message::Offer(offer), [false, false, true, false]),
+            (Message::BatchEnd, [false, false, true, false]),
+            (
+                Message::FileEnd { hash: [3; 32] },
+                [false, false, true, false],
+            ),
+            (Message::Bye, [false, false, true, false]),
+            (
+                Message::Answer(Answer::Compare),
+                [false, false, false, true],
+            ),
+            (receipt, [false, false, false, true]),
+            (failed, [false, false, false, true]),
+            (error, [false, true, true, true]),
+        ];
+        for (message, accepted) in cases {
+            let mut bytes = Vec::new();
+            encode(&message, &mut bytes);
+            let (frame, _) = split_frame(&bytes).unwrap().unwrap();
+            let (kind, payload) = (frame.header.kind, frame.payload);
+            let decoded = [
+                Hello::decode(kind, payload).err(),
+                ServerOpening::decode(kind, payload).err(),
+                SenderMessage::decode(kind, payload).err(),
+                ReceiverMessage::decode(kind, payload).err(),
+            ];
+            for (error, accepted) in decoded.into_iter().zip(accepted) {
+                match error {
+                    None => assert!(accepted, "{message:?} was accepted"),
+                    Some(DecodeError::WrongSide { kind: named, .. }) => {
+                        assert!(!accepted, "{message:?} was refused");
+                        assert_eq!(named, kind);
+                    }
+                    Some(other) => panic!("{message:?}: {other}"),
+                }
+            }
+        }
+        assert_eq!(
+            ReceiverMessage::decode(Kind::Offer, &[])
+                .unwrap_err()
+                .to_string(),
+            "Offer is not a message a receiver sends",
+            "refused by its kind, before its payload is looked at"
+        );
+        let mut bytes = Vec::new();
+        SenderMessage::FileEnd { hash: [4; 32] }.encode(&mut bytes);
+        let mut expected = Vec::new();
+        encode(&Message::FileEnd { hash: [4; 32] }, &mut expected);
+        assert_eq!(bytes, expected, "a typed message encodes as the codec's");
     }
 
     /// A code goes on the wire as its number, before the text; a number this

@@ -13,8 +13,8 @@ use super::walk::{Entry, Source, Walked, walk};
 use super::{Event, SendError, SendOptions, Summary, connect, unreadable};
 use crate::connection::{Connection, ConnectionError, FrameReader, FrameWriter, Opening};
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FailCode, FrameHeader, Hash, Kind, MAX_DATA_LEN,
-    Message, Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FailCode, FrameHeader, Hash, Hello, Kind,
+    MAX_DATA_LEN, Offer, ReceiverMessage, SenderId, SenderMessage, ServerOpening,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::text::printable;
@@ -197,9 +197,9 @@ async fn offer_batch(writer: &mut FrameWriter, batch: &[Entry]) -> Result<(), Co
             mode: entry.mode,
             path: entry.path.as_bytes(),
         };
-        writer.send(&Message::Offer(offer)).await?;
+        writer.send(&SenderMessage::Offer(offer)).await?;
     }
-    writer.send(&Message::BatchEnd).await?;
+    writer.send(&SenderMessage::BatchEnd).await?;
     writer.flush().await
 }
 
@@ -219,7 +219,7 @@ impl Session {
         }
         self.conn.write_magic().await?;
         self.conn
-            .send(&Message::Hello {
+            .send(&Hello {
                 version: haul::VERSION,
                 capabilities: wanted,
                 sender,
@@ -229,20 +229,19 @@ impl Session {
         self.conn.flush().await?;
         let header = self.read_welcome().await?;
         let granted = match self.conn.read_message_after(header).await? {
-            Message::Welcome {
+            ServerOpening::Welcome {
                 version,
                 capabilities,
             } if version >= haul::VERSION => capabilities,
-            Message::Welcome { version, .. } => {
+            ServerOpening::Welcome { version, .. } => {
                 return Err(SendError::Protocol(format!(
                     "the server speaks version {version}, this client {}",
                     haul::VERSION
                 )));
             }
-            Message::Error { message } => {
+            ServerOpening::Error { message } => {
                 return Err(SendError::Auth(printable(message.as_bytes())));
             }
-            other => return Err(unexpected(&other, "Welcome")),
         };
         // A grant is a subset of what was asked: anything more is a server
         // or a path that changed the negotiation, and nothing it says can
@@ -394,12 +393,14 @@ impl Session {
         let mut sending = Vec::new();
         for mut entry in batch {
             match self.conn.read_message().await? {
-                Message::Answer(Answer::Send { offset }) if entry.kind == EntryKind::File => {
+                ReceiverMessage::Answer(Answer::Send { offset })
+                    if entry.kind == EntryKind::File =>
+                {
                     sending.push(Sending { entry, offset });
                 }
                 // The server holds a file of this name and size; whether it
                 // is this one, it says only once shown this one's hash.
-                Message::Answer(Answer::Compare)
+                ReceiverMessage::Answer(Answer::Compare)
                     if entry.kind == EntryKind::File && entry.hash.is_none() =>
                 {
                     match local_hash(&entry).await {
@@ -416,7 +417,7 @@ impl Session {
                         }
                     }
                 }
-                Message::Answer(Answer::Same { stored_as }) if entry.hash.is_some() => {
+                ReceiverMessage::Answer(Answer::Same { stored_as }) if entry.hash.is_some() => {
                     self.summary.already_there += 1;
                     on_event(Event::AlreadyThere {
                         path: &entry.path,
@@ -424,8 +425,8 @@ impl Session {
                         bytes: entry.size.unwrap_or(0),
                     });
                 }
-                Message::Answer(Answer::Created) if entry.kind == EntryKind::Directory => {}
-                Message::Answer(Answer::Refused { reason, .. }) => {
+                ReceiverMessage::Answer(Answer::Created) if entry.kind == EntryKind::Directory => {}
+                ReceiverMessage::Answer(Answer::Refused { reason, .. }) => {
                     self.summary.failed += 1;
                     on_event(Event::Failed {
                         path: &entry.path,
@@ -525,7 +526,7 @@ impl Session {
             Source::Directory => unreachable!("directories are never asked for data"),
         };
         let hash = *hasher.finalize().as_bytes();
-        self.conn.send(&Message::FileEnd { hash }).await?;
+        self.conn.send(&SenderMessage::FileEnd { hash }).await?;
         self.in_flight = None;
         Ok((hash, local_failure))
     }
@@ -719,7 +720,9 @@ impl Session {
         self.conn.set_idle(REASON_WAIT);
         let reason = loop {
             match self.conn.read_message().await {
-                Ok(Message::Error { message }) => break Some(printable(message.as_bytes())),
+                Ok(ReceiverMessage::Error { message }) => {
+                    break Some(printable(message.as_bytes()));
+                }
                 Ok(_) => continue,
                 Err(_) => break None,
             }
@@ -729,7 +732,7 @@ impl Session {
     }
 
     async fn goodbye(&mut self) -> Result<(), SendError> {
-        self.conn.send(&Message::Bye).await?;
+        self.conn.send(&SenderMessage::Bye).await?;
         self.conn.shutdown().await?;
         let idle = self.conn.idle();
         match self.conn.drain(idle).await {
@@ -755,7 +758,7 @@ async fn read_receipts(
     for file in streamed {
         let path = file.path.as_str();
         match reader.read_message().await? {
-            Message::Receipt {
+            ReceiverMessage::Receipt {
                 size,
                 hash: stored_hash,
                 stored_as,
@@ -768,12 +771,12 @@ async fn read_receipts(
                     hash: Some(&file.hash),
                 });
             }
-            Message::Receipt { .. } => {
+            ReceiverMessage::Receipt { .. } => {
                 return Err(SendError::Protocol(format!(
                     "the receipt for {path} has the wrong hash"
                 )));
             }
-            Message::Failed { code, reason } => {
+            ReceiverMessage::Failed { code, reason } => {
                 summary.failed += 1;
                 let reason = file.local_failure.unwrap_or_else(|| {
                     let reason = printable(reason.as_bytes());
@@ -794,9 +797,9 @@ async fn read_receipts(
     Ok(())
 }
 
-fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
+fn unexpected(message: &ReceiverMessage<'_>, wanted: &str) -> SendError {
     match message {
-        Message::Error { message } => SendError::Server(printable(message.as_bytes())),
+        ReceiverMessage::Error { message } => SendError::Server(printable(message.as_bytes())),
         other => SendError::Protocol(format!("expected {wanted}, got {other:?}")),
     }
 }

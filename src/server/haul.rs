@@ -24,8 +24,8 @@ use super::{
 };
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FailCode, Hash, Kind, MAX_DATA_LEN,
-    Message, Mtime, Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FailCode, Hash, Hello, Incoming,
+    Kind, MAX_DATA_LEN, Mtime, Offer, ReceiverMessage, SenderId, SenderMessage, ServerOpening,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Role, Secret};
 use crate::store::{Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store};
@@ -54,6 +54,8 @@ enum SessionError {
     HandshakeTimeout(Duration),
     #[error("the client left without saying goodbye")]
     Vanished,
+    #[error("the client ended the session: {0}")]
+    Ended(String),
     #[error(transparent)]
     Pump(#[from] PumpError),
     #[error("no space left on the server")]
@@ -248,7 +250,7 @@ pub(super) async fn serve(
             warn!(%peer, %error, "haul session failed");
             let _ = session
                 .conn
-                .send(&Message::Error {
+                .send(&ReceiverMessage::Error {
                     message: &error.to_string(),
                 })
                 .await;
@@ -473,7 +475,7 @@ impl Session<'_> {
         let mut offers: Vec<OwnedOffer> = Vec::new();
         loop {
             match self.conn.read_message().await? {
-                Message::Offer(offer) => {
+                SenderMessage::Offer(offer) => {
                     if offers.len() == MAX_BATCH {
                         return Err(SessionError::Violation(format!(
                             "more than {MAX_BATCH} offers in a batch"
@@ -481,16 +483,16 @@ impl Session<'_> {
                     }
                     offers.push(OwnedOffer::from(offer));
                 }
-                Message::BatchEnd => {
+                SenderMessage::BatchEnd => {
                     let batch = self.plan(std::mem::take(&mut offers)).await?;
                     self.run_batch(batch).await?;
                 }
-                Message::Bye => break,
-                other => {
-                    return Err(SessionError::Violation(format!(
-                        "unexpected {:?}",
-                        kind_of(&other)
-                    )));
+                SenderMessage::Bye => break,
+                SenderMessage::Error { message } => {
+                    return Err(SessionError::Ended(printable(message.as_bytes())));
+                }
+                SenderMessage::FileEnd { .. } => {
+                    return Err(SessionError::Violation("unexpected FileEnd".into()));
                 }
             }
         }
@@ -512,16 +514,16 @@ impl Session<'_> {
                 return Err(SessionError::Version { client: version });
             }
         }
-        let Message::Hello {
-            version,
-            capabilities,
-            sender,
-        } = haul::decode_message(header.kind, payload)?
-        else {
+        if header.kind != Kind::Hello {
             return Err(SessionError::Violation(
                 "the first frame must be Hello".into(),
             ));
-        };
+        }
+        let Hello {
+            version,
+            capabilities,
+            sender,
+        } = Hello::decode(header.kind, payload)?;
         self.sender = sender;
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
         if self.config.secret.is_some() && capabilities & CAP_SECRET == 0 {
@@ -540,7 +542,7 @@ impl Session<'_> {
             });
         }
         self.conn
-            .send(&Message::Welcome {
+            .send(&ServerOpening::Welcome {
                 version: haul::VERSION,
                 capabilities: granted,
             })
@@ -638,12 +640,12 @@ impl Session<'_> {
                 Ok((Decision::Answer(answer, partial), charge)) => {
                     planned.partial = partial;
                     planned.charge = charge;
-                    self.conn.send(&Message::Answer(answer)).await?;
+                    self.conn.send(&ReceiverMessage::Answer(answer)).await?;
                 }
                 Ok((Decision::Same(stored_as), _)) => {
                     log_already_there(self.peer, &planned.path_shown, planned.size, &stored_as);
                     self.conn
-                        .send(&Message::Answer(Answer::Same {
+                        .send(&ReceiverMessage::Answer(Answer::Same {
                             stored_as: &stored_as,
                         }))
                         .await?;
@@ -777,12 +779,12 @@ impl Session<'_> {
         replies.sort_by_key(|(index, _)| *index);
         for (_, reply) in &replies {
             let message = match reply {
-                Ok(stored) => Message::Receipt {
+                Ok(stored) => ReceiverMessage::Receipt {
                     size: stored.bytes,
                     hash: stored.hash,
                     stored_as: &stored.stored_as,
                 },
-                Err(reason) => Message::Failed {
+                Err(reason) => ReceiverMessage::Failed {
                     code: reason.code,
                     reason: &reason.text,
                 },
@@ -944,11 +946,11 @@ impl Session<'_> {
                     zstd.plain.len() as u64
                 }
                 Kind::FileEnd => {
-                    let Message::FileEnd { hash } = self.conn.read_message_after(header).await?
-                    else {
-                        unreachable!("a FileEnd frame decodes to FileEnd");
+                    // A FileEnd frame decodes to FileEnd or not at all.
+                    return match self.conn.read_message_after(header).await? {
+                        SenderMessage::FileEnd { hash } => Ok((hash, received)),
+                        _ => Err(SessionError::Violation("a FileEnd that is not one".into())),
                     };
-                    return Ok((hash, received));
                 }
                 other => {
                     return Err(SessionError::Violation(format!(
@@ -1031,7 +1033,7 @@ impl Planned {
         );
         session
             .conn
-            .send(&Message::Answer(Answer::Refused {
+            .send(&ReceiverMessage::Answer(Answer::Refused {
                 code: reason.code,
                 reason: &reason.text,
             }))
@@ -1380,21 +1382,6 @@ fn storage_error(error: io::Error) -> SessionError {
         SessionError::NoSpace
     } else {
         SessionError::Storage(error)
-    }
-}
-
-fn kind_of(message: &Message<'_>) -> &'static str {
-    match message {
-        Message::Hello { .. } => "Hello",
-        Message::Welcome { .. } => "Welcome",
-        Message::Offer(_) => "Offer",
-        Message::BatchEnd => "BatchEnd",
-        Message::Answer(_) => "Answer",
-        Message::FileEnd { .. } => "FileEnd",
-        Message::Receipt { .. } => "Receipt",
-        Message::Failed { .. } => "Failed",
-        Message::Bye => "Bye",
-        Message::Error { .. } => "Error",
     }
 }
 
