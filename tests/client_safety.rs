@@ -9,10 +9,8 @@ use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use haul::protocol::haul::{
-    self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
-};
-use util::wire::{frame, read_message};
+use haul::protocol::haul::{self as wire, EntryKind, MAGIC, Message, Mtime, Offer};
+use util::wire::{frame, read_message, read_raw_frame};
 use util::{HAUL, HaulServer, SeedPeerServer, read_until_closed, seed_header, stderr_of};
 
 /// A file name that, printed raw, would retitle the terminal window, clear
@@ -254,12 +252,9 @@ fn a_haul_path_that_hides_or_reorders_characters_is_refused_and_nothing_is_store
 
 /// Reads one frame: its kind and payload.
 fn read_frame(stream: &mut TcpStream) -> (wire::Kind, Vec<u8>) {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = wire::decode_frame_header(header).unwrap();
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).unwrap();
-    (header.kind, payload)
+    let bytes = read_raw_frame(stream);
+    let (frame, _) = wire::split_frame(&bytes).unwrap().unwrap();
+    (frame.header.kind, frame.payload.to_vec())
 }
 
 /// A haul server that takes one file and hands back a receipt saying it

@@ -1191,6 +1191,10 @@ mod tests {
         fn arbitrary_payloads_never_panic_any_kind(kind in 0u8..=0x40, payload in proptest::collection::vec(any::<u8>(), 0..128)) {
             if let Some(kind) = Kind::from_byte(kind) {
                 let _ = decode_message(kind, &payload);
+                let _ = Hello::decode(kind, &payload);
+                let _ = ServerOpening::decode(kind, &payload);
+                let _ = SenderMessage::decode(kind, &payload);
+                let _ = ReceiverMessage::decode(kind, &payload);
             }
         }
 
