@@ -10,8 +10,8 @@
 //!   is reused from frame to frame and never outgrows [`haul::MAX_DATA_LEN`].
 //! - Control messages are decoded borrowing from that buffer: no allocation
 //!   per frame.
-//! - Every read waits at most the connection's idle time; every write, at
-//!   most its stall time when it has one.
+//! - Every read waits at most the connection's idle time (or the deadline
+//!   its caller names); every write, at most its stall time when it has one.
 //!
 //! File bytes are the data path's (`transfer`): [`Connection::data_reader`]
 //! and [`Connection::data_writer`] hand it the buffered halves, and a data
