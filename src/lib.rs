@@ -6,6 +6,12 @@
 //!   library and the command line alike.
 //! - [`protocol`] turns bytes into messages and back. It is sans-IO: it never
 //!   touches a socket or a file, so it can be tested and fuzzed on byte slices.
+//!   haul's messages come in sets by who may send them (the opening Hello and
+//!   the server's answer to it; then the sender's and the receiver's), and
+//!   each side decodes only the set of the other.
+//! - [`connection`] owns one haul connection's socket halves, buffers and
+//!   deadlines, and is the only code that reads or writes a haul frame; both
+//!   sides drive their sessions through it.
 //! - [`server`] owns the listening socket: it accepts connections, applies
 //!   limits and timeouts, and drives one task per connection.
 //! - [`send`] is the sending side: it opens the sources and drives a connection.
@@ -32,11 +38,12 @@
 //! a thin layer over these: it parses arguments, calls [`send`] or
 //! [`server`], and turns their events and errors into output and exit codes.
 //!
-//! Data flows socket → [`server`] → [`protocol`] (header) → [`storage`] (a
-//! partial file) → [`transfer`] (the bytes) → [`storage`] (commit under a
-//! final name).
+//! Data flows socket → [`server`] → [`connection`] → [`protocol`] (header)
+//! → [`storage`] (a partial file) → [`transfer`] (the bytes) → [`storage`]
+//! (commit under a final name).
 
 pub mod config;
+pub mod connection;
 pub mod keepalive;
 pub mod protocol;
 pub mod secure;

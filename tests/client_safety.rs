@@ -9,11 +9,9 @@ use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use haul::protocol::haul::{
-    self as wire, EntryKind, FRAME_HEADER_LEN, MAGIC, Message, Mtime, Offer,
-};
+use haul::protocol::haul::{self as wire, EntryKind, MAGIC, Message, Mtime, Offer};
 use util::json;
-use util::wire::{frame, read_message};
+use util::wire::{frame, read_message, read_raw_frame};
 use util::{HAUL, HaulServer, SeedPeerServer, read_until_closed, seed_header, stderr_of};
 
 /// A file name that, printed raw, would retitle the terminal window, clear
@@ -242,18 +240,24 @@ fn a_haul_path_that_hides_or_reorders_characters_is_refused_and_nothing_is_store
 
 /// Reads one frame: its kind and payload.
 fn read_frame(stream: &mut TcpStream) -> (wire::Kind, Vec<u8>) {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = wire::decode_frame_header(header).unwrap();
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).unwrap();
-    (header.kind, payload)
+    let bytes = read_raw_frame(stream);
+    let (frame, _) = wire::split_frame(&bytes).unwrap().unwrap();
+    (frame.header.kind, frame.payload.to_vec())
 }
 
 /// A haul server that takes one file and hands back a receipt saying it
 /// stored it under `stored_as`, as a hostile server may. Returns its
 /// address and what it was sent.
 fn rogue_haul_server(stored_as: &'static str) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+    haul_server_answering(Some(stored_as), None)
+}
+
+/// A haul server that takes one file and answers it with a receipt for
+/// `stored_as` or with a Failed carrying `failed`.
+fn haul_server_answering(
+    stored_as: Option<&'static str>,
+    failed: Option<(wire::FailCode, &'static str)>,
+) -> (String, std::thread::JoinHandle<Vec<u8>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let server = std::thread::spawn(move || {
@@ -282,12 +286,16 @@ fn rogue_haul_server(stored_as: &'static str) -> (String, std::thread::JoinHandl
             let Ok(Message::FileEnd { hash }) = wire::decode_message(kind, &payload) else {
                 panic!("expected data or FileEnd, got {kind:?}");
             };
-            let receipt = Message::Receipt {
-                size: received.len() as u64,
-                hash,
-                stored_as,
+            let answer = match (stored_as, failed) {
+                (Some(stored_as), _) => Message::Receipt {
+                    size: received.len() as u64,
+                    hash,
+                    stored_as,
+                },
+                (None, Some((code, reason))) => Message::Failed { code, reason },
+                (None, None) => unreachable!("a receipt or a failure"),
             };
-            stream.write_all(&frame(&receipt)).unwrap();
+            stream.write_all(&frame(&answer)).unwrap();
             break;
         }
         read_until_closed(&mut stream);
@@ -317,6 +325,35 @@ fn a_name_from_a_hostile_server_is_shown_escaped_and_carried_exactly() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     let lines = json::lines(&output.stdout);
     assert_eq!(json::of_kind(&lines, "stored")[0]["stored_as"], HOSTILE);
+}
+
+/// What the client says of a file the server did not store follows the
+/// code in the Failed, never its words: a full disk is named as such
+/// whatever the server wrote, and words that look like it mean nothing.
+#[test]
+fn a_full_server_disk_is_told_from_the_failure_code_not_its_words() {
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join("report.txt");
+    std::fs::write(&file, b"report").unwrap();
+    for (code, reason, expected) in [
+        (
+            wire::FailCode::NoSpace,
+            "quota exceeded",
+            "the server did not store it: quota exceeded; the server's disk is full",
+        ),
+        (
+            wire::FailCode::Io,
+            "No space left on device",
+            "the server did not store it: No space left on device\n",
+        ),
+    ] {
+        let (addr, server) = haul_server_answering(None, Some((code, reason)));
+        let output = send(&["--to", &addr, path_str(&file)]);
+        assert_eq!(server.join().unwrap(), b"report");
+        assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+        let stderr = stderr_of(&output);
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+    }
 }
 
 #[test]

@@ -372,27 +372,44 @@ fn a_send_run_again_after_a_silently_dead_connection_takes_over_and_sends_only_t
     assert_eq!(server.partial_count(), 0, "nothing was received privately");
 }
 
+/// Versions 1 and 2 had other Hellos (1 no sender) and other Refused and
+/// Failed frames (no code): each is told why, not that its frames are bad.
 #[test]
-fn a_version_one_client_is_told_its_version_is_too_old() {
-    use haul::protocol::haul::{FRAME_HEADER_LEN, MAGIC, Message, decode_frame_header};
+fn an_older_client_is_told_its_version_is_too_old() {
+    use haul::protocol::haul::MAGIC;
     let server = HaulServer::start(&[]);
-    let mut stream = TcpStream::connect(server.addr()).unwrap();
-    // Version 1's Hello: version and capabilities, no sender.
     let hello_v1 = [&[0x01, 0, 0, 0, 10][..], &[0, 1], &[0; 8]].concat();
-    stream.write_all(&[&MAGIC[..], &hello_v1].concat()).unwrap();
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = decode_frame_header(header).unwrap();
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).unwrap();
-    let message = haul::protocol::haul::decode_message(header.kind, &payload).unwrap();
-    let Message::Error { message, .. } = message else {
-        panic!("expected an Error, got {message:?}");
+    let hello_v2 = [&[0x01, 0, 0, 0, 26][..], &[0, 2], &[0; 8], &[7; 16]].concat();
+    for (version, hello) in [(1, hello_v1), (2, hello_v2)] {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        stream.write_all(&[&MAGIC[..], &hello].concat()).unwrap();
+        assert_eq!(
+            util::wire::read_message(&mut stream),
+            format!(
+                "Error {{ code: Other, message: \"the client speaks protocol version {version}; this server speaks 3\" }}"
+            )
+        );
+    }
+}
+
+/// A client that sends what only a receiver sends (a Receipt) is told,
+/// by name, that it came from the wrong side, and nothing is stored.
+#[test]
+fn a_client_sending_a_receivers_message_is_told_it_is_from_the_wrong_side() {
+    use haul::protocol::haul::Message;
+    let server = HaulServer::start(&[]);
+    let mut stream = util::wire::raw_haul_session(server.addr());
+    let receipt = Message::Receipt {
+        size: 1,
+        hash: [0; 32],
+        stored_as: "x",
     };
+    stream.write_all(&util::wire::frame(&receipt)).unwrap();
     assert_eq!(
-        message,
-        "the client speaks protocol version 1; this server speaks 2"
+        util::wire::read_message(&mut stream),
+        "Error { code: Other, message: \"bad frame: Receipt is not a message a sender sends\" }"
     );
+    assert!(server.stored_names().is_empty());
 }
 
 #[test]
@@ -410,7 +427,7 @@ fn a_hello_of_an_unknown_older_version_is_refused_naming_it_and_a_newer_one_is_a
         assert_eq!(
             util::wire::read_message(&mut stream),
             format!(
-                "Error {{ message: \"the client speaks protocol version {version}; \
+                "Error {{ code: Other, message: \"the client speaks protocol version {version}; \
                  this server speaks {VERSION}\" }}"
             )
         );

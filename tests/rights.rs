@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 use haul::protocol::haul::{
-    self as wire, CAP_SECRET, EntryKind, ErrorCode, FRAME_HEADER_LEN, Kind, MAGIC, Message, Mtime,
+    self as wire, CAP_SECRET, EntryKind, FRAME_HEADER_LEN, FailCode, Kind, MAGIC, Message, Mtime,
     Offer,
 };
 use haul::secure::{self, Secret};
@@ -338,7 +338,7 @@ fn no_field_of_the_hello_gives_a_get_only_secret_the_right_to_send() {
         assert_eq!(
             wire::decode_message(kind, &payload).unwrap(),
             Message::Error {
-                code: ErrorCode::NotAllowed,
+                code: FailCode::NotAllowed,
                 message: GET_ONLY_REFUSAL,
             },
             "Hello {hello:02x?}"

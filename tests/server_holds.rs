@@ -9,10 +9,10 @@ use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use haul::protocol::haul::{self as wire, EntryKind, MAGIC, Message, Mtime, Offer};
+use haul::protocol::haul::{EntryKind, MAGIC, Message, Mtime, Offer};
 use util::disk::SmallDisk;
 use util::proxy::{Fault, Proxy};
-use util::wire::{frame, raw_haul_session, read_message};
+use util::wire::{data_frame, frame, raw_haul_session, read_message};
 use util::{
     HaulServer, Running, haul, json, random_bytes, read_until_closed, seed_client, seed_header,
     stderr_of,
@@ -150,10 +150,7 @@ fn a_megabyte_of_random_bytes_gets_a_closed_connection_and_no_file() {
 
     // Frames out of order: file data before any batch.
     let mut session = raw_haul_session(server.addr());
-    let mut data = Vec::new();
-    wire::encode_data_header(wire::Kind::Data, 3, &mut data);
-    data.extend_from_slice(b"abc");
-    session.write_all(&data).unwrap();
+    session.write_all(&data_frame(b"abc")).unwrap();
     let reply = read_until_closed(&mut session);
     assert_eq!(reply.first(), Some(&0x31));
     server

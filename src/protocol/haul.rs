@@ -5,6 +5,14 @@
 //! payload is in `docs/PROTOCOL.md`; this module is its only implementation.
 //! File bytes travel in `Data` frames whose payload is handed to the caller
 //! untouched, so this module never holds file content.
+//!
+//! Messages are typed by who may send them: [`Hello`] opens a session,
+//! [`ServerOpening`] answers it, then [`SenderMessage`] and
+//! [`ReceiverMessage`] by engine role (the side sending files and the side
+//! receiving them), not by process, so that a fetch from the server can
+//! swap the roles and keep the messages. Each decodes only its own kinds
+//! ([`Incoming`]), so a message from the wrong side is a [`DecodeError`].
+//! [`Message`] is every kind at once, for peers made by hand.
 
 use thiserror::Error;
 
@@ -14,10 +22,11 @@ use thiserror::Error;
 /// does.
 pub const MAGIC: [u8; 8] = [0x89, b'H', b'A', b'U', b'L', b'\r', b'\n', 0x1a];
 
-/// The protocol version this code speaks. Version 2 binds the Hello and
-/// Welcome into the encrypted handshake and adds the sender's resume
-/// identity to the Hello.
-pub const VERSION: u16 = 2;
+/// The protocol version this code speaks. Version 3 gives every Refused
+/// answer and every Failed a [`FailCode`] before its text; version 2 bound
+/// the Hello and Welcome into the encrypted handshake and added the
+/// sender's resume identity to the Hello.
+pub const VERSION: u16 = 3;
 
 /// Bytes in a frame header: kind and length.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -46,6 +55,58 @@ pub const CAP_ZSTD: u64 = 1;
 /// secret (see `secure`). A server with a secret requires it; a client with a
 /// secret refuses a server that does not grant it.
 pub const CAP_SECRET: u64 = 2;
+
+/// Why one entry was refused or not stored, as the number on the wire: what
+/// the other side acts on. The text beside it is for a person and is never
+/// matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum FailCode {
+    /// None of the others; also what a code this side does not know reads as.
+    Other = 0,
+    /// No room (bytes or inodes) left on the receiving side.
+    NoSpace = 1,
+    /// Larger than the receiving side accepts.
+    TooLarge = 2,
+    /// The name breaks the store's rules.
+    NameRefused = 3,
+    /// Something else is under the name, and the conflict policy keeps it.
+    Conflict = 4,
+    /// Another connection is receiving the same file.
+    Busy = 5,
+    /// The bytes that arrived do not have the hash the sender announced.
+    HashMismatch = 6,
+    /// Fewer bytes arrived than were offered.
+    Incomplete = 7,
+    /// Reading or writing storage failed.
+    Io = 8,
+    /// The peer's rights do not cover it.
+    NotAllowed = 9,
+}
+
+impl FailCode {
+    const ALL: [FailCode; 10] = [
+        FailCode::Other,
+        FailCode::NoSpace,
+        FailCode::TooLarge,
+        FailCode::NameRefused,
+        FailCode::Conflict,
+        FailCode::Busy,
+        FailCode::HashMismatch,
+        FailCode::Incomplete,
+        FailCode::Io,
+        FailCode::NotAllowed,
+    ];
+
+    /// The code for a number off the wire; [`FailCode::Other`] for one this
+    /// version does not know, so that a newer peer's codes still read.
+    pub fn from_u16(number: u16) -> FailCode {
+        FailCode::ALL
+            .into_iter()
+            .find(|code| *code as u16 == number)
+            .unwrap_or(FailCode::Other)
+    }
+}
 
 /// Frame kinds, as the first byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +175,10 @@ pub enum DecodeError {
     NotUtf8(Kind),
     #[error("invalid value in {kind:?} frame: {what}")]
     Invalid { kind: Kind, what: &'static str },
+    /// A message the other side may not send: a receiver's from a sender,
+    /// say, or anything but a Hello to open a session.
+    #[error("{kind:?} is not a message {from} sends")]
+    WrongSide { kind: Kind, from: &'static str },
 }
 
 /// Decodes and checks a frame header before anything of its payload is read.
@@ -175,36 +240,16 @@ pub enum Answer<'a> {
     /// The directory exists now.
     Created,
     /// Nothing will be stored for this offer.
-    Refused { reason: &'a str },
+    Refused { code: FailCode, reason: &'a str },
     /// The file offered with its hash is stored, identical, under
     /// `stored_as`: nothing to send.
     Same { stored_as: &'a str },
 }
 
-/// What ended a session, as the first byte of its `Error` frame: a
-/// client acts on the code and shows the message beside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ErrorCode {
-    /// Anything else: the message says what. A code this version does not
-    /// know is read as this one, so that its message is still shown.
-    Other = 0,
-    /// The session's rights (from the secret it holds, or the server's
-    /// flags) do not allow what it asked for; nothing was read or written
-    /// for it.
-    NotAllowed = 1,
-}
-
-impl ErrorCode {
-    fn from_byte(byte: u8) -> ErrorCode {
-        match byte {
-            1 => ErrorCode::NotAllowed,
-            _ => ErrorCode::Other,
-        }
-    }
-}
-
-/// Every message but `Data`, whose payload is file bytes.
+/// Every message but `Data`, whose payload is file bytes, whichever side
+/// sends it: the codec's view, for peers made by hand (tests, fuzzing). The
+/// sessions read and write the typed sets below, split by who may send
+/// what, so that a message from the wrong side is a decode error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
     Hello {
@@ -228,11 +273,12 @@ pub enum Message<'a> {
         stored_as: &'a str,
     },
     Failed {
+        code: FailCode,
         reason: &'a str,
     },
     Bye,
     Error {
-        code: ErrorCode,
+        code: FailCode,
         message: &'a str,
     },
 }
@@ -389,6 +435,7 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
                 Message::Answer(Answer::Created)
             }
             ANSWER_REFUSED => Message::Answer(Answer::Refused {
+                code: FailCode::from_u16(fields.u16()?),
                 reason: fields.text()?,
             }),
             ANSWER_SAME => Message::Answer(Answer::Same {
@@ -411,10 +458,11 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
             }
         }
         Kind::Failed => Message::Failed {
+            code: FailCode::from_u16(fields.u16()?),
             reason: fields.text()?,
         },
         Kind::Error => Message::Error {
-            code: ErrorCode::from_byte(fields.u8()?),
+            code: FailCode::from_u16(fields.u16()?),
             message: fields.text()?,
         },
         Kind::Data | Kind::DataZstd => {
@@ -436,11 +484,259 @@ pub fn raw_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The frame header of a `Data` (or `DataZstd`) frame of `len` bytes.
+pub fn data_header(kind: Kind, len: u32) -> [u8; FRAME_HEADER_LEN] {
+    debug_assert!(matches!(kind, Kind::Data | Kind::DataZstd) && len <= MAX_DATA_LEN);
+    let [a, b, c, d] = len.to_be_bytes();
+    [kind as u8, a, b, c, d]
+}
+
+/// The message that opens a session, from a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub capabilities: u64,
+    pub sender: SenderId,
+}
+
+/// A server's answer to a Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerOpening<'a> {
+    Welcome {
+        version: u16,
+        capabilities: u64,
+    },
+    /// The server will not serve this client; it closes next.
+    Error {
+        code: FailCode,
+        message: &'a str,
+    },
+}
+
+/// What the side that sends files may send, after the opening: the client
+/// of `haul send`. (`Data` and `DataZstd` frames are this side's too; their
+/// payload is file bytes, read by the data path, not decoded here.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderMessage<'a> {
+    Offer(Offer<'a>),
+    BatchEnd,
+    FileEnd {
+        hash: Hash,
+    },
+    Bye,
+    /// Either side may end a session with an Error; it closes next.
+    Error {
+        code: FailCode,
+        message: &'a str,
+    },
+}
+
+/// What the side that receives files may send, after the opening: the
+/// server of `haul send`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverMessage<'a> {
+    Answer(Answer<'a>),
+    Receipt {
+        size: u64,
+        hash: Hash,
+        stored_as: &'a str,
+    },
+    Failed {
+        code: FailCode,
+        reason: &'a str,
+    },
+    Error {
+        code: FailCode,
+        message: &'a str,
+    },
+}
+
+impl<'a> Incoming<'a> for Hello {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a client opening a session";
+        if kind != Kind::Hello {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Hello {
+                version,
+                capabilities,
+                sender,
+            } => Ok(Hello {
+                version,
+                capabilities,
+                sender,
+            }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl<'a> Incoming<'a> for ServerOpening<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a server answering a Hello";
+        if !matches!(kind, Kind::Welcome | Kind::Error) {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Welcome {
+                version,
+                capabilities,
+            } => Ok(ServerOpening::Welcome {
+                version,
+                capabilities,
+            }),
+            Message::Error { code, message } => Ok(ServerOpening::Error { code, message }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl<'a> Incoming<'a> for SenderMessage<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a sender";
+        if !matches!(
+            kind,
+            Kind::Offer | Kind::BatchEnd | Kind::FileEnd | Kind::Bye | Kind::Error
+        ) {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Offer(offer) => Ok(SenderMessage::Offer(offer)),
+            Message::BatchEnd => Ok(SenderMessage::BatchEnd),
+            Message::FileEnd { hash } => Ok(SenderMessage::FileEnd { hash }),
+            Message::Bye => Ok(SenderMessage::Bye),
+            Message::Error { code, message } => Ok(SenderMessage::Error { code, message }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl<'a> Incoming<'a> for ReceiverMessage<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a receiver";
+        if !matches!(
+            kind,
+            Kind::Answer | Kind::Receipt | Kind::Failed | Kind::Error
+        ) {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Answer(answer) => Ok(ReceiverMessage::Answer(answer)),
+            Message::Receipt {
+                size,
+                hash,
+                stored_as,
+            } => Ok(ReceiverMessage::Receipt {
+                size,
+                hash,
+                stored_as,
+            }),
+            Message::Failed { code, reason } => Ok(ReceiverMessage::Failed { code, reason }),
+            Message::Error { code, message } => Ok(ReceiverMessage::Error { code, message }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl Outgoing for Hello {
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode(
+            &Message::Hello {
+                version: self.version,
+                capabilities: self.capabilities,
+                sender: self.sender,
+            },
+            out,
+        );
+    }
+}
+
+impl Outgoing for ServerOpening<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let message = match *self {
+            ServerOpening::Welcome {
+                version,
+                capabilities,
+            } => Message::Welcome {
+                version,
+                capabilities,
+            },
+            ServerOpening::Error { code, message } => Message::Error { code, message },
+        };
+        encode(&message, out);
+    }
+}
+
+impl Outgoing for SenderMessage<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let message = match self {
+            SenderMessage::Offer(offer) => Message::Offer(offer.clone()),
+            SenderMessage::BatchEnd => Message::BatchEnd,
+            SenderMessage::FileEnd { hash } => Message::FileEnd { hash: *hash },
+            SenderMessage::Bye => Message::Bye,
+            SenderMessage::Error { code, message } => Message::Error {
+                code: *code,
+                message,
+            },
+        };
+        encode(&message, out);
+    }
+}
+
+impl Outgoing for ReceiverMessage<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let message = match self {
+            ReceiverMessage::Answer(answer) => Message::Answer(answer.clone()),
+            ReceiverMessage::Receipt {
+                size,
+                hash,
+                stored_as,
+            } => Message::Receipt {
+                size: *size,
+                hash: *hash,
+                stored_as,
+            },
+            ReceiverMessage::Failed { code, reason } => Message::Failed {
+                code: *code,
+                reason,
+            },
+            ReceiverMessage::Error { code, message } => Message::Error {
+                code: *code,
+                message,
+            },
+        };
+        encode(&message, out);
+    }
+}
+
 /// Appends the frame header of a `Data` (or `DataZstd`) frame of `len` bytes.
 pub fn encode_data_header(kind: Kind, len: u32, out: &mut Vec<u8>) {
-    debug_assert!(matches!(kind, Kind::Data | Kind::DataZstd) && len <= MAX_DATA_LEN);
-    out.push(kind as u8);
-    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&data_header(kind, len));
+}
+
+/// A message one side may receive, decoded from a frame's payload and
+/// borrowing from it.
+pub trait Incoming<'a>: Sized {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError>;
+}
+
+/// A message one side may send.
+pub trait Outgoing {
+    /// Appends the message as one whole frame.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+impl<'a> Incoming<'a> for Message<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        decode_message(kind, payload)
+    }
+}
+
+impl Outgoing for Message<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode(self, out);
+    }
 }
 
 /// Appends `message` as one whole frame. Text fields longer than a frame
@@ -499,8 +795,9 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
                 }
                 Answer::Compare => out.push(ANSWER_COMPARE),
                 Answer::Created => out.push(ANSWER_CREATED),
-                Answer::Refused { reason } => {
+                Answer::Refused { code, reason } => {
                     out.push(ANSWER_REFUSED);
+                    out.extend_from_slice(&(*code as u16).to_be_bytes());
                     push_text(reason, out, start);
                 }
                 Answer::Same { stored_as } => {
@@ -524,13 +821,14 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
             push_text(stored_as, out, start);
             Kind::Receipt
         }
-        Message::Failed { reason } => {
+        Message::Failed { code, reason } => {
+            out.extend_from_slice(&(*code as u16).to_be_bytes());
             push_text(reason, out, start);
             Kind::Failed
         }
         Message::Bye => Kind::Bye,
         Message::Error { code, message } => {
-            out.push(*code as u8);
+            out.extend_from_slice(&(*code as u16).to_be_bytes());
             push_text(message, out, start);
             Kind::Error
         }
@@ -627,7 +925,10 @@ mod tests {
                 stored_as: "dir/naïve.txt",
             }),
             Message::Answer(Answer::Created),
-            Message::Answer(Answer::Refused { reason: "exists" }),
+            Message::Answer(Answer::Refused {
+                code: FailCode::Conflict,
+                reason: "exists",
+            }),
             Message::FileEnd { hash: [9; 32] },
             Message::Receipt {
                 size: 3,
@@ -635,15 +936,16 @@ mod tests {
                 stored_as: "a (1).txt",
             },
             Message::Failed {
+                code: FailCode::HashMismatch,
                 reason: "hash mismatch",
             },
             Message::Bye,
             Message::Error {
-                code: ErrorCode::Other,
+                code: FailCode::Other,
                 message: "unsupported version",
             },
             Message::Error {
-                code: ErrorCode::NotAllowed,
+                code: FailCode::NotAllowed,
                 message: "this secret may not send",
             },
         ] {
@@ -660,21 +962,21 @@ mod tests {
         let mut bytes = Vec::new();
         encode(
             &Message::Error {
-                code: ErrorCode::NotAllowed,
+                code: FailCode::NotAllowed,
                 message: "no",
             },
             &mut bytes,
         );
-        assert_eq!(bytes, [0x31, 0, 0, 0, 3, 1, b'n', b'o']);
+        assert_eq!(bytes, [0x31, 0, 0, 0, 4, 0, 9, b'n', b'o']);
         assert_eq!(
-            decode_message(Kind::Error, &[7, b'n', b'o']),
+            decode_message(Kind::Error, &[0xff, 0x07, b'n', b'o']),
             Ok(Message::Error {
-                code: ErrorCode::Other,
+                code: FailCode::Other,
                 message: "no"
             })
         );
         assert_eq!(
-            decode_message(Kind::Error, &[]),
+            decode_message(Kind::Error, &[9]),
             Err(DecodeError::Truncated(Kind::Error))
         );
     }
@@ -755,6 +1057,137 @@ mod tests {
         }
     }
 
+    /// Each side decodes only what the other may send: a message of the
+    /// wrong side is an error that names it, decided by its kind alone.
+    #[test]
+    fn each_side_decodes_only_the_other_sides_messages() {
+        let offer = Offer {
+            kind: EntryKind::File,
+            size: Some(1),
+            hash: None,
+            mtime: Mtime::default(),
+            mode: 0o644,
+            path: b"a",
+        };
+        let hello = Message::Hello {
+            version: VERSION,
+            capabilities: 0,
+            sender: [1; 16],
+        };
+        let welcome = Message::Welcome {
+            version: VERSION,
+            capabilities: 0,
+        };
+        let receipt = Message::Receipt {
+            size: 1,
+            hash: [2; 32],
+            stored_as: "a",
+        };
+        let failed = Message::Failed {
+            code: FailCode::Io,
+            reason: "r",
+        };
+        let error = Message::Error {
+            code: FailCode::Other,
+            message: "e",
+        };
+        // The message, and which of Hello, ServerOpening, SenderMessage and
+        // ReceiverMessage accept it.
+        let cases = [
+            (hello, [true, false, false, false]),
+            (welcome, [false, true, false, false]),
+            (Message::Offer(offer), [false, false, true, false]),
+            (Message::BatchEnd, [false, false, true, false]),
+            (
+                Message::FileEnd { hash: [3; 32] },
+                [false, false, true, false],
+            ),
+            (Message::Bye, [false, false, true, false]),
+            (
+                Message::Answer(Answer::Compare),
+                [false, false, false, true],
+            ),
+            (receipt, [false, false, false, true]),
+            (failed, [false, false, false, true]),
+            (error, [false, true, true, true]),
+        ];
+        for (message, accepted) in cases {
+            let mut bytes = Vec::new();
+            encode(&message, &mut bytes);
+            let (frame, _) = split_frame(&bytes).unwrap().unwrap();
+            let (kind, payload) = (frame.header.kind, frame.payload);
+            let decoded = [
+                Hello::decode(kind, payload).err(),
+                ServerOpening::decode(kind, payload).err(),
+                SenderMessage::decode(kind, payload).err(),
+                ReceiverMessage::decode(kind, payload).err(),
+            ];
+            for (error, accepted) in decoded.into_iter().zip(accepted) {
+                match error {
+                    None => assert!(accepted, "{message:?} was accepted"),
+                    Some(DecodeError::WrongSide { kind: named, .. }) => {
+                        assert!(!accepted, "{message:?} was refused");
+                        assert_eq!(named, kind);
+                    }
+                    Some(other) => panic!("{message:?}: {other}"),
+                }
+            }
+        }
+        assert_eq!(
+            ReceiverMessage::decode(Kind::Offer, &[])
+                .unwrap_err()
+                .to_string(),
+            "Offer is not a message a receiver sends",
+            "refused by its kind, before its payload is looked at"
+        );
+        let mut bytes = Vec::new();
+        SenderMessage::FileEnd { hash: [4; 32] }.encode(&mut bytes);
+        let mut expected = Vec::new();
+        encode(&Message::FileEnd { hash: [4; 32] }, &mut expected);
+        assert_eq!(bytes, expected, "a typed message encodes as the codec's");
+    }
+
+    /// A code goes on the wire as its number, before the text; a number this
+    /// version does not know reads as `Other`, the text intact.
+    #[test]
+    fn a_failure_carries_its_code_before_its_text() {
+        let mut failed = Vec::new();
+        encode(
+            &Message::Failed {
+                code: FailCode::NoSpace,
+                reason: "full",
+            },
+            &mut failed,
+        );
+        assert_eq!(failed, [0x23, 0, 0, 0, 6, 0, 1, b'f', b'u', b'l', b'l']);
+        let mut refused = Vec::new();
+        encode(
+            &Message::Answer(Answer::Refused {
+                code: FailCode::NameRefused,
+                reason: "no",
+            }),
+            &mut refused,
+        );
+        assert_eq!(
+            refused,
+            [0x12, 0, 0, 0, 5, ANSWER_REFUSED, 0, 3, b'n', b'o']
+        );
+        for (number, code) in FailCode::ALL.iter().enumerate() {
+            assert_eq!(FailCode::from_u16(number as u16), *code);
+        }
+        assert_eq!(
+            decode_message(Kind::Failed, &[0x01, 0x00, b'?']),
+            Ok(Message::Failed {
+                code: FailCode::Other,
+                reason: "?"
+            })
+        );
+        assert_eq!(
+            decode_message(Kind::Failed, &[0]),
+            Err(DecodeError::Truncated(Kind::Failed))
+        );
+    }
+
     /// The layouts `docs/PROTOCOL.md` gives: a Compare answer is its
     /// decision byte alone, and a hashed offer carries its hash between the
     /// mode and the path.
@@ -802,6 +1235,10 @@ mod tests {
         fn arbitrary_payloads_never_panic_any_kind(kind in 0u8..=0x40, payload in proptest::collection::vec(any::<u8>(), 0..128)) {
             if let Some(kind) = Kind::from_byte(kind) {
                 let _ = decode_message(kind, &payload);
+                let _ = Hello::decode(kind, &payload);
+                let _ = ServerOpening::decode(kind, &payload);
+                let _ = SenderMessage::decode(kind, &payload);
+                let _ = ReceiverMessage::decode(kind, &payload);
             }
         }
 
@@ -829,10 +1266,11 @@ mod tests {
         }
 
         #[test]
-        fn texts_round_trip(reason in ".{0,200}", size in any::<u64>(), hash in any::<[u8; 32]>()) {
+        fn texts_round_trip(reason in ".{0,200}", size in any::<u64>(), hash in any::<[u8; 32]>(), code in 0u16..10) {
+            let code = FailCode::from_u16(code);
             for message in [
-                Message::Failed { reason: &reason },
-                Message::Answer(Answer::Refused { reason: &reason }),
+                Message::Failed { code, reason: &reason },
+                Message::Answer(Answer::Refused { code, reason: &reason }),
                 Message::Answer(Answer::Same { stored_as: &reason }),
                 Message::Receipt { size, hash, stored_as: &reason },
             ] {

@@ -11,9 +11,10 @@ use tokio::time::timeout;
 
 use super::walk::{Entry, Source, Walked, walk};
 use super::{Event, SendError, SendOptions, Summary, connect, unreadable};
+use crate::connection::{Connection, ConnectionError, FrameReader, FrameWriter, Opening};
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, ErrorCode, FRAME_HEADER_LEN, Hash, Kind,
-    MAX_DATA_LEN, Message, Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, EntryKind, FailCode, FrameHeader, Hash, Hello, Kind,
+    MAX_DATA_LEN, Offer, ReceiverMessage, SenderId, SenderMessage, ServerOpening,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
 use crate::throttle::Throttle;
@@ -59,13 +60,17 @@ pub async fn send_haul(
 ) -> Result<Summary, SendError> {
     let stream = connect(to, options.idle).await?;
     let (reader, writer) = stream.into_split();
+    let reader: BoxedReader = Box::new(reader);
+    let writer: BoxedWriter = Box::new(Throttle::new(writer, options.limit));
     let mut session = Session {
         to: to.to_owned(),
         reply: options.reply,
         in_flight: None,
-        reader: BufReader::new(Box::new(reader)),
-        writer: BufWriter::with_capacity(64 * 1024, Box::new(Throttle::new(writer, options.limit))),
-        idle: options.idle,
+        conn: Connection::new(
+            BufReader::new(reader),
+            BufWriter::with_capacity(64 * 1024, writer),
+            options.idle,
+        ),
         summary: Summary::default(),
         compressor: None,
         small_file: Vec::new(),
@@ -101,9 +106,8 @@ struct Session {
     /// The file whose bytes are going out, to name it if the connection
     /// breaks meanwhile.
     in_flight: Option<String>,
-    reader: BufReader<BoxedReader>,
-    writer: BufWriter<BoxedWriter>,
-    idle: Duration,
+    /// The connection to the server; its reads wait at most `--idle-timeout`.
+    conn: Connection,
     summary: Summary,
     /// Present once the server granted compression.
     compressor: Option<zstd::bulk::Compressor<'static>>,
@@ -177,11 +181,11 @@ impl Batches<'_> {
     }
 }
 
-/// A batch's Offer frames and its BatchEnd; nothing for an empty batch.
-fn encode_offers(batch: &[Entry]) -> Vec<u8> {
-    let mut frames = Vec::new();
+/// Sends a batch's Offer frames and its BatchEnd, and flushes them;
+/// nothing for an empty batch.
+async fn offer_batch(writer: &mut FrameWriter, batch: &[Entry]) -> Result<(), ConnectionError> {
     if batch.is_empty() {
-        return frames;
+        return Ok(());
     }
     for entry in batch {
         let offer = Offer {
@@ -192,10 +196,10 @@ fn encode_offers(batch: &[Entry]) -> Vec<u8> {
             mode: entry.mode,
             path: entry.path.as_bytes(),
         };
-        haul::encode(&Message::Offer(offer), &mut frames);
+        writer.send(&SenderMessage::Offer(offer)).await?;
     }
-    haul::encode(&Message::BatchEnd, &mut frames);
-    frames
+    writer.send(&SenderMessage::BatchEnd).await?;
+    writer.flush().await
 }
 
 impl Session {
@@ -212,34 +216,31 @@ impl Session {
         if secret.is_some() {
             wanted |= CAP_SECRET;
         }
-        let mut hello = Vec::new();
-        haul::encode(
-            &Message::Hello {
+        self.conn.write_magic().await?;
+        self.conn
+            .send(&Hello {
                 version: haul::VERSION,
                 capabilities: wanted,
                 sender,
-            },
-            &mut hello,
-        );
-        self.writer.write_all(&haul::MAGIC).await?;
-        self.writer.write_all(&hello).await?;
-        self.writer.flush().await?;
-        let frame = self.read_welcome().await?;
-        let granted = match frame.message()? {
-            Message::Welcome {
+            })
+            .await?;
+        let hello = self.conn.last_sent().to_vec();
+        self.conn.flush().await?;
+        let header = self.read_welcome().await?;
+        let granted = match self.conn.read_message_after(header).await? {
+            ServerOpening::Welcome {
                 version,
                 capabilities,
             } if version >= haul::VERSION => capabilities,
-            Message::Welcome { version, .. } => {
+            ServerOpening::Welcome { version, .. } => {
                 return Err(SendError::Version {
                     to: self.to.clone(),
                     server: version,
                 });
             }
-            Message::Error { code, message } => {
+            ServerOpening::Error { code, message } => {
                 return Err(server_error(code, message, SendError::Auth));
             }
-            other => return Err(unexpected(&other, "Welcome")),
         };
         // A grant is a subset of what was asked: anything more is a server
         // or a path that changed the negotiation, and nothing it says can
@@ -264,16 +265,16 @@ impl Session {
             }
             // The Hello as it left, the Welcome as it arrived: the server
             // holds them as it received and sent them.
-            let prologue = secure::prologue(&hello, &haul::raw_frame(frame.kind, &frame.payload));
+            let prologue = secure::prologue(&hello, &self.conn.last_frame());
             self.encrypt(secret, &prologue).await?;
         }
         Ok(())
     }
 
-    /// Reads the server's answer to the Hello: a Welcome or an Error frame.
-    /// Anything else means the peer is not a haul server, and is named for
-    /// what it looks like.
-    async fn read_welcome(&mut self) -> Result<Frame, SendError> {
+    /// Reads the header of the server's answer to the Hello: a Welcome or an
+    /// Error frame. Anything else means the peer is not a haul server, and
+    /// is named for what it looks like.
+    async fn read_welcome(&mut self) -> Result<FrameHeader, SendError> {
         let not_haul = |answer: &[u8]| SendError::NotHaul {
             to: self.to.clone(),
             answer: answer.to_vec(),
@@ -281,29 +282,21 @@ impl Session {
         // A peer that is not haul may answer fewer bytes than a frame
         // header and then wait: what came by the deadline is judged.
         let deadline = tokio::time::Instant::now() + self.reply;
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        let mut filled = 0;
-        while filled < header.len() {
-            let unfilled = header.get_mut(filled..).unwrap_or_default();
-            match tokio::time::timeout_at(deadline, self.reader.read(unfilled)).await {
-                Err(_) => break,
-                Ok(Ok(0)) => break,
-                Ok(Ok(read)) => filled += read,
-                Ok(Err(error)) => return Err(error.into()),
-            }
-        }
-        match header.get(..filled) {
-            Some([]) if tokio::time::Instant::now() >= deadline => {
+        let header = match self.conn.read_opening(deadline).await? {
+            Opening::Header(header) => header,
+            Opening::Short {
+                bytes,
+                timed_out: true,
+            } if bytes.is_empty() => {
                 return Err(SendError::NoAnswer {
                     to: self.to.clone(),
                     waited: self.reply,
                     seed: false,
                 });
             }
-            Some([]) => return Err(SendError::Closed),
-            Some(answer) if filled < header.len() => return Err(not_haul(answer)),
-            _ => {}
-        }
+            Opening::Short { bytes, .. } if bytes.is_empty() => return Err(SendError::Closed),
+            Opening::Short { bytes, .. } => return Err(not_haul(&bytes)),
+        };
         if &header == b"go ah" {
             return Err(SendError::Protocol(
                 "it answered \"go ahead\": it speaks only the classroom protocol; use --protocol seed"
@@ -316,15 +309,15 @@ impl Session {
         if !matches!(decoded.kind, Kind::Welcome | Kind::Error) {
             return Err(not_haul(&header));
         }
-        self.read_frame_after(decoded).await
+        Ok(decoded)
     }
 
     /// Replaces the plain socket halves with the encrypted channel.
     async fn encrypt(&mut self, secret: &Secret, prologue: &[u8]) -> Result<(), SendError> {
-        let handshake =
-            secure::upgrade_client(&mut self.reader, &mut self.writer, secret, prologue);
-        match timeout(self.idle, handshake).await {
-            Err(_) => Err(SendError::Silent(self.idle)),
+        let idle = self.conn.idle();
+        let handshake = self.conn.encrypt_client(secret, prologue);
+        match timeout(idle, handshake).await {
+            Err(_) => Err(SendError::Silent(idle)),
             Ok(Ok(())) => Ok(()),
             // A server that holds another secret just hangs up (or resets,
             // if our bytes were still unread): say what most likely happened.
@@ -360,8 +353,7 @@ impl Session {
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<(), SendError> {
         let mut batch = batches.next(&mut self.summary, on_event);
-        self.writer.write_all(&encode_offers(&batch)).await?;
-        self.writer.flush().await?;
+        offer_batch(self.conn.halves().1, &batch).await?;
         while !batch.is_empty() {
             let sending = self
                 .read_answers(batch, &mut batches.to_compare, on_event)
@@ -375,25 +367,14 @@ impl Session {
                     local_failure,
                 });
             }
-            self.writer.flush().await?;
+            self.conn.flush().await?;
 
             batch = batches.next(&mut self.summary, on_event);
-            let offers = encode_offers(&batch);
             // Written and read at once: neither side may wait for the other
             // to read before it reads, or both could stop with full buffers.
-            let writer = &mut self.writer;
-            let send_offers = async move {
-                writer.write_all(&offers).await?;
-                writer.flush().await?;
-                Ok(())
-            };
-            let receipts = read_receipts(
-                &mut self.reader,
-                self.idle,
-                streamed,
-                &mut self.summary,
-                on_event,
-            );
+            let (reader, writer) = self.conn.halves();
+            let send_offers = async { offer_batch(writer, &batch).await.map_err(SendError::from) };
+            let receipts = read_receipts(reader, streamed, &mut self.summary, on_event);
             tokio::try_join!(send_offers, receipts)?;
             on_event(Event::BatchSettled);
         }
@@ -410,14 +391,15 @@ impl Session {
     ) -> Result<Vec<Sending>, SendError> {
         let mut sending = Vec::new();
         for mut entry in batch {
-            let frame = self.read_frame().await?;
-            match frame.message()? {
-                Message::Answer(Answer::Send { offset }) if entry.kind == EntryKind::File => {
+            match self.conn.read_message().await? {
+                ReceiverMessage::Answer(Answer::Send { offset })
+                    if entry.kind == EntryKind::File =>
+                {
                     sending.push(Sending { entry, offset });
                 }
                 // The server holds a file of this name and size; whether it
                 // is this one, it says only once shown this one's hash.
-                Message::Answer(Answer::Compare)
+                ReceiverMessage::Answer(Answer::Compare)
                     if entry.kind == EntryKind::File && entry.hash.is_none() =>
                 {
                     match local_hash(&entry).await {
@@ -434,7 +416,7 @@ impl Session {
                         }
                     }
                 }
-                Message::Answer(Answer::Same { stored_as }) if entry.hash.is_some() => {
+                ReceiverMessage::Answer(Answer::Same { stored_as }) if entry.hash.is_some() => {
                     self.summary.already_there += 1;
                     on_event(Event::AlreadyThere {
                         path: &entry.path,
@@ -442,8 +424,8 @@ impl Session {
                         bytes: entry.size.unwrap_or(0),
                     });
                 }
-                Message::Answer(Answer::Created) if entry.kind == EntryKind::Directory => {}
-                Message::Answer(Answer::Refused { reason }) => {
+                ReceiverMessage::Answer(Answer::Created) if entry.kind == EntryKind::Directory => {}
+                ReceiverMessage::Answer(Answer::Refused { reason, .. }) => {
                     self.summary.failed += 1;
                     on_event(Event::Failed {
                         path: &entry.path,
@@ -543,7 +525,7 @@ impl Session {
             Source::Directory => unreachable!("directories are never asked for data"),
         };
         let hash = *hasher.finalize().as_bytes();
-        self.send(&Message::FileEnd { hash }).await?;
+        self.conn.send(&SenderMessage::FileEnd { hash }).await?;
         self.in_flight = None;
         Ok((hash, local_failure))
     }
@@ -620,8 +602,9 @@ impl Session {
             };
             self.write_data_header(Kind::Data, chunk.len() as u32)
                 .await?;
-            match timeout(self.idle, self.writer.write_all(&chunk)).await {
-                Err(_) => return Err(SendError::Pump(PumpError::Idle(self.idle))),
+            let idle = self.conn.idle();
+            match timeout(idle, self.conn.data_writer().write_all(&chunk)).await {
+                Err(_) => return Err(SendError::Pump(PumpError::Idle(idle))),
                 Ok(result) => result.map_err(|source| PumpError::Write {
                     moved: sent,
                     source,
@@ -708,21 +691,18 @@ impl Session {
             if packed.len() < chunk.len() {
                 self.write_data_header(Kind::DataZstd, packed.len() as u32)
                     .await?;
-                self.writer.write_all(&packed).await?;
+                self.conn.data_writer().write_all(&packed).await?;
                 return Ok(packed.len() as u64);
             }
         }
         self.write_data_header(Kind::Data, chunk.len() as u32)
             .await?;
-        self.writer.write_all(chunk).await?;
+        self.conn.data_writer().write_all(chunk).await?;
         Ok(chunk.len() as u64)
     }
 
     async fn write_data_header(&mut self, kind: Kind, len: u32) -> Result<(), SendError> {
-        let mut header = Vec::with_capacity(FRAME_HEADER_LEN);
-        haul::encode_data_header(kind, len, &mut header);
-        self.writer.write_all(&header).await?;
-        Ok(())
+        Ok(self.conn.write_data_header(kind, len).await?)
     }
 
     /// A write that failed because the server hung up usually has a reason
@@ -740,96 +720,33 @@ impl Session {
             return error;
         }
         const REASON_WAIT: Duration = Duration::from_secs(2);
-        let idle = std::mem::replace(&mut self.idle, REASON_WAIT);
+        let idle = self.conn.idle();
+        self.conn.set_idle(REASON_WAIT);
         let reason = loop {
-            match self.read_frame().await {
-                Ok(frame) => match frame.message() {
-                    Ok(Message::Error { code, message }) => {
-                        break Some(server_error(code, message, SendError::Server));
-                    }
-                    Ok(_) => continue,
-                    Err(_) => break None,
-                },
+            match self.conn.read_message().await {
+                Ok(ReceiverMessage::Error { code, message }) => {
+                    break Some(server_error(code, message, SendError::Server));
+                }
+                Ok(_) => continue,
                 Err(_) => break None,
             }
         };
-        self.idle = idle;
+        self.conn.set_idle(idle);
         reason.unwrap_or(error)
     }
 
     async fn goodbye(&mut self) -> Result<(), SendError> {
-        self.send(&Message::Bye).await?;
-        self.writer.flush().await?;
-        self.writer.shutdown().await?;
-        let mut rest = Vec::new();
-        match timeout(self.idle, self.reader.read_to_end(&mut rest)).await {
-            Err(_) => Err(SendError::Silent(self.idle)),
-            Ok(Err(error)) => Err(SendError::NotConfirmed(error)),
-            Ok(Ok(_)) if rest.is_empty() => Ok(()),
-            Ok(Ok(_)) => Err(SendError::Protocol(
+        self.conn.send(&SenderMessage::Bye).await?;
+        self.conn.shutdown().await?;
+        let idle = self.conn.idle();
+        match self.conn.drain(idle).await {
+            Err(ConnectionError::Idle(_)) => Err(SendError::Silent(idle)),
+            Err(ConnectionError::Io(error)) => Err(SendError::NotConfirmed(error)),
+            Err(other) => Err(other.into()),
+            Ok(0) => Ok(()),
+            Ok(_) => Err(SendError::Protocol(
                 "the server sent bytes after goodbye".into(),
             )),
-        }
-    }
-
-    async fn send(&mut self, message: &Message<'_>) -> Result<(), SendError> {
-        let mut frame = Vec::new();
-        haul::encode(message, &mut frame);
-        self.writer.write_all(&frame).await?;
-        Ok(())
-    }
-
-    /// Reads one whole frame; decode it with [`Frame::message`].
-    async fn read_frame(&mut self) -> Result<Frame, SendError> {
-        read_frame(&mut self.reader, self.idle).await
-    }
-
-    /// Reads the payload of a frame whose header was read.
-    async fn read_frame_after(&mut self, header: haul::FrameHeader) -> Result<Frame, SendError> {
-        read_payload(&mut self.reader, self.idle, header).await
-    }
-}
-
-/// Reads one whole frame from the server, waiting at most `idle` for each
-/// part of it.
-async fn read_frame(
-    reader: &mut BufReader<BoxedReader>,
-    idle: Duration,
-) -> Result<Frame, SendError> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    match timeout(idle, reader.read_exact(&mut header)).await {
-        Err(_) => return Err(SendError::Silent(idle)),
-        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(SendError::Closed);
-        }
-        Ok(result) => {
-            result?;
-        }
-    }
-    if &header == b"go ah" {
-        return Err(SendError::Protocol(
-            "it answered \"go ahead\": it speaks only the classroom protocol; use --protocol seed"
-                .into(),
-        ));
-    }
-    read_payload(reader, idle, haul::decode_frame_header(header)?).await
-}
-
-/// Reads the payload of a frame whose header was read and checked.
-async fn read_payload(
-    reader: &mut BufReader<BoxedReader>,
-    idle: Duration,
-    header: haul::FrameHeader,
-) -> Result<Frame, SendError> {
-    let mut payload = vec![0u8; header.len as usize];
-    match timeout(idle, reader.read_exact(&mut payload)).await {
-        Err(_) => Err(SendError::Silent(idle)),
-        Ok(result) => {
-            result?;
-            Ok(Frame {
-                kind: header.kind,
-                payload,
-            })
         }
     }
 }
@@ -837,17 +754,15 @@ async fn read_payload(
 /// Reads one receipt (or failure) per streamed file, in order, and reports
 /// each.
 async fn read_receipts(
-    reader: &mut BufReader<BoxedReader>,
-    idle: Duration,
+    reader: &mut FrameReader,
     streamed: Vec<Streamed>,
     summary: &mut Summary,
     on_event: &mut impl FnMut(Event<'_>),
 ) -> Result<(), SendError> {
     for file in streamed {
         let path = file.path.as_str();
-        let frame = read_frame(reader, idle).await?;
-        match frame.message()? {
-            Message::Receipt {
+        match reader.read_message().await? {
+            ReceiverMessage::Receipt {
                 size,
                 hash: stored_hash,
                 stored_as,
@@ -860,19 +775,18 @@ async fn read_receipts(
                     hash: Some(&file.hash),
                 });
             }
-            Message::Receipt { .. } => {
+            ReceiverMessage::Receipt { .. } => {
                 return Err(SendError::Protocol(format!(
                     "the receipt for {path} has the wrong hash"
                 )));
             }
-            Message::Failed { reason } => {
+            ReceiverMessage::Failed { code, reason } => {
                 summary.failed += 1;
                 let reason = file.local_failure.unwrap_or_else(|| {
                     let reason = reason.to_owned();
-                    let hint = if reason.contains("No space left on device") {
-                        "; the server's disk is full"
-                    } else {
-                        ""
+                    let hint = match code {
+                        FailCode::NoSpace => "; the server's disk is full",
+                        _ => "",
                     };
                     format!("the server did not store it: {reason}{hint}")
                 });
@@ -887,31 +801,19 @@ async fn read_receipts(
     Ok(())
 }
 
-/// A frame read from the server, decoded on demand.
-struct Frame {
-    kind: Kind,
-    payload: Vec<u8>,
-}
-
-impl Frame {
-    fn message(&self) -> Result<Message<'_>, SendError> {
-        Ok(haul::decode_message(self.kind, &self.payload)?)
-    }
-}
-
 /// What the server's Error frame means for the send: by its code, a refusal
 /// for this client's rights, or else `other`, with the server's words.
-fn server_error(code: ErrorCode, message: &str, other: fn(String) -> SendError) -> SendError {
+fn server_error(code: FailCode, message: &str, other: fn(String) -> SendError) -> SendError {
     let message = message.to_owned();
     match code {
-        ErrorCode::NotAllowed => SendError::NotAllowed(message),
-        ErrorCode::Other => other(message),
+        FailCode::NotAllowed => SendError::NotAllowed(message),
+        _ => other(message),
     }
 }
 
-fn unexpected(message: &Message<'_>, wanted: &str) -> SendError {
+fn unexpected(message: &ReceiverMessage<'_>, wanted: &str) -> SendError {
     match message {
-        Message::Error { code, message } => server_error(*code, message, SendError::Server),
+        ReceiverMessage::Error { code, message } => server_error(*code, message, SendError::Server),
         other => SendError::Protocol(format!("expected {wanted}, got {other:?}")),
     }
 }

@@ -199,6 +199,24 @@ pub enum SendError {
     Io(#[from] io::Error),
 }
 
+impl From<crate::connection::ConnectionError> for SendError {
+    fn from(error: crate::connection::ConnectionError) -> SendError {
+        use crate::connection::ConnectionError;
+        match error {
+            ConnectionError::Closed | ConnectionError::Cut(_) => SendError::Closed,
+            ConnectionError::Idle(wait) => SendError::Silent(wait),
+            ConnectionError::Frame(error) => SendError::Decode(error),
+            ConnectionError::Io(error) => SendError::Io(error),
+            stalled @ ConnectionError::Stalled(_) => {
+                SendError::Io(io::Error::new(io::ErrorKind::TimedOut, stalled.to_string()))
+            }
+            ConnectionError::DataOutsideFile => {
+                SendError::Protocol("file data where a message was due".into())
+            }
+        }
+    }
+}
+
 impl SendError {
     /// True when no server of the protocol could be reached: nobody
     /// listens, something else does, or a server of an older version.

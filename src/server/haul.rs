@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
@@ -23,18 +23,17 @@ use super::{
     Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_already_there,
     log_output, log_transfer,
 };
+use crate::connection::{Connection, ConnectionError};
 use crate::protocol::haul::{
-    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, ErrorCode, FRAME_HEADER_LEN,
-    FrameHeader, Hash, Kind, MAX_DATA_LEN, Message, Mtime, Offer, SenderId,
+    self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FailCode, Hash, Hello, Incoming,
+    Kind, MAX_DATA_LEN, Mtime, Offer, ReceiverMessage, SenderId, SenderMessage, ServerOpening,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
 use crate::storage::{
     Backend, Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store, Upload,
 };
 use crate::text::printable;
-use crate::transfer::{
-    FileSink, PumpError, SMALL_FILE, Unbuffered, receive, receive_buffered, receive_slice,
-};
+use crate::transfer::{FileSink, PumpError, SMALL_FILE, receive_slice};
 
 /// Most offers one batch may carry: bounds what a client can make the
 /// server hold in memory, and the receipts that pile up before it reads them.
@@ -62,6 +61,8 @@ enum SessionError {
     HandshakeTimeout(Duration),
     #[error("the client left without saying goodbye")]
     Vanished,
+    #[error("the client ended the session: {0}")]
+    Ended(String),
     #[error(transparent)]
     Pump(#[from] PumpError),
     #[error("no space left on the server")]
@@ -77,17 +78,66 @@ enum SessionError {
     NotAllowed(Rights),
     #[error("storage failed: {0}")]
     Storage(io::Error),
+    #[error(transparent)]
+    Connection(ConnectionError),
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
 }
 
 impl SessionError {
     /// The code its Error frame carries.
-    fn code(&self) -> ErrorCode {
+    fn code(&self) -> FailCode {
         match self {
-            SessionError::NotAllowed(_) => ErrorCode::NotAllowed,
-            _ => ErrorCode::Other,
+            SessionError::NotAllowed(_) => FailCode::NotAllowed,
+            _ => FailCode::Other,
         }
+    }
+}
+
+impl From<ConnectionError> for SessionError {
+    fn from(error: ConnectionError) -> SessionError {
+        match error {
+            ConnectionError::Closed | ConnectionError::Cut(_) => SessionError::Vanished,
+            ConnectionError::Idle(wait) => SessionError::Idle(wait),
+            ConnectionError::Frame(error) => SessionError::Decode(error),
+            other => SessionError::Connection(other),
+        }
+    }
+}
+
+/// Why one file is refused or not stored: the code its Refused answer or
+/// its Failed carries, which the client acts on, and the words the log and
+/// the client show.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub(super) code: FailCode,
+    pub(super) text: String,
+}
+
+impl Refusal {
+    pub(super) fn new(code: FailCode, text: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// A storage operation's failure, coded by what went wrong.
+    fn storage(error: &io::Error, text: String) -> Refusal {
+        let code = if is_out_of_space(error) {
+            FailCode::NoSpace
+        } else if error.kind() == io::ErrorKind::AlreadyExists {
+            FailCode::Conflict
+        } else {
+            FailCode::Io
+        };
+        Refusal::new(code, text)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -144,8 +194,7 @@ struct Stored {
 }
 
 struct Session<'a> {
-    reader: BufReader<BoxedReader>,
-    writer: BufWriter<BoxedWriter>,
+    conn: Connection,
     peer: SocketAddr,
     store: Store,
     /// The server's account of disk space, shared by every session.
@@ -188,14 +237,20 @@ pub(super) async fn serve(
     deadline: tokio::time::Instant,
 ) {
     let (reader, writer) = stream.into_split();
+    // Room for several small files' frames per read: with the default 8 KiB,
+    // a 16 KiB file took three reads; 128 KiB, eight files per read, was 6%
+    // faster for small files than 64 KiB, and 256 KiB no faster for the
+    // memory it takes per connection. Large payloads bypass it.
+    let reader: BoxedReader = Box::new(reader);
+    let writer: BoxedWriter = Box::new(writer);
+    let mut conn = Connection::new(
+        BufReader::with_capacity(128 * 1024, reader),
+        BufWriter::new(writer),
+        config.header_timeout,
+    );
+    conn.bound_writes(config.idle_timeout);
     let mut session = Session {
-        // Room for several small files' frames per read: with the default
-        // 8 KiB, a 16 KiB file took three reads; 128 KiB, eight files per
-        // read, was 6% faster for small files than 64 KiB, and 256 KiB no
-        // faster for the memory it takes per connection. Large payloads
-        // bypass it.
-        reader: BufReader::with_capacity(128 * 1024, Box::new(reader)),
-        writer: BufWriter::new(Box::new(writer)),
+        conn,
         peer,
         store,
         space,
@@ -218,12 +273,13 @@ pub(super) async fn serve(
         Err(error) => {
             warn!(%peer, %error, "haul session failed");
             let _ = session
-                .send(&Message::Error {
+                .conn
+                .send(&ReceiverMessage::Error {
                     code: error.code(),
                     message: &error.to_string(),
                 })
                 .await;
-            let _ = session.writer.flush().await;
+            let _ = session.conn.flush().await;
             session.linger().await;
         }
     }
@@ -429,9 +485,8 @@ impl Session<'_> {
     /// short while. Closing with unread data would reset the connection, and
     /// a client still sending could then lose the Error frame that says why.
     async fn linger(&mut self) {
-        let _ = self.writer.shutdown().await;
-        let mut sink = tokio::io::sink();
-        let _ = timeout(LINGER, tokio::io::copy(&mut self.reader, &mut sink)).await;
+        let _ = self.conn.shutdown().await;
+        let _ = self.conn.drain(LINGER).await;
     }
 
     /// Serves the session; the Hello and the handshake (encryption
@@ -441,15 +496,11 @@ impl Session<'_> {
             Err(_) => return Err(SessionError::HandshakeTimeout(self.config.header_timeout)),
             Ok(result) => result?,
         }
+        self.conn.set_idle(self.config.idle_timeout);
         let mut offers: Vec<OwnedOffer> = Vec::new();
         loop {
-            let header = match self.read_frame_header(self.config.idle_timeout).await? {
-                Some(header) => header,
-                None => return Err(SessionError::Vanished),
-            };
-            let payload = self.read_payload(header).await?;
-            match haul::decode_message(header.kind, &payload)? {
-                Message::Offer(offer) => {
+            match self.conn.read_message().await? {
+                SenderMessage::Offer(offer) => {
                     // Refused before anything is planned: nothing is read
                     // or written for a session that may not send.
                     if !self.rights.send {
@@ -462,16 +513,16 @@ impl Session<'_> {
                     }
                     offers.push(OwnedOffer::from(offer));
                 }
-                Message::BatchEnd => {
+                SenderMessage::BatchEnd => {
                     let batch = self.plan(std::mem::take(&mut offers)).await?;
                     self.run_batch(batch).await?;
                 }
-                Message::Bye => break,
-                other => {
-                    return Err(SessionError::Violation(format!(
-                        "unexpected {:?}",
-                        kind_of(&other)
-                    )));
+                SenderMessage::Bye => break,
+                SenderMessage::Error { message, .. } => {
+                    return Err(SessionError::Ended(printable(message.as_bytes())));
+                }
+                SenderMessage::FileEnd { .. } => {
+                    return Err(SessionError::Violation("unexpected FileEnd".into()));
                 }
             }
         }
@@ -480,10 +531,11 @@ impl Session<'_> {
     }
 
     async fn handshake(&mut self) -> Result<(), SessionError> {
-        let Some(header) = self.read_frame_header(self.config.header_timeout).await? else {
-            return Err(SessionError::Vanished);
-        };
-        let payload = self.read_payload(header).await?;
+        let header = self.conn.read_header().await?;
+        if matches!(header.kind, Kind::Data | Kind::DataZstd) {
+            return Err(ConnectionError::DataOutsideFile.into());
+        }
+        let payload = self.conn.read_payload(header).await?;
         // The version leads every Hello, whatever follows it in that
         // version: an older client is told why, not that its Hello is short.
         if let (Kind::Hello, Some(version)) = (header.kind, payload.first_chunk::<2>()) {
@@ -492,16 +544,16 @@ impl Session<'_> {
                 return Err(SessionError::Version { client: version });
             }
         }
-        let Message::Hello {
-            version,
-            capabilities,
-            sender,
-        } = haul::decode_message(header.kind, &payload)?
-        else {
+        if header.kind != Kind::Hello {
             return Err(SessionError::Violation(
                 "the first frame must be Hello".into(),
             ));
-        };
+        }
+        let Hello {
+            version,
+            capabilities,
+            sender,
+        } = Hello::decode(header.kind, payload)?;
         self.sender = sender;
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
         // Without a secret on the server, the flags give the rights; with
@@ -518,22 +570,19 @@ impl Session<'_> {
                 plain: Vec::with_capacity(MAX_DATA_LEN as usize),
             });
         }
-        let mut welcome = Vec::new();
-        haul::encode(
-            &Message::Welcome {
+        self.conn
+            .send(&ServerOpening::Welcome {
                 version: haul::VERSION,
                 capabilities: granted,
-            },
-            &mut welcome,
-        );
-        self.send_frame(&welcome).await?;
-        self.writer.flush().await?;
+            })
+            .await?;
+        self.conn.flush().await?;
         self.rights = match open_rights {
             Some(rights) => rights,
             None => {
                 // The Hello as it arrived, the Welcome as it left: the
                 // client holds them as it sent and received them.
-                let prologue = secure::prologue(&haul::raw_frame(header.kind, &payload), &welcome);
+                let prologue = secure::prologue(&self.conn.last_frame(), self.conn.last_sent());
                 self.encrypt(&self.config.access.keys(), &prologue).await?
             }
         };
@@ -547,7 +596,7 @@ impl Session<'_> {
         keys: &[(Secret, Rights)],
         prologue: &[u8],
     ) -> Result<Rights, SessionError> {
-        let handshake = secure::upgrade_server(&mut self.reader, &mut self.writer, keys, prologue);
+        let handshake = self.conn.encrypt_server(keys, prologue);
         let rights = match timeout(self.config.header_timeout, handshake).await {
             Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
             Ok(result) => result.map_err(SessionError::Auth)?,
@@ -628,28 +677,29 @@ impl Session<'_> {
                 Ok((Decision::Answer(answer, partial), charge)) => {
                     planned.partial = partial;
                     planned.charge = charge;
-                    self.send(&Message::Answer(answer)).await?;
+                    self.conn.send(&ReceiverMessage::Answer(answer)).await?;
                 }
                 Ok((Decision::Same(stored_as), _)) => {
                     log_already_there(self.peer, &planned.path_shown, planned.size, &stored_as);
-                    self.send(&Message::Answer(Answer::Same {
-                        stored_as: &stored_as,
-                    }))
-                    .await?;
+                    self.conn
+                        .send(&ReceiverMessage::Answer(Answer::Same {
+                            stored_as: &stored_as,
+                        }))
+                        .await?;
                 }
                 // Decided again without asking anyone, a held file gets a
                 // private one instead; this only keeps the match whole.
                 Ok((Decision::TakeOver { .. }, _)) => {
-                    let reason = "another connection is receiving this file".to_owned();
+                    let reason =
+                        Refusal::new(FailCode::Busy, "another connection is receiving this file");
                     planned = planned.refused(self, reason).await?
                 }
                 Ok((Decision::Refuse(reason), _)) => {
                     planned = planned.refused(self, reason).await?
                 }
                 Err(error) => {
-                    planned = planned
-                        .refused(self, format!("storage failed: {error}"))
-                        .await?
+                    let reason = Refusal::storage(&error, format!("storage failed: {error}"));
+                    planned = planned.refused(self, reason).await?
                 }
             }
             batch.push(planned);
@@ -693,10 +743,10 @@ impl Session<'_> {
     }
 
     async fn run_batch(&mut self, mut batch: Vec<Planned>) -> Result<(), SessionError> {
-        self.writer.flush().await?;
+        self.conn.flush().await?;
         let mut arrived: Vec<Arrived> = Vec::new();
         let mut commit = BatchCommit::new(self.store.clone(), self.peer);
-        let mut replies: Vec<(usize, Result<Stored, String>)> = Vec::new();
+        let mut replies: Vec<(usize, Result<Stored, Refusal>)> = Vec::new();
         // The room of files that arrived stays granted until their commit,
         // which may still make their folders.
         let mut granted: Vec<Charge> = Vec::new();
@@ -756,7 +806,7 @@ impl Session<'_> {
                     bytes: file.bytes,
                     hash: file.hash,
                 }),
-                Err(error) => Err(not_stored(&error)),
+                Err(error) => Err(Refusal::storage(&error, not_stored(&error))),
             };
             replies.push((file.index, reply));
         }
@@ -766,16 +816,19 @@ impl Session<'_> {
         replies.sort_by_key(|(index, _)| *index);
         for (_, reply) in &replies {
             let message = match reply {
-                Ok(stored) => Message::Receipt {
+                Ok(stored) => ReceiverMessage::Receipt {
                     size: stored.bytes,
                     hash: stored.hash,
                     stored_as: &stored.stored_as,
                 },
-                Err(reason) => Message::Failed { reason },
+                Err(reason) => ReceiverMessage::Failed {
+                    code: reason.code,
+                    reason: &reason.text,
+                },
             };
-            self.send(&message).await?;
+            self.conn.send(&message).await?;
         }
-        self.writer.flush().await?;
+        self.conn.flush().await?;
         Ok(())
     }
 
@@ -788,7 +841,7 @@ impl Session<'_> {
         planned: &Planned,
         started: Instant,
         keep_open: bool,
-    ) -> Result<Result<(Partial, Hash, u64), String>, SessionError> {
+    ) -> Result<Result<(Partial, Hash, u64), Refusal>, SessionError> {
         // Known before the file is made, so that it is made with its mode.
         partial.set_metadata(metadata_of(planned.mtime, planned.mode));
         let small = partial.offset() == 0 && planned.size.is_some_and(|size| size <= SMALL_FILE);
@@ -852,21 +905,25 @@ impl Session<'_> {
             && received != size
         {
             partial.discard();
-            return Ok(Err(format!("received {received} of {size} bytes")));
+            return Ok(Err(Refusal::new(
+                FailCode::Incomplete,
+                format!("received {received} of {size} bytes"),
+            )));
         }
         let hash: Hash = *hasher.finalize().as_bytes();
         if hash != claimed_hash {
             partial.discard();
-            return Ok(Err(
-                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored".to_owned(),
-            ));
+            return Ok(Err(Refusal::new(
+                FailCode::HashMismatch,
+                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored",
+            )));
         }
         if received >= CACHE_ON_COMMIT {
             partial.set_hash(blake3::Hash::from_bytes(hash));
         }
         if !keep_open && let Err(error) = partial.close() {
             partial.discard();
-            return Ok(Err(format!("could not store it: {error}")));
+            return Ok(Err(Refusal::storage(&error, not_stored(&error))));
         }
         Ok(Ok((partial, hash, received)))
     }
@@ -901,18 +958,14 @@ impl Session<'_> {
         let direct = planned.size.is_none_or(|size| size > SMALL_FILE);
         loop {
             let header = if direct {
-                read_frame_header(&mut Unbuffered(&mut self.reader), self.config.idle_timeout)
-                    .await?
+                self.conn.read_data_header().await?
             } else {
-                self.read_frame_header(self.config.idle_timeout).await?
-            };
-            let Some(header) = header else {
-                return Err(SessionError::Vanished);
+                self.conn.read_header().await?
             };
             let len = match header.kind {
                 Kind::Data => u64::from(header.len),
                 Kind::DataZstd => {
-                    let compressed = self.read_bytes(header.len as usize).await?;
+                    let compressed = self.conn.read_payload(header).await?;
                     let Some(zstd) = self.zstd.as_mut() else {
                         return Err(SessionError::Violation(
                             "compressed data without compression".into(),
@@ -920,19 +973,18 @@ impl Session<'_> {
                     };
                     zstd.plain.clear();
                     zstd.decompressor
-                        .decompress_to_buffer(&compressed, &mut zstd.plain)
+                        .decompress_to_buffer(compressed, &mut zstd.plain)
                         .map_err(|error| {
                             SessionError::Violation(format!("bad compressed data: {error}"))
                         })?;
                     zstd.plain.len() as u64
                 }
                 Kind::FileEnd => {
-                    let payload = self.read_payload(header).await?;
-                    let Message::FileEnd { hash } = haul::decode_message(header.kind, &payload)?
-                    else {
-                        unreachable!("a FileEnd frame decodes to FileEnd");
+                    // A FileEnd frame decodes to FileEnd or not at all.
+                    return match self.conn.read_message_after(header).await? {
+                        SenderMessage::FileEnd { hash } => Ok((hash, received)),
+                        _ => Err(SessionError::Violation("a FileEnd that is not one".into())),
                     };
-                    return Ok((hash, received));
                 }
                 other => {
                     return Err(SessionError::Violation(format!(
@@ -961,17 +1013,9 @@ impl Session<'_> {
             if header.kind == Kind::DataZstd {
                 let plain = self.zstd.as_ref().map_or(&[][..], |zstd| &zstd.plain[..]);
                 receive_slice(sink, plain).await.map_err(storage_error)?;
-            } else if direct {
-                receive(
-                    &mut Unbuffered(&mut self.reader),
-                    sink,
-                    len,
-                    self.config.idle_timeout,
-                )
-                .await
-                .map_err(pump_error)?;
             } else {
-                receive_buffered(&mut self.reader, sink, len, self.config.idle_timeout)
+                self.conn
+                    .read_data_into(sink, len, direct)
                     .await
                     .map_err(pump_error)?;
             }
@@ -1002,59 +1046,14 @@ impl Session<'_> {
         })
         .await;
     }
-
-    /// Reads a frame header; `None` when the client closed the connection
-    /// cleanly at a frame boundary.
-    async fn read_frame_header(
-        &mut self,
-        wait: Duration,
-    ) -> Result<Option<FrameHeader>, SessionError> {
-        read_frame_header(&mut self.reader, wait).await
-    }
-
-    async fn read_payload(&mut self, header: FrameHeader) -> Result<Vec<u8>, SessionError> {
-        if matches!(header.kind, Kind::Data | Kind::DataZstd) {
-            return Err(SessionError::Violation("file data outside a file".into()));
-        }
-        self.read_bytes(header.len as usize).await
-    }
-
-    async fn read_bytes(&mut self, len: usize) -> Result<Vec<u8>, SessionError> {
-        let mut payload = vec![0u8; len];
-        match timeout(
-            self.config.idle_timeout,
-            self.reader.read_exact(&mut payload),
-        )
-        .await
-        {
-            Err(_) => Err(SessionError::Idle(self.config.idle_timeout)),
-            Ok(result) => {
-                result?;
-                Ok(payload)
-            }
-        }
-    }
-
-    async fn send(&mut self, message: &Message<'_>) -> io::Result<()> {
-        let mut frame = Vec::new();
-        haul::encode(message, &mut frame);
-        self.send_frame(&frame).await
-    }
-
-    /// Writes one encoded frame.
-    async fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        match timeout(self.config.idle_timeout, self.writer.write_all(frame)).await {
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            )),
-            Ok(result) => result,
-        }
-    }
 }
 
 impl Planned {
-    async fn refused(self, session: &mut Session<'_>, reason: String) -> io::Result<Planned> {
+    async fn refused(
+        self,
+        session: &mut Session<'_>,
+        reason: Refusal,
+    ) -> Result<Planned, ConnectionError> {
         log_transfer(
             Protocol::Haul,
             session.peer,
@@ -1067,7 +1066,11 @@ impl Planned {
             },
         );
         session
-            .send(&Message::Answer(Answer::Refused { reason: &reason }))
+            .conn
+            .send(&ReceiverMessage::Answer(Answer::Refused {
+                code: reason.code,
+                reason: &reason.text,
+            }))
             .await?;
         Ok(self)
     }
@@ -1077,7 +1080,7 @@ enum Decision {
     Answer(Answer<'static>, Option<Partial>),
     /// The file offered with its hash is stored, identical, under this path.
     Same(String),
-    Refuse(String),
+    Refuse(Refusal),
     /// Another session of this sender holds the file's partial data and
     /// was asked to let go: decide again once it has.
     TakeOver {
@@ -1185,7 +1188,10 @@ fn decide(
 ) -> io::Result<(Decision, Option<Charge>)> {
     let path = match RelPath::parse(&offer.path) {
         Ok(path) => path,
-        Err(reason) => return Ok((Decision::Refuse(format!("refused path: {reason}")), None)),
+        Err(reason) => {
+            let refusal = Refusal::new(FailCode::NameRefused, format!("refused path: {reason}"));
+            return Ok((Decision::Refuse(refusal), None));
+        }
     };
     // Components, each a directory that may have to be made.
     let depth = offer.path.iter().filter(|&&byte| byte == b'/').count() as u64 + 1;
@@ -1247,7 +1253,10 @@ fn decide_directory(
 ) -> io::Result<(Decision, bool)> {
     let existing = match store.existing(path) {
         Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
-            return Ok((Decision::Refuse(FILE_IN_A_FOLDERS_PLACE.into()), false));
+            return Ok((
+                Decision::Refuse(Refusal::new(FailCode::Conflict, FILE_IN_A_FOLDERS_PLACE)),
+                false,
+            ));
         }
         existing => existing?,
     };
@@ -1262,7 +1271,10 @@ fn decide_directory(
             Ok((Decision::Answer(Answer::Created, None), true))
         }
         Existing::File { .. } | Existing::Other => Ok((
-            Decision::Refuse("a file or link is in the way".into()),
+            Decision::Refuse(Refusal::new(
+                FailCode::Conflict,
+                "a file or link is in the way",
+            )),
             false,
         )),
     }
@@ -1287,13 +1299,19 @@ fn decide_file(
     } else {
         match store.existing(&target) {
             Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
-                return Ok(Decision::Refuse(FILE_IN_A_FOLDERS_PLACE.into()));
+                return Ok(Decision::Refuse(Refusal::new(
+                    FailCode::Conflict,
+                    FILE_IN_A_FOLDERS_PLACE,
+                )));
             }
             existing => existing?,
         }
     };
     if let Existing::Directory | Existing::Other = existing {
-        return Ok(Decision::Refuse("a directory or link is in the way".into()));
+        return Ok(Decision::Refuse(Refusal::new(
+            FailCode::Conflict,
+            "a directory or link is in the way",
+        )));
     }
     if let (Existing::File { size: held }, Some(size)) = (existing, size) {
         // Where the sender's file may be from an earlier send: under its
@@ -1313,9 +1331,10 @@ fn decide_file(
     if let Existing::File { .. } = existing
         && on_conflict == OnConflict::Refuse
     {
-        return Ok(Decision::Refuse(
-            "a different file already exists under this name".into(),
-        ));
+        return Ok(Decision::Refuse(Refusal::new(
+            FailCode::Conflict,
+            "a different file already exists under this name",
+        )));
     }
     let partial = match size {
         // A stream cannot be identified before it ends, so it cannot resume.
@@ -1404,20 +1423,6 @@ fn check_stream_limit(config: &ServerConfig, total: u64) -> Result<(), SessionEr
     }
 }
 
-/// The next frame's header; `None` if the connection ended cleanly first.
-async fn read_frame_header(
-    reader: &mut (impl AsyncRead + Unpin),
-    wait: Duration,
-) -> Result<Option<FrameHeader>, SessionError> {
-    let mut bytes = [0u8; FRAME_HEADER_LEN];
-    match timeout(wait, reader.read_exact(&mut bytes)).await {
-        Err(_) => Err(SessionError::Idle(wait)),
-        Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-        Ok(Err(error)) => Err(error.into()),
-        Ok(Ok(_)) => Ok(Some(haul::decode_frame_header(bytes)?)),
-    }
-}
-
 fn pump_error(error: PumpError) -> SessionError {
     match error {
         PumpError::Write { source, .. } => storage_error(source),
@@ -1430,21 +1435,6 @@ fn storage_error(error: io::Error) -> SessionError {
         SessionError::NoSpace
     } else {
         SessionError::Storage(error)
-    }
-}
-
-fn kind_of(message: &Message<'_>) -> &'static str {
-    match message {
-        Message::Hello { .. } => "Hello",
-        Message::Welcome { .. } => "Welcome",
-        Message::Offer(_) => "Offer",
-        Message::BatchEnd => "BatchEnd",
-        Message::Answer(_) => "Answer",
-        Message::FileEnd { .. } => "FileEnd",
-        Message::Receipt { .. } => "Receipt",
-        Message::Failed { .. } => "Failed",
-        Message::Bye => "Bye",
-        Message::Error { .. } => "Error",
     }
 }
 

@@ -132,7 +132,7 @@ async fn receive(
         blocking(move || Ok(space.reserve_file(size, 0, true)))
             .await
             .map_err(SeedError::Storage)?
-            .map_err(SeedError::Refused)?
+            .map_err(|refusal| SeedError::Refused(refusal.text))?
     };
     let (partial, file) = {
         let mut partial = store.begin(RelPath::single(name));

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use super::ServerConfig;
-use crate::protocol::haul::MAX_DATA_LEN;
+use super::haul::Refusal;
+use crate::protocol::haul::{FailCode, MAX_DATA_LEN};
 use crate::storage::{Backend, FreeSpace, HeldPartial, Partial, Store, Upload};
 
 /// Bytes handed to a file's writer that may not have reached the disk yet,
@@ -131,12 +132,13 @@ impl SpaceLedger {
         bytes: u64,
         folders: u64,
         new: bool,
-    ) -> Result<Charge, String> {
+    ) -> Result<Charge, Refusal> {
         if let Some(max) = self.max_file_size
             && bytes > max
         {
-            return Err(format!(
-                "the file is {bytes} bytes; this server accepts at most {max}"
+            return Err(Refusal::new(
+                FailCode::TooLarge,
+                format!("the file is {bytes} bytes; this server accepts at most {max}"),
             ));
         }
         let inodes = folders + u64::from(new);
@@ -147,22 +149,29 @@ impl SpaceLedger {
         let mut promised = self.lock();
         match self.grant(&mut promised, need, inodes, self.reserve_inodes) {
             Ok(granted) => Ok(self.charge(&mut promised, granted, inodes)),
-            Err(Shortfall::Space { free }) => Err(format!(
-                "no space left on the server: the file needs {bytes} bytes and {free} are free"
+            Err(Shortfall::Space { free }) => Err(Refusal::new(
+                FailCode::NoSpace,
+                format!(
+                    "no space left on the server: the file needs {bytes} bytes and {free} are free"
+                ),
             )),
-            Err(Shortfall::Inodes { free, kept }) => Err(format!(
-                "no inodes left on the server: the file needs {inodes} and {free} are free \
-                 beyond the {kept} kept free"
+            Err(Shortfall::Inodes { free, kept }) => Err(Refusal::new(
+                FailCode::NoSpace,
+                format!(
+                    "no inodes left on the server: the file needs {inodes} and {free} are free \
+                     beyond the {kept} kept free"
+                ),
             )),
-            Err(Shortfall::Unreadable(error)) => {
-                Err(format!("cannot check the server's free space: {error}"))
-            }
+            Err(Shortfall::Unreadable(error)) => Err(Refusal::new(
+                FailCode::Io,
+                format!("cannot check the server's free space: {error}"),
+            )),
         }
     }
 
     /// Grants what making a directory costs, a block and an inode, for it
     /// and each of its `depth - 1` parents that may be missing.
-    pub(super) fn reserve_directory(self: &Arc<Self>, depth: u64) -> Result<Charge, String> {
+    pub(super) fn reserve_directory(self: &Arc<Self>, depth: u64) -> Result<Charge, Refusal> {
         let kept = self.reserve_inodes.saturating_mul(DIRECTORY_INODE_FACTOR);
         let mut promised = self.lock();
         let need = Need {
@@ -171,16 +180,21 @@ impl SpaceLedger {
         };
         match self.grant(&mut promised, need, depth, kept) {
             Ok(granted) => Ok(self.charge(&mut promised, granted, depth)),
-            Err(Shortfall::Space { free }) => Err(format!(
-                "no space left on the server for more directories: {free} bytes are free"
+            Err(Shortfall::Space { free }) => Err(Refusal::new(
+                FailCode::NoSpace,
+                format!("no space left on the server for more directories: {free} bytes are free"),
             )),
-            Err(Shortfall::Inodes { free, kept }) => Err(format!(
-                "no inodes left on the server for more directories: {free} are free \
-                 beyond the {kept} kept free for directories"
+            Err(Shortfall::Inodes { free, kept }) => Err(Refusal::new(
+                FailCode::NoSpace,
+                format!(
+                    "no inodes left on the server for more directories: {free} are free \
+                     beyond the {kept} kept free for directories"
+                ),
             )),
-            Err(Shortfall::Unreadable(error)) => {
-                Err(format!("cannot check the server's free space: {error}"))
-            }
+            Err(Shortfall::Unreadable(error)) => Err(Refusal::new(
+                FailCode::Io,
+                format!("cannot check the server's free space: {error}"),
+            )),
         }
     }
 
@@ -455,8 +469,9 @@ mod tests {
         let three_quarters = ledger.store.free_space().unwrap().bytes / 4 * 3;
         let first = ledger.reserve_file(three_quarters, 0, true).unwrap();
         let refused = ledger.reserve_file(three_quarters, 0, true).err().unwrap();
+        assert_eq!(refused.code, FailCode::NoSpace);
         assert!(
-            refused.starts_with(&format!(
+            refused.text.starts_with(&format!(
                 "no space left on the server: the file needs {three_quarters} bytes"
             )),
             "{refused}"
