@@ -70,6 +70,13 @@ pub fn raw_haul_session(addr: &str) -> TcpStream {
 /// A connection to `addr` from the loopback address `source`, so that a
 /// test can be several peers at once.
 pub fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
+    try_connect_from(source, addr).unwrap()
+}
+
+/// [`connect_from`] for a server that may refuse: a server that resets the
+/// connection at once can do so before the connect is seen to complete, and
+/// then the connect itself fails with `ConnectionReset`.
+pub fn try_connect_from(source: [u8; 4], addr: &str) -> std::io::Result<TcpStream> {
     let addr: SocketAddr = addr.parse().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -80,9 +87,9 @@ pub fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
         socket
             .bind(SocketAddr::from((source, 0)))
             .expect("bind a loopback source address");
-        let stream = socket.connect(addr).await.unwrap();
-        let stream = stream.into_std().unwrap();
-        stream.set_nonblocking(false).unwrap();
-        stream
+        let stream = socket.connect(addr).await?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
     })
 }
