@@ -166,6 +166,11 @@ pub struct FileSink {
     inline: Option<(Arc<std::fs::File>, Option<Box<blake3::Hasher>>)>,
     /// Held for the sink's life if it got a deep queue.
     _deep: Option<DeepQueue<'static>>,
+    /// A large file's chunk being filled, [`CHUNK_LEN`] long, and how many
+    /// of its bytes are received: frames shorter than a chunk are gathered
+    /// into one, so that the writer thread is woken once per chunk, not
+    /// once per frame. Queued when full, or before anything else is.
+    filling: Option<(Vec<u8>, usize)>,
 }
 
 /// What a large file's sink shares with its workers.
@@ -258,6 +263,7 @@ impl FileSink {
                 worker: None,
                 inline: Some((file, hasher)),
                 _deep: None,
+                filling: None,
             },
             _ => FileSink::start(file, hasher),
         }
@@ -288,6 +294,7 @@ impl FileSink {
             worker: None,
             inline: None,
             _deep: deep,
+            filling: None,
         }
     }
 
@@ -332,7 +339,7 @@ impl FileSink {
             }
             Some(false) => Ok(()),
             // A worker stopped early: it failed to write; say why.
-            None => match self.finish().await {
+            None => match self.settle().await {
                 Err(error) => Err(error),
                 Ok(_) => Err(io::Error::other("the file writer stopped")),
             },
@@ -349,10 +356,28 @@ impl FileSink {
         Some(file.as_ref().write_all(bytes))
     }
 
+    /// Queues the chunk being filled, if it holds any bytes.
+    async fn push_filling(&mut self) -> io::Result<()> {
+        match self.filling.take() {
+            Some((mut chunk, filled)) if filled > 0 => {
+                chunk.truncate(filled);
+                self.push(chunk).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Waits until every queued byte is written; returns the hasher. Also
     /// the way to stop cleanly after a failure elsewhere, so that no write
     /// lands after the caller has moved on.
     pub async fn finish(&mut self) -> io::Result<Option<Box<blake3::Hasher>>> {
+        let filled = self.push_filling().await;
+        let settled = self.settle().await;
+        filled.and(settled)
+    }
+
+    /// [`FileSink::finish`] for what is already queued.
+    async fn settle(&mut self) -> io::Result<Option<Box<blake3::Hasher>>> {
         if let Some((_, hasher)) = self.inline.take() {
             return Ok(hasher);
         }
@@ -462,9 +487,12 @@ fn sized(mut buffer: Vec<u8>, len: usize) -> Vec<u8> {
     buffer
 }
 
-/// Reads exactly `len` bytes from `reader` into `sink`, in chunks of at most
-/// [`CHUNK_LEN`]. Fails if the reader ends early, stays silent for `idle`,
-/// or the sink cannot write.
+/// Reads exactly `len` bytes from `reader` into `sink`, gathered into
+/// chunks of [`CHUNK_LEN`] across calls: a large file's sink queues a chunk
+/// once it is full (or when it finishes), however short the frames its
+/// bytes came in. Fails if the reader ends early, stays silent for `idle`,
+/// or the sink cannot write; the bytes that did arrive are written when the
+/// sink finishes.
 pub async fn receive<R>(
     reader: &mut R,
     sink: &mut FileSink,
@@ -476,26 +504,44 @@ where
 {
     let mut moved: u64 = 0;
     while moved < len {
-        let want = usize::try_from(len - moved).map_or(CHUNK_LEN, |left| left.min(CHUNK_LEN));
-        let mut chunk = sink.buffer(want);
-        let mut filled = 0;
-        while filled < want {
-            match timeout(idle, reader.read(&mut chunk[filled..])).await {
+        if sink.filling.is_none() {
+            // A small file's sink writes each piece as it comes.
+            let size = match sink.inline {
+                Some(_) => {
+                    usize::try_from(len - moved).map_or(CHUNK_LEN, |left| left.min(CHUNK_LEN))
+                }
+                None => CHUNK_LEN,
+            };
+            sink.filling = Some((sink.buffer(size), 0));
+        }
+        // The chunk stays in the sink while it fills, so that what arrived
+        // is written when the sink finishes, even if this future is dropped
+        // or fails halfway.
+        let Some((chunk, filled)) = sink.filling.as_mut() else {
+            unreachable!("a chunk to fill was just made");
+        };
+        let end = usize::try_from(len - moved)
+            .map_or(chunk.len(), |left| chunk.len().min(*filled + left));
+        let start = *filled;
+        while *filled < end {
+            match timeout(idle, reader.read(&mut chunk[*filled..end])).await {
                 Err(_) => return Err(PumpError::Idle(idle)),
                 Ok(Err(source)) => return Err(PumpError::Read { moved, source }),
                 Ok(Ok(0)) => {
                     return Err(PumpError::EarlyEof {
-                        moved: moved + filled as u64,
+                        moved: moved + (*filled - start) as u64,
                         expected: len,
                     });
                 }
-                Ok(Ok(read)) => filled += read,
+                Ok(Ok(read)) => *filled += read,
             }
         }
-        sink.push(chunk)
-            .await
-            .map_err(|source| PumpError::Write { moved, source })?;
-        moved += want as u64;
+        moved += (end - start) as u64;
+        if *filled == chunk.len() || sink.inline.is_some() {
+            sink.push_filling()
+                .await
+                .map_err(|source| PumpError::Write { moved, source })?;
+        }
     }
     Ok(())
 }
@@ -527,6 +573,7 @@ pub async fn receive_slice(sink: &mut FileSink, bytes: &[u8]) -> io::Result<()> 
     if let Some(written) = sink.write_inline(bytes) {
         return written;
     }
+    sink.push_filling().await?;
     let mut chunk = sink.buffer(bytes.len());
     chunk.copy_from_slice(bytes);
     sink.push(chunk).await
@@ -697,6 +744,45 @@ pub(crate) mod tests {
         let mut expected = source[..source.len() - 5].to_vec();
         expected.extend_from_slice(b"tail");
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(hasher.finalize(), blake3::hash(&expected));
+    }
+
+    #[tokio::test]
+    async fn short_frames_are_gathered_and_a_cut_keeps_what_arrived() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("gathered");
+        let mut sink = FileSink::start(
+            Arc::new(std::fs::File::create(&path).unwrap()),
+            Some(Box::default()),
+        );
+        // Frames of every size around a chunk's, one after another.
+        let sizes = [
+            1000,
+            CHUNK_LEN - 1,
+            1,
+            CHUNK_LEN + 7,
+            5000,
+            3 * CHUNK_LEN,
+            1,
+        ];
+        let mut expected = Vec::new();
+        for (index, size) in sizes.into_iter().enumerate() {
+            let frame: Vec<u8> = (0..size).map(|i| ((i + index) % 249) as u8).collect();
+            receive(&mut frame.as_slice(), &mut sink, size as u64, IDLE)
+                .await
+                .unwrap();
+            expected.extend_from_slice(&frame);
+        }
+        receive_slice(&mut sink, b"decompressed").await.unwrap();
+        expected.extend_from_slice(b"decompressed");
+        // A frame cut short: its first bytes are kept with the rest.
+        let error = receive(&mut &b"cut"[..], &mut sink, 10, IDLE)
+            .await
+            .unwrap_err();
+        assert_early_eof(&error, 3, 10);
+        expected.extend_from_slice(b"cut");
+        let hasher = sink.finish().await.unwrap().unwrap();
+        assert!(std::fs::read(&path).unwrap() == expected, "bytes differ");
         assert_eq!(hasher.finalize(), blake3::hash(&expected));
     }
 
