@@ -641,3 +641,65 @@ fn a_server_of_an_older_protocol_version_is_named_with_both_versions_and_exits_3
         assert_eq!(opening[8 + 5..8 + 7], VERSION.to_be_bytes());
     }
 }
+
+/// Ctrl-C typed at a terminal: the pseudo-terminal's interrupt character,
+/// so that its line discipline signals haul as a real terminal does, with
+/// the progress display drawn. The display is taken away, one line says
+/// what was stored and how to resume, and the exit code is 130.
+#[test]
+fn ctrl_c_at_a_terminal_clears_the_display_and_says_how_to_resume() {
+    let server = HaulServer::start(&[]);
+    let counting = Proxy::start(server.addr(), Fault::None);
+    let source = tempfile::tempdir().unwrap();
+    let (tree, big) = tree_with_a_big_file_last(source.path());
+    let command = format!(
+        "stty cols 100 rows 40; exec '{}' send --limit-rate 256K --to {} '{}'",
+        util::HAUL,
+        counting.addr,
+        tree
+    );
+    let mut script = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .env("XDG_STATE_HOME", util::state_home())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run `script` (util-linux) to get a pseudo-terminal");
+    // The small files are a few bytes each: past a megabyte, the big file
+    // is on its way.
+    counting.wait_forwarded(1 << 20);
+    let mut keys = script.stdin.take().unwrap();
+    keys.write_all(b"\x03").unwrap();
+    keys.flush().unwrap();
+    let output = script.wait_with_output().unwrap();
+    drop(keys);
+    let transcript = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "{transcript}");
+    let last = transcript
+        .rsplit("\x1b[2K")
+        .next()
+        .unwrap()
+        .trim_start_matches(|c: char| {
+            c == '\r' || c == '\x1b' || c == '[' || c.is_ascii_digit() || c == 'A'
+        });
+    assert!(
+        last.contains(
+            "haul: interrupted after 255 of 256 files; run the same command again to resume"
+        ),
+        "{transcript:?}"
+    );
+    assert!(!server.inbox.join("tree/zz-big.bin").exists());
+
+    let again = haul(&["send", "--json", "--to", server.addr(), &tree]);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+    let offsets = json::started_offsets(&again.stdout);
+    assert!(
+        offsets.len() == 1 && offsets[0] > 0,
+        "the big file resumed: {offsets:?}"
+    );
+    assert_eq!(
+        std::fs::read(server.inbox.join("tree/zz-big.bin")).unwrap(),
+        big
+    );
+}
