@@ -103,8 +103,10 @@ their paths) remembered per session; docs/RELIABILITY.md lists every bound.")]
         /// Log only warnings and errors, not each transfer.
         #[arg(short, long)]
         quiet: bool,
-        /// Address and port to listen on (port 0 picks a free port).
-        #[arg(long, value_name = "ADDR:PORT", default_value = config::ADDRESS)]
+        /// Address and port to listen on (port 0 picks a free port). A host
+        /// name (`localhost:12000`) is looked up once, at start; its first
+        /// IPv4 address is used, else its first address.
+        #[arg(long, value_name = "ADDR:PORT", default_value = config::ADDRESS, value_parser = listen_address)]
         listen: SocketAddr,
         /// Directory to store received files in (created if missing).
         #[arg(long, value_name = "DIR", default_value = config::DIR)]
@@ -320,6 +322,28 @@ enum Conflict {
 
 /// How long a send waits for any sign of progress from the server.
 const SEND_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `--listen`'s value: an address, or a host name, with a port.
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err("expected ADDR:PORT or HOST:PORT, such as 127.0.0.1:12000".into());
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{port:?} is not a port (0 to 65535)"));
+    }
+    let found: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|error| format!("cannot look up {host:?}: {error}"))?
+        .collect();
+    found
+        .iter()
+        .find(|address| address.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} has no address"))
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -759,3 +759,34 @@ fn a_wrong_secret_is_one_line_with_a_hint_and_exit_code_4() {
     );
     assert!(server.stored_names().is_empty());
 }
+
+#[test]
+fn serve_listens_on_a_host_name_as_send_sends_to_one() {
+    let inbox = tempfile::tempdir().unwrap();
+    let mut command = util::haul_command();
+    command
+        .args(["serve", "--listen", "localhost:0", "--dir"])
+        .arg(inbox.path());
+    let server = util::Running::start(command);
+    let port = server
+        .addr
+        .strip_prefix("127.0.0.1:")
+        .unwrap_or_else(|| panic!("localhost is not 127.0.0.1 here: {}", server.addr));
+    let source = tempfile::tempdir().unwrap();
+    let path = write_file(source.path(), "named.txt", 1000);
+    let output = haul(&["send", "--to", &format!("localhost:{port}"), &path]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        std::fs::read(inbox.path().join("named.txt")).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
+
+    // A port that is not one is named in one line, with the usage code.
+    let output = haul(&["serve", "--listen", "localhost:99999"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("invalid value 'localhost:99999' for '--listen <ADDR:PORT>': \"99999\" is not a port (0 to 65535)"),
+        "{stderr}"
+    );
+}
