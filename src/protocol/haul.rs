@@ -43,6 +43,16 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// A BLAKE3 hash.
 pub type Hash = [u8; 32];
 
+/// The hash a sender puts in FileEnd to withdraw a file whose bytes it
+/// cannot vouch for (the file changed while it was read): the bitwise
+/// complement of the hash of what it sent. It differs from that hash in
+/// every bit, so a receiver that hashed the same bytes can never take it
+/// for a match, and fails the file as it fails any mismatch, deleting what
+/// it received; comparing with this tells it the sender meant it.
+pub fn withdrawn(hash: &Hash) -> Hash {
+    hash.map(|byte| !byte)
+}
+
 /// A sender's resume identity: random bits the client keeps, so that only
 /// the sender that began a partial upload can continue it.
 pub type SenderId = [u8; 16];

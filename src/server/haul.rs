@@ -913,10 +913,12 @@ impl Session<'_> {
         let hash: Hash = *hasher.finalize().as_bytes();
         if hash != claimed_hash {
             partial.discard();
-            return Ok(Err(Refusal::new(
-                FailCode::HashMismatch,
-                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored",
-            )));
+            let reason = if claimed_hash == haul::withdrawn(&hash) {
+                "the sender's file changed while it was being sent; nothing was stored"
+            } else {
+                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored"
+            };
+            return Ok(Err(Refusal::new(FailCode::HashMismatch, reason)));
         }
         if received >= CACHE_ON_COMMIT {
             partial.set_hash(blake3::Hash::from_bytes(hash));
