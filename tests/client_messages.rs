@@ -642,6 +642,39 @@ fn a_server_of_an_older_protocol_version_is_named_with_both_versions_and_exits_3
     }
 }
 
+/// A newer server refuses this client's Hello with an Error of code
+/// Version: that is a server this client cannot reach (exit 3), not an
+/// authentication failure (exit 4), which a refusal with code 0 still is.
+#[test]
+fn a_server_that_refuses_this_clients_version_says_to_update_it_and_exits_3() {
+    use haul::protocol::haul::{FailCode, Message, VERSION};
+    let source = tempfile::tempdir().unwrap();
+    let path = a_file(source.path(), "a.txt", b"never sent");
+    let refusal = |code| {
+        util::wire::frame(&Message::Error {
+            code,
+            message: "the client speaks protocol version 3; this server speaks 4",
+        })
+    };
+
+    let (to, served) = raw_haul_server(refusal(FailCode::Version), 1);
+    let output = send_with_secret(None, &to, &[&path]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "haul: {to} speaks a newer version of haul's protocol than this client ({VERSION}); \
+             update this client\n"
+        )
+    );
+    served.join().unwrap();
+
+    let (to, served) = raw_haul_server(refusal(FailCode::Other), 1);
+    let output = send_with_secret(None, &to, &[&path]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
+    served.join().unwrap();
+}
+
 /// Ctrl-C typed at a terminal: the pseudo-terminal's interrupt character,
 /// so that its line discipline signals haul as a real terminal does, with
 /// the progress display drawn. The display is taken away, one line says

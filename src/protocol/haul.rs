@@ -92,10 +92,13 @@ pub enum FailCode {
     Io = 8,
     /// The peer's rights do not cover it.
     NotAllowed = 9,
+    /// The receiving side does not speak the peer's protocol version (it
+    /// speaks a newer one).
+    Version = 10,
 }
 
 impl FailCode {
-    const ALL: [FailCode; 10] = [
+    const ALL: [FailCode; 11] = [
         FailCode::Other,
         FailCode::NoSpace,
         FailCode::TooLarge,
@@ -106,6 +109,7 @@ impl FailCode {
         FailCode::Incomplete,
         FailCode::Io,
         FailCode::NotAllowed,
+        FailCode::Version,
     ];
 
     /// The code for a number off the wire; [`FailCode::Other`] for one this

@@ -238,6 +238,18 @@ impl Session {
                     server: version,
                 });
             }
+            // A server that refuses this client's version is not one it can
+            // reach; one that refuses the client itself is an authentication
+            // failure (a server with a secret refuses a Hello without one
+            // with code 0).
+            ServerOpening::Error {
+                code: FailCode::Version,
+                ..
+            } => {
+                return Err(SendError::NewerServer {
+                    to: self.to.clone(),
+                });
+            }
             ServerOpening::Error { code, message } => {
                 return Err(server_error(code, message, SendError::Auth));
             }

@@ -89,6 +89,7 @@ impl SessionError {
     fn code(&self) -> FailCode {
         match self {
             SessionError::NotAllowed(_) => FailCode::NotAllowed,
+            SessionError::Version { .. } => FailCode::Version,
             _ => FailCode::Other,
         }
     }
