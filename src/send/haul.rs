@@ -33,10 +33,9 @@ const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 /// [`MAX_DATA_LEN`]; shorter ones in [`SHORT_CHUNK`]s.
 const LONG_TRANSFER: u64 = 64 * 1024 * 1024;
 /// The chunk for a shorter transfer. The reading thread holds up to four
-/// chunks, all fresh memory in a new process: for 1 MiB chunks about 1,000
-/// page faults, which took about an eighth of the CPU of 50 `haul send`s
-/// of 20 MiB each. 1 MiB chunks pay that back only over a long transfer
-/// (one large file went about 5% faster with them than with 256 KiB).
+/// chunks, all fresh memory in a new process, so every `haul send` pays
+/// their size in page faults however little it sends; larger chunks save
+/// calls per byte, which pays that back only over a long transfer.
 const SHORT_CHUNK: usize = 256 * 1024;
 
 /// The chunk to read a file in when `left` bytes of it are to be sent.
@@ -479,8 +478,8 @@ impl Session {
                 match read_small(path, size, &mut buffer) {
                     Ok((filled, unchanged)) => {
                         // Sent from the buffer it was read into, as one Data
-                        // frame: a copy into a chunk buffer of its own cost
-                        // two fresh, zeroed buffers per file.
+                        // frame: a copy into a chunk buffer of its own would
+                        // cost two fresh, zeroed buffers per file.
                         let sent = if filled == 0 {
                             Ok(())
                         } else {
