@@ -220,7 +220,7 @@ Exit codes:
   1    some files failed, or the connection broke (run the command again to resume)
   2    usage error
   3    no haul server reached: nobody listening, something else answered, a
-       server of an older protocol version, or no answer (haul's Welcome,
+       server of another protocol version, or no answer (haul's Welcome,
        `go ahead`) within --reply-timeout
   4    authentication failed: a wrong or missing secret, or a server that
        cannot prove it holds ours

@@ -287,9 +287,9 @@ fn install<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     // Room for a whole message, so that each opens straight into the
-    // session's buffer and a small file's frame is usually whole in it. With
-    // the default 8 KiB every message was opened aside and handed out 8 KiB
-    // at a time.
+    // session's buffer and a small file's frame is usually whole in it; with
+    // a smaller buffer every message would be opened aside and handed out a
+    // buffer's worth at a time.
     *reader = BufReader::with_capacity(2 * MAX_MESSAGE, Box::new(opened));
     // A message's worth, so that small frames are sealed together.
     *writer = BufWriter::with_capacity(MAX_PLAIN, Box::new(sealed));

@@ -94,8 +94,8 @@ const SINK_DEPTH: usize = 2;
 /// The queue depth of the first sinks running at once, one per core (see
 /// [`DeepQueues`]): at most `(DEEP_SINK_DEPTH + 2) * CHUNK_LEN` each. A
 /// deeper queue absorbs longer stalls between the reading task and the
-/// writer: one 1 GiB file took 8-11% less time with it. Giving it to every
-/// sink would cost a server with 50 clients 1 MiB more per connection for
+/// writer, which is what a lone large transfer waits on. Giving it to every
+/// sink would cost a server with many clients 1 MiB more per connection for
 /// nothing, since there the connections keep the cores busy anyway.
 const DEEP_SINK_DEPTH: usize = 6;
 
@@ -147,9 +147,9 @@ fn deep_queues() -> &'static DeepQueues {
 pub const SMALL_FILE: u64 = 64 * 1024;
 
 /// Writes chunks to a file, and hashes them, on a blocking thread (or, for a
-/// small file, right away). The hasher is boxed: at about 2 KiB, moving it
-/// into and out of the sink by value was the server's largest copy for
-/// small files after the data itself.
+/// small file, right away). The hasher (about 2 KiB) is boxed, so that
+/// handing it into and out of a sink, at least once per file, moves a
+/// pointer and not the hasher.
 ///
 /// The thread runs only while there are chunks to write: it ends once the
 /// queue is empty, and the next push starts another. A connection that
@@ -299,8 +299,9 @@ impl FileSink {
     }
 
     /// A buffer of exactly `len` bytes to fill, recycled when one is spare.
-    /// Its old contents stay: zeroing every chunk before overwriting it cost
-    /// about 5% of the receiver's time.
+    /// Its old contents stay: only the bytes filled are ever written out (a
+    /// chunk is cut to what was received), so zeroing a recycled chunk
+    /// would be a pass over it for nothing.
     fn buffer(&self, len: usize) -> Vec<u8> {
         let spare = self
             .queue
@@ -581,12 +582,10 @@ pub async fn receive_slice(sink: &mut FileSink, bytes: &[u8]) -> io::Result<()> 
 
 /// [`receive`] for a small file's bytes, which come through `reader`'s
 /// buffer: when they are all in it, they are written and hashed where they
-/// lie. Copying each into a fresh, zeroed chunk first was 3.7% of the
-/// connection task's samples for many small files. A file that straddles a
-/// refill goes the way [`receive`] takes, in one piece: written and hashed
-/// in the pieces the buffer holds, it cost a write and a hash call more per
-/// piece, and with an encrypted session's 8 KiB pieces a file took 11%
-/// longer.
+/// lie, never copied into a chunk of their own first. A file that straddles
+/// a refill goes the way [`receive`] takes, in one piece: written and
+/// hashed in the pieces the buffer holds, it would cost a write and a hash
+/// call per piece.
 pub async fn receive_buffered<R>(
     reader: &mut BufReader<R>,
     sink: &mut FileSink,

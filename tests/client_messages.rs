@@ -642,6 +642,39 @@ fn a_server_of_an_older_protocol_version_is_named_with_both_versions_and_exits_3
     }
 }
 
+/// A newer server refuses this client's Hello with an Error of code
+/// Version: that is a server this client cannot reach (exit 3), not an
+/// authentication failure (exit 4), which a refusal with code 0 still is.
+#[test]
+fn a_server_that_refuses_this_clients_version_says_to_update_it_and_exits_3() {
+    use haul::protocol::haul::{FailCode, Message, VERSION};
+    let source = tempfile::tempdir().unwrap();
+    let path = a_file(source.path(), "a.txt", b"never sent");
+    let refusal = |code| {
+        util::wire::frame(&Message::Error {
+            code,
+            message: "the client speaks protocol version 3; this server speaks 4",
+        })
+    };
+
+    let (to, served) = raw_haul_server(refusal(FailCode::Version), 1);
+    let output = send_with_secret(None, &to, &[&path]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "haul: {to} speaks a newer version of haul's protocol than this client ({VERSION}); \
+             update this client\n"
+        )
+    );
+    served.join().unwrap();
+
+    let (to, served) = raw_haul_server(refusal(FailCode::Other), 1);
+    let output = send_with_secret(None, &to, &[&path]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
+    served.join().unwrap();
+}
+
 /// Ctrl-C typed at a terminal: the pseudo-terminal's interrupt character,
 /// so that its line discipline signals haul as a real terminal does, with
 /// the progress display drawn. The display is taken away, one line says
@@ -702,4 +735,56 @@ fn ctrl_c_at_a_terminal_clears_the_display_and_says_how_to_resume() {
         std::fs::read(server.inbox.join("tree/zz-big.bin")).unwrap(),
         big
     );
+}
+
+#[test]
+fn a_file_changed_while_it_is_sent_is_not_stored_and_the_rest_of_the_send_goes_on() {
+    let server = HaulServer::start(&[]);
+    let counting = Proxy::start(server.addr(), Fault::None);
+    let source = tempfile::tempdir().unwrap();
+    let changing = a_file(source.path(), "changing.bin", &random_bytes(4 << 20, 21));
+    let steady_bytes = random_bytes(300 << 10, 22);
+    let steady = a_file(source.path(), "steady.bin", &steady_bytes);
+    // An old modification time: the edit below moves it to now, however
+    // coarse the file system's clock.
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&changing)
+        .unwrap();
+    file.set_modified(old).unwrap();
+
+    // Slow enough that the changing file is far from read whole (the reader
+    // runs at most a few chunks ahead of the socket) once its first 256 KiB
+    // are past the proxy.
+    let mut sending = Sending::start(&counting.addr, &["--limit-rate", "2M", &changing, &steady]);
+    sending.wait_started("changing.bin");
+    counting.wait_forwarded(256 << 10);
+    std::os::unix::fs::FileExt::write_at(&file, &[0xaa; 4096], 0).unwrap();
+    drop(file);
+    // Merely reading a file does not count as a change.
+    assert_eq!(std::fs::read(&steady).unwrap(), steady_bytes);
+
+    let (code, stderr, stdout) = sending.finish();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "haul: changing.bin: {changing} changed while it was being sent; nothing was stored, \
+             run the command again\n"
+        )
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["stored"], 1, "{summary}");
+    assert_eq!(summary["failed"], 1, "{summary}");
+    assert_eq!(server.stored_names(), ["steady.bin"]);
+    assert_eq!(
+        std::fs::read(server.inbox.join("steady.bin")).unwrap(),
+        steady_bytes
+    );
+    server.running.wait_for_log(&[
+        "name=\"changing.bin\"",
+        "the sender's file changed while it was being sent; nothing was stored",
+    ]);
+    assert_eq!(server.hidden_files(), [], "nothing of it is kept to resume");
 }

@@ -386,7 +386,7 @@ fn an_older_client_is_told_its_version_is_too_old() {
         assert_eq!(
             util::wire::read_message(&mut stream),
             format!(
-                "Error {{ code: Other, message: \"the client speaks protocol version {version}; this server speaks 3\" }}"
+                "Error {{ code: Version, message: \"the client speaks protocol version {version}; this server speaks 3\" }}"
             )
         );
     }
@@ -427,7 +427,7 @@ fn a_hello_of_an_unknown_older_version_is_refused_naming_it_and_a_newer_one_is_a
         assert_eq!(
             util::wire::read_message(&mut stream),
             format!(
-                "Error {{ code: Other, message: \"the client speaks protocol version {version}; \
+                "Error {{ code: Version, message: \"the client speaks protocol version {version}; \
                  this server speaks {VERSION}\" }}"
             )
         );

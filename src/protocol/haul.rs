@@ -43,6 +43,16 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// A BLAKE3 hash.
 pub type Hash = [u8; 32];
 
+/// The hash a sender puts in FileEnd to withdraw a file whose bytes it
+/// cannot vouch for (the file changed while it was read): the bitwise
+/// complement of the hash of what it sent. It differs from that hash in
+/// every bit, so a receiver that hashed the same bytes can never take it
+/// for a match, and fails the file as it fails any mismatch, deleting what
+/// it received; comparing with this tells it the sender meant it.
+pub fn withdrawn(hash: &Hash) -> Hash {
+    hash.map(|byte| !byte)
+}
+
 /// A sender's resume identity: random bits the client keeps, so that only
 /// the sender that began a partial upload can continue it.
 pub type SenderId = [u8; 16];
@@ -82,10 +92,13 @@ pub enum FailCode {
     Io = 8,
     /// The peer's rights do not cover it.
     NotAllowed = 9,
+    /// The receiving side does not speak the peer's protocol version (it
+    /// speaks a newer one).
+    Version = 10,
 }
 
 impl FailCode {
-    const ALL: [FailCode; 10] = [
+    const ALL: [FailCode; 11] = [
         FailCode::Other,
         FailCode::NoSpace,
         FailCode::TooLarge,
@@ -96,6 +109,7 @@ impl FailCode {
         FailCode::Incomplete,
         FailCode::Io,
         FailCode::NotAllowed,
+        FailCode::Version,
     ];
 
     /// The code for a number off the wire; [`FailCode::Other`] for one this

@@ -33,10 +33,9 @@ const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 /// [`MAX_DATA_LEN`]; shorter ones in [`SHORT_CHUNK`]s.
 const LONG_TRANSFER: u64 = 64 * 1024 * 1024;
 /// The chunk for a shorter transfer. The reading thread holds up to four
-/// chunks, all fresh memory in a new process: for 1 MiB chunks about 1,000
-/// page faults, which took about an eighth of the CPU of 50 `haul send`s
-/// of 20 MiB each. 1 MiB chunks pay that back only over a long transfer
-/// (one large file went about 5% faster with them than with 256 KiB).
+/// chunks, all fresh memory in a new process, so every `haul send` pays
+/// their size in page faults however little it sends; larger chunks save
+/// calls per byte, which pays that back only over a long transfer.
 const SHORT_CHUNK: usize = 256 * 1024;
 
 /// The chunk to read a file in when `left` bytes of it are to be sent.
@@ -236,6 +235,18 @@ impl Session {
                 return Err(SendError::Version {
                     to: self.to.clone(),
                     server: version,
+                });
+            }
+            // A server that refuses this client's version is not one it can
+            // reach; one that refuses the client itself is an authentication
+            // failure (a server with a secret refuses a Hello without one
+            // with code 0).
+            ServerOpening::Error {
+                code: FailCode::Version,
+                ..
+            } => {
+                return Err(SendError::NewerServer {
+                    to: self.to.clone(),
                 });
             }
             ServerOpening::Error { code, message } => {
@@ -453,6 +464,9 @@ impl Session {
         });
         self.in_flight = Some(file.entry.path.clone());
         let mut hasher = blake3::Hasher::new();
+        // Set when the file changed while it was read: what went out may
+        // mix two versions of it, so its FileEnd withdraws it.
+        let mut changed = false;
         let local_failure = match &file.entry.source {
             Source::File(path)
                 if file.offset == 0 && file.entry.size.is_some_and(|size| size <= SMALL_FILE) =>
@@ -462,10 +476,10 @@ impl Session {
                 let size = file.entry.size.unwrap_or(0);
                 let mut buffer = std::mem::take(&mut self.small_file);
                 match read_small(path, size, &mut buffer) {
-                    Ok(filled) => {
+                    Ok((filled, unchanged)) => {
                         // Sent from the buffer it was read into, as one Data
-                        // frame: a copy into a chunk buffer of its own cost
-                        // two fresh, zeroed buffers per file.
+                        // frame: a copy into a chunk buffer of its own would
+                        // cost two fresh, zeroed buffers per file.
                         let sent = if filled == 0 {
                             Ok(())
                         } else {
@@ -474,8 +488,12 @@ impl Session {
                         };
                         self.small_file = buffer;
                         sent?;
-                        ((filled as u64) < size)
-                            .then(|| format!("{} shrank while it was being sent", path.display()))
+                        if (filled as u64) < size {
+                            Some(format!("{} shrank while it was being sent", path.display()))
+                        } else {
+                            changed = !unchanged;
+                            changed.then(|| changed_while_sent(path))
+                        }
                     }
                     Err(error) => {
                         self.small_file = buffer;
@@ -487,17 +505,29 @@ impl Session {
                     }
                 }
             }
-            Source::File(path) => match tokio::fs::File::open(path).await {
-                Ok(mut source) => {
+            Source::File(path) => match open_stamped(path).await {
+                Ok((mut source, before)) => {
                     let size = file.entry.size.unwrap_or(0);
-                    self.send_known_length(&mut source, file.offset, size, &mut hasher, on_event)
-                        .await?
-                        .map(|error| match error {
-                            PumpError::EarlyEof { .. } => {
-                                format!("{} shrank while it was being sent", path.display())
+                    let failure = self
+                        .send_known_length(&mut source, file.offset, size, &mut hasher, on_event)
+                        .await?;
+                    match failure {
+                        Some(PumpError::EarlyEof { .. }) => {
+                            Some(format!("{} shrank while it was being sent", path.display()))
+                        }
+                        Some(other) => Some(format!("cannot read {}: {other}", path.display())),
+                        None => match source.metadata().await {
+                            Ok(after) => {
+                                changed = Stamp::of(&after) != before;
+                                changed.then(|| changed_while_sent(path))
                             }
-                            other => format!("cannot read {}: {other}", path.display()),
-                        })
+                            Err(error) => Some(format!(
+                                "cannot read {}: {}",
+                                path.display(),
+                                unreadable(&error)
+                            )),
+                        },
+                    }
                 }
                 Err(error) => Some(format!(
                     "cannot read {}: {}",
@@ -524,7 +554,10 @@ impl Session {
             },
             Source::Directory => unreachable!("directories are never asked for data"),
         };
-        let hash = *hasher.finalize().as_bytes();
+        let mut hash = *hasher.finalize().as_bytes();
+        if changed {
+            hash = haul::withdrawn(&hash);
+        }
         self.conn.send(&SenderMessage::FileEnd { hash }).await?;
         self.in_flight = None;
         Ok((hash, local_failure))
@@ -818,15 +851,59 @@ fn unexpected(message: &ReceiverMessage<'_>, wanted: &str) -> SendError {
     }
 }
 
+/// What tells that a file changed: its size and its modification and change
+/// times, from the open descriptor. Taken when a file is opened for sending
+/// and again after its last byte is read; if the two differ, what was sent
+/// may mix bytes from before and after an edit, and must not be stored. A
+/// change within one tick of the file system's clock that keeps the size
+/// goes unseen, as it does for rsync and tar.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: metadata.size(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+/// Opens a file to send and takes its [`Stamp`].
+async fn open_stamped(path: &std::path::Path) -> std::io::Result<(tokio::fs::File, Stamp)> {
+    let file = tokio::fs::File::open(path).await?;
+    let stamp = Stamp::of(&file.metadata().await?);
+    Ok((file, stamp))
+}
+
+/// Why a file that changed while it was read is not stored.
+fn changed_while_sent(path: &std::path::Path) -> String {
+    format!(
+        "{} changed while it was being sent; nothing was stored, run the command again",
+        path.display()
+    )
+}
+
 /// Reads the first `size` bytes of the file at `path` (fewer if it shrank)
-/// into the start of `buffer`; returns how many. With the size known from
-/// the walk, this is an open, one read and a close: `std::fs::read` also
-/// asks the size and reads once more to see the end, and `read_to_end`
-/// reads at most 8 KiB at first, two calls more per file. The buffer is
-/// reused from file to file and only grows, so it is zeroed once rather
-/// than per file.
-fn read_small(path: &std::path::Path, size: u64, buffer: &mut Vec<u8>) -> std::io::Result<usize> {
+/// into the start of `buffer`; returns how many, and whether the file's
+/// [`Stamp`] after the read is the one it had when opened. With the size
+/// known from the walk, one read takes the whole file: `std::fs::read`
+/// reads once more to see the end, and `read_to_end` reads at most 8 KiB
+/// at first. The buffer is reused from file to file and only grows, so it
+/// is zeroed once rather than per file.
+fn read_small(
+    path: &std::path::Path,
+    size: u64,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<(usize, bool)> {
     let mut file = std::fs::File::open(path)?;
+    let before = Stamp::of(&file.metadata()?);
     let size = usize::try_from(size).unwrap_or(0);
     if buffer.len() < size {
         buffer.resize(size, 0);
@@ -840,7 +917,8 @@ fn read_small(path: &std::path::Path, size: u64, buffer: &mut Vec<u8>) -> std::i
             Err(error) => return Err(error),
         }
     }
-    Ok(filled)
+    let unchanged = Stamp::of(&file.metadata()?) == before;
+    Ok((filled, unchanged))
 }
 
 /// The BLAKE3 hash of a local file, to offer it again for comparison with
@@ -901,14 +979,23 @@ mod tests {
         std::fs::write(&long, [7u8; 300]).unwrap();
         std::fs::write(&short, b"abc").unwrap();
         let mut buffer = Vec::new();
-        assert_eq!(read_small(&long, 300, &mut buffer).unwrap(), 300);
+        assert_eq!(read_small(&long, 300, &mut buffer).unwrap(), (300, true));
         assert_eq!(buffer[..300], [7u8; 300]);
         // Announced as 10 bytes by the walk, 3 by the time it is read: the
         // 3 come first, and what the last file left behind them is not sent.
-        assert_eq!(read_small(&short, 10, &mut buffer).unwrap(), 3);
+        assert_eq!(read_small(&short, 10, &mut buffer).unwrap(), (3, true));
         assert_eq!(&buffer[..3], b"abc");
         assert_eq!(buffer.len(), 300, "the buffer is reused, not shrunk");
         assert!(read_small(&dir.path().join("gone"), 5, &mut buffer).is_err());
+    }
+
+    #[test]
+    fn a_withdrawn_hash_differs_from_the_real_one_in_every_byte() {
+        let hash = *blake3::hash(b"abc").as_bytes();
+        let withdrawn = haul::withdrawn(&hash);
+        // The example in PROTOCOL.md.
+        assert_eq!(withdrawn[..4], [0x9b, 0xc8, 0x4c, 0x53]);
+        assert!(hash.iter().zip(withdrawn).all(|(a, b)| *a != b));
     }
 
     #[test]

@@ -142,6 +142,12 @@ pub enum SendError {
         crate::protocol::haul::VERSION
     )]
     Version { to: String, server: u16 },
+    /// The server refused this client's version: it speaks a newer one.
+    #[error(
+        "{to} speaks a newer version of haul's protocol than this client ({}); update this client",
+        crate::protocol::haul::VERSION
+    )]
+    NewerServer { to: String },
     #[error(
         "{to} did not answer {} within {}s; is it a server of the {}? \
          (a busy one may answer later: --reply-timeout waits longer)",
@@ -219,13 +225,14 @@ impl From<crate::connection::ConnectionError> for SendError {
 
 impl SendError {
     /// True when no server of the protocol could be reached: nobody
-    /// listens, something else does, or a server of an older version.
+    /// listens, something else does, or a server of another version.
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
             SendError::Connect { .. }
                 | SendError::NotHaul { .. }
                 | SendError::Version { .. }
+                | SendError::NewerServer { .. }
                 | SendError::NoAnswer { .. }
         )
     }

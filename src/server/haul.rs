@@ -89,6 +89,7 @@ impl SessionError {
     fn code(&self) -> FailCode {
         match self {
             SessionError::NotAllowed(_) => FailCode::NotAllowed,
+            SessionError::Version { .. } => FailCode::Version,
             _ => FailCode::Other,
         }
     }
@@ -237,10 +238,11 @@ pub(super) async fn serve(
     deadline: tokio::time::Instant,
 ) {
     let (reader, writer) = stream.into_split();
-    // Room for several small files' frames per read: with the default 8 KiB,
-    // a 16 KiB file took three reads; 128 KiB, eight files per read, was 6%
-    // faster for small files than 64 KiB, and 256 KiB no faster for the
-    // memory it takes per connection. Large payloads bypass it.
+    // Room for several small files' frames per read, so that a folder of
+    // small files costs a read per several files, not several per file (the
+    // default 8 KiB would take three for one of 16 KiB); more would cost
+    // every connection memory for a share of calls that is already small.
+    // Large payloads bypass it.
     let reader: BoxedReader = Box::new(reader);
     let writer: BoxedWriter = Box::new(writer);
     let mut conn = Connection::new(
@@ -310,12 +312,12 @@ const COMMIT_GROUP_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The whole, verified files of one batch on their way to their final
 /// names. Once a group has come together, a thread syncs and names it while
-/// the connection's task receives the rest of the batch: for a folder of
-/// small files the commit at the batch's end had been a fifth of the
-/// session's time, with the client waiting on it. A batch smaller than one
-/// group is committed at its end. Either way the thread that commits a file
-/// also logs it: formatting the log lines on the connection's task, between
-/// the batch's last file and its receipts, was another 6% of that time.
+/// the connection's task receives the rest of the batch, so that the client
+/// does not wait on the whole batch's commit after its last file. A batch
+/// smaller than one group is committed at its end. Either way the thread
+/// that commits a file also logs it: the connection's task formats no log
+/// lines between the batch's last file and its receipts, where the client
+/// waits.
 struct BatchCommit {
     store: Store,
     peer: SocketAddr,
@@ -913,10 +915,12 @@ impl Session<'_> {
         let hash: Hash = *hasher.finalize().as_bytes();
         if hash != claimed_hash {
             partial.discard();
-            return Ok(Err(Refusal::new(
-                FailCode::HashMismatch,
-                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored",
-            )));
+            let reason = if claimed_hash == haul::withdrawn(&hash) {
+                "the sender's file changed while it was being sent; nothing was stored"
+            } else {
+                "BLAKE3 mismatch: the data was damaged on the way; nothing was stored"
+            };
+            return Ok(Err(Refusal::new(FailCode::HashMismatch, reason)));
         }
         if received >= CACHE_ON_COMMIT {
             partial.set_hash(blake3::Hash::from_bytes(hash));

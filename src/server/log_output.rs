@@ -2,9 +2,9 @@
 //!
 //! The routine line of each stored file is gathered and written together
 //! with the other lines of its batch, in one call, when the batch is done
-//! ([`write_gathered`]). Written one call per file they took 9% of the time
-//! to receive a folder of small files. Every other line is written at
-//! once, after whatever was gathered, so the log keeps its order.
+//! ([`write_gathered`]), so that a folder of small files costs a write per
+//! batch, not one per file. Every other line is written at once, after
+//! whatever was gathered, so the log keeps its order.
 
 use std::io::{self, Write};
 use std::sync::{Mutex, MutexGuard};

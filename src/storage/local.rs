@@ -64,10 +64,10 @@ struct Inner {
     /// to take one over.
     released: tokio::sync::Notify,
     /// Resumable partial files known to be on disk. An offer whose key is
-    /// not here is answered without a lookup (one call per file, 5% of the
-    /// server's time for small files); should another process have made
-    /// that file meanwhile, creating it fails and the transfer goes to a
-    /// private file instead, from 0 as answered.
+    /// not here is answered without a lookup, so that a folder of small
+    /// files, none of them held, costs no call per offer for it; should
+    /// another process have made that file meanwhile, creating it fails and
+    /// the transfer goes to a private file instead, from 0 as answered.
     held: Mutex<HashSet<String>>,
     /// The process's umask (022 when it cannot be read). Every mode a
     /// sender asks for is masked by it, as a file the server made itself
@@ -731,8 +731,8 @@ enum OnDisk {
 
 impl LocalUpload {
     /// A handle to append the received bytes to, opening (or making) the
-    /// file on first use. Shared, not duplicated: a duplicate cost two
-    /// system calls per file.
+    /// file on first use. Shared, not duplicated: a duplicate would cost two
+    /// system calls (`dup` and `close`) per file.
     fn writer(&mut self) -> io::Result<Arc<std::fs::File>> {
         if let Some(file) = &self.file {
             return Ok(Arc::clone(file));
