@@ -49,6 +49,8 @@ PEER_HELP = {
     'haul': 'haul send --protocol haul -> haul serve (directories sent whole)',
     'haul-secret': 'as haul, with a shared secret (--token-file): authenticated, encrypted '
                    '(Noise, AES-256-GCM)',
+    'haul-seed-base': 'as haul-seed, with the --base-haul binary',
+    'haul-base': 'as haul, with the --base-haul binary',
 }
 
 # ---------------------------------------------------------------------------
@@ -756,8 +758,12 @@ class HaulSeed(Peer):
     # Extra arguments for `haul serve` and `haul send` (the secret, for haul-secret).
     secret_args: list[str] = []
 
+    @property
+    def binary(self) -> str | None:
+        return self.ctx.haul
+
     def check(self):
-        if not self.ctx.haul or not Path(self.ctx.haul).exists():
+        if not self.binary or not Path(self.binary).exists():
             raise PeerUnavailable('haul binary not built')
 
     def small_names(self, data):
@@ -765,13 +771,13 @@ class HaulSeed(Peer):
         return data.files if cap <= 0 else data.files[:cap]
 
     def serve(self, dst, run) -> str:
-        srv = run.receiver([self.ctx.haul, 'serve', '--listen', '127.0.0.1:0', '--dir', str(dst)]
+        srv = run.receiver([self.binary, 'serve', '--listen', '127.0.0.1:0', '--dir', str(dst)]
                            + self.secret_args,
                            stdout=subprocess.PIPE, stderr=self.logf('serve'), env=haul_env())
         return read_listen_line(srv)
 
     def send_argv(self, addr: str) -> list[str]:
-        return [self.ctx.haul, 'send', '--protocol', self.protocol, '--to', addr] + self.secret_args
+        return [self.binary, 'send', '--protocol', self.protocol, '--to', addr] + self.secret_args
 
     def start(self, data, dst, run):
         addr = self.serve(dst, run)
@@ -796,7 +802,7 @@ class HaulProto(HaulSeed):
         super().check()
         # Probe: does this binary accept --protocol haul at all? (Port 9 on
         # loopback, a file that does not exist: nothing is sent anywhere.)
-        r = subprocess.run([self.ctx.haul, 'send', '--protocol', 'haul', '--to', '127.0.0.1:9',
+        r = subprocess.run([self.binary, 'send', '--protocol', 'haul', '--to', '127.0.0.1:9',
                             '/nonexistent/haul-bench-probe'],
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env=haul_env())
         err = r.stderr.decode(errors='replace')
@@ -831,7 +837,7 @@ class HaulSecret(HaulProto):
         token = self.ctx.tmp / 'token'
         with open(token, 'wb') as out:
             os.fchmod(out.fileno(), 0o600)
-            r = subprocess.run([self.ctx.haul, 'token'], stdin=subprocess.DEVNULL, stdout=out,
+            r = subprocess.run([self.binary, 'token'], stdin=subprocess.DEVNULL, stdout=out,
                                stderr=subprocess.PIPE, timeout=30, env=haul_env())
         if r.returncode != 0:
             err = r.stderr.decode(errors='replace').strip().splitlines()
@@ -842,7 +848,28 @@ class HaulSecret(HaulProto):
         self.secret_args = ['--token-file', str(token)]
 
 
-PEER_CLASSES = {c.name: c for c in (Socat, Nc, Rsync, Scp, SeedPy, HaulSeed, HaulProto, HaulSecret)}
+class BaseBinary:
+    """The same peer run with the --base-haul binary: another build,
+    interleaved with this one's in the same run, so that the two are
+    compared under the same load."""
+
+    @property
+    def binary(self) -> str | None:
+        return self.ctx.args.base_haul
+
+
+class HaulSeedBase(BaseBinary, HaulSeed):
+    name = 'haul-seed-base'
+
+
+class HaulProtoBase(BaseBinary, HaulProto):
+    name = 'haul-base'
+
+
+BASE_PEERS = ['haul-seed-base', 'haul-base']
+
+PEER_CLASSES = {c.name: c for c in (Socat, Nc, Rsync, Scp, SeedPy, HaulSeed, HaulProto, HaulSecret,
+                                    HaulSeedBase, HaulProtoBase)}
 
 
 # ---------------------------------------------------------------------------
@@ -1046,7 +1073,7 @@ def machine_info() -> dict:
     return info
 
 
-def versions(haul: str | None) -> dict:
+def versions(haul: str | None, built: bool, base: str | None) -> dict:
     def first(cmd):
         try:
             r = subprocess.run(cmd, capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
@@ -1070,11 +1097,15 @@ def versions(haul: str | None) -> dict:
     v['python'] = platform.python_version()
     if haul:
         v['haul'] = first([haul, '--version'])
+        if not built:
+            v['haul'] += ' (the --haul binary)'
         r = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True)
-        if r.returncode == 0:
+        if built and r.returncode == 0:
             dirty = subprocess.run(['git', '-C', str(REPO), 'status', '--porcelain', '--', 'src', 'Cargo.toml'],
                                    capture_output=True).stdout.strip()
             v['haul'] += f' (git {r.stdout.decode().strip()}{"+dirty" if dirty else ""})'
+    if base:
+        v['haul-base'] = f'{first([base, "--version"])} (the --base-haul binary)'
     return v
 
 
@@ -1269,6 +1300,9 @@ Examples:
                    help='run the measured processes at this nice value, e.g. -10 on a machine '
                         'shared with builds (negative needs root) [BENCH_NICE] (default 0)')
     p.add_argument('--haul', help='use this haul binary instead of building one')
+    p.add_argument('--base-haul', help='another haul binary (an absolute path), run as the peers '
+                   'haul-base and haul-seed-base, interleaved with this build\'s, to compare two builds '
+                   'in one run')
     p.add_argument('--no-build', action='store_true', help='do not run cargo build')
     p.add_argument('--no-install', action='store_true', help='never apt-get install missing peers')
     p.add_argument('--markdown', help='also write the result tables (markdown) to this file')
@@ -1289,8 +1323,12 @@ Examples:
     a.peers = [x.strip() for x in a.peers.split(',') if x.strip()]
     a.scenarios = [x.strip() for x in a.scenarios.split(',') if x.strip()]
     for x in a.peers:
-        if x not in ALL_PEERS:
-            p.error(f'unknown peer {x!r}; choose from {",".join(ALL_PEERS)}')
+        if x in BASE_PEERS and not a.base_haul:
+            p.error(f'peer {x!r} needs --base-haul BIN')
+        if x not in ALL_PEERS + BASE_PEERS:
+            p.error(f'unknown peer {x!r}; choose from {",".join(ALL_PEERS + BASE_PEERS)}')
+    if a.base_haul and not os.path.isabs(a.base_haul):
+        p.error('--base-haul needs an absolute path')
     for x in a.scenarios:
         if x not in ALL_SCENARIOS:
             p.error(f'unknown scenario {x!r}; choose from {",".join(ALL_SCENARIOS)}')
@@ -1349,7 +1387,7 @@ def main(argv=None) -> int:
                 log(f'{name}: {unavailable[name]}')
 
         info = machine_info()
-        vers = versions(ctx.haul)
+        vers = versions(ctx.haul, not ctx.args.haul, ctx.args.base_haul)
         log(f'machine: {info}')
         log(f'work dir (tmpfs): {tmp}; {len(args.scenarios)} scenario(s), {args.reps} rep(s), '
             f'data {human(need)} in total')
