@@ -7,6 +7,7 @@
 //! codec and the store; they never name a file themselves.
 
 mod haul;
+mod listing;
 mod log_output;
 mod rights;
 mod seed;

@@ -382,7 +382,10 @@ pub enum ListedKind {
     File(FileInfo),
     /// A folder, with its modification time and permission bits
     /// (`0o777` at most).
-    Directory { modified: SystemTime, mode: u32 },
+    Directory {
+        modified: SystemTime,
+        mode: u32,
+    },
 }
 
 /// A stored file's size, modification time and permission bits.
