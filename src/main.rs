@@ -54,7 +54,8 @@ mod exit {
 
 Exit codes (haul send): 0 every file sent, 1 some files failed, 2 usage error,
 3 no haul server reached, 4 authentication failed, 5 not allowed (the server refused
-the operation for this secret or server), 130 interrupted (Ctrl-C)."
+the operation for this secret or server), 130 interrupted (Ctrl-C). haul ls: the
+same, 1 meaning the path is not on the server or the connection broke."
 )]
 struct Cli {
     #[command(subcommand)]
