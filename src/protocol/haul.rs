@@ -784,19 +784,17 @@ pub enum ListingMessage<'a> {
 
 impl<'a> Incoming<'a> for Request<'a> {
     fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
-        let from = "a client beginning a session";
+        // Anything but a List is judged as a sender's message, and a
+        // message no sender sends is named as such.
         match kind {
             Kind::List => match decode_message(kind, payload)? {
                 Message::List { path } => Ok(Request::List { path }),
-                _ => Err(DecodeError::WrongSide { kind, from }),
+                _ => Err(DecodeError::WrongSide {
+                    kind,
+                    from: "a client beginning a session",
+                }),
             },
-            _ => match SenderMessage::decode(kind, payload) {
-                Ok(message) => Ok(Request::Push(message)),
-                Err(DecodeError::WrongSide { kind, .. }) => {
-                    Err(DecodeError::WrongSide { kind, from })
-                }
-                Err(other) => Err(other),
-            },
+            _ => SenderMessage::decode(kind, payload).map(Request::Push),
         }
     }
 }
@@ -1705,7 +1703,7 @@ mod tests {
         );
         assert_eq!(
             Request::decode(Kind::Receipt, &[]).unwrap_err().to_string(),
-            "Receipt is not a message a client beginning a session sends"
+            "Receipt is not a message a sender sends"
         );
         assert_eq!(
             SenderMessage::decode(Kind::List, b"")

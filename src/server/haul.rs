@@ -1,5 +1,6 @@
 //! A haul-protocol connection: handshake, then batches of offers, answers,
-//! file data and receipts, until the client says goodbye.
+//! file data and receipts, until the client says goodbye; or, when the
+//! client's first message is a List, the listing (`listing`).
 //!
 //! Files of one batch are committed in groups: one file-system sync covers a
 //! group, which gets its names while the rest of the batch arrives. The
