@@ -451,3 +451,34 @@ fn a_server_that_lists_a_bad_name_is_not_believed() {
         assert_eq!(stdout.lines().count(), 1, "only the good name: {stdout}");
     }
 }
+
+/// A client that asks for a large listing and then reads nothing holds
+/// the server's writes for `--idle-timeout` at most: the session ends, and
+/// the server lists for others meanwhile and after.
+#[test]
+fn a_client_that_stops_reading_a_listing_is_dropped() {
+    let server = HaulServer::start(&["--allow-get", "--idle-timeout", "2s"]);
+    let folder = server.inbox.join("many");
+    std::fs::create_dir(&folder).unwrap();
+    // 100,000 entries of 200-byte names: far more than the sockets' buffers.
+    for index in 0..100_000 {
+        let name = format!("{index:06}-{}", "y".repeat(193));
+        std::fs::File::create(folder.join(name)).unwrap();
+    }
+    let mut stream = raw_haul_session(server.addr());
+    stream
+        .write_all(&frame(&Message::List { path: "many" }))
+        .unwrap();
+    server
+        .running
+        .wait_for_log(&["haul session failed", "the peer read nothing for 2s"]);
+    let output = ls(server.addr(), &[]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        stdout_of(&output).lines().count(),
+        1,
+        "{}",
+        stdout_of(&output)
+    );
+    drop(stream);
+}
