@@ -14,7 +14,8 @@
 //!   sides drive their sessions through it.
 //! - [`server`] owns the listening socket: it accepts connections, applies
 //!   limits and timeouts, and drives one task per connection.
-//! - [`send`] is the sending side: it opens the sources and drives a connection.
+//! - [`send`] is the client: it opens the sources and drives a connection
+//!   to send them, or asks a server for a folder's listing (`haul ls`).
 //! - [`transfer`] moves file bytes for both protocols: a reader thread that
 //!   hashes ahead of the sender, a writer thread that hashes and writes
 //!   behind the receiver, and the pump between them and the sockets.
@@ -36,7 +37,8 @@
 //!
 //! The `haul` binary (`main.rs`, with `report.rs` for what a send shows) is
 //! a thin layer over these: it parses arguments, calls [`send`] or
-//! [`server`], and turns their events and errors into output and exit codes.
+//! [`server`], and turns their events and errors into output and exit codes
+//! (`report/listing.rs` for what `haul ls` prints).
 //!
 //! Data flows socket → [`server`] → [`connection`] → [`protocol`] (header)
 //! → [`storage`] (a partial file) → [`transfer`] (the bytes) → [`storage`]

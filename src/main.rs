@@ -39,7 +39,7 @@ mod exit {
 #[command(
     name = "haul",
     version,
-    about = "Send files to a haul server over TCP, or run one.",
+    about = "Send files to a haul server over TCP, list what it shares, or run one.",
     after_help = "Examples:
   haul serve                                 receive into ./received on 127.0.0.1:12000
   haul serve --listen 0.0.0.0:12000 --dir /srv/inbox
@@ -48,12 +48,14 @@ mod exit {
   tar c dir | haul send - --name dir.tar     send standard input
   haul send --protocol seed report.pdf       speak the classroom protocol
   haul send --json photos/ | jq -c .         one JSON object per event, for scripts
+  haul ls --from 192.0.2.7 photos            list a folder a server shares (--allow-get)
   haul completions bash                      print shell completions
   haul man --all | man -l -                  read the manual, every subcommand
 
 Exit codes (haul send): 0 every file sent, 1 some files failed, 2 usage error,
 3 no haul server reached, 4 authentication failed, 5 not allowed (the server refused
-the operation for this secret or server), 130 interrupted (Ctrl-C)."
+the operation for this secret or server), 130 interrupted (Ctrl-C). haul ls: the
+same, 1 meaning the path is not on the server or the connection broke."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -273,6 +275,50 @@ Exit codes:
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
+    /// List a folder (or one file) that a haul server shares.
+    #[command(after_help = "Examples:
+  haul ls                                    the top of the server at 127.0.0.1:12000
+  haul ls --from 192.0.2.7 photos/2024       one folder, on port 12000 of that host
+  haul ls --json | jq -r 'select(.event == \"entry\") | .name'
+
+One line per entry on stdout, printed as the server sends them: the kind (`d` for a
+folder, `-` for a file) and permission bits, the size (powers of 1024; `-` for a
+folder), the modification time in UTC (ISO 8601), the name (a folder's ends in `/`).
+A count goes to stderr. The listing is not recursive: a folder's folders are entries.
+Names from the server are checked (one valid file name each) before they are printed.
+With --json: one object per entry, {\"event\":\"entry\",\"name\",\"kind\":\"file\"|\"dir\",
+\"size\",\"mtime\" (UTC, to the nanosecond),\"mode\" (a number)}, then a summary object.
+
+The server shows only what it shares: it must run with --allow-get (or, with secrets,
+give this client's secret get rights). Its inbox's partial data (.haul/), symlinks and
+special files are never listed.
+
+Exit codes:
+  0    listed
+  1    the path is not on the server, or the connection broke
+  2    usage error
+  3    no haul server reached
+  4    authentication failed
+  5    not allowed: the server does not share its files with this client")]
+    Ls {
+        /// Server address; without a port, 12000 (`localhost`, `[::1]`).
+        #[arg(long, value_name = "HOST[:PORT]", default_value = config::ADDRESS)]
+        from: String,
+        /// Time the server has to answer haul's Hello before ls gives up.
+        #[arg(long, default_value_t = config::REPLY_TIMEOUT, value_name = "DURATION")]
+        reply_timeout: Span,
+        /// Print one JSON object per line on stdout for each entry and a
+        /// closing summary, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Read the shared secret from this file (instead of HAUL_TOKEN).
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// Folder (or file) to list, relative to the top of what the server
+        /// shares, `/`-separated; the top by default.
+        #[arg(value_name = "PATH")]
+        path: Option<String>,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   haul completions bash > ~/.local/share/bash-completion/completions/haul
@@ -367,7 +413,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Serve { .. } | Command::Send { .. } => {}
+        Command::Serve { .. } | Command::Send { .. } | Command::Ls { .. } => {}
     }
     // Only serving and sending need the async runtime.
     let runtime = match tokio::runtime::Runtime::new() {
@@ -630,6 +676,61 @@ fn main() -> ExitCode {
             runtime.shutdown_background();
             code
         }
+        Command::Ls {
+            from,
+            reply_timeout,
+            json,
+            token_file,
+            path,
+        } => {
+            let path = match listed_path(path.as_deref()) {
+                Ok(path) => path,
+                Err(message) => {
+                    eprintln!("haul: {}", shown(&message));
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            let secret = match load_secret(token_file.as_deref()) {
+                Ok(loaded) => {
+                    if let Some(loose) = loaded.as_ref().and_then(|loaded| loaded.loose.as_ref()) {
+                        eprintln!("haul: warning: {}", shown(&loose.to_string()));
+                    }
+                    loaded.map(|loaded| loaded.secret)
+                }
+                Err(error) => {
+                    eprintln!("haul: {}", shown(&error.to_string()));
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            let from = send::with_default_port(&from);
+            let options = SendOptions {
+                idle: SEND_IDLE_TIMEOUT,
+                reply: reply_timeout.0,
+                compress: false,
+                limit: None,
+                secret,
+                // A listing resumes nothing, so it names no sender.
+                sender: SenderId::default(),
+            };
+            let mut printer = report::listing::ListPrinter::new(json);
+            let outcome =
+                runtime.block_on(send::list_haul(&from, path.as_ref(), &options, |entries| {
+                    printer.entries(entries)
+                }));
+            let (summary, error) = match &outcome {
+                Ok(summary) => (*summary, None),
+                Err(error) => (send::ListSummary::default(), Some(error.to_string())),
+            };
+            printer.finish(&from, &summary, error.clone());
+            if let Some(error) = error {
+                eprintln!("haul: {}", shown(&error));
+            }
+            runtime.shutdown_background();
+            match outcome {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => send_exit_code(&Err(error)),
+            }
+        }
         Command::Completions { .. } | Command::Man { .. } | Command::Token => {
             unreachable!("handled above")
         }
@@ -813,6 +914,25 @@ impl StopSignals {
             _ = self.terminate.recv() => {}
         }
     }
+}
+
+/// The path `haul ls` asks for, judged by the store's rules before it is
+/// sent: `None` for the top (no PATH, `.`, `/`).
+fn listed_path(path: Option<&str>) -> Result<Option<haul::storage::RelPath>, String> {
+    let path = path.unwrap_or_default().trim_matches('/');
+    if path.is_empty() || path == "." {
+        return Ok(None);
+    }
+    if path.len() > haul::protocol::haul::MAX_PATH_LEN {
+        return Err(format!(
+            "the path is {} bytes long; at most {} are allowed",
+            path.len(),
+            haul::protocol::haul::MAX_PATH_LEN
+        ));
+    }
+    haul::storage::RelPath::parse(path.as_bytes())
+        .map(Some)
+        .map_err(|error| format!("cannot list {path}: {error}"))
 }
 
 /// Maps the outcome of a send to its documented exit code.

@@ -18,6 +18,7 @@ use haul::size::Human;
 use haul::text::shown;
 use serde::Serialize;
 
+pub mod listing;
 mod progress;
 
 use progress::Progress;

@@ -593,6 +593,7 @@ fn help_texts_change_only_on_purpose() {
         ("help", &["--help"][..]),
         ("help-send", &["send", "--help"]),
         ("help-serve", &["serve", "--help"]),
+        ("help-ls", &["ls", "--help"]),
         ("help-completions", &["completions", "--help"]),
         ("help-man", &["man", "--help"]),
     ] {
@@ -620,6 +621,17 @@ fn completions_and_the_manual_page_are_printed() {
     let page = String::from_utf8(output.stdout).unwrap();
     assert!(page.contains(".TH haul 1"), "{page}");
     assert!(page.contains("completions"), "{page}");
+
+    let output = haul(&["man", "ls"]);
+    assert!(output.status.success());
+    let page = String::from_utf8(output.stdout).unwrap();
+    assert!(page.contains(".TH haul-ls 1"), "{page}");
+    let output = haul(&["completions", "bash"]);
+    let script = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        script.contains("haul__subcmd__ls") && script.contains("--from"),
+        "{script}"
+    );
 
     let output = haul(&["completions", "tcsh"]);
     assert_eq!(output.status.code(), Some(2));

@@ -10,8 +10,12 @@
 //! [`ServerOpening`] answers it, then [`SenderMessage`] and
 //! [`ReceiverMessage`] by engine role (the side sending files and the side
 //! receiving them), not by process, so that a fetch from the server can
-//! swap the roles and keep the messages. Each decodes only its own kinds
-//! ([`Incoming`]), so a message from the wrong side is a [`DecodeError`].
+//! swap the roles and keep the messages. A client's first message after
+//! the opening, a [`Request`], says what the session does: a push (its
+//! first [`SenderMessage`]) or a listing (`List`, answered with
+//! [`ListingMessage`]s). Each decodes only its own kinds ([`Incoming`]),
+//! so a message from the wrong side, or a request after the first
+//! message, is a [`DecodeError`].
 //! [`Message`] is every kind at once, for peers made by hand.
 
 use thiserror::Error;
@@ -95,10 +99,12 @@ pub enum FailCode {
     /// The receiving side does not speak the peer's protocol version (it
     /// speaks a newer one).
     Version = 10,
+    /// Nothing is stored under the path asked for.
+    NotFound = 11,
 }
 
 impl FailCode {
-    const ALL: [FailCode; 11] = [
+    const ALL: [FailCode; 12] = [
         FailCode::Other,
         FailCode::NoSpace,
         FailCode::TooLarge,
@@ -110,6 +116,7 @@ impl FailCode {
         FailCode::Io,
         FailCode::NotAllowed,
         FailCode::Version,
+        FailCode::NotFound,
     ];
 
     /// The code for a number off the wire; [`FailCode::Other`] for one this
@@ -138,6 +145,9 @@ pub enum Kind {
     DataZstd = 0x24,
     Bye = 0x30,
     Error = 0x31,
+    List = 0x40,
+    Entries = 0x41,
+    ListEnd = 0x42,
 }
 
 impl Kind {
@@ -155,6 +165,9 @@ impl Kind {
             0x24 => Kind::DataZstd,
             0x30 => Kind::Bye,
             0x31 => Kind::Error,
+            0x40 => Kind::List,
+            0x41 => Kind::Entries,
+            0x42 => Kind::ListEnd,
             _ => return None,
         })
     }
@@ -222,6 +235,181 @@ pub enum EntryKind {
 pub struct Mtime {
     pub secs: i64,
     pub nanos: u32,
+}
+
+impl Mtime {
+    /// A time as the protocol carries it; times before 1970 become 1970.
+    pub fn from_system_time(time: std::time::SystemTime) -> Mtime {
+        time.duration_since(std::time::UNIX_EPOCH).map_or_else(
+            |_| Mtime::default(),
+            |since| Mtime {
+                secs: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+                nanos: since.subsec_nanos(),
+            },
+        )
+    }
+}
+
+/// Longest name of one listed entry, in bytes: the longest file name most
+/// Linux file systems accept (`storage::MAX_NAME_LEN`).
+pub const MAX_ENTRY_NAME_LEN: usize = 255;
+
+/// Bytes of one listed entry before its name: kind, size, mtime (seconds
+/// and nanoseconds), mode, name length.
+pub const ENTRY_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 4 + 2;
+
+const ENTRY_FILE: u8 = 0;
+const ENTRY_DIRECTORY: u8 = 1;
+
+/// One entry of a listing, as the server says it: untrusted, until the
+/// client has judged the name with the store's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListEntry<'a> {
+    pub kind: EntryKind,
+    /// 0 for a directory.
+    pub size: u64,
+    pub mtime: Mtime,
+    /// Permission bits (`0o777` at most).
+    pub mode: u32,
+    /// One path component, 1 to [`MAX_ENTRY_NAME_LEN`] bytes; not yet
+    /// judged.
+    pub name: &'a [u8],
+}
+
+/// The entries of one `Entries` frame: its payload, checked whole when it
+/// was decoded (or built by [`EntriesBuilder`]), read an entry at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entries<'a> {
+    payload: &'a [u8],
+}
+
+impl<'a> Entries<'a> {
+    /// Checks every entry of a payload: at least one, each whole and
+    /// valid, nothing after the last.
+    fn check(payload: &'a [u8]) -> Result<Entries<'a>, DecodeError> {
+        if payload.is_empty() {
+            return Err(DecodeError::Invalid {
+                kind: Kind::Entries,
+                what: "no entries",
+            });
+        }
+        let mut rest = payload;
+        while !rest.is_empty() {
+            rest = next_entry(rest)?.1;
+        }
+        Ok(Entries { payload })
+    }
+
+    /// The entries, in the order the server sent them.
+    pub fn iter(&self) -> impl Iterator<Item = ListEntry<'a>> + 'a {
+        let mut rest = self.payload;
+        // Checked whole before an `Entries` exists, so no entry fails here.
+        std::iter::from_fn(move || {
+            let (entry, after) = next_entry(rest).ok()?;
+            rest = after;
+            Some(entry)
+        })
+    }
+}
+
+/// The first entry of `bytes`, and what follows it.
+fn next_entry(bytes: &[u8]) -> Result<(ListEntry<'_>, &[u8]), DecodeError> {
+    let kind = Kind::Entries;
+    let invalid = |what| DecodeError::Invalid { kind, what };
+    let mut fields = Fields { kind, rest: bytes };
+    let entry_kind = match fields.u8()? {
+        ENTRY_FILE => EntryKind::File,
+        ENTRY_DIRECTORY => EntryKind::Directory,
+        _ => return Err(invalid("unknown entry kind")),
+    };
+    let size = fields.u64()?;
+    let secs = fields.i64()?;
+    let nanos = fields.u32()?;
+    let mode = fields.u32()?;
+    let name_len = usize::from(fields.u16()?);
+    if entry_kind == EntryKind::Directory && size != 0 {
+        return Err(invalid("a size given for a directory"));
+    }
+    if nanos >= 1_000_000_000 {
+        return Err(invalid("nanoseconds of a second over 999999999"));
+    }
+    if mode > 0o777 {
+        return Err(invalid("mode beyond permission bits"));
+    }
+    if name_len == 0 || name_len > MAX_ENTRY_NAME_LEN {
+        return Err(invalid("entry name empty or too long"));
+    }
+    let (name, rest) = fields
+        .rest
+        .split_at_checked(name_len)
+        .ok_or(DecodeError::Truncated(kind))?;
+    let entry = ListEntry {
+        kind: entry_kind,
+        size,
+        mtime: Mtime { secs, nanos },
+        mode,
+        name,
+    };
+    Ok((entry, rest))
+}
+
+/// Packs listed entries into `Entries` frames: as many as fit in one
+/// frame's [`MAX_CONTROL_LEN`], reusing its buffer from frame to frame.
+#[derive(Debug, Default)]
+pub struct EntriesBuilder {
+    payload: Vec<u8>,
+}
+
+impl EntriesBuilder {
+    pub fn new() -> EntriesBuilder {
+        EntriesBuilder::default()
+    }
+
+    /// Adds `entry` if it fits in the frame; `false` when the frame is
+    /// full, to be sent (and [`Self::clear`]ed) first. The entry is this
+    /// side's own, already valid: a name of 1 to [`MAX_ENTRY_NAME_LEN`]
+    /// bytes, permission bits only; a directory's size is sent as 0.
+    pub fn push(&mut self, entry: &ListEntry<'_>) -> bool {
+        debug_assert!((1..=MAX_ENTRY_NAME_LEN).contains(&entry.name.len()));
+        debug_assert!(entry.mode <= 0o777 && entry.mtime.nanos < 1_000_000_000);
+        let name = &entry.name[..entry.name.len().min(MAX_ENTRY_NAME_LEN)];
+        if self.payload.len() + ENTRY_HEADER_LEN + name.len() > MAX_CONTROL_LEN as usize {
+            return false;
+        }
+        let (kind, size) = match entry.kind {
+            EntryKind::File => (ENTRY_FILE, entry.size),
+            EntryKind::Directory => (ENTRY_DIRECTORY, 0),
+        };
+        self.payload.push(kind);
+        self.payload.extend_from_slice(&size.to_be_bytes());
+        self.payload
+            .extend_from_slice(&entry.mtime.secs.to_be_bytes());
+        self.payload
+            .extend_from_slice(&entry.mtime.nanos.to_be_bytes());
+        self.payload.extend_from_slice(&entry.mode.to_be_bytes());
+        // At most MAX_ENTRY_NAME_LEN, so it fits.
+        self.payload
+            .extend_from_slice(&(name.len() as u16).to_be_bytes());
+        self.payload.extend_from_slice(name);
+        true
+    }
+
+    /// Whether no entry was added since the last [`Self::clear`].
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_empty()
+    }
+
+    /// The entries added, for an `Entries` frame.
+    pub fn entries(&self) -> Entries<'_> {
+        Entries {
+            payload: &self.payload,
+        }
+    }
+
+    /// Empties the frame, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.payload.clear();
+    }
 }
 
 /// The sender announces one file or directory.
@@ -295,6 +483,11 @@ pub enum Message<'a> {
         code: FailCode,
         message: &'a str,
     },
+    List {
+        path: &'a str,
+    },
+    Entries(Entries<'a>),
+    ListEnd,
 }
 
 const FLAG_DIRECTORY: u8 = 1;
@@ -479,6 +672,19 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
             code: FailCode::from_u16(fields.u16()?),
             message: fields.text()?,
         },
+        Kind::List => {
+            if payload.len() > MAX_PATH_LEN {
+                return Err(invalid("path too long"));
+            }
+            Message::List {
+                path: fields.text()?,
+            }
+        }
+        Kind::Entries => Message::Entries(Entries::check(payload)?),
+        Kind::ListEnd => {
+            fields.end()?;
+            Message::ListEnd
+        }
         Kind::Data | Kind::DataZstd => {
             return Err(invalid("data frames carry file bytes, not a message"));
         }
@@ -563,6 +769,83 @@ pub enum ReceiverMessage<'a> {
         code: FailCode,
         message: &'a str,
     },
+}
+
+/// A client's first message after the opening: what the session does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// A push: the sender's first message (an Offer; or BatchEnd, Bye or
+    /// Error for a send with nothing to offer). The rest of the session is
+    /// [`SenderMessage`]s.
+    Push(SenderMessage<'a>),
+    /// List the folder (or the one file) at `path`, relative to the top of
+    /// the store, `/`-separated; empty for the top. Untrusted until the
+    /// store judges it. The server answers with [`ListingMessage`]s and
+    /// closes; the client sends nothing more.
+    List { path: &'a str },
+}
+
+/// What the server sends in a list session: the listing, as it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListingMessage<'a> {
+    /// Some of the entries, at least one.
+    Entries(Entries<'a>),
+    /// The listing is whole; the server closes next.
+    End,
+    /// The listing is refused or cut short; the server closes next.
+    Error { code: FailCode, message: &'a str },
+}
+
+impl<'a> Incoming<'a> for Request<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        // Anything but a List is judged as a sender's message, and a
+        // message no sender sends is named as such.
+        match kind {
+            Kind::List => match decode_message(kind, payload)? {
+                Message::List { path } => Ok(Request::List { path }),
+                _ => Err(DecodeError::WrongSide {
+                    kind,
+                    from: "a client beginning a session",
+                }),
+            },
+            _ => SenderMessage::decode(kind, payload).map(Request::Push),
+        }
+    }
+}
+
+impl<'a> Incoming<'a> for ListingMessage<'a> {
+    fn decode(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let from = "a server listing its files";
+        if !matches!(kind, Kind::Entries | Kind::ListEnd | Kind::Error) {
+            return Err(DecodeError::WrongSide { kind, from });
+        }
+        match decode_message(kind, payload)? {
+            Message::Entries(entries) => Ok(ListingMessage::Entries(entries)),
+            Message::ListEnd => Ok(ListingMessage::End),
+            Message::Error { code, message } => Ok(ListingMessage::Error { code, message }),
+            _ => Err(DecodeError::WrongSide { kind, from }),
+        }
+    }
+}
+
+impl Outgoing for Request<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Request::Push(message) => message.encode(out),
+            Request::List { path } => encode(&Message::List { path }, out),
+        }
+    }
+}
+
+impl Outgoing for ListingMessage<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let message = match *self {
+            ListingMessage::Entries(entries) => Message::Entries(entries),
+            ListingMessage::End => Message::ListEnd,
+            ListingMessage::Error { code, message } => Message::Error { code, message },
+        };
+        encode(&message, out);
+    }
 }
 
 impl<'a> Incoming<'a> for Hello {
@@ -846,6 +1129,16 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
             push_text(message, out, start);
             Kind::Error
         }
+        Message::List { path } => {
+            debug_assert!(path.len() <= MAX_PATH_LEN);
+            push_text(path, out, start);
+            Kind::List
+        }
+        Message::Entries(entries) => {
+            out.extend_from_slice(entries.payload);
+            Kind::Entries
+        }
+        Message::ListEnd => Kind::ListEnd,
     };
     let len = u32::try_from(out.len() - start - FRAME_HEADER_LEN).expect("frames are small");
     out[start] = kind as u8;
@@ -1233,6 +1526,236 @@ mod tests {
         assert_eq!(offer, expected);
     }
 
+    fn entry(kind: EntryKind, size: u64, name: &[u8]) -> ListEntry<'_> {
+        ListEntry {
+            kind,
+            size,
+            mtime: Mtime {
+                secs: -3,
+                nanos: 999_999_999,
+            },
+            mode: 0o750,
+            name,
+        }
+    }
+
+    /// The layout `docs/PROTOCOL.md` gives for a List and for one entry.
+    #[test]
+    fn a_listing_round_trips_byte_for_byte() {
+        let mut list = Vec::new();
+        encode(&Message::List { path: "a/b" }, &mut list);
+        assert_eq!(list, [0x40, 0, 0, 0, 3, b'a', b'/', b'b']);
+        round_trip(&Message::List { path: "" });
+        round_trip(&Message::List { path: "dir/naïve" });
+        round_trip(&Message::ListEnd);
+
+        let mut builder = EntriesBuilder::new();
+        assert!(builder.is_empty());
+        assert!(builder.push(&entry(EntryKind::File, 7, b"a.txt")));
+        assert!(builder.push(&entry(EntryKind::Directory, 0, "naïve".as_bytes())));
+        let message = Message::Entries(builder.entries());
+        round_trip(&message);
+        let mut bytes = Vec::new();
+        encode(&message, &mut bytes);
+        let mut expected = vec![0x41, 0, 0, 0, 2 * ENTRY_HEADER_LEN as u8 + 5 + 6];
+        expected.push(ENTRY_FILE);
+        expected.extend_from_slice(&7u64.to_be_bytes());
+        expected.extend_from_slice(&(-3i64).to_be_bytes());
+        expected.extend_from_slice(&999_999_999u32.to_be_bytes());
+        expected.extend_from_slice(&0o750u32.to_be_bytes());
+        expected.extend_from_slice(&5u16.to_be_bytes());
+        expected.extend_from_slice(b"a.txt");
+        assert_eq!(&bytes[..expected.len()], expected);
+        let Ok(ListingMessage::Entries(entries)) =
+            ListingMessage::decode(Kind::Entries, &bytes[FRAME_HEADER_LEN..])
+        else {
+            panic!("an Entries frame is a listing message");
+        };
+        let decoded: Vec<ListEntry<'_>> = entries.iter().collect();
+        assert_eq!(
+            decoded,
+            [
+                entry(EntryKind::File, 7, b"a.txt"),
+                entry(EntryKind::Directory, 0, "naïve".as_bytes())
+            ]
+        );
+    }
+
+    /// A frame holds as many entries as fit in a control frame, and no
+    /// more: the builder says when to send it.
+    #[test]
+    fn entries_fill_one_control_frame_at_most() {
+        let name = [b'n'; MAX_ENTRY_NAME_LEN];
+        let mut builder = EntriesBuilder::new();
+        let mut count = 0;
+        while builder.push(&entry(EntryKind::File, 1, &name)) {
+            count += 1;
+        }
+        assert_eq!(
+            count,
+            MAX_CONTROL_LEN as usize / (ENTRY_HEADER_LEN + MAX_ENTRY_NAME_LEN)
+        );
+        let mut bytes = Vec::new();
+        encode(&Message::Entries(builder.entries()), &mut bytes);
+        assert!(bytes.len() - FRAME_HEADER_LEN <= MAX_CONTROL_LEN as usize);
+        assert_eq!(
+            decode_message(Kind::Entries, &bytes[FRAME_HEADER_LEN..])
+                .map(|message| matches!(message, Message::Entries(e) if e.iter().count() == count)),
+            Ok(true)
+        );
+        builder.clear();
+        assert!(builder.is_empty());
+    }
+
+    #[test]
+    fn invalid_listings_are_refused() {
+        let too_long = "x".repeat(MAX_PATH_LEN + 1);
+        assert_eq!(
+            decode_message(Kind::List, too_long.as_bytes()),
+            Err(DecodeError::Invalid {
+                kind: Kind::List,
+                what: "path too long"
+            })
+        );
+        assert_eq!(
+            decode_message(Kind::List, &[0xff]),
+            Err(DecodeError::NotUtf8(Kind::List))
+        );
+        assert_eq!(
+            decode_message(Kind::ListEnd, &[0]),
+            Err(DecodeError::Trailing(Kind::ListEnd))
+        );
+
+        let mut builder = EntriesBuilder::new();
+        builder.push(&entry(EntryKind::File, 7, b"a.txt"));
+        let valid = builder.entries().payload.to_vec();
+        let mut bad_kind = valid.clone();
+        bad_kind[0] = 2;
+        let mut directory_size = valid.clone();
+        directory_size[0] = ENTRY_DIRECTORY;
+        let mut bad_nanos = valid.clone();
+        bad_nanos[17..21].copy_from_slice(&1_000_000_000u32.to_be_bytes());
+        let mut bad_mode = valid.clone();
+        bad_mode[21..25].copy_from_slice(&0o1777u32.to_be_bytes());
+        let mut no_name = valid[..ENTRY_HEADER_LEN].to_vec();
+        no_name[25..27].copy_from_slice(&0u16.to_be_bytes());
+        let mut long_name = valid.clone();
+        long_name[25..27].copy_from_slice(&256u16.to_be_bytes());
+        long_name.extend_from_slice(&[b'x'; 251]);
+        let mut trailing = valid.clone();
+        trailing.push(0);
+        for (bad, error) in [
+            (
+                &[][..],
+                DecodeError::Invalid {
+                    kind: Kind::Entries,
+                    what: "no entries",
+                },
+            ),
+            (
+                &bad_kind,
+                DecodeError::Invalid {
+                    kind: Kind::Entries,
+                    what: "unknown entry kind",
+                },
+            ),
+            (
+                &directory_size,
+                DecodeError::Invalid {
+                    kind: Kind::Entries,
+                    what: "a size given for a directory",
+                },
+            ),
+            (
+                &bad_nanos,
+                DecodeError::Invalid {
+                    kind: Kind::Entries,
+                    what: "nanoseconds of a second over 999999999",
+                },
+            ),
+            (
+                &bad_mode,
+                DecodeError::Invalid {
+                    kind: Kind::Entries,
+                    what: "mode beyond permission bits",
+                },
+            ),
+            (
+                &no_name,
+                DecodeError::Invalid {
+                    kind: Kind::Entries,
+                    what: "entry name empty or too long",
+                },
+            ),
+            (
+                &long_name,
+                DecodeError::Invalid {
+                    kind: Kind::Entries,
+                    what: "entry name empty or too long",
+                },
+            ),
+            (&trailing, DecodeError::Truncated(Kind::Entries)),
+            (
+                &valid[..valid.len() - 1],
+                DecodeError::Truncated(Kind::Entries),
+            ),
+            (&valid[..10], DecodeError::Truncated(Kind::Entries)),
+        ] {
+            assert_eq!(decode_message(Kind::Entries, bad), Err(error), "{bad:?}");
+        }
+    }
+
+    /// A List is a request only as a client's first message after the
+    /// opening; the listing's messages are only a listing server's.
+    #[test]
+    fn a_list_is_only_a_first_request_and_entries_only_a_listing() {
+        let list = Request::decode(Kind::List, b"dir");
+        assert_eq!(list, Ok(Request::List { path: "dir" }));
+        assert_eq!(
+            Request::decode(Kind::BatchEnd, &[]),
+            Ok(Request::Push(SenderMessage::BatchEnd))
+        );
+        assert_eq!(
+            Request::decode(Kind::Receipt, &[]).unwrap_err().to_string(),
+            "Receipt is not a message a sender sends"
+        );
+        assert_eq!(
+            SenderMessage::decode(Kind::List, b"")
+                .unwrap_err()
+                .to_string(),
+            "List is not a message a sender sends",
+            "after the first message a List is refused"
+        );
+        for kind in [Kind::Entries, Kind::ListEnd] {
+            for refused in [
+                ReceiverMessage::decode(kind, &[]).err(),
+                ServerOpening::decode(kind, &[]).err(),
+                Request::decode(kind, &[]).err(),
+            ] {
+                assert!(
+                    matches!(refused, Some(DecodeError::WrongSide { .. })),
+                    "{kind:?}"
+                );
+            }
+        }
+        assert_eq!(
+            ListingMessage::decode(Kind::ListEnd, &[]),
+            Ok(ListingMessage::End)
+        );
+        assert_eq!(
+            ListingMessage::decode(Kind::Answer, &[])
+                .unwrap_err()
+                .to_string(),
+            "Answer is not a message a server listing its files sends"
+        );
+        let mut bytes = Vec::new();
+        Request::List { path: "d" }.encode(&mut bytes);
+        assert_eq!(bytes, [0x40, 0, 0, 0, 1, b'd']);
+        bytes.clear();
+        ListingMessage::End.encode(&mut bytes);
+        assert_eq!(bytes, [0x42, 0, 0, 0, 0]);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -1246,9 +1769,13 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_payloads_never_panic_any_kind(kind in 0u8..=0x40, payload in proptest::collection::vec(any::<u8>(), 0..128)) {
+        fn arbitrary_payloads_never_panic_any_kind(kind in 0u8..=0x4f, payload in proptest::collection::vec(any::<u8>(), 0..128)) {
             if let Some(kind) = Kind::from_byte(kind) {
                 let _ = decode_message(kind, &payload);
+                let _ = Request::decode(kind, &payload);
+                if let Ok(ListingMessage::Entries(entries)) = ListingMessage::decode(kind, &payload) {
+                    prop_assert!(entries.iter().count() >= 1);
+                }
                 let _ = Hello::decode(kind, &payload);
                 let _ = ServerOpening::decode(kind, &payload);
                 let _ = SenderMessage::decode(kind, &payload);

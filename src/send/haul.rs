@@ -57,27 +57,7 @@ pub async fn send_haul(
     options: SendOptions,
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<Summary, SendError> {
-    let stream = connect(to, options.idle).await?;
-    let (reader, writer) = stream.into_split();
-    let reader: BoxedReader = Box::new(reader);
-    let writer: BoxedWriter = Box::new(Throttle::new(writer, options.limit));
-    let mut session = Session {
-        to: to.to_owned(),
-        reply: options.reply,
-        in_flight: None,
-        conn: Connection::new(
-            BufReader::new(reader),
-            BufWriter::with_capacity(64 * 1024, writer),
-            options.idle,
-        ),
-        summary: Summary::default(),
-        compressor: None,
-        small_file: Vec::new(),
-    };
-    session
-        .handshake(options.compress, options.secret.as_ref(), options.sender)
-        .await?;
-
+    let mut session = Session::open(to, &options).await?;
     let mut batches = Batches {
         walked: Box::new(walk(sources, name)),
         to_compare: VecDeque::new(),
@@ -201,7 +181,39 @@ async fn offer_batch(writer: &mut FrameWriter, batch: &[Entry]) -> Result<(), Co
     writer.flush().await
 }
 
+/// Connects and opens a session (Hello, Welcome and, with a secret, the
+/// encrypted handshake) for a request other than a push: `haul ls`.
+pub(super) async fn open_session(to: &str, options: &SendOptions) -> Result<Connection, SendError> {
+    Ok(Session::open(to, options).await?.conn)
+}
+
 impl Session {
+    /// Connects to `to` and opens the session; what it does next is the
+    /// caller's first message.
+    async fn open(to: &str, options: &SendOptions) -> Result<Session, SendError> {
+        let stream = connect(to, options.idle).await?;
+        let (reader, writer) = stream.into_split();
+        let reader: BoxedReader = Box::new(reader);
+        let writer: BoxedWriter = Box::new(Throttle::new(writer, options.limit));
+        let mut session = Session {
+            to: to.to_owned(),
+            reply: options.reply,
+            in_flight: None,
+            conn: Connection::new(
+                BufReader::new(reader),
+                BufWriter::with_capacity(64 * 1024, writer),
+                options.idle,
+            ),
+            summary: Summary::default(),
+            compressor: None,
+            small_file: Vec::new(),
+        };
+        session
+            .handshake(options.compress, options.secret.as_ref(), options.sender)
+            .await?;
+        Ok(session)
+    }
+
     async fn handshake(
         &mut self,
         compress: bool,
@@ -836,7 +848,11 @@ async fn read_receipts(
 
 /// What the server's Error frame means for the send: by its code, a refusal
 /// for this client's rights, or else `other`, with the server's words.
-fn server_error(code: FailCode, message: &str, other: fn(String) -> SendError) -> SendError {
+pub(super) fn server_error(
+    code: FailCode,
+    message: &str,
+    other: fn(String) -> SendError,
+) -> SendError {
     let message = message.to_owned();
     match code {
         FailCode::NotAllowed => SendError::NotAllowed(message),

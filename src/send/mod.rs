@@ -1,14 +1,17 @@
-//! The sending side: walks the sources and drives a connection per protocol.
+//! The client: walks the sources and drives a connection per protocol to
+//! send them, or asks a haul server for a listing (`list`).
 //!
 //! It never prints; it returns or reports what happened to each file so that
 //! the CLI can show it.
 
 mod haul;
 pub mod identity;
+mod list;
 mod seed;
 mod walk;
 
 pub use haul::send_haul;
+pub use list::{Entry as ListedEntry, ListSummary, list_haul};
 pub use seed::send_seed;
 pub use walk::{Totals, measure};
 
@@ -195,6 +198,10 @@ pub enum SendError {
     Decode(#[from] DecodeError),
     #[error("the server ended the session: {0}")]
     Server(String),
+    /// The server has nothing it may show under the path asked for, or
+    /// refused the path.
+    #[error("{0}")]
+    NotThere(String),
     #[error("{0}")]
     Auth(String),
     /// The server refused what was asked for this client's secret (or for

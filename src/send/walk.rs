@@ -3,7 +3,6 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use walkdir::WalkDir;
 
@@ -102,7 +101,7 @@ fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Wa
             path: name,
             kind: EntryKind::File,
             size: None,
-            mtime: mtime_of(std::time::SystemTime::now()),
+            mtime: Mtime::from_system_time(std::time::SystemTime::now()),
             mode: 0o644,
             hash: None,
         })));
@@ -173,7 +172,7 @@ fn describe(root: &Path, top: &str, path: &Path, is_root: bool) -> Walked {
             path: relative,
             kind: EntryKind::File,
             size: None,
-            mtime: mtime_of(std::time::SystemTime::now()),
+            mtime: Mtime::from_system_time(std::time::SystemTime::now()),
             mode: 0o644,
             hash: None,
         });
@@ -195,7 +194,7 @@ fn describe(root: &Path, top: &str, path: &Path, is_root: bool) -> Walked {
     };
     let mtime = metadata
         .modified()
-        .map_or_else(|_| Mtime::default(), mtime_of);
+        .map_or_else(|_| Mtime::default(), Mtime::from_system_time);
     Walked::Entry(Entry {
         source: match kind {
             EntryKind::File => Source::File(path.to_owned()),
@@ -208,15 +207,4 @@ fn describe(root: &Path, top: &str, path: &Path, is_root: bool) -> Walked {
         mode: metadata.permissions().mode() & 0o777,
         hash: None,
     })
-}
-
-/// A time as the protocol carries it; times before 1970 become 1970.
-fn mtime_of(time: std::time::SystemTime) -> Mtime {
-    time.duration_since(UNIX_EPOCH).map_or_else(
-        |_| Mtime::default(),
-        |since| Mtime {
-            secs: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-            nanos: since.subsec_nanos(),
-        },
-    )
 }

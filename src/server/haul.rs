@@ -1,5 +1,6 @@
 //! A haul-protocol connection: handshake, then batches of offers, answers,
-//! file data and receipts, until the client says goodbye.
+//! file data and receipts, until the client says goodbye; or, when the
+//! client's first message is a List, the listing (`listing`).
 //!
 //! Files of one batch are committed in groups: one file-system sync covers a
 //! group, which gets its names while the rest of the batch arrives. The
@@ -17,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
+use super::listing::{self, ListError};
 use super::rights::Rights;
 use super::space::{Charge, Sender, SpaceLedger, sender_of};
 use super::{
@@ -26,7 +28,8 @@ use super::{
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::haul::{
     self, Answer, CAP_SECRET, CAP_ZSTD, DecodeError, EntryKind, FailCode, Hash, Hello, Incoming,
-    Kind, MAX_DATA_LEN, Mtime, Offer, ReceiverMessage, SenderId, SenderMessage, ServerOpening,
+    Kind, MAX_DATA_LEN, Mtime, Offer, ReceiverMessage, Request, SenderId, SenderMessage,
+    ServerOpening,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
 use crate::storage::{
@@ -73,9 +76,12 @@ enum SessionError {
     SecretRequired,
     #[error("{0}")]
     Auth(HandshakeError),
-    /// The session's rights lack what it asked for.
-    #[error("{}", .0.send_refusal())]
-    NotAllowed(Rights),
+    /// The session's rights lack what it asked for: why, in words.
+    #[error("{0}")]
+    NotAllowed(&'static str),
+    /// What the client asked for is refused, with its code.
+    #[error("{0}")]
+    Refused(Refusal),
     #[error("storage failed: {0}")]
     Storage(io::Error),
     #[error(transparent)]
@@ -90,6 +96,7 @@ impl SessionError {
         match self {
             SessionError::NotAllowed(_) => FailCode::NotAllowed,
             SessionError::Version { .. } => FailCode::Version,
+            SessionError::Refused(refusal) => refusal.code,
             _ => FailCode::Other,
         }
     }
@@ -500,13 +507,27 @@ impl Session<'_> {
         }
         self.conn.set_idle(self.config.idle_timeout);
         let mut offers: Vec<OwnedOffer> = Vec::new();
+        let mut first = true;
         loop {
-            match self.conn.read_message().await? {
+            // The first message says what the session does; only it may be
+            // a List, and a list session is that List alone.
+            let message = if std::mem::take(&mut first) {
+                match self.conn.read_message().await? {
+                    Request::List { path } => {
+                        let path = path.to_owned();
+                        return self.list(&path).await;
+                    }
+                    Request::Push(message) => message,
+                }
+            } else {
+                self.conn.read_message().await?
+            };
+            match message {
                 SenderMessage::Offer(offer) => {
                     // Refused before anything is planned: nothing is read
                     // or written for a session that may not send.
                     if !self.rights.send {
-                        return Err(SessionError::NotAllowed(self.rights));
+                        return Err(SessionError::NotAllowed(self.rights.send_refusal()));
                     }
                     if offers.len() == MAX_BATCH {
                         return Err(SessionError::Violation(format!(
@@ -530,6 +551,24 @@ impl Session<'_> {
         }
         self.finish_directories().await;
         Ok(())
+    }
+
+    /// Serves a list session: refused, before anything is read from
+    /// storage, unless its rights include get.
+    async fn list(&mut self, path: &str) -> Result<(), SessionError> {
+        if !self.rights.get {
+            return Err(SessionError::NotAllowed(
+                self.rights.get_refusal(self.config.access.has_secret()),
+            ));
+        }
+        match listing::serve(&mut self.conn, &self.store, path).await {
+            Ok(entries) => {
+                info!(peer = %self.peer, path = %printable(path.as_bytes()), entries, "listed");
+                Ok(())
+            }
+            Err(ListError::Refused(refusal)) => Err(SessionError::Refused(refusal)),
+            Err(ListError::Connection(error)) => Err(error.into()),
+        }
     }
 
     async fn handshake(&mut self) -> Result<(), SessionError> {

@@ -3,10 +3,13 @@
 //! One task per connection. The first 8 bytes tell the protocols apart:
 //! haul's magic, or a seed header's size. A connection's failure is logged and
 //! ends that connection alone; nothing a client sends can stop the accept
-//! loop. This module and its children read and write sockets and call the
-//! codec and the store; they never name a file themselves.
+//! loop. A haul session pushes files (`haul`) or lists a folder
+//! (`listing`), as its first message says. This module and its children
+//! read and write sockets and call the codec and the store; they never name
+//! a file themselves.
 
 mod haul;
+mod listing;
 mod log_output;
 mod rights;
 mod seed;

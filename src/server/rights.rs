@@ -60,6 +60,16 @@ impl Rights {
             "this secret may not send to this server"
         }
     }
+
+    /// Why a session with these rights may not get or list: what its
+    /// `Error` frame says, on a server with a secret (`secret`) or without.
+    pub fn get_refusal(self, secret: bool) -> &'static str {
+        if secret {
+            "this secret may not get or list here"
+        } else {
+            "this server does not share its files; its operator can start it with --allow-get"
+        }
+    }
 }
 
 /// Which of the server's secrets, named after the option that gives it

@@ -477,8 +477,6 @@ impl Backend for LocalDir {
         }
     }
 
-    /// Starts committing one batch of files group by group, so that the
-    /// first groups get their names while the rest are still arriving.
     fn list(&self, dir: Option<&RelPath>) -> io::Result<LocalListing> {
         let components = dir.map_or(&[][..], RelPath::components);
         let dir = self.open_dir_no_links(components)?;
@@ -671,7 +669,10 @@ impl Listing for LocalListing {
                     mode: metadata.mode() & 0o777,
                 })
             } else if metadata.is_dir() {
-                ListedKind::Directory
+                ListedKind::Directory {
+                    modified: metadata.modified()?.into_std(),
+                    mode: metadata.mode() & 0o777,
+                }
             } else {
                 continue;
             };
@@ -1734,6 +1735,7 @@ mod tests {
         let store = &planted.store;
         let umask = store.inner.umask;
         let listed = list_all(store, None).unwrap();
+        let sub = std::fs::metadata(planted.inbox.path().join("sub")).unwrap();
         let expected = [
             Listed {
                 name: SafeName::parse(b"a.txt").unwrap(),
@@ -1745,7 +1747,10 @@ mod tests {
             },
             Listed {
                 name: SafeName::parse(b"sub").unwrap(),
-                kind: ListedKind::Directory,
+                kind: ListedKind::Directory {
+                    modified: sub.modified().unwrap(),
+                    mode: sub.permissions().mode() & 0o777,
+                },
             },
         ];
         assert_eq!(

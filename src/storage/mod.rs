@@ -380,7 +380,12 @@ pub struct Listed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListedKind {
     File(FileInfo),
-    Directory,
+    /// A folder, with its modification time and permission bits
+    /// (`0o777` at most).
+    Directory {
+        modified: SystemTime,
+        mode: u32,
+    },
 }
 
 /// A stored file's size, modification time and permission bits.
