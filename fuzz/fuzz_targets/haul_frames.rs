@@ -3,7 +3,7 @@
 #![no_main]
 
 use haul::protocol::haul::{Kind, decode_message, split_frame};
-use haul::store::RelPath;
+use haul::storage::RelPath;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use haul::protocol::seed::{Decoded, decode_header};
-use haul::store::SafeName;
+use haul::storage::SafeName;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
