@@ -25,16 +25,6 @@ fn offer(kind: EntryKind, path: &[u8], size: Option<u64>, mode: u32, secs: i64) 
     }))
 }
 
-/// One field of `/proc/PID/status`, in the unit the kernel gives (kB).
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    line.trim().trim_end_matches("kB").trim().parse().unwrap()
-}
-
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -74,7 +64,7 @@ fn deep_path(leaf: usize) -> Vec<u8> {
 fn a_flood_of_deep_directory_offers_keeps_the_server_small() {
     let server = HaulServer::start(&[]);
     let pid = server.running.pid();
-    let before = proc_status(pid, "VmRSS:");
+    let before = util::proc_status(pid, "VmRSS:");
     let mut stream = raw_haul_session(server.addr());
     // 20 MiB of offers, each a directory the session creates: more than
     // a session may remember.
@@ -91,8 +81,8 @@ fn a_flood_of_deep_directory_offers_keeps_the_server_small() {
             assert_eq!(read_message(&mut stream), "Answer(Created)");
         }
     }
-    let after = proc_status(pid, "VmRSS:");
-    let peak = proc_status(pid, "VmHWM:");
+    let after = util::proc_status(pid, "VmRSS:");
+    let peak = util::proc_status(pid, "VmHWM:");
     eprintln!("server RSS {before} kB before, {after} kB after, peak {peak} kB");
     assert!(
         peak < 96 * 1024,

@@ -18,16 +18,6 @@ const NAME_LEN: usize = 200;
 /// below the 20 MB of names, far above one batch and one frame.
 const BOUND_KB: u64 = 8 * 1024;
 
-/// One field of `/proc/PID/status`, in the unit the kernel gives (kB).
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    line.trim().trim_end_matches("kB").trim().parse().unwrap()
-}
-
 /// The largest peak resident size of any child this process waited for,
 /// in kB.
 fn children_peak_kb() -> u64 {
@@ -65,7 +55,7 @@ fn a_listing_of_100_000_entries_streams_through_both_sides() {
         .unwrap();
     assert!(small.status.success(), "{}", stderr_of(&small));
     let client_small = children_peak_kb();
-    let server_small = proc_status(pid, "VmHWM:");
+    let server_small = util::proc_status(pid, "VmHWM:");
 
     let mut child = haul_command()
         .args(["ls", "--from", server.addr(), "many", "--json"])
@@ -100,7 +90,7 @@ fn a_listing_of_100_000_entries_streams_through_both_sides() {
     );
 
     let client_large = children_peak_kb();
-    let server_large = proc_status(pid, "VmHWM:");
+    let server_large = util::proc_status(pid, "VmHWM:");
     println!(
         "client peak {client_small} kB small, {client_large} kB large; \
          server peak {server_small} kB, then {server_large} kB"

@@ -352,3 +352,13 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     bytes.truncate(len);
     bytes
 }
+
+/// One field of `/proc/PID/status`, in the unit the kernel gives (kB).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
