@@ -148,6 +148,7 @@ pub enum Kind {
     List = 0x40,
     Entries = 0x41,
     ListEnd = 0x42,
+    Get = 0x43,
 }
 
 impl Kind {
@@ -168,6 +169,7 @@ impl Kind {
             0x40 => Kind::List,
             0x41 => Kind::Entries,
             0x42 => Kind::ListEnd,
+            0x43 => Kind::Get,
             _ => return None,
         })
     }
@@ -353,6 +355,88 @@ fn next_entry(bytes: &[u8]) -> Result<(ListEntry<'_>, &[u8]), DecodeError> {
     Ok((entry, rest))
 }
 
+/// Most paths one Get may ask for.
+pub const MAX_GET_PATHS: usize = 256;
+
+/// The paths of a `Get` frame: its payload, checked whole when it was
+/// decoded (or built by [`GetPaths::build`]), read a path at a time.
+/// Layout: `count: u16`, then `count` times `len: u16 | path[len]`; count
+/// from 1 to [`MAX_GET_PATHS`], each path 1 to [`MAX_PATH_LEN`] bytes of
+/// UTF-8, nothing after the last. The frame's own limit bounds the whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GetPaths<'a> {
+    payload: &'a [u8],
+}
+
+impl<'a> GetPaths<'a> {
+    fn check(payload: &'a [u8]) -> Result<GetPaths<'a>, DecodeError> {
+        let invalid = |what| DecodeError::Invalid {
+            kind: Kind::Get,
+            what,
+        };
+        let Some((count, mut rest)) = payload.split_first_chunk::<2>() else {
+            return Err(DecodeError::Truncated(Kind::Get));
+        };
+        let count = usize::from(u16::from_be_bytes(*count));
+        if count == 0 || count > MAX_GET_PATHS {
+            return Err(invalid("path count not between 1 and 256"));
+        }
+        for _ in 0..count {
+            let (path, after) = next_get_path(rest)?;
+            if path.is_empty() || path.len() > MAX_PATH_LEN {
+                return Err(invalid("path empty or too long"));
+            }
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err(DecodeError::Trailing(Kind::Get));
+        }
+        Ok(GetPaths { payload })
+    }
+
+    /// Encodes `paths` as a Get payload into `out` (cleared first), and
+    /// returns them as [`GetPaths`] over it; `None` when they break the
+    /// rules above or do not fit in one frame.
+    pub fn build<'b>(paths: &[&str], out: &'b mut Vec<u8>) -> Option<GetPaths<'b>> {
+        out.clear();
+        let count = u16::try_from(paths.len()).ok()?;
+        out.extend_from_slice(&count.to_be_bytes());
+        for path in paths {
+            let len = u16::try_from(path.len()).ok()?;
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(path.as_bytes());
+        }
+        if out.len() > MAX_CONTROL_LEN as usize {
+            return None;
+        }
+        GetPaths::check(out).ok()
+    }
+
+    /// The paths, in the order the client sent them.
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let mut rest = self.payload.get(2..).unwrap_or_default();
+        // Checked whole before a `GetPaths` exists, so no path fails here.
+        std::iter::from_fn(move || {
+            let (path, after) = next_get_path(rest).ok()?;
+            rest = after;
+            Some(path)
+        })
+    }
+}
+
+fn next_get_path(rest: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
+    let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+        return Err(DecodeError::Truncated(Kind::Get));
+    };
+    let len = usize::from(u16::from_be_bytes(*len));
+    if rest.len() < len {
+        return Err(DecodeError::Truncated(Kind::Get));
+    }
+    let (path, rest) = rest.split_at(len);
+    let path = std::str::from_utf8(path).map_err(|_| DecodeError::NotUtf8(Kind::Get))?;
+    Ok((path, rest))
+}
+
 /// Packs listed entries into `Entries` frames: as many as fit in one
 /// frame's [`MAX_CONTROL_LEN`], reusing its buffer from frame to frame.
 #[derive(Debug, Default)]
@@ -488,6 +572,7 @@ pub enum Message<'a> {
     },
     Entries(Entries<'a>),
     ListEnd,
+    Get(GetPaths<'a>),
 }
 
 const FLAG_DIRECTORY: u8 = 1;
@@ -685,6 +770,7 @@ pub fn decode_message(kind: Kind, payload: &[u8]) -> Result<Message<'_>, DecodeE
             fields.end()?;
             Message::ListEnd
         }
+        Kind::Get => Message::Get(GetPaths::check(payload)?),
         Kind::Data | Kind::DataZstd => {
             return Err(invalid("data frames carry file bytes, not a message"));
         }
@@ -783,6 +869,11 @@ pub enum Request<'a> {
     /// store judges it. The server answers with [`ListingMessage`]s and
     /// closes; the client sends nothing more.
     List { path: &'a str },
+    /// Fetch the files and folders at these paths: the server sends them
+    /// as a sender does ([`SenderMessage`]s), and the client answers as a
+    /// receiver ([`ReceiverMessage`]s). Untrusted until the store judges
+    /// each path.
+    Get(GetPaths<'a>),
 }
 
 /// What the server sends in a list session: the listing, as it is read.
@@ -801,8 +892,9 @@ impl<'a> Incoming<'a> for Request<'a> {
         // Anything but a List is judged as a sender's message, and a
         // message no sender sends is named as such.
         match kind {
-            Kind::List => match decode_message(kind, payload)? {
+            Kind::List | Kind::Get => match decode_message(kind, payload)? {
                 Message::List { path } => Ok(Request::List { path }),
+                Message::Get(paths) => Ok(Request::Get(paths)),
                 _ => Err(DecodeError::WrongSide {
                     kind,
                     from: "a client beginning a session",
@@ -833,6 +925,7 @@ impl Outgoing for Request<'_> {
         match self {
             Request::Push(message) => message.encode(out),
             Request::List { path } => encode(&Message::List { path }, out),
+            Request::Get(paths) => encode(&Message::Get(*paths), out),
         }
     }
 }
@@ -1139,6 +1232,10 @@ pub fn encode(message: &Message<'_>, out: &mut Vec<u8>) {
             Kind::Entries
         }
         Message::ListEnd => Kind::ListEnd,
+        Message::Get(paths) => {
+            out.extend_from_slice(paths.payload);
+            Kind::Get
+        }
     };
     let len = u32::try_from(out.len() - start - FRAME_HEADER_LEN).expect("frames are small");
     out[start] = kind as u8;

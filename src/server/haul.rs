@@ -517,6 +517,9 @@ impl Session<'_> {
                         let path = path.to_owned();
                         return self.list(&path).await;
                     }
+                    Request::Get(_) => {
+                        return Err(SessionError::Violation("get is not served yet".into()));
+                    }
                     Request::Push(message) => message,
                 }
             } else {
