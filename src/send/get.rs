@@ -341,3 +341,200 @@ fn unexpected(message: &SenderMessage<'_>) -> SendError {
         other => SendError::Protocol(format!("expected a file, got {other:?}")),
     }
 }
+
+/// The engine in-process: the sender `haul send` and a server's get use
+/// (`send::haul::send_over`) against the receiver `haul serve` and `haul
+/// get` use ([`receive_get`]), over an in-memory duplex, no process or
+/// socket between them.
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use tokio::io::{BufReader, BufWriter};
+
+    use super::*;
+    use crate::protocol::haul::{Message, Mtime, Offer, encode};
+    use crate::secure::{BoxedReader, BoxedWriter};
+    use crate::send::walk::walk;
+
+    const IDLE: Duration = Duration::from_secs(30);
+
+    fn pair() -> (Connection, Connection) {
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let wrap = |stream: tokio::io::DuplexStream| {
+            let (reader, writer) = tokio::io::split(stream);
+            let reader: BoxedReader = Box::new(reader);
+            let writer: BoxedWriter = Box::new(writer);
+            Connection::new(BufReader::new(reader), BufWriter::new(writer), IDLE)
+        };
+        (wrap(ours), wrap(theirs))
+    }
+
+    fn setup(into: &Path, accepts: &[&str]) -> GetSetup {
+        let mut config = ServerConfig::new(into.to_owned());
+        config.reserve = 0;
+        config.reserve_inodes = 0;
+        GetSetup {
+            store: Store::open(into, OnConflict::Rename).unwrap(),
+            config,
+            sender: [7; 16],
+            zstd: false,
+            accepts: accepts.iter().map(|name| (*name).to_owned()).collect(),
+        }
+    }
+
+    fn peer() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9))
+    }
+
+    /// Runs the sender over `source` against the receiver into `into`;
+    /// returns the receiver's events, as `(kind, path)`.
+    async fn run(source: &Path, into: &Path) -> Vec<(String, String)> {
+        let (sending, receiving) = pair();
+        let sources = [source.to_owned()];
+        let walked: Vec<_> = walk(&sources, None).collect();
+        let name = source.file_name().unwrap().to_str().unwrap().to_owned();
+        let sender = crate::send::haul::send_over(
+            sending,
+            "receiver".into(),
+            false,
+            walked.into_iter(),
+            |_| {},
+            || None,
+        );
+        let mut events = Vec::new();
+        let mut on_event = |event: Event<'_>| match event {
+            Event::Stored { path, .. } => events.push(("stored".into(), path.to_owned())),
+            Event::AlreadyThere { path, .. } => events.push(("same".into(), path.to_owned())),
+            Event::Failed { path, reason } => {
+                events.push(("failed".into(), format!("{path}: {reason}")))
+            }
+            _ => {}
+        };
+        let receiver = receive_get(receiving, peer(), setup(into, &[&name]), &mut on_event);
+        let ((_, sent), received) = tokio::join!(sender, receiver);
+        sent.unwrap();
+        received.unwrap();
+        events.sort();
+        events
+    }
+
+    fn tree(root: &Path) {
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("a.txt"), b"alpha").unwrap();
+        std::fs::write(root.join("sub/naïve.bin"), vec![3u8; 300_000]).unwrap();
+        std::fs::write(root.join("sub/deeper/z"), b"").unwrap();
+        std::fs::set_permissions(root.join("a.txt"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        let time = UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+        for path in ["a.txt", "sub/naïve.bin", "sub", "empty"] {
+            std::fs::File::open(root.join(path))
+                .unwrap()
+                .set_modified(time)
+                .unwrap();
+        }
+    }
+
+    fn described(root: &Path) -> Vec<(String, Vec<u8>, u32, SystemTime)> {
+        let mut all: Vec<_> = walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .into_iter()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let meta = entry.metadata().unwrap();
+                let relative = entry
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                let bytes = if meta.is_file() {
+                    std::fs::read(entry.path()).unwrap()
+                } else {
+                    Vec::new()
+                };
+                (
+                    relative,
+                    bytes,
+                    meta.permissions().mode() & 0o777,
+                    meta.modified().unwrap(),
+                )
+            })
+            .filter(|(relative, ..)| !relative.starts_with(".haul"))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tree_crosses_the_engine_whole_and_a_second_run_moves_nothing() {
+        let temp = tempfile::tempdir().unwrap();
+        let source = temp.path().join("tree");
+        tree(&source);
+        let into = temp.path().join("into");
+        let events = run(&source, &into).await;
+        assert_eq!(
+            events,
+            [
+                ("stored".to_owned(), "tree/a.txt".to_owned()),
+                ("stored".to_owned(), "tree/sub/deeper/z".to_owned()),
+                ("stored".to_owned(), "tree/sub/naïve.bin".to_owned()),
+            ]
+        );
+        assert_eq!(described(&source), described(&into.join("tree")));
+        // Every file is there, identical: each is compared by its hash and
+        // none is sent again.
+        let again = run(&source, &into).await;
+        assert!(again.iter().all(|(kind, _)| kind == "same"), "{again:?}");
+        assert_eq!(again.len(), 3);
+        assert_eq!(described(&source), described(&into.join("tree")));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_receiver_ends_the_session_at_a_name_it_did_not_ask_for() {
+        let temp = tempfile::tempdir().unwrap();
+        let into = temp.path().join("into");
+        for (path, said) in [
+            (&b"../escape"[..], "breaks the name rules"),
+            (b"other/x", "was not asked for"),
+            (b"asked2", "was not asked for"),
+        ] {
+            let (mut sending, receiving) = pair();
+            let offer = Offer {
+                kind: EntryKind::File,
+                size: Some(1),
+                hash: None,
+                mtime: Mtime::default(),
+                mode: 0o644,
+                path,
+            };
+            let mut frames = Vec::new();
+            encode(&Message::Offer(offer), &mut frames);
+            encode(&Message::BatchEnd, &mut frames);
+            let hostile = async move {
+                use tokio::io::AsyncWriteExt;
+                sending.data_writer().write_all(&frames).await.unwrap();
+                sending.flush().await.unwrap();
+                // Holds its end until the receiver has answered.
+                let _ = sending.drain(IDLE).await;
+            };
+            let mut nothing = |_: Event<'_>| {};
+            let receiver = receive_get(receiving, peer(), setup(&into, &["asked"]), &mut nothing);
+            let ((), received) = tokio::join!(hostile, receiver);
+            let (_, reason) = received.unwrap_err();
+            assert!(
+                reason.contains("the server offered") && reason.contains(said),
+                "{reason}"
+            );
+            assert!(!temp.path().join("escape").exists());
+            let left: Vec<_> = std::fs::read_dir(&into)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name())
+                .filter(|name| name != ".haul")
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+    }
+}
