@@ -46,6 +46,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod engine;
 pub mod keepalive;
 pub mod protocol;
 pub mod secure;

@@ -17,11 +17,12 @@ use tokio::io::AsyncWriteExt;
 use super::haul::{open_get_session, server_error};
 use super::{Event, SendError, SendOptions, Summary};
 use crate::connection::Connection;
+use crate::engine::receiver::{GetSetup, receive_get};
 use crate::protocol::haul::{
     Answer, EntryKind, FailCode, GetPaths, Hash, Kind, MAX_GET_PATHS, MAX_PATH_LEN,
     ReceiverMessage, Request, SenderMessage,
 };
-use crate::server::{GetSetup, ServerConfig, receive_get};
+use crate::server::ServerConfig;
 use crate::storage::{HIDDEN_AREA, OnConflict, RelPath, Store};
 use crate::text::printable;
 
@@ -90,9 +91,11 @@ pub async fn get_haul(
     // with nothing in it.
     let made = matches!(into, Into::Dir(dir) if !dir.exists());
     let outcome = get_into(from, paths, into, on_conflict, options, on_event).await;
-    if let (true, Err(_), Into::Dir(dir)) = (made, &outcome, into) {
+    if let Into::Dir(dir) = into {
         remove_empty_hidden_area(dir);
-        let _ = std::fs::remove_dir(dir);
+        if made && outcome.is_err() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
     outcome
 }
@@ -153,7 +156,6 @@ async fn get_into(
         on_event(event);
     };
     let outcome = receive_get(conn, peer, setup, &mut counting).await;
-    remove_empty_hidden_area(dir);
     match outcome {
         Ok(()) => Ok(summary),
         Err((Some(code), message)) => Err(match code {
@@ -395,7 +397,7 @@ mod tests {
         let sources = [source.to_owned()];
         let walked: Vec<_> = walk(&sources, None).collect();
         let name = source.file_name().unwrap().to_str().unwrap().to_owned();
-        let sender = crate::send::haul::send_over(
+        let sender = crate::engine::sender::send_over(
             sending,
             "receiver".into(),
             false,
@@ -536,5 +538,32 @@ mod tests {
                 .collect();
             assert!(left.is_empty(), "{left:?}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_goodbye_without_what_was_asked_for_is_no_success() {
+        let temp = tempfile::tempdir().unwrap();
+        let (mut sending, receiving) = pair();
+        let mut frames = Vec::new();
+        encode(&Message::Bye, &mut frames);
+        let hostile = async move {
+            use tokio::io::AsyncWriteExt;
+            sending.data_writer().write_all(&frames).await.unwrap();
+            sending.flush().await.unwrap();
+            let _ = sending.drain(IDLE).await;
+        };
+        let mut nothing = |_: Event<'_>| {};
+        let receiver = receive_get(
+            receiving,
+            peer(),
+            setup(temp.path(), &["asked"]),
+            &mut nothing,
+        );
+        let ((), received) = tokio::join!(hostile, receiver);
+        let (_, reason) = received.unwrap_err();
+        assert_eq!(
+            reason,
+            "the server sent nothing for asked, and did not say it is missing; the get is not complete"
+        );
     }
 }

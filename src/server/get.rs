@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use super::blocking;
-use super::haul::Refusal;
 use crate::connection::Connection;
+use crate::engine::receiver::Refusal;
 use crate::protocol::haul::{EntryKind, FailCode, GetPaths, MAX_GET_PATHS, Mtime};
 use crate::send::walk::{Entry, Source, Walked};
 use crate::send::{Event, SendError, Summary};
@@ -156,7 +156,8 @@ pub(super) async fn serve(
         _ => {}
     };
     let cut_reason = move || cut.lock().ok().and_then(|mut cut| cut.take());
-    crate::send::haul::send_over(conn, peer.to_string(), compress, walk, on_event, cut_reason).await
+    crate::engine::sender::send_over(conn, peer.to_string(), compress, walk, on_event, cut_reason)
+        .await
 }
 
 /// The entries under the paths asked for, read from the store as the

@@ -16,8 +16,8 @@
 use std::io;
 
 use super::blocking;
-use super::haul::Refusal;
 use crate::connection::{Connection, ConnectionError};
+use crate::engine::receiver::Refusal;
 use crate::protocol::haul::{
     EntriesBuilder, EntryKind, FailCode, ListEntry, ListingMessage, Mtime,
 };

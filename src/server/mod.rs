@@ -11,12 +11,11 @@
 mod get;
 mod haul;
 
-pub use haul::{GetSetup, receive_get};
 mod listing;
-mod log_output;
-mod rights;
+pub(crate) mod log_output;
+pub(crate) mod rights;
 mod seed;
-mod space;
+pub(crate) mod space;
 
 pub use log_output::LogOutput;
 pub use rights::{Access, Rights, SecretRole};
@@ -534,7 +533,7 @@ async fn serve_connection(
 }
 
 /// Whether a write failed because the disk or a quota is full.
-fn is_out_of_space(error: &io::Error) -> bool {
+pub(crate) fn is_out_of_space(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
@@ -542,7 +541,7 @@ fn is_out_of_space(error: &io::Error) -> bool {
 }
 
 /// Runs blocking file-system work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     tokio::task::spawn_blocking(work)
@@ -552,7 +551,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Which protocol a transfer came by, named on its log line.
 #[derive(Clone, Copy)]
-enum Protocol {
+pub(crate) enum Protocol {
     Haul,
     Seed,
 }
@@ -567,7 +566,7 @@ impl Protocol {
 }
 
 /// How one file's transfer ended, for its log line.
-enum Outcome<'a> {
+pub(crate) enum Outcome<'a> {
     /// Stored under this name.
     Stored(&'a str),
     /// Not stored, for `reason`; `data` says what became of what arrived.
@@ -579,7 +578,7 @@ enum Outcome<'a> {
 
 /// What became of the data of a file that was not stored: an operator
 /// reads from it whether running the same send again resumes.
-enum Fate<'a> {
+pub(crate) enum Fate<'a> {
     /// None of it arrived.
     NoneReceived,
     /// What arrived is deleted.
@@ -601,7 +600,7 @@ impl std::fmt::Display for Fate<'_> {
 }
 
 /// Logs the outcome of one file's transfer, in one line.
-fn log_transfer(
+pub(crate) fn log_transfer(
     protocol: Protocol,
     peer: SocketAddr,
     name: &str,
@@ -640,7 +639,7 @@ fn log_transfer(
 }
 
 /// Logs, at debug level, a file the sender offered that is already stored.
-fn log_already_there(peer: SocketAddr, name: &str, size: Option<u64>, stored_as: &str) {
+pub(crate) fn log_already_there(peer: SocketAddr, name: &str, size: Option<u64>, stored_as: &str) {
     let size_shown = size.map_or_else(|| "-".to_owned(), |size| size.to_string());
     debug!(
         protocol = Protocol::Haul.name(),

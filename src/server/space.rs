@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use super::ServerConfig;
-use super::haul::Refusal;
+use crate::engine::receiver::Refusal;
 use crate::protocol::haul::{FailCode, MAX_DATA_LEN};
 use crate::storage::{Backend, FreeSpace, HeldPartial, Partial, Store, Upload};
 
@@ -43,18 +43,18 @@ const PARTIAL_SHARES_PER_SENDER: u64 = 2;
 
 /// Whose partial data it is, for the cap per sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) struct Sender(IpAddr);
+pub(crate) struct Sender(IpAddr);
 
 /// The one place a connection's sender is chosen: its address as the limit
 /// of connections per address counts it, so that the ports of one
 /// machine's connections count as one sender.
-pub(super) fn sender_of(peer: SocketAddr) -> Sender {
+pub(crate) fn sender_of(peer: SocketAddr) -> Sender {
     Sender(super::peer_key(peer.ip()))
 }
 
 /// The server's account of promised room, and of who left which partial
 /// data behind.
-pub(super) struct SpaceLedger {
+pub(crate) struct SpaceLedger {
     store: Store,
     /// Free space no grant may eat into (`--reserve`).
     reserve: u64,
@@ -97,7 +97,7 @@ enum Shortfall {
 
 /// Room granted to one file, stream or directory; given back when dropped,
 /// by which time what was written shows in the file system's own count.
-pub(super) struct Charge {
+pub(crate) struct Charge {
     ledger: Arc<SpaceLedger>,
     /// Bytes granted and not yet handed to the writer.
     promised: u64,
@@ -109,10 +109,10 @@ pub(super) struct Charge {
 
 /// A stream that would grow into the reserve.
 #[derive(Debug)]
-pub(super) struct NoSpace;
+pub(crate) struct NoSpace;
 
 impl SpaceLedger {
-    pub(super) fn new(store: Store, config: &ServerConfig) -> Arc<SpaceLedger> {
+    pub(crate) fn new(store: Store, config: &ServerConfig) -> Arc<SpaceLedger> {
         Arc::new(SpaceLedger {
             store,
             reserve: config.reserve,
@@ -127,7 +127,7 @@ impl SpaceLedger {
     /// Grants a file that needs `bytes` more bytes, an inode if it is
     /// `new` (not held already), and a block and an inode for each of the
     /// `folders` its commit may make; or says why not.
-    pub(super) fn reserve_file(
+    pub(crate) fn reserve_file(
         self: &Arc<Self>,
         bytes: u64,
         folders: u64,
@@ -171,7 +171,7 @@ impl SpaceLedger {
 
     /// Grants what making a directory costs, a block and an inode, for it
     /// and each of its `depth - 1` parents that may be missing.
-    pub(super) fn reserve_directory(self: &Arc<Self>, depth: u64) -> Result<Charge, Refusal> {
+    pub(crate) fn reserve_directory(self: &Arc<Self>, depth: u64) -> Result<Charge, Refusal> {
         let kept = self.reserve_inodes.saturating_mul(DIRECTORY_INODE_FACTOR);
         let mut promised = self.lock();
         let need = Need {
@@ -200,7 +200,7 @@ impl SpaceLedger {
 
     /// Grants `bytes` more to a stream, judged as a new file's would be, or
     /// fails: writing them would eat into the reserve.
-    pub(super) fn grow(self: &Arc<Self>, bytes: u64) -> Result<Charge, NoSpace> {
+    pub(crate) fn grow(self: &Arc<Self>, bytes: u64) -> Result<Charge, NoSpace> {
         let mut promised = self.lock();
         let need = Need { bytes, blocks: 0 };
         match self.grant(&mut promised, need, 0, self.reserve_inodes) {
@@ -211,21 +211,21 @@ impl SpaceLedger {
 
     /// Records that `partial`, left unfinished by `sender`, now holds data
     /// to be resumed, so that the cap per sender counts it.
-    pub(super) fn note_held(&self, partial: &Partial, sender: Sender) {
+    pub(crate) fn note_held(&self, partial: &Partial, sender: Sender) {
         if let Some(name) = partial.resume_name() {
             locked(&self.owners).insert(name.to_owned(), sender);
         }
     }
 
     /// Marks the end of a session, which may have left partial data behind.
-    pub(super) fn session_ended(&self) {
+    pub(crate) fn session_ended(&self) {
         self.lock().nothing_to_evict = false;
     }
 
     /// Holds held partial data to `--max-partial` in all and, when `sender`
     /// just left some, to its share for that sender: the oldest goes first.
     /// Logs what it deletes, and what stays held.
-    pub(super) fn cap_partials(&self, sender: Option<Sender>) {
+    pub(crate) fn cap_partials(&self, sender: Option<Sender>) {
         let mut held = match self.store.held_partials() {
             Ok(held) => held,
             Err(error) => {
@@ -406,18 +406,18 @@ impl Charge {
 
     /// The bytes beyond this grant that writing `len` more needs, if any:
     /// a stream's size is not known, so its grant grows as it does.
-    pub(super) fn beyond(&self, len: u64) -> Option<u64> {
+    pub(crate) fn beyond(&self, len: u64) -> Option<u64> {
         (len > self.promised).then(|| len - self.promised)
     }
 
     /// Adds a grant from [`SpaceLedger::grow`] to this one.
-    pub(super) fn absorb(&mut self, mut more: Charge) {
+    pub(crate) fn absorb(&mut self, mut more: Charge) {
         self.promised = self.promised.saturating_add(more.promised);
         more.promised = 0;
     }
 
     /// Accounts for `len` granted bytes handed to the writer.
-    pub(super) fn spend(&mut self, len: u64) {
+    pub(crate) fn spend(&mut self, len: u64) {
         let ledger = Arc::clone(&self.ledger);
         let mut promised = ledger.lock();
         let before = self.held();
