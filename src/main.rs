@@ -39,7 +39,7 @@ mod exit {
 #[command(
     name = "haul",
     version,
-    about = "Send files to a haul server over TCP, list what it shares, or run one.",
+    about = "Send files to a haul server over TCP, fetch and list what it shares, or run one.",
     after_help = "Examples:
   haul serve                                 receive into ./received on 127.0.0.1:12000
   haul serve --listen 0.0.0.0:12000 --dir /srv/inbox
@@ -49,6 +49,7 @@ mod exit {
   haul send --protocol seed report.pdf       speak the classroom protocol
   haul send --json photos/ | jq -c .         one JSON object per event, for scripts
   haul ls --from 192.0.2.7 photos            list a folder a server shares (--allow-get)
+  haul get --from 192.0.2.7 photos           fetch that folder into this one
   haul completions bash                      print shell completions
   haul man --all | man -l -                  read the manual, every subcommand
 
@@ -275,6 +276,75 @@ Exit codes:
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Fetch files and folders that a haul server shares.
+    #[command(after_help = "Examples:
+  haul get report.pdf                        from 127.0.0.1:12000 into this folder
+  haul get --from 192.0.2.7 photos --into ~/pictures   a whole folder, on port 12000
+  haul get --from 192.0.2.7 logs/today.log --into - | less   one file to standard output
+  haul get --json photos | jq -c .           JSON lines on stdout, for scripts
+
+Each PATH is relative to the top of what the server shares; what it names lands under
+its last component in --into (`docs/a.txt` as `a.txt`, `photos` as `photos/...`), with
+its time, its mode (masked by the umask) and its empty folders. Every file is verified
+with BLAKE3 and gets its final name only once it is whole and synced; partial data waits
+in DIR/.haul/, and running the same command again resumes it. A local file identical to
+the server's is skipped; a different one is kept, and the fetched file lands as
+`name (1).ext` (--on-conflict says otherwise).
+
+Nothing the server says is trusted: a name that breaks the name rules or that was not
+asked for ends the get before anything of it is written, and nothing is written through
+a symbolic link in DIR. The server must share its files: run it with --allow-get (or,
+with secrets, give this client's secret get rights).
+
+With --json: the events of haul send (started, stored, already_there, failed), `path` as
+the server names it and `stored_as` as it landed under DIR; the summary counts
+bytes_received and names the server in `from`.
+
+Exit codes:
+  0    every file was got (or was already here)
+  1    some files failed, a path is not on the server, the server broke the rules, or
+       the connection broke (run the command again to resume)
+  2    usage error
+  3    no haul server reached
+  4    authentication failed
+  5    not allowed: the server does not share its files with this client")]
+    Get {
+        /// Server address; without a port, 12000 (`localhost`, `[::1]`).
+        #[arg(long, value_name = "HOST[:PORT]", default_value = config::ADDRESS)]
+        from: String,
+        /// Directory to put what is got in (created if missing), or `-`
+        /// for one file's bytes on standard output.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        into: PathBuf,
+        /// What to do when a different local file is under a name: keep both
+        /// (the fetched one as `name (1).ext`), replace it, or refuse the
+        /// fetched one. An identical local file is skipped.
+        #[arg(long, value_enum, default_value_t = Conflict::Rename, value_name = "POLICY")]
+        on_conflict: Conflict,
+        /// Time the server has to answer haul's Hello before get gives up.
+        #[arg(long, default_value_t = config::REPLY_TIMEOUT, value_name = "DURATION")]
+        reply_timeout: Span,
+        /// Ask the server for zstd-compressed data (worth it on slow links).
+        #[arg(long)]
+        compress: bool,
+        /// Print only failures.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print a line for every file, also for each file already here.
+        #[arg(short, long, conflicts_with = "quiet")]
+        verbose: bool,
+        /// Print one JSON object per line on stdout for each file and a
+        /// closing summary, for scripts; stderr gets only failures.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
+        /// Read the shared secret from this file (instead of HAUL_TOKEN).
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// Files or folders to get, relative to the top of what the server
+        /// shares, `/`-separated.
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<String>,
+    },
     /// List a folder (or one file) that a haul server shares.
     #[command(after_help = "Examples:
   haul ls                                    the top of the server at 127.0.0.1:12000
@@ -413,7 +483,8 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Serve { .. } | Command::Send { .. } | Command::Ls { .. } => {}
+        Command::Serve { .. } | Command::Send { .. } | Command::Get { .. } | Command::Ls { .. } => {
+        }
     }
     // Only serving and sending need the async runtime.
     let runtime = match tokio::runtime::Runtime::new() {
@@ -730,6 +801,108 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(error) => send_exit_code(&Err(error)),
             }
+        }
+        Command::Get {
+            from,
+            into,
+            on_conflict,
+            reply_timeout,
+            compress,
+            quiet,
+            verbose,
+            json,
+            token_file,
+            paths,
+        } => {
+            let to_stdout = into.as_os_str() == "-";
+            if to_stdout && paths.len() > 1 {
+                eprintln!(
+                    "haul: --into - writes one file to standard output, but {} paths were given",
+                    paths.len()
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+            if to_stdout && json {
+                eprintln!(
+                    "haul: --into - writes the file to standard output, where --json would write its events; use one of them"
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+            let requested = match send::get::requested(&paths) {
+                Ok(requested) => requested,
+                Err(message) => {
+                    eprintln!("haul: {}", shown(&message));
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            let secret = match load_secret(token_file.as_deref()) {
+                Ok(loaded) => {
+                    if let Some(loose) = loaded.as_ref().and_then(|loaded| loaded.loose.as_ref()) {
+                        eprintln!("haul: warning: {}", shown(&loose.to_string()));
+                    }
+                    loaded.map(|loaded| loaded.secret)
+                }
+                Err(error) => {
+                    eprintln!("haul: {}", shown(&error.to_string()));
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            // Names this receiver's partial data, so that a re-run resumes it.
+            let Some(sender) = resume_identity() else {
+                return ExitCode::FAILURE;
+            };
+            let from = send::with_default_port(&from);
+            let options = SendOptions {
+                idle: SEND_IDLE_TIMEOUT,
+                reply: reply_timeout.0,
+                compress: compress && !to_stdout,
+                limit: None,
+                secret,
+                sender,
+            };
+            let on_conflict = match on_conflict {
+                Conflict::Overwrite => OnConflict::Overwrite,
+                Conflict::Rename => OnConflict::Rename,
+                Conflict::Refuse => OnConflict::Refuse,
+            };
+            let output = if json {
+                Output::Json
+            } else if quiet || to_stdout {
+                Output::Quiet
+            } else {
+                Output::Lines
+            };
+            let into = if to_stdout {
+                send::get::Into::Stdout
+            } else {
+                send::get::Into::Dir(into)
+            };
+            let mut reporter = Reporter::for_get(output, verbose, &from);
+            let finished = runtime.block_on(async {
+                let getting =
+                    send::get::get_haul(&from, &requested, &into, on_conflict, &options, |event| {
+                        reporter.event(event)
+                    });
+                // Ctrl-C drops the get where it is: the partial data stays
+                // in DIR/.haul/ for the next run to resume from.
+                tokio::select! {
+                    biased;
+                    _ = tokio::signal::ctrl_c() => None,
+                    outcome = getting => Some(outcome),
+                }
+            });
+            let code = match finished {
+                Some(outcome) => {
+                    reporter.finish(&outcome);
+                    send_exit_code(&outcome)
+                }
+                None => {
+                    eprintln!("haul: interrupted; run the same command again to resume");
+                    ExitCode::from(exit::INTERRUPTED)
+                }
+            };
+            runtime.shutdown_background();
+            code
         }
         Command::Completions { .. } | Command::Man { .. } | Command::Token => {
             unreachable!("handled above")

@@ -74,6 +74,23 @@ enum JsonLine<'a> {
         path: &'a str,
         reason: &'a str,
     },
+    /// The closing line of a get.
+    #[serde(rename = "summary")]
+    GetSummary {
+        stored: u64,
+        already_there: u64,
+        failed: u64,
+        skipped: u64,
+        /// File bytes that arrived, before decompression's growth is counted
+        /// out: what was written locally (resumed parts excluded).
+        bytes_received: u64,
+        /// `bytes_received` as it came on the wire.
+        wire_bytes: u64,
+        seconds: f64,
+        from: &'a str,
+        /// Why the get as a whole failed.
+        error: Option<String>,
+    },
     Summary {
         stored: u64,
         already_there: u64,
@@ -122,6 +139,8 @@ pub struct Reporter {
     seen: Summary,
     /// Bytes of the files found already there.
     already_there_bytes: u64,
+    /// Whether this reports a get: files come from the server at `to`.
+    get: bool,
 }
 
 impl Reporter {
@@ -143,6 +162,27 @@ impl Reporter {
             gathered: String::new(),
             seen: Summary::default(),
             already_there_bytes: 0,
+            get: false,
+        }
+    }
+
+    /// Starts reporting a get from `from`. A terminal gets a line per file
+    /// rather than the live display, which needs the totals in advance.
+    pub fn for_get(output: Output, verbose: bool, from: &str) -> Reporter {
+        let output = match output {
+            Output::Progress => Output::Lines,
+            other => other,
+        };
+        Reporter {
+            output,
+            verbose,
+            progress: None,
+            to: from.to_owned(),
+            started: Instant::now(),
+            gathered: String::new(),
+            seen: Summary::default(),
+            already_there_bytes: 0,
+            get: true,
         }
     }
 
@@ -175,14 +215,18 @@ impl Reporter {
                 bytes,
                 ..
             } if stored_as != path => {
-                self.note(&format!("stored {path} as {stored_as} ({})", Human(bytes)));
+                let verb = if self.get { "got" } else { "stored" };
+                self.note(&format!("{verb} {path} as {stored_as} ({})", Human(bytes)));
             }
             Event::Stored {
                 path,
                 stored_as: Some(_),
                 bytes,
                 ..
-            } => self.routine(&format!("stored {path} ({})", Human(bytes))),
+            } => {
+                let verb = if self.get { "got" } else { "stored" };
+                self.routine(&format!("{verb} {path} ({})", Human(bytes)));
+            }
             Event::Stored {
                 path,
                 stored_as: None,
@@ -224,7 +268,11 @@ impl Reporter {
         self.already_there_line();
         match outcome {
             Ok(summary) if matches!(self.output, Output::Lines | Output::Progress) => {
-                print_to_stderr(&closing_line(summary, &self.to, self.started.elapsed()));
+                let mut line = closing_line(summary, &self.to, self.started.elapsed());
+                if self.get {
+                    line = line.replacen(" sent to ", " received from ", 1);
+                }
+                print_to_stderr(&line);
             }
             Ok(_) => {}
             Err(error) => print_to_stderr(&error.to_string()),
@@ -251,6 +299,21 @@ impl Reporter {
 
     /// The closing JSON line: `error` says why the send ended early.
     fn json_summary(&self, counts: &Summary, error: Option<String>) {
+        if self.get {
+            JsonLine::GetSummary {
+                stored: counts.stored,
+                already_there: counts.already_there,
+                failed: counts.failed,
+                skipped: counts.skipped,
+                bytes_received: counts.bytes_sent,
+                wire_bytes: counts.wire_bytes,
+                seconds: self.started.elapsed().as_secs_f64(),
+                from: &self.to,
+                error,
+            }
+            .print();
+            return;
+        }
         JsonLine::Summary {
             stored: counts.stored,
             already_there: counts.already_there,
@@ -309,9 +372,10 @@ impl Reporter {
         let count = self.seen.already_there;
         if self.output == Output::Lines && !self.verbose && count > 0 {
             self.print(&format!(
-                "{count} {} already there ({}), nothing sent for {}",
+                "{count} {} already there ({}), nothing {} for {}",
                 if count == 1 { "file" } else { "files" },
                 Human(self.already_there_bytes),
+                if self.get { "fetched" } else { "sent" },
                 if count == 1 { "it" } else { "them" },
             ));
         }

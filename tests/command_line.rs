@@ -594,6 +594,7 @@ fn help_texts_change_only_on_purpose() {
         ("help-send", &["send", "--help"]),
         ("help-serve", &["serve", "--help"]),
         ("help-ls", &["ls", "--help"]),
+        ("help-get", &["get", "--help"]),
         ("help-completions", &["completions", "--help"]),
         ("help-man", &["man", "--help"]),
     ] {

@@ -1802,6 +1802,65 @@ mod tests {
         }
     }
 
+    /// The layout `docs/PROTOCOL.md` gives for a Get, and its bounds: 1 to
+    /// 256 paths of 1 to 4,096 bytes of UTF-8, nothing after the last.
+    #[test]
+    fn a_get_is_laid_out_as_documented_and_bounded() {
+        let mut payload = Vec::new();
+        let paths = GetPaths::build(&["docs/a.txt", "photos"], &mut payload).unwrap();
+        assert_eq!(paths.iter().collect::<Vec<_>>(), ["docs/a.txt", "photos"]);
+        let mut frame = Vec::new();
+        encode(&Message::Get(paths), &mut frame);
+        let documented =
+            "43 00 00 00 16 00 02 00 0a 64 6f 63 73 2f 61 2e 74 78 74 00 06 70 68 6f 74 6f 73";
+        let shown: Vec<String> = frame.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(shown.join(" "), documented);
+        assert_eq!(
+            Request::decode(Kind::Get, &frame[FRAME_HEADER_LEN..]),
+            Ok(Request::Get(paths))
+        );
+        assert_eq!(
+            SenderMessage::decode(Kind::Get, &frame[FRAME_HEADER_LEN..])
+                .unwrap_err()
+                .to_string(),
+            "Get is not a message a sender sends",
+            "after the first message a Get is refused"
+        );
+        let mut scratch = Vec::new();
+        assert!(GetPaths::build(&[], &mut scratch).is_none());
+        assert!(GetPaths::build(&[""], &mut scratch).is_none());
+        let too_many = vec!["a"; MAX_GET_PATHS + 1];
+        assert!(GetPaths::build(&too_many, &mut scratch).is_none());
+        assert!(GetPaths::build(&vec!["a"; MAX_GET_PATHS], &mut scratch).is_some());
+        let long = "a".repeat(MAX_PATH_LEN + 1);
+        assert!(GetPaths::build(&[long.as_str()], &mut scratch).is_none());
+        for (bad, error) in [
+            (
+                &[0u8, 0][..],
+                DecodeError::Invalid {
+                    kind: Kind::Get,
+                    what: "path count not between 1 and 256",
+                },
+            ),
+            (&[0, 1, 0, 2, b'a'][..], DecodeError::Truncated(Kind::Get)),
+            (
+                &[0, 1, 0, 1, b'a', b'b'][..],
+                DecodeError::Trailing(Kind::Get),
+            ),
+            (&[0, 1, 0, 1, 0xff][..], DecodeError::NotUtf8(Kind::Get)),
+            (
+                &[0, 1, 0, 0][..],
+                DecodeError::Invalid {
+                    kind: Kind::Get,
+                    what: "path empty or too long",
+                },
+            ),
+            (&[0][..], DecodeError::Truncated(Kind::Get)),
+        ] {
+            assert_eq!(decode_message(Kind::Get, bad), Err(error), "{bad:?}");
+        }
+    }
+
     /// A List is a request only as a client's first message after the
     /// opening; the listing's messages are only a listing server's.
     #[test]

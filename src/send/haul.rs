@@ -92,6 +92,8 @@ struct Session {
     compressor: Option<zstd::bulk::Compressor<'static>>,
     /// Where each small file is read whole, reused from file to file.
     small_file: Vec<u8>,
+    /// The server's address, once connected.
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// zstd's default level: fast, and most of the gain.
@@ -114,7 +116,7 @@ struct Streamed {
 /// Cuts the walk into batches, putting first the files to offer again
 /// with their hash, because the server holds a file of their name and size.
 struct Batches<'a> {
-    walked: Box<dyn Iterator<Item = Walked> + 'a>,
+    walked: Box<dyn Iterator<Item = Walked> + Send + 'a>,
     to_compare: VecDeque<Entry>,
 }
 
@@ -181,10 +183,66 @@ async fn offer_batch(writer: &mut FrameWriter, batch: &[Entry]) -> Result<(), Co
     writer.flush().await
 }
 
+/// Sends what `walked` yields over a connection whose opening is done, as
+/// the sender of a session, then says goodbye: how a server answers a
+/// client's Get, with the code `haul send` pushes with. `compress` says
+/// whether zstd was granted.
+pub(crate) async fn send_over(
+    conn: Connection,
+    peer: String,
+    compress: bool,
+    walked: impl Iterator<Item = Walked> + Send,
+    mut on_event: impl FnMut(Event<'_>) + Send,
+    cut: impl FnOnce() -> Option<String>,
+) -> (Connection, Result<Summary, SendError>) {
+    let compressor = match compress.then(|| zstd::bulk::Compressor::new(ZSTD_LEVEL)) {
+        None => None,
+        Some(Ok(compressor)) => Some(compressor),
+        Some(Err(error)) => return (conn, Err(error.into())),
+    };
+    let mut session = Session {
+        to: peer,
+        reply: conn.idle(),
+        in_flight: None,
+        conn,
+        summary: Summary::default(),
+        compressor,
+        small_file: Vec::new(),
+        peer: None,
+    };
+    let mut batches = Batches {
+        walked: Box::new(walked),
+        to_compare: VecDeque::new(),
+    };
+    let mut outcome = session.send_batches(&mut batches, &mut on_event).await;
+    if outcome.is_ok() {
+        // A walk that could not give everything ends the session with its
+        // reason, not a Bye: the receiver must not take its copy as whole.
+        outcome = match cut() {
+            Some(reason) => Err(SendError::Protocol(reason)),
+            None => session.goodbye().await,
+        };
+    }
+    (session.conn, outcome.map(|()| session.summary))
+}
+
 /// Connects and opens a session (Hello, Welcome and, with a secret, the
 /// encrypted handshake) for a request other than a push: `haul ls`.
 pub(super) async fn open_session(to: &str, options: &SendOptions) -> Result<Connection, SendError> {
     Ok(Session::open(to, options).await?.conn)
+}
+
+/// An opened session for a get: the connection, the server's address, and
+/// whether compression was granted.
+pub(super) async fn open_get_session(
+    to: &str,
+    options: &SendOptions,
+) -> Result<(Connection, std::net::SocketAddr, bool), SendError> {
+    let session = Session::open(to, options).await?;
+    let peer = session
+        .peer
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    Ok((session.conn, peer, session.compressor.is_some()))
 }
 
 impl Session {
@@ -192,6 +250,7 @@ impl Session {
     /// caller's first message.
     async fn open(to: &str, options: &SendOptions) -> Result<Session, SendError> {
         let stream = connect(to, options.idle).await?;
+        let peer = stream.peer_addr().ok();
         let (reader, writer) = stream.into_split();
         let reader: BoxedReader = Box::new(reader);
         let writer: BoxedWriter = Box::new(Throttle::new(writer, options.limit));
@@ -207,6 +266,7 @@ impl Session {
             summary: Summary::default(),
             compressor: None,
             small_file: Vec::new(),
+            peer,
         };
         session
             .handshake(options.compress, options.secret.as_ref(), options.sender)
@@ -480,14 +540,14 @@ impl Session {
         // mix two versions of it, so its FileEnd withdraws it.
         let mut changed = false;
         let local_failure = match &file.entry.source {
-            Source::File(path)
+            source @ (Source::File(_) | Source::Stored { .. })
                 if file.offset == 0 && file.entry.size.is_some_and(|size| size <= SMALL_FILE) =>
             {
                 // A small file is read whole, here: the runtime's hand-offs
                 // to a file thread would cost more than the read itself.
                 let size = file.entry.size.unwrap_or(0);
                 let mut buffer = std::mem::take(&mut self.small_file);
-                match read_small(path, size, &mut buffer) {
+                match read_small(source, size, &mut buffer) {
                     Ok((filled, unchanged)) => {
                         // Sent from the buffer it was read into, as one Data
                         // frame: a copy into a chunk buffer of its own would
@@ -501,52 +561,60 @@ impl Session {
                         self.small_file = buffer;
                         sent?;
                         if (filled as u64) < size {
-                            Some(format!("{} shrank while it was being sent", path.display()))
+                            Some(format!("{} shrank while it was being sent", source.label()))
                         } else {
                             changed = !unchanged;
-                            changed.then(|| changed_while_sent(path))
+                            changed.then(|| changed_while_sent(source))
                         }
                     }
                     Err(error) => {
                         self.small_file = buffer;
                         Some(format!(
                             "cannot read {}: {}",
-                            path.display(),
+                            source.label(),
                             unreadable(&error)
                         ))
                     }
                 }
             }
-            Source::File(path) => match open_stamped(path).await {
-                Ok((mut source, before)) => {
-                    let size = file.entry.size.unwrap_or(0);
-                    let failure = self
-                        .send_known_length(&mut source, file.offset, size, &mut hasher, on_event)
-                        .await?;
-                    match failure {
-                        Some(PumpError::EarlyEof { .. }) => {
-                            Some(format!("{} shrank while it was being sent", path.display()))
-                        }
-                        Some(other) => Some(format!("cannot read {}: {other}", path.display())),
-                        None => match source.metadata().await {
-                            Ok(after) => {
-                                changed = Stamp::of(&after) != before;
-                                changed.then(|| changed_while_sent(path))
+            source @ (Source::File(_) | Source::Stored { .. }) => {
+                match open_stamped(source).await {
+                    Ok((mut opened, before)) => {
+                        let size = file.entry.size.unwrap_or(0);
+                        let failure = self
+                            .send_known_length(
+                                &mut opened,
+                                file.offset,
+                                size,
+                                &mut hasher,
+                                on_event,
+                            )
+                            .await?;
+                        match failure {
+                            Some(PumpError::EarlyEof { .. }) => {
+                                Some(format!("{} shrank while it was being sent", source.label()))
                             }
-                            Err(error) => Some(format!(
-                                "cannot read {}: {}",
-                                path.display(),
-                                unreadable(&error)
-                            )),
-                        },
+                            Some(other) => Some(format!("cannot read {}: {other}", source.label())),
+                            None => match opened.metadata().await {
+                                Ok(after) => {
+                                    changed = Stamp::of(&after) != before;
+                                    changed.then(|| changed_while_sent(source))
+                                }
+                                Err(error) => Some(format!(
+                                    "cannot read {}: {}",
+                                    source.label(),
+                                    unreadable(&error)
+                                )),
+                            },
+                        }
                     }
+                    Err(error) => Some(format!(
+                        "cannot read {}: {}",
+                        source.label(),
+                        unreadable(&error)
+                    )),
                 }
-                Err(error) => Some(format!(
-                    "cannot read {}: {}",
-                    path.display(),
-                    unreadable(&error)
-                )),
-            },
+            }
             Source::Stdin => {
                 self.send_chunks(&mut tokio::io::stdin(), None, &mut hasher, on_event)
                     .await?;
@@ -892,17 +960,20 @@ impl Stamp {
 }
 
 /// Opens a file to send and takes its [`Stamp`].
-async fn open_stamped(path: &std::path::Path) -> std::io::Result<(tokio::fs::File, Stamp)> {
-    let file = tokio::fs::File::open(path).await?;
-    let stamp = Stamp::of(&file.metadata().await?);
-    Ok((file, stamp))
+async fn open_stamped(source: &Source) -> std::io::Result<(tokio::fs::File, Stamp)> {
+    let source = source.clone();
+    let file = tokio::task::spawn_blocking(move || source.open())
+        .await
+        .map_err(std::io::Error::other)??;
+    let stamp = Stamp::of(&file.metadata()?);
+    Ok((tokio::fs::File::from_std(file), stamp))
 }
 
 /// Why a file that changed while it was read is not stored.
-fn changed_while_sent(path: &std::path::Path) -> String {
+fn changed_while_sent(source: &Source) -> String {
     format!(
         "{} changed while it was being sent; nothing was stored, run the command again",
-        path.display()
+        source.label()
     )
 }
 
@@ -913,12 +984,8 @@ fn changed_while_sent(path: &std::path::Path) -> String {
 /// reads once more to see the end, and `read_to_end` reads at most 8 KiB
 /// at first. The buffer is reused from file to file and only grows, so it
 /// is zeroed once rather than per file.
-fn read_small(
-    path: &std::path::Path,
-    size: u64,
-    buffer: &mut Vec<u8>,
-) -> std::io::Result<(usize, bool)> {
-    let mut file = std::fs::File::open(path)?;
+fn read_small(source: &Source, size: u64, buffer: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
+    let mut file = source.open()?;
     let before = Stamp::of(&file.metadata()?);
     let size = usize::try_from(size).unwrap_or(0);
     if buffer.len() < size {
@@ -940,18 +1007,30 @@ fn read_small(
 /// The BLAKE3 hash of a local file, to offer it again for comparison with
 /// the server's copy; the reason, in words, when it cannot be read.
 async fn local_hash(entry: &Entry) -> Result<Hash, String> {
-    let Source::File(path) = &entry.source else {
+    if !matches!(entry.source, Source::File(_) | Source::Stored { .. }) {
         return Err("only files can be compared".into());
-    };
-    let reading = path.clone();
+    }
+    let source = entry.source.clone();
     let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<Hash> {
+        use crate::storage::Backend;
+        // A store keeps the hashes of its files: an unchanged one is read
+        // at most once however often it is compared.
+        if let Source::Stored { store, path } = &source {
+            return Ok(*store.hash_existing(path)?.as_bytes());
+        }
         let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(reading)?)?;
+        hasher.update_reader(source.open()?)?;
         Ok(*hasher.finalize().as_bytes())
     })
     .await
     .unwrap_or_else(|error| Err(std::io::Error::other(error)));
-    hashed.map_err(|error| format!("cannot read {}: {}", path.display(), unreadable(&error)))
+    hashed.map_err(|error| {
+        format!(
+            "cannot read {}: {}",
+            entry.source.label(),
+            unreadable(&error)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -995,14 +1074,20 @@ mod tests {
         std::fs::write(&long, [7u8; 300]).unwrap();
         std::fs::write(&short, b"abc").unwrap();
         let mut buffer = Vec::new();
-        assert_eq!(read_small(&long, 300, &mut buffer).unwrap(), (300, true));
+        assert_eq!(
+            read_small(&Source::File(long.clone()), 300, &mut buffer).unwrap(),
+            (300, true)
+        );
         assert_eq!(buffer[..300], [7u8; 300]);
         // Announced as 10 bytes by the walk, 3 by the time it is read: the
         // 3 come first, and what the last file left behind them is not sent.
-        assert_eq!(read_small(&short, 10, &mut buffer).unwrap(), (3, true));
+        assert_eq!(
+            read_small(&Source::File(short.clone()), 10, &mut buffer).unwrap(),
+            (3, true)
+        );
         assert_eq!(&buffer[..3], b"abc");
         assert_eq!(buffer.len(), 300, "the buffer is reused, not shrunk");
-        assert!(read_small(&dir.path().join("gone"), 5, &mut buffer).is_err());
+        assert!(read_small(&Source::File(dir.path().join("gone")), 5, &mut buffer).is_err());
     }
 
     #[test]

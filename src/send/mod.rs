@@ -4,11 +4,12 @@
 //! It never prints; it returns or reports what happened to each file so that
 //! the CLI can show it.
 
-mod haul;
+pub mod get;
+pub(crate) mod haul;
 pub mod identity;
 mod list;
 mod seed;
-mod walk;
+pub(crate) mod walk;
 
 pub use haul::send_haul;
 pub use list::{Entry as ListedEntry, ListSummary, list_haul};
@@ -206,6 +207,9 @@ pub enum SendError {
     Auth(String),
     /// The server refused what was asked for this client's secret (or for
     /// any client, on a server without one); nothing was stored.
+    /// A get that ended early, in words.
+    #[error("{0}")]
+    Get(String),
     #[error("not allowed: {0}")]
     NotAllowed(String),
     #[error("connection failed: {}", plain(.0))]

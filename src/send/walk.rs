@@ -18,6 +18,47 @@ pub enum Source {
     /// `/dev/fd/N`): read to its end, its size known only then.
     Stream(PathBuf),
     Directory,
+    /// A file of a store, sent by a server to a client that asked to get
+    /// it: opened through the store, so never through a link.
+    Stored {
+        store: crate::storage::Store,
+        path: crate::storage::RelPath,
+    },
+}
+
+impl Source {
+    /// Opens a file to read it: a local path, or a stored file through its
+    /// store.
+    pub fn open(&self) -> std::io::Result<std::fs::File> {
+        use crate::storage::{Backend, Reader};
+        match self {
+            Source::File(path) => std::fs::File::open(path),
+            Source::Stored { store, path } => {
+                let reader = store.open_read(path)?;
+                match reader.local_file() {
+                    Some(file) => file.try_clone(),
+                    None => Err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "this storage cannot be read through a local file",
+                    )),
+                }
+            }
+            Source::Stdin | Source::Stream(_) | Source::Directory => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a file to open",
+            )),
+        }
+    }
+
+    /// What it is called in a message about it.
+    pub fn label(&self) -> String {
+        match self {
+            Source::File(path) | Source::Stream(path) => path.display().to_string(),
+            Source::Stored { path, .. } => path.to_string(),
+            Source::Stdin => "standard input".to_owned(),
+            Source::Directory => "a folder".to_owned(),
+        }
+    }
 }
 
 /// One file or directory to offer.
@@ -87,7 +128,7 @@ pub fn measure(sources: &[PathBuf], name: Option<&str>) -> Totals {
     totals
 }
 
-fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Walked>> {
+fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Walked> + Send> {
     let shown = source.display().to_string();
     if source.as_os_str() == "-" {
         let Some(name) = name else {

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
+use super::get;
 use super::listing::{self, ListError};
 use super::rights::Rights;
 use super::space::{Charge, Sender, SpaceLedger, sender_of};
@@ -32,6 +33,7 @@ use crate::protocol::haul::{
     ServerOpening,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
+use crate::send::Event;
 use crate::storage::{
     Backend, Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store, Upload,
 };
@@ -64,8 +66,8 @@ enum SessionError {
     HandshakeTimeout(Duration),
     #[error("the client left without saying goodbye")]
     Vanished,
-    #[error("the client ended the session: {0}")]
-    Ended(String),
+    #[error("the client ended the session: {1}")]
+    Ended(FailCode, String),
     #[error(transparent)]
     Pump(#[from] PumpError),
     #[error("no space left on the server")]
@@ -84,6 +86,12 @@ enum SessionError {
     Refused(Refusal),
     #[error("storage failed: {0}")]
     Storage(io::Error),
+    /// A server's offer a client receiving does not take.
+    #[error("{0}")]
+    Untrusted(String),
+    /// A get that could not send everything asked for, and why.
+    #[error("{0}")]
+    Get(String),
     #[error(transparent)]
     Connection(ConnectionError),
     #[error("connection failed: {0}")]
@@ -227,6 +235,14 @@ struct Session<'a> {
     /// What this session may do: none until the handshake, then what the
     /// secret it completed the handshake with gives (see `rights`).
     rights: Rights,
+    /// For a client receiving what it asked a server for: the names (last
+    /// components of the paths asked for) an offer's path may begin with.
+    /// An offer of anything else, or of a path the store's rules refuse,
+    /// ends the session: such a server is not to be trusted with the rest.
+    /// `None` on the server, whose senders are answered per offer.
+    accepts: Option<Vec<String>>,
+    /// Where a client receiving reports each file, as `haul send` does.
+    events: Option<&'a mut (dyn FnMut(Event<'_>) + Send)>,
 }
 
 /// Decompression state for `DataZstd` frames, kept for the whole session.
@@ -271,6 +287,8 @@ pub(super) async fn serve(
         sender: SenderId::default(),
         holder: Holder::new(),
         rights: Rights::NONE,
+        accepts: None,
+        events: None,
     };
     match session.run(deadline).await {
         Ok(()) => debug!(%peer, "haul session ended"),
@@ -506,8 +524,15 @@ impl Session<'_> {
             Ok(result) => result?,
         }
         self.conn.set_idle(self.config.idle_timeout);
+        self.receive(true).await
+    }
+
+    /// Receives batches until the sender says goodbye. `first_is_request`:
+    /// the first message may instead ask for a listing or a get (on the
+    /// server; a client receiving has asked already).
+    async fn receive(&mut self, first_is_request: bool) -> Result<(), SessionError> {
         let mut offers: Vec<OwnedOffer> = Vec::new();
-        let mut first = true;
+        let mut first = first_is_request;
         loop {
             // The first message says what the session does; only it may be
             // a List, and a list session is that List alone.
@@ -517,8 +542,17 @@ impl Session<'_> {
                         let path = path.to_owned();
                         return self.list(&path).await;
                     }
-                    Request::Get(_) => {
-                        return Err(SessionError::Violation("get is not served yet".into()));
+                    Request::Get(paths) => {
+                        // Refused before anything is read from storage.
+                        if !self.rights.get {
+                            return Err(SessionError::NotAllowed(
+                                self.rights.get_refusal(self.config.access.has_secret()),
+                            ));
+                        }
+                        let resolved = get::resolve(&self.store, paths)
+                            .await
+                            .map_err(SessionError::Refused)?;
+                        return self.get(resolved).await;
                     }
                     Request::Push(message) => message,
                 }
@@ -537,6 +571,9 @@ impl Session<'_> {
                             "more than {MAX_BATCH} offers in a batch"
                         )));
                     }
+                    if let Some(accepts) = &self.accepts {
+                        untrusted(accepts, offer.path)?;
+                    }
                     offers.push(OwnedOffer::from(offer));
                 }
                 SenderMessage::BatchEnd => {
@@ -544,8 +581,8 @@ impl Session<'_> {
                     self.run_batch(batch).await?;
                 }
                 SenderMessage::Bye => break,
-                SenderMessage::Error { message, .. } => {
-                    return Err(SessionError::Ended(printable(message.as_bytes())));
+                SenderMessage::Error { code, message } => {
+                    return Err(SessionError::Ended(code, printable(message.as_bytes())));
                 }
                 SenderMessage::FileEnd { .. } => {
                     return Err(SessionError::Violation("unexpected FileEnd".into()));
@@ -571,6 +608,39 @@ impl Session<'_> {
             }
             Err(ListError::Refused(refusal)) => Err(SessionError::Refused(refusal)),
             Err(ListError::Connection(error)) => Err(error.into()),
+        }
+    }
+
+    /// Serves a get session: sends what was asked for, as a sender.
+    async fn get(&mut self, resolved: Vec<(RelPath, get::Resolved)>) -> Result<(), SessionError> {
+        let idle = self.conn.idle();
+        let detached = Connection::new(
+            BufReader::new(Box::new(tokio::io::empty())),
+            BufWriter::new(Box::new(tokio::io::sink())),
+            idle,
+        );
+        let conn = std::mem::replace(&mut self.conn, detached);
+        let (conn, outcome) =
+            get::serve(conn, &self.store, resolved, self.peer, self.zstd.is_some()).await;
+        self.conn = conn;
+        match outcome {
+            Ok(summary) => {
+                info!(
+                    peer = %self.peer,
+                    sent = summary.stored,
+                    already_there = summary.already_there,
+                    failed = summary.failed,
+                    bytes = summary.bytes_sent,
+                    "get served"
+                );
+                Ok(())
+            }
+            // The sender's words name its peer "the server"; here the
+            // peer is the client.
+            Err(crate::send::SendError::Server(reason)) => Err(SessionError::Get(format!(
+                "the client ended the get: {reason}"
+            ))),
+            Err(error) => Err(SessionError::Get(error.to_string())),
         }
     }
 
@@ -725,6 +795,11 @@ impl Session<'_> {
                 }
                 Ok((Decision::Same(stored_as), _)) => {
                     log_already_there(self.peer, &planned.path_shown, planned.size, &stored_as);
+                    self.emit(Event::AlreadyThere {
+                        path: &planned.path_shown,
+                        stored_as: &stored_as,
+                        bytes: planned.size.unwrap_or(0),
+                    });
                     self.conn
                         .send(&ReceiverMessage::Answer(Answer::Same {
                             stored_as: &stored_as,
@@ -815,7 +890,7 @@ impl Session<'_> {
                 Ok((partial, hash, bytes)) => {
                     granted.push(charge);
                     let to_log = ToLog {
-                        path_shown: std::mem::take(&mut planned.path_shown),
+                        path_shown: planned.path_shown.clone(),
                         bytes,
                         started,
                         resumable: partial.resume_name().is_some(),
@@ -858,6 +933,24 @@ impl Session<'_> {
         log_output::write_gathered();
         // Receipts and failures go out in the order the files were offered.
         replies.sort_by_key(|(index, _)| *index);
+        if let Some(events) = self.events.as_mut() {
+            for (index, reply) in &replies {
+                let path = &batch[*index].path_shown;
+                match reply {
+                    Ok(stored) => events(Event::Stored {
+                        path,
+                        stored_as: Some(&stored.stored_as),
+                        bytes: stored.bytes,
+                        hash: Some(&stored.hash),
+                    }),
+                    Err(reason) => events(Event::Failed {
+                        path,
+                        reason: &reason.text,
+                    }),
+                }
+            }
+            events(Event::BatchSettled);
+        }
         for (_, reply) in &replies {
             let message = match reply {
                 Ok(stored) => ReceiverMessage::Receipt {
@@ -888,6 +981,11 @@ impl Session<'_> {
     ) -> Result<Result<(Partial, Hash, u64), Refusal>, SessionError> {
         // Known before the file is made, so that it is made with its mode.
         partial.set_metadata(metadata_of(planned.mtime, planned.mode));
+        self.emit(Event::Started {
+            path: &planned.path_shown,
+            size: planned.size,
+            offset: partial.offset(),
+        });
         let small = partial.offset() == 0 && planned.size.is_some_and(|size| size <= SMALL_FILE);
         let (mut partial, hasher, writer) = if small {
             // Made right here: a hand-off to a file thread would cost more.
@@ -974,6 +1072,13 @@ impl Session<'_> {
         Ok(Ok((partial, hash, received)))
     }
 
+    /// Reports an event to a client receiving; nothing on the server.
+    fn emit(&mut self, event: Event<'_>) {
+        if let Some(events) = self.events.as_mut() {
+            events(event);
+        }
+    }
+
     /// Logs a file whose transfer ended with its session.
     fn log_cut(&self, planned: &Planned, started: Instant, error: &SessionError, data: Fate<'_>) {
         log_transfer(
@@ -1056,6 +1161,12 @@ impl Session<'_> {
                 charge.absorb(granted);
             }
             charge.spend(len);
+            if let Some(events) = self.events.as_mut() {
+                events(Event::Progress {
+                    bytes: len,
+                    wire: u64::from(header.len),
+                });
+            }
             if header.kind == Kind::DataZstd {
                 let plain = self.zstd.as_ref().map_or(&[][..], |zstd| &zstd.plain[..]);
                 receive_slice(sink, plain).await.map_err(storage_error)?;
@@ -1100,6 +1211,10 @@ impl Planned {
         session: &mut Session<'_>,
         reason: Refusal,
     ) -> Result<Planned, ConnectionError> {
+        session.emit(Event::Failed {
+            path: &self.path_shown,
+            reason: &format!("refused: {reason}"),
+        });
         log_transfer(
             Protocol::Haul,
             session.peer,
@@ -1482,6 +1597,103 @@ fn storage_error(error: io::Error) -> SessionError {
     } else {
         SessionError::Storage(error)
     }
+}
+
+/// Judges an offer's path for a client receiving what it asked for: the
+/// store's name rules, and a first component among `accepts`.
+fn untrusted(accepts: &[String], path: &[u8]) -> Result<(), SessionError> {
+    let shown = printable(path);
+    let parsed = RelPath::parse(path).map_err(|error| {
+        SessionError::Untrusted(format!(
+            "the server offered {shown}, a name that breaks the name rules ({error}); nothing of it was written"
+        ))
+    })?;
+    let top = parsed.components().first().map(|name| name.as_str());
+    if !top.is_some_and(|top| accepts.iter().any(|accepted| accepted == top)) {
+        return Err(SessionError::Untrusted(format!(
+            "the server offered {shown}, which was not asked for; nothing of it was written"
+        )));
+    }
+    Ok(())
+}
+
+/// How a client receives what it asked a server for.
+pub struct GetSetup {
+    /// The local directory things land in (`--into`), as a store: the
+    /// same name rules, conflict policy, atomic placement and resume as
+    /// the server's.
+    pub store: Store,
+    pub config: ServerConfig,
+    /// Names partial data in the store's hidden area, so that a re-run
+    /// resumes it.
+    pub sender: SenderId,
+    /// Whether the server was granted compression.
+    pub zstd: bool,
+    /// The last components of the paths asked for.
+    pub accepts: Vec<String>,
+}
+
+/// Receives, as the receiver of a session, what the server sends after a
+/// Get: the code `haul serve` receives with, reporting to `on_event`. An
+/// `Err` says why the session ended early: with the code of the server's
+/// Error frame when the server ended it, and its words.
+pub async fn receive_get(
+    conn: Connection,
+    peer: SocketAddr,
+    setup: GetSetup,
+    on_event: &mut (dyn FnMut(Event<'_>) + Send),
+) -> Result<(), (Option<FailCode>, String)> {
+    let space = SpaceLedger::new(setup.store.clone(), &setup.config);
+    let zstd = if setup.zstd {
+        Some(Zstd {
+            decompressor: zstd::bulk::Decompressor::new()
+                .map_err(|error| (None, error.to_string()))?,
+            plain: Vec::with_capacity(MAX_DATA_LEN as usize),
+        })
+    } else {
+        None
+    };
+    let mut session = Session {
+        conn,
+        peer,
+        store: setup.store,
+        space,
+        owner: sender_of(peer),
+        left_partial: false,
+        config: &setup.config,
+        created: CreatedDirs::default(),
+        zstd,
+        sender: setup.sender,
+        holder: Holder::new(),
+        rights: Rights::SEND,
+        accepts: Some(setup.accepts),
+        events: Some(on_event),
+    };
+    let outcome = session.receive(false).await;
+    if outcome.is_ok() {
+        session.finish_directories().await;
+        let _ = session.conn.shutdown().await;
+        return Ok(());
+    }
+    let (code, reason) = match outcome {
+        Err(SessionError::Ended(code, reason)) => (Some(code), reason),
+        Err(SessionError::Vanished) => (
+            None,
+            "the server closed the connection before the get was complete".to_owned(),
+        ),
+        Err(other) => (None, other.to_string()),
+        Ok(()) => (None, String::new()),
+    };
+    let _ = session
+        .conn
+        .send(&ReceiverMessage::Error {
+            code: FailCode::Other,
+            message: &reason,
+        })
+        .await;
+    let _ = session.conn.flush().await;
+    let _ = session.conn.shutdown().await;
+    Err((code, reason))
 }
 
 #[cfg(test)]

@@ -8,7 +8,10 @@
 //! read and write sockets and call the codec and the store; they never name
 //! a file themselves.
 
+mod get;
 mod haul;
+
+pub use haul::{GetSetup, receive_get};
 mod listing;
 mod log_output;
 mod rights;

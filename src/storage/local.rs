@@ -42,6 +42,12 @@ pub struct LocalDir {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for LocalDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalDir")
+    }
+}
+
 struct Inner {
     /// Handle every operation goes through, so no name can reach outside.
     dir: Dir,

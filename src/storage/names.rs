@@ -131,6 +131,19 @@ impl RelPath {
         RelPath(vec![name])
     }
 
+    /// The path of `name` inside this one.
+    pub fn child(&self, name: SafeName) -> RelPath {
+        let mut components = self.0.clone();
+        components.push(name);
+        RelPath(components)
+    }
+
+    /// The folder it is in: `None` for the top of the store.
+    pub fn up(&self) -> Option<RelPath> {
+        let (_, parents) = self.0.split_last()?;
+        (!parents.is_empty()).then(|| RelPath(parents.to_vec()))
+    }
+
     /// Its components, from the top.
     pub fn components(&self) -> &[SafeName] {
         &self.0
