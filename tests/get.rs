@@ -340,7 +340,7 @@ fn a_tree_sent_and_got_back_is_identical() {
     let output = get(
         server.addr(),
         &[
-            "日本/深い/歌.txt",
+            "project/日本/深い/歌.txt",
             "--into",
             path_str(&into.path().join("one")),
         ],
@@ -477,7 +477,8 @@ fn a_cut_get_resumes_and_moves_only_the_rest() {
     let lines = json::lines(&resumed.stdout);
     let started = json::of_kind(&lines, "started");
     assert_eq!(started.len(), 1, "{lines:#?}");
-    assert_eq!(started[0]["path"], "media/big.bin");
+    // Named as the server offers it: from the last component asked for.
+    assert_eq!(started[0]["path"], "big.bin");
     assert_eq!(started[0]["size"], size);
     let offset = started[0]["offset"].as_u64().unwrap();
     assert!(
@@ -542,11 +543,9 @@ fn a_drop_server_refuses_get_and_nothing_is_written() {
     assert_eq!(listing(into.path()), Vec::<String>::new());
 }
 
-/// Rights come from the secret: the send-only secret cannot get, the
-/// get-only one gets but cannot send, no secret or a wrong one is not let
-/// in at all.
-#[test]
-fn a_get_only_secret_gets_and_a_send_only_secret_cannot() {
+/// A server holding the main, the send-only and the get-only secret, and
+/// the directory of their token files.
+fn three_secret_server() -> (HaulServer, tempfile::TempDir) {
     let keys = tempfile::tempdir().unwrap();
     let server = HaulServer::start(&[
         "--token-file",
@@ -556,6 +555,14 @@ fn a_get_only_secret_gets_and_a_send_only_secret_cannot() {
         "--get-token-file",
         &token_file(keys.path(), "get", GET),
     ]);
+    (server, keys)
+}
+
+/// Rights come from the secret: the send-only secret cannot get, the
+/// get-only one gets but cannot send.
+#[test]
+fn a_get_only_secret_gets_and_a_send_only_secret_cannot() {
+    let (server, _keys) = three_secret_server();
     let bin = plant(&server.inbox);
     let into = tempfile::tempdir().unwrap();
     let into_arg = path_str(into.path());
@@ -568,20 +575,6 @@ fn a_get_only_secret_gets_and_a_send_only_secret_cannot() {
         "{stderr}"
     );
     assert_eq!(listing(into.path()), Vec::<String>::new());
-
-    for secret in [
-        None,
-        Some("77726f6e672d7365637265742d6e6f742d6f6e652d6f662d7468656d21"),
-    ] {
-        let output = get_as(secret, server.addr(), &["a.txt", "--into", into_arg]);
-        assert_eq!(
-            output.status.code(),
-            Some(4),
-            "{secret:?}: {}",
-            stderr_of(&output)
-        );
-        assert_eq!(listing(into.path()), Vec::<String>::new(), "{secret:?}");
-    }
 
     let output = get_as(
         Some(GET),
@@ -600,6 +593,42 @@ fn a_get_only_secret_gets_and_a_send_only_secret_cannot() {
     let output = send_as(Some(GET), server.addr(), &[&file]);
     assert_eq!(output.status.code(), Some(5), "{}", stderr_of(&output));
     assert_eq!(listing(&server.inbox), before);
+}
+
+/// A get that is not let in (no secret, a secret the server does not
+/// hold) or reaches no server at all writes nothing into an existing
+/// --into: not even an empty hidden area.
+#[test]
+fn a_get_not_let_in_or_reaching_nobody_writes_nothing() {
+    let (server, _keys) = three_secret_server();
+    plant(&server.inbox);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let wrong = "77726f6e672d7365637265742d6e6f742d6f6e652d6f662d7468656d21";
+    // Every case is run and its exit code checked before any listing is
+    // judged, so that one failure shows all of them.
+    let mut written = Vec::new();
+    for (case, secret, from, code) in [
+        ("no secret", None, server.addr(), 4),
+        ("a wrong secret", Some(wrong), server.addr(), 4),
+        ("no server", None, nobody.as_str(), 3),
+    ] {
+        let into = tempfile::tempdir().unwrap();
+        let output = get_as(secret, from, &["a.txt", "--into", path_str(into.path())]);
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{case}: {}",
+            stderr_of(&output)
+        );
+        assert_eq!(stdout_of(&output), "", "{case}");
+        let left = listing(into.path());
+        if !left.is_empty() {
+            written.push(format!("{case}: {left:?}"));
+        }
+    }
+    assert!(written.is_empty(), "written into --into: {written:#?}");
 }
 
 /// The main secret, given in HAUL_TOKEN, gets from a server that shares.
@@ -627,24 +656,48 @@ fn the_main_secret_gets_from_a_sharing_server() {
     assert_eq!(names_in(into.path()), ["a.bin", "photos"]);
 }
 
-/// Partial data of uploads lives in the server's `.haul/`; nobody gets it,
-/// by name or with everything else.
-#[test]
-fn the_hidden_area_is_never_got() {
+/// Something in the server's hidden area, `.haul/`, as partial data of an
+/// upload would be: the bytes that must never be got.
+const HIDDEN_BYTES: &[u8] = b"half of someone else's upload";
+
+/// A sharing server holding `kept.txt`, `box/inner.txt` and, put there by
+/// hand, `.haul/secret.bin`.
+fn server_with_hidden_data() -> HaulServer {
     let server = HaulServer::start(&["--allow-get"]);
     let inbox = &server.inbox;
     std::fs::write(inbox.join("kept.txt"), b"kept").unwrap();
     std::fs::create_dir_all(inbox.join("box")).unwrap();
     std::fs::write(inbox.join("box/inner.txt"), b"inner").unwrap();
-    let secret = b"half of someone else's upload";
     std::fs::create_dir_all(inbox.join(".haul")).unwrap();
-    std::fs::write(inbox.join(".haul/secret.bin"), secret).unwrap();
+    std::fs::write(inbox.join(".haul/secret.bin"), HIDDEN_BYTES).unwrap();
+    server
+}
+
+/// The contract: `haul get .haul` is "not found / refused", exit 1, and
+/// writes nothing.
+#[test]
+fn getting_the_hidden_area_by_name_fails_with_exit_1() {
+    let server = server_with_hidden_data();
+    let into = tempfile::tempdir().unwrap();
+    let output = get(server.addr(), &[".haul", "--into", path_str(into.path())]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert_eq!(stdout_of(&output), "");
+    assert_eq!(listing(into.path()), Vec::<String>::new());
+}
+
+/// Partial data of uploads lives in the server's `.haul/`; nobody gets it,
+/// by name or with everything else.
+#[test]
+fn the_hidden_area_is_never_got() {
+    let server = server_with_hidden_data();
+    let inbox = &server.inbox;
+    let secret = HIDDEN_BYTES;
     let into = tempfile::tempdir().unwrap();
     let into_arg = path_str(into.path());
 
-    let output = get(server.addr(), &[".haul", "--into", into_arg]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    for path in [".haul/secret.bin", "/.haul/", "box/../.haul"] {
+    // Refused before anything is asked or written (the exit code of
+    // `.haul` itself is the previous test's).
+    for path in [".haul", ".haul/secret.bin", "/.haul/", "box/../.haul"] {
         let output = get(server.addr(), &[path, "--into", into_arg]);
         assert!(
             matches!(output.status.code(), Some(1 | 2)),
