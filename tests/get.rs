@@ -676,11 +676,17 @@ fn server_with_hidden_data() -> HaulServer {
 /// The contract: `haul get .haul` is "not found / refused", exit 1, and
 /// writes nothing.
 #[test]
-fn getting_the_hidden_area_by_name_fails_with_exit_1() {
+fn getting_the_hidden_area_by_name_is_a_usage_error() {
     let server = server_with_hidden_data();
     let into = tempfile::tempdir().unwrap();
     let output = get(server.addr(), &[".haul", "--into", path_str(into.path())]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    // Judged by the name rules before anything is asked, as `haul ls .haul`.
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("the name `.haul` is reserved for haul's own use"),
+        "{}",
+        stderr_of(&output)
+    );
     assert_eq!(stdout_of(&output), "");
     assert_eq!(listing(into.path()), Vec::<String>::new());
 }
