@@ -1490,6 +1490,13 @@ pub async fn receive_get(
             None,
             "the server closed the connection before the get was complete".to_owned(),
         ),
+        // Its words are the receiver's on a server; here the other side
+        // is the server, and the fault is its.
+        Err(
+            error @ (SessionError::Decode(_)
+            | SessionError::Violation(_)
+            | SessionError::Connection(ConnectionError::DataOutsideFile)),
+        ) => (None, format!("the server broke the protocol: {error}")),
         Err(other) => (None, other.to_string()),
         Ok(()) => (None, String::new()),
     };
