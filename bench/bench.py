@@ -36,8 +36,30 @@ PAGE = os.sysconf('SC_PAGE_SIZE')
 GIB = 1 << 30
 MIB = 1 << 20
 
-ALL_PEERS = ['socat', 'nc', 'rsync', 'scp', 'seed-py', 'haul-seed', 'haul', 'haul-secret']
-ALL_SCENARIOS = ['large', 'small', 'one-client', 'concurrent']
+ALL_PEERS = ['socat', 'nc', 'rsync', 'scp', 'seed-py', 'haul-seed', 'haul', 'haul-secret',
+             'rsync-pull', 'scp-pull', 'haul-get']
+ALL_SCENARIOS = ['large', 'small', 'one-client', 'concurrent', 'download-large', 'download-small']
+# A name on the command line that stands for several scenarios.
+SCENARIO_ALIASES = {'download': ['download-large', 'download-small']}
+DEFAULT_SCENARIOS = 'large,small,one-client,concurrent,download'
+# The scenarios whose data is the small-files tree (rates in files/s).
+TREE_SCENARIOS = ('small', 'download-small')
+# The download scenarios: a server holds the data and a client fetches it into
+# an empty directory. Only the fetching peers run in them, beside an upload of
+# the same data with haul's protocol (`haul`, measured interleaved with them,
+# so that a download and an upload are compared under the same load); the
+# fetching peers run nowhere else. The order is the order of the rows.
+DOWNLOAD_SCENARIOS = ('download-large', 'download-small')
+DOWNLOAD_PEERS = ['rsync-pull', 'scp-pull', 'haul', 'haul-get', 'haul-base', 'haul-get-base']
+PULL_PEERS = {'rsync-pull', 'scp-pull', 'haul-get', 'haul-get-base'}
+
+
+def peers_in(scen: str, names: list[str]) -> list[str]:
+    """The peers among `names` that run in scenario `scen`, in table order."""
+    if scen in DOWNLOAD_SCENARIOS:
+        return [n for n in DOWNLOAD_PEERS if n in names]
+    return [n for n in names if n not in PULL_PEERS]
+
 
 PEER_HELP = {
     'socat': 'socat -b 1048576 -u, one TCP stream (tar piped for many files)',
@@ -49,8 +71,14 @@ PEER_HELP = {
     'haul': 'haul send --protocol haul -> haul serve (directories sent whole)',
     'haul-secret': 'as haul, with a shared secret (--token-file): authenticated, encrypted '
                    '(Noise, AES-256-GCM)',
+    'rsync-pull': 'download: rsync -r rsync://127.0.0.1:P/bench/PATH DIR/ from a private, '
+                  'read-only rsync daemon',
+    'scp-pull': 'download: scp (-r) -c aes128-gcm@openssh.com user@127.0.0.1:PATH DIR/ '
+                'through a private sshd',
+    'haul-get': 'download: haul get --from ADDR PATH --into DIR <- haul serve --allow-get',
     'haul-seed-base': 'as haul-seed, with the --base-haul binary',
     'haul-base': 'as haul, with the --base-haul binary',
+    'haul-get-base': 'as haul-get, with the --base-haul binary',
 }
 
 # ---------------------------------------------------------------------------
@@ -226,6 +254,7 @@ class Proc:
                 pass
         self.rusage = None
         self.exitcode = None
+        self.side = ''  # 'send' or 'recv', for a Run's per-side sums
         Proc.registry.append(self)
 
     @property
@@ -399,10 +428,19 @@ class DataSet:
     files: list[str]        # names relative to root (flat)
     sizes: dict[str, int]
     hashes: dict[str, str]
+    # Download scenarios: the directory a server shares, and the paths under
+    # it that a client asks for (the file, or the folder `root` itself).
+    served: Path | None = None
+    fetch: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def total(self) -> int:
         return sum(self.sizes.values())
+
+    @property
+    def tree(self) -> bool:
+        """The small-files tree (sent as a folder where a peer can), not single files."""
+        return self.scenario in TREE_SCENARIOS
 
 
 def write_random(path: Path, size: int) -> None:
@@ -415,12 +453,16 @@ def write_random(path: Path, size: int) -> None:
 
 
 def make_dataset(scenario: str, base: Path, args) -> DataSet:
+    # The download scenarios' data has the same shape as the large-file and
+    # small-files scenarios' (one file; a folder of files), under a directory
+    # of its own that the servers share.
     root = base / {'large': 'large', 'small': 'files', 'one-client': 'one-client',
-                   'concurrent': 'clients'}[scenario]
+                   'concurrent': 'clients', 'download-large': 'served-large',
+                   'download-small': 'served-small/files'}[scenario]
     root.mkdir(parents=True)
-    if scenario == 'large':
+    if scenario in ('large', 'download-large'):
         specs = [('big.bin', args.large_size)]
-    elif scenario == 'small':
+    elif scenario in TREE_SCENARIOS:
         specs = [(f'f{i:05d}.bin', args.small_size) for i in range(args.small_count)]
     elif scenario == 'one-client':
         specs = [('c000.bin', args.client_size)]
@@ -431,7 +473,13 @@ def make_dataset(scenario: str, base: Path, args) -> DataSet:
         write_random(root / name, size)
         sizes[name] = size
         hashes[name] = sha256_file(root / name)
-    return DataSet(scenario, root, [n for n, _ in specs], sizes, hashes)
+    data = DataSet(scenario, root, [n for n, _ in specs], sizes, hashes)
+    if scenario == 'download-large':
+        data.served, data.fetch = root, ['big.bin']
+    elif scenario == 'download-small':
+        # The folder is asked for by name, so it lands as DIR/files/...
+        data.served, data.fetch = root.parent, [root.name]
+    return data
 
 
 def verify(dst: Path, data: DataSet, names: list[str], strip_suffix: str = '') -> list[str]:
@@ -533,7 +581,8 @@ class Peer:
     def setup(self) -> None:
         """Once per benchmark run (keys etc.)."""
 
-    # Each run_* starts receivers, returns (receivers, start_senders, finish).
+    # start(data, dst, run) starts the peer's processes in `run`, around
+    # run.start_clock() and run.stop_clock(); run_case verifies dst after.
     def small_names(self, data: DataSet) -> list[str]:
         return data.files
 
@@ -556,7 +605,7 @@ class StreamPeer(Peer):
 
     def start(self, data: DataSet, dst: Path, run: 'Run') -> None:
         q = shlex.quote
-        if data.scenario == 'small':
+        if data.tree:
             streams = [(f'tar -C {q(str(data.root))} -cf - .', f'tar -C {q(str(dst))} -xf -')]
         else:
             streams = [(f'< {q(str(data.root / n))}', f'> {q(str(dst / n))}') for n in data.files]
@@ -576,8 +625,8 @@ class StreamPeer(Peer):
             else:
                 cmd = f'exec {self.send_cmd(port)} {source}'
             run.sender(cmd, shell=True, stderr=self.ctx.shared_log)
-        run.wait_senders()
-        run.wait_receivers_exit()
+        run.wait_clients()
+        run.wait_servers_exit()
         run.stop_clock()
 
 
@@ -616,7 +665,10 @@ class Rsync(Peer):
         if not shutil.which('rsync'):
             raise PeerUnavailable('rsync not installed')
 
-    def start(self, data, dst, run):
+    def daemon(self, run, path: Path, read_only: bool, start) -> tuple[Proc, str]:
+        """A private rsync daemon on a free port whose module `bench` is `path`,
+        started with `start` (run.receiver or run.source); returns it and the
+        module's URL."""
         port = free_port()
         conf = self.ctx.tmp / f'rsyncd-{port}.conf'
         ids = ''
@@ -625,18 +677,35 @@ class Rsync(Peer):
         conf.write_text(
             'use chroot = no\nmax connections = 0\n' + ids +
             f'log file = {self.ctx.logs}/rsyncd.log\n'
-            f'[bench]\n  path = {dst}\n  read only = no\n')
-        d = run.receiver(['rsync', '--daemon', '--no-detach', f'--config={conf}',
-                          '--address=127.0.0.1', f'--port={port}'], stderr=self.ctx.shared_log)
+            f'[bench]\n  path = {path}\n  read only = {"yes" if read_only else "no"}\n')
+        d = start(['rsync', '--daemon', '--no-detach', f'--config={conf}',
+                   '--address=127.0.0.1', f'--port={port}'], stderr=self.ctx.shared_log)
         wait_listening([port], [d])
-        url = f'rsync://127.0.0.1:{port}/bench/'
+        return d, f'rsync://127.0.0.1:{port}/bench/'
+
+    def start(self, data, dst, run):
+        d, url = self.daemon(run, dst, False, run.receiver)
         run.start_clock()
-        if data.scenario == 'small':
+        if data.tree:
             run.sender(['rsync', '-r', str(data.root), url], stderr=self.ctx.shared_log)
         else:
             for n in data.files:
                 run.sender(['rsync', '-r', str(data.root / n), url], stderr=self.ctx.shared_log)
-        run.wait_senders()
+        run.wait_clients()
+        run.stop_clock()
+        wait_no_children(d)
+
+
+class RsyncPull(Rsync):
+    """A download: the client pulls from a read-only daemon that shares the data."""
+    name = 'rsync-pull'
+
+    def start(self, data, dst, run):
+        d, url = self.daemon(run, data.served, True, run.source)
+        run.start_clock()
+        run.fetcher(['rsync', '-r'] + [url + path for path in data.fetch] + [f'{dst}/'],
+                    stderr=self.ctx.shared_log)
+        run.wait_clients()
         run.stop_clock()
         wait_no_children(d)
 
@@ -652,7 +721,7 @@ class Scp(Peer):
             raise PeerUnavailable('/usr/sbin/sshd not installed (openssh-server)')
 
     def setup(self):
-        d = self.ctx.tmp / 'ssh'
+        d = self.ctx.tmp / f'ssh-{self.name}'
         d.mkdir(mode=0o700)
         self.dir = d
         for key in ('host_key', 'client_key'):
@@ -663,7 +732,9 @@ class Scp(Peer):
         Path('/run/sshd').mkdir(mode=0o755, exist_ok=True)
         self.user = getpass.getuser()
 
-    def start(self, data, dst, run):
+    def sshd(self, run, start) -> tuple[Proc, list[str]]:
+        """A private sshd on a free port, started with `start` (run.receiver or
+        run.source); returns it and the scp command line that reaches it."""
         port = free_port()
         conf = self.dir / f'sshd-{port}.conf'
         conf.write_text('\n'.join([
@@ -675,20 +746,39 @@ class Scp(Peer):
             'PermitRootLogin prohibit-password', 'StrictModes no', 'UseDNS no',
             'Subsystem sftp internal-sftp', 'MaxStartups 1000', 'MaxSessions 1000',
             'LogLevel ERROR', '']))
-        d = run.receiver(['/usr/sbin/sshd', '-D', '-e', '-f', str(conf)], stderr=self.ctx.shared_log)
+        d = start(['/usr/sbin/sshd', '-D', '-e', '-f', str(conf)], stderr=self.ctx.shared_log)
         wait_listening([port], [d])
         base = ['scp', '-q', '-F', '/dev/null', '-c', 'aes128-gcm@openssh.com',
                 '-i', str(self.dir / 'client_key'), '-P', str(port),
                 '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
                 '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '-o', 'LogLevel=ERROR']
+        return d, base
+
+    def start(self, data, dst, run):
+        d, base = self.sshd(run, run.receiver)
         target = f'{self.user}@127.0.0.1:{dst}/'
         run.start_clock()
-        if data.scenario == 'small':
+        if data.tree:
             run.sender(base + ['-r', str(data.root), target], stderr=self.ctx.shared_log)
         else:
             for n in data.files:
                 run.sender(base + [str(data.root / n), target], stderr=self.ctx.shared_log)
-        run.wait_senders()
+        run.wait_clients()
+        run.stop_clock()
+        wait_no_children(d)
+
+
+class ScpPull(Scp):
+    """A download: scp copies from the sshd's side into the local directory."""
+    name = 'scp-pull'
+
+    def start(self, data, dst, run):
+        d, base = self.sshd(run, run.source)
+        sources = [f'{self.user}@127.0.0.1:{data.served / path}' for path in data.fetch]
+        run.start_clock()
+        run.fetcher(base + (['-r'] if data.tree else []) + sources + [f'{dst}/'],
+                    stderr=self.ctx.shared_log)
+        run.wait_clients()
         run.stop_clock()
         wait_no_children(d)
 
@@ -715,14 +805,14 @@ class SeedPy(Peer):
                     stored.release()
         threading.Thread(target=reader, daemon=True).start()
         run.start_clock()
-        if data.scenario == 'small':
+        if data.tree:
             run.sender([sys.executable, str(SEED_MANY), ip, port] + data.files,
                        cwd=data.root, stderr=self.ctx.shared_log)
         else:
             for n in data.files:
                 run.sender([sys.executable, str(PEERS_DIR / 'seed_client.py'), n, ip, port],
                            cwd=data.root, stderr=self.ctx.shared_log)
-        run.wait_senders()
+        run.wait_clients()
         # The classroom client does not wait for the server: wait for `stored`.
         deadline = time.monotonic() + self.ctx.args.timeout
         for _ in range(expected):
@@ -770,10 +860,13 @@ class HaulSeed(Peer):
         cap = self.ctx.args.haul_seed_small_max
         return data.files if cap <= 0 else data.files[:cap]
 
-    def serve(self, dst, run) -> str:
-        srv = run.receiver([self.binary, 'serve', '--listen', '127.0.0.1:0', '--dir', str(dst)]
-                           + self.secret_args,
-                           stdout=subprocess.PIPE, stderr=self.logf('serve'), env=haul_env())
+    def serve(self, dst, run, start=None, extra: tuple[str, ...] = ()) -> str:
+        """`haul serve` on port 0 for `dir`, started with `start` (by default
+        run.receiver); returns the address it says it listens on."""
+        start = start or run.receiver
+        srv = start([self.binary, 'serve', '--listen', '127.0.0.1:0', '--dir', str(dst), *extra]
+                    + self.secret_args,
+                    stdout=subprocess.PIPE, stderr=self.logf('serve'), env=haul_env())
         return read_listen_line(srv)
 
     def send_argv(self, addr: str) -> list[str]:
@@ -784,13 +877,13 @@ class HaulSeed(Peer):
         send = self.send_argv(addr)
         log = self.log_path('send')
         run.start_clock()
-        if data.scenario == 'small':
+        if data.tree:
             run.sender(send + self.small_names(data), cwd=data.root, stderr=open(log, 'ab'),
                        env=haul_env())
         else:
             for n in data.files:
                 run.sender(send + [n], cwd=data.root, stderr=open(log, 'ab'), env=haul_env())
-        run.wait_senders()
+        run.wait_clients()
         run.stop_clock()
 
 
@@ -817,12 +910,12 @@ class HaulProto(HaulSeed):
         send = self.send_argv(addr)
         log = self.log_path('send')
         run.start_clock()
-        if data.scenario == 'small':
+        if data.tree:
             run.sender(send + [str(data.root)], stderr=open(log, 'ab'), env=haul_env())
         else:
             for n in data.files:
                 run.sender(send + [n], cwd=data.root, stderr=open(log, 'ab'), env=haul_env())
-        run.wait_senders()
+        run.wait_clients()
         run.stop_clock()
 
 
@@ -848,6 +941,30 @@ class HaulSecret(HaulProto):
         self.secret_args = ['--token-file', str(token)]
 
 
+class HaulGet(HaulProto):
+    """A download: `haul get` fetches the file, or the folder whole, from a
+    `haul serve --allow-get` that shares the data."""
+    name = 'haul-get'
+
+    def check(self):
+        super().check()
+        r = subprocess.run([self.binary, 'get', '--help'], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30, env=haul_env())
+        if r.returncode != 0:
+            raise PeerUnavailable('not available: this haul binary has no `get` command')
+
+    def start(self, data, dst, run):
+        addr = self.serve(data.served, run, run.source, ('--allow-get',))
+        log = self.log_path('get')
+        run.start_clock()
+        # --quiet: only failures are printed, and they go to the log.
+        run.fetcher([self.binary, 'get', '--from', addr, *data.fetch, '--into', str(dst), '--quiet']
+                    + self.secret_args,
+                    stdout=open(log, 'ab'), stderr=open(log, 'ab'), env=haul_env())
+        run.wait_clients()
+        run.stop_clock()
+
+
 class BaseBinary:
     """The same peer run with the --base-haul binary: another build,
     interleaved with this one's in the same run, so that the two are
@@ -866,10 +983,15 @@ class HaulProtoBase(BaseBinary, HaulProto):
     name = 'haul-base'
 
 
-BASE_PEERS = ['haul-seed-base', 'haul-base']
+class HaulGetBase(BaseBinary, HaulGet):
+    name = 'haul-get-base'
 
-PEER_CLASSES = {c.name: c for c in (Socat, Nc, Rsync, Scp, SeedPy, HaulSeed, HaulProto, HaulSecret,
-                                    HaulSeedBase, HaulProtoBase)}
+
+BASE_PEERS = ['haul-seed-base', 'haul-base', 'haul-get-base']
+
+PEER_CLASSES = {c.name: c for c in (Socat, Nc, Rsync, RsyncPull, Scp, ScpPull, SeedPy, HaulSeed,
+                                    HaulProto, HaulSecret, HaulGet, HaulSeedBase, HaulProtoBase,
+                                    HaulGetBase)}
 
 
 # ---------------------------------------------------------------------------
@@ -877,10 +999,15 @@ PEER_CLASSES = {c.name: c for c in (Socat, Nc, Rsync, Scp, SeedPy, HaulSeed, Hau
 
 
 class Run:
+    """One measured run. Its processes are clients (waited for; every one must
+    exit 0) and servers (stopped by PID at the end), each on one side: `send`,
+    where the data comes from, or `recv`, where it lands. An upload has sending
+    clients and receiving servers, a download the other way round."""
+
     def __init__(self, ctx, sampler_interval):
         self.ctx = ctx
-        self.senders: list[Proc] = []
-        self.receivers: list[Proc] = []
+        self.clients: list[Proc] = []
+        self.servers: list[Proc] = []
         self.sampler = RssSampler(sampler_interval)
         self.t0 = self.t1 = None
         self.timed_out = False
@@ -893,20 +1020,31 @@ class Run:
 
     def _timeout(self):
         self.timed_out = True
-        for p in self.senders + self.receivers:
+        for p in self.clients + self.servers:
             p.signal_group(signal.SIGKILL)
 
-    def receiver(self, argv, **kw) -> Proc:
+    def _start(self, argv, side: str, group: list, **kw) -> Proc:
         p = Proc(argv, **kw)
-        self.receivers.append(p)
-        self.sampler.add('recv', p.pid, bool(p.time_out))
+        p.side = side
+        group.append(p)
+        self.sampler.add(side, p.pid, bool(p.time_out))
         return p
 
+    def receiver(self, argv, **kw) -> Proc:
+        """A server that receives (an upload's)."""
+        return self._start(argv, 'recv', self.servers, **kw)
+
     def sender(self, argv, **kw) -> Proc:
-        p = Proc(argv, **kw)
-        self.senders.append(p)
-        self.sampler.add('send', p.pid, bool(p.time_out))
-        return p
+        """A client that sends (an upload's)."""
+        return self._start(argv, 'send', self.clients, **kw)
+
+    def source(self, argv, **kw) -> Proc:
+        """A server that sends (a download's)."""
+        return self._start(argv, 'send', self.servers, **kw)
+
+    def fetcher(self, argv, **kw) -> Proc:
+        """A client that receives (a download's)."""
+        return self._start(argv, 'recv', self.clients, **kw)
 
     def start_clock(self):
         self.t0 = time.monotonic()
@@ -914,17 +1052,17 @@ class Run:
     def stop_clock(self):
         self.t1 = time.monotonic()
 
-    def wait_senders(self):
-        for p in self.senders:
+    def wait_clients(self):
+        for p in self.clients:
             p.reap()
 
-    def wait_receivers_exit(self):
-        for p in self.receivers:
+    def wait_servers_exit(self):
+        for p in self.servers:
             p.reap()
 
     def finish(self):
         """Stop the servers (by PID), collect rusage; raise on any failure."""
-        for p in self.receivers:
+        for p in self.servers:
             if not p.done:
                 p.stop()
         self.timer.cancel()
@@ -932,32 +1070,33 @@ class Run:
         # Other load on the machine while this run was going: everything the
         # machine spent busy, less the measured processes and this harness.
         busy = machine_busy_seconds() - self.busy0
-        ours = sum(p.cpu() for p in self.senders + self.receivers) + own_cpu_seconds() - self.own0
+        ours = sum(p.cpu() for p in self.clients + self.servers) + own_cpu_seconds() - self.own0
         self.background = max(0.0, busy - ours) / max(1e-9, time.monotonic() - self.mono0)
         if self.timed_out:
             raise RunFailed(f'timed out after {self.ctx.args.timeout}s')
-        bad = [p for p in self.senders if p.exitcode != 0]
+        bad = [p for p in self.clients if p.exitcode != 0]
         if bad:
-            raise RunFailed(f'{len(bad)} sender(s) failed, e.g. exit {bad[0].exitcode}: '
+            raise RunFailed(f'{len(bad)} client(s) failed, e.g. exit {bad[0].exitcode}: '
                             f'{bad[0].argv if isinstance(bad[0].argv, str) else " ".join(map(str, bad[0].argv[:6]))}')
 
     def abort(self):
         self.timer.cancel()
-        for p in self.senders + self.receivers:
+        for p in self.clients + self.servers:
             p.stop(grace=2.0)
         self.sampler.stop()
 
     def metrics(self) -> dict:
-        def side(procs, key):
+        def side(key):
             # The processes of one side run at the same time (one per stream
             # or per client), so their peaks add up; the sampler catches
             # forking servers' per-connection children, which wait4 only
             # reports as a maximum.
+            procs = [p for p in self.clients + self.servers if p.side == key]
             cpu = sum(p.cpu() for p in procs)
             rss = max(self.sampler.peak[key], sum(p.maxrss() for p in procs))
             return cpu, rss
-        cpu_s, rss_s = side(self.senders, 'send')
-        cpu_r, rss_r = side(self.receivers, 'recv')
+        cpu_s, rss_s = side('send')
+        cpu_r, rss_r = side('recv')
         return {'wall': self.t1 - self.t0, 'cpu_send': cpu_s, 'cpu_recv': cpu_r,
                 'rss_send': rss_s, 'rss_recv': rss_r, 'background_cores': self.background}
 
@@ -975,7 +1114,7 @@ class Context:
 
 def run_case(ctx: Context, peer: Peer, data: DataSet) -> dict:
     dst = Path(tempfile.mkdtemp(prefix=f'recv-{peer.name}-', dir=ctx.tmp))
-    names = peer.small_names(data) if data.scenario == 'small' else data.files
+    names = peer.small_names(data) if data.tree else data.files
     interval = 0.05 if data.scenario == 'concurrent' else 0.02
     run = Run(ctx, interval)
     try:
@@ -1010,9 +1149,10 @@ def ensure_packages(peers: list[str], ctx: Context) -> None:
         missing += APT_FOR['socat']
     if 'nc' in peers and not shutil.which('nc.openbsd'):
         missing += APT_FOR['nc']
-    if 'rsync' in peers and not shutil.which('rsync'):
+    if {'rsync', 'rsync-pull'} & set(peers) and not shutil.which('rsync'):
         missing += APT_FOR['rsync']
-    if 'scp' in peers and not (Path('/usr/sbin/sshd').exists() and shutil.which('scp')):
+    if ({'scp', 'scp-pull'} & set(peers)
+            and not (Path('/usr/sbin/sshd').exists() and shutil.which('scp'))):
         missing += APT_FOR['scp']
     if not shutil.which('tar'):
         missing.append('tar')
@@ -1148,7 +1288,18 @@ SCEN_TITLE = {
     'small': lambda a: f'Many small files ({a.small_count} x {human(a.small_size)})',
     'one-client': lambda a: f'One client alone ({human(a.client_size)}, the concurrent clients\' baseline)',
     'concurrent': lambda a: f'Concurrent clients ({a.clients} clients x {human(a.client_size)}, one file each)',
+    'download-large': lambda a: f'Download: one large file ({human(a.large_size)})',
+    'download-small': lambda a: f'Download: many small files ({a.small_count} x {human(a.small_size)})',
 }
+
+# The columns "x PEER": time per byte relative to that peer's median in the
+# same table. A download is set against rsync's pull and against haul's own
+# upload of the same data.
+RATIO_REFS = {'download-large': ['rsync-pull', 'haul'], 'download-small': ['rsync-pull', 'haul']}
+# Row labels where the peer name alone would mislead.
+ROW_LABEL = {('download-large', 'haul'): 'haul (send)', ('download-small', 'haul'): 'haul (send)',
+             ('download-large', 'haul-base'): 'haul-base (send)',
+             ('download-small', 'haul-base'): 'haul-base (send)'}
 
 
 def median_rate(runs: list[dict]) -> float:
@@ -1159,9 +1310,12 @@ def median_rate(runs: list[dict]) -> float:
 def summarize(results: dict, unavailable: dict, failures: dict, args) -> str:
     out = []
     for scen in args.scenarios:
+        names = peers_in(scen, args.peers)
+        if not names:
+            continue
         out.append(f'### {SCEN_TITLE[scen](args)}\n')
         med = {}
-        for peer in args.peers:
+        for peer in names:
             runs = results.get((scen, peer), [])
             if runs:
                 med[peer] = {k: statistics.median(r[k] for r in runs)
@@ -1175,40 +1329,46 @@ def summarize(results: dict, unavailable: dict, failures: dict, args) -> str:
         def per_unit(m):  # seconds per byte: fair also when a peer ran a subset
             return m['wall'] / m['bytes']
 
-        rate_head = 'files/s' if scen == 'small' else 'GiB/s'
+        rate_head = 'files/s' if scen in TREE_SCENARIOS else 'GiB/s'
+        refs = RATIO_REFS.get(scen, ['socat', 'rsync'])
         headers = ['peer', 'wall s (median)', 'min-max s', rate_head, 'CPU s/GiB',
-                   'send RSS MiB', 'recv RSS MiB', 'x socat', 'x rsync']
+                   'send RSS MiB', 'recv RSS MiB']
+        headers += [f'x {ROW_LABEL.get((scen, ref), ref)}' for ref in refs]
         # The concurrent clients' aggregate throughput against one client's,
         # the same peer's in this run: alone with the same file, and with
         # the large file.
         baselines = [b for b in ('one-client', 'large') if scen == 'concurrent' and b in args.scenarios]
         headers += [f'aggregate / {b}' for b in baselines]
         rows, notes = [], []
-        for peer in args.peers:
+        if scen in DOWNLOAD_SCENARIOS and 'haul' in names:
+            notes.append('haul (send): the same data uploaded (haul send -> haul serve), '
+                         'interleaved with the downloads, for comparison; send RSS is the '
+                         'server\'s in the download rows, the client\'s in this one')
+        for peer in names:
+            label = ROW_LABEL.get((scen, peer), peer)
             if peer in unavailable:
-                rows.append([peer, 'n/a'] + [''] * (len(headers) - 2))
+                rows.append([label, 'n/a'] + [''] * (len(headers) - 2))
                 notes.append(f'{peer}: {unavailable[peer]}')
                 continue
             if peer not in med:
                 why = failures.get((scen, peer), 'no successful run')
-                rows.append([peer, 'FAILED'] + [''] * (len(headers) - 2))
+                rows.append([label, 'FAILED'] + [''] * (len(headers) - 2))
                 notes.append(f'{peer}: {why}')
                 continue
             m = med[peer]
-            if scen == 'small':
+            if scen in TREE_SCENARIOS:
                 rate = f'{m["files"] / m["wall"]:.0f}'
             else:
                 rate = f'{m["bytes"] / GIB / m["wall"]:.2f}'
             cpu = (m['cpu_send'] + m['cpu_recv']) / (m['bytes'] / GIB)
             ratios = []
-            for ref in ('socat', 'rsync'):
+            for ref in refs:
                 ratios.append(f'{per_unit(m) / per_unit(med[ref]):.2f}' if ref in med else '-')
             for b in baselines:
                 alone = results.get((b, peer), [])
                 ratios.append(f'{median_rate(results[(scen, peer)]) / median_rate(alone):.2f}'
                               if alone else '-')
-            label = peer
-            if scen == 'small' and m['files'] != args.small_count:
+            if scen in TREE_SCENARIOS and m['files'] != args.small_count:
                 label += ' *'
                 notes.append(f'{peer}: * timed on the first {m["files"]} of the {args.small_count} files '
                              f'(see --haul-seed-small-max); files/s and ratios are per file')
@@ -1218,7 +1378,7 @@ def summarize(results: dict, unavailable: dict, failures: dict, args) -> str:
             rows.append([label, f'{m["wall"]:.3f}', f'{m["min"]:.2f}-{m["max"]:.2f}', rate, f'{cpu:.2f}',
                          f'{m["rss_send"] / MIB:.1f}', f'{m["rss_recv"] / MIB:.1f}'] + ratios)
         out.append(fmt_table(headers, rows))
-        bgs = [r['background_cores'] for peer in args.peers for r in results.get((scen, peer), [])]
+        bgs = [r['background_cores'] for peer in names for r in results.get((scen, peer), [])]
         if bgs:
             busy = sum(1 for b in bgs if b >= 0.25)
             notes.append(f'other load on the machine during these runs: median {statistics.median(bgs):.2f} '
@@ -1242,7 +1402,7 @@ def parse_args(argv):
                     'the classroom Python peers. Builds haul (cargo build --release), installs '
                     'missing peers with apt-get, moves data only over 127.0.0.1 into tmpfs, '
                     'verifies every received file by SHA-256 and prints medians.',
-        epilog='Peers:\n' + '\n'.join(f'  {k:<12} {v}' for k, v in PEER_HELP.items()) + '''
+        epilog='Peers:\n' + '\n'.join(f'  {k:<14} {v}' for k, v in PEER_HELP.items()) + '''
 
 Scenarios (repetitions are interleaved: for each scenario, for rep 1..N, for each peer):
   large       one large file
@@ -1254,6 +1414,13 @@ Scenarios (repetitions are interleaved: for each scenario, for rep 1..N, for eac
               also gives the aggregate throughput over each peer's own one-client
               and large-file throughput in the same run (1.00 or more: the crowd
               moves bytes at least as fast as a lone client)
+  download    both of: download-large, the large file, and download-small, the
+              small-files tree (data of the same sizes as large and small), each
+              fetched from a server into an empty directory by haul get
+              (<- haul serve --allow-get), rsync-pull (from a read-only rsync
+              daemon) and scp-pull (through sshd), beside haul's upload of the same
+              data (the haul peer, the row "haul (send)"); the fetching peers
+              run only here, and only they and haul (and --base-haul's) run here
 
 Every size/count flag also reads an environment variable (shown in brackets).
 Sizes take K/M/G suffixes (binary). CARGO_TARGET_DIR is honoured for the build.
@@ -1262,6 +1429,7 @@ Examples:
   bench/run --quick                    about a minute
   bench/run                            full default run (well under 15 min on 2 cores)
   bench/run --peers socat,haul-seed --scenarios large --large-size 4G
+  bench/run --quick --scenarios download     the download scenario alone
   bench/run --markdown /tmp/bench.md --json /tmp/bench.json
 ''')
     p.add_argument('--quick', action='store_true',
@@ -1285,7 +1453,7 @@ Examples:
                         '[BENCH_HAUL_SEED_SMALL_MAX] (default 100, --quick 25)')
     p.add_argument('--peers', default=env('BENCH_PEERS', ','.join(ALL_PEERS)),
                    help='comma-separated peers [BENCH_PEERS] (default all: %(default)s)')
-    p.add_argument('--scenarios', default=env('BENCH_SCENARIOS', ','.join(ALL_SCENARIOS)),
+    p.add_argument('--scenarios', default=env('BENCH_SCENARIOS', DEFAULT_SCENARIOS),
                    help='comma-separated scenarios [BENCH_SCENARIOS] (default %(default)s)')
     p.add_argument('--workdir', default=env('BENCH_WORKDIR', '/dev/shm'),
                    help='tmpfs directory for sources and receive dirs [BENCH_WORKDIR] '
@@ -1321,7 +1489,12 @@ Examples:
             e = env('BENCH_' + key.upper())
             setattr(a, key, conv[key](e) if e is not None and not a.quick else default)
     a.peers = [x.strip() for x in a.peers.split(',') if x.strip()]
-    a.scenarios = [x.strip() for x in a.scenarios.split(',') if x.strip()]
+    scenarios = []
+    for x in (x.strip() for x in a.scenarios.split(',')):
+        for y in SCENARIO_ALIASES.get(x, [x] if x else []):
+            if y not in scenarios:
+                scenarios.append(y)
+    a.scenarios = scenarios
     for x in a.peers:
         if x in BASE_PEERS and not a.base_haul:
             p.error(f'peer {x!r} needs --base-haul BIN')
@@ -1331,7 +1504,8 @@ Examples:
         p.error('--base-haul needs an absolute path')
     for x in a.scenarios:
         if x not in ALL_SCENARIOS:
-            p.error(f'unknown scenario {x!r}; choose from {",".join(ALL_SCENARIOS)}')
+            p.error(f'unknown scenario {x!r}; choose from '
+                    f'{",".join(ALL_SCENARIOS + list(SCENARIO_ALIASES))}')
     if a.reps < 1 or a.small_count < 1 or a.clients < 1:
         p.error('--reps, --small-count and --clients must be at least 1')
     return a
@@ -1352,20 +1526,24 @@ def main(argv=None) -> int:
     status = 0
     try:
         size_of = {'large': args.large_size, 'small': args.small_count * args.small_size,
-                   'one-client': args.client_size, 'concurrent': args.clients * args.client_size}
+                   'one-client': args.client_size, 'concurrent': args.clients * args.client_size,
+                   'download-large': args.large_size,
+                   'download-small': args.small_count * args.small_size}
         need = sum(size_of[s] for s in args.scenarios)
         peak = max(size_of[s] for s in args.scenarios)
         st = os.statvfs(tmp)
         if st.f_bavail * st.f_frsize < 2 * peak + 64 * MIB:
             sys.exit(f'{base} has {human(st.f_bavail * st.f_frsize)} free; this run needs about '
                      f'{human(2 * peak + 64 * MIB)}')
-        ensure_packages(args.peers, ctx)
+        # The peers that run in at least one of the chosen scenarios.
+        active = [n for n in args.peers if any(n in peers_in(s, args.peers) for s in args.scenarios)]
+        ensure_packages(active, ctx)
         if Path('/usr/bin/time').exists():
             Proc.time_bin, Proc.time_dir = '/usr/bin/time', ctx.logs
         else:
             log('/usr/bin/time (package time) is missing: peak RSS falls back to wait4, which '
                 'includes the harness\'s own ~30 MiB; the sampled per-tree RSS is still shown')
-        if any(p.startswith('haul') for p in args.peers):
+        if any(p.startswith('haul') for p in active):
             ctx.haul = build_haul(ctx)
         if args.nice:
             # After the build: every measured process inherits this priority.
@@ -1375,7 +1553,7 @@ def main(argv=None) -> int:
 
         peers: list[Peer] = []
         unavailable: dict[str, str] = {}
-        for name in args.peers:
+        for name in active:
             peer = PEER_CLASSES[name](ctx)
             try:
                 peer.check()
@@ -1395,11 +1573,16 @@ def main(argv=None) -> int:
         results: dict = {}
         failures: dict = {}
         raw = []
+        by_name = {peer.name: peer for peer in peers}
         for scen in args.scenarios:
+            scen_peers = [by_name[n] for n in peers_in(scen, args.peers) if n in by_name]
+            if not scen_peers:
+                log(f'== {SCEN_TITLE[scen](args)}: no peer to run')
+                continue
             log(f'== {SCEN_TITLE[scen](args)}: generating data')
             data = make_dataset(scen, tmp / 'src', args)
             for rep in range(1, args.reps + 1):
-                for peer in peers:
+                for peer in scen_peers:
                     label = f'[{scen} rep {rep}/{args.reps}] {peer.name:<11}'
                     if args.idle_wait > 0:
                         bg = wait_quiet(args.idle_wait)
@@ -1416,7 +1599,7 @@ def main(argv=None) -> int:
                         continue
                     results.setdefault((scen, peer.name), []).append(m)
                     raw.append({'scenario': scen, 'rep': rep, 'peer': peer.name, **m})
-                    rate = (f'{m["files"] / m["wall"]:8.0f} files/s' if scen == 'small'
+                    rate = (f'{m["files"] / m["wall"]:8.0f} files/s' if scen in TREE_SCENARIOS
                             else f'{m["bytes"] / GIB / m["wall"]:8.2f} GiB/s')
                     log(f'{label} {m["wall"]:8.3f} s {rate}  cpu {m["cpu_send"]:.2f}+{m["cpu_recv"]:.2f} s'
                         f'  rss {m["rss_send"] / MIB:.0f}/{m["rss_recv"] / MIB:.0f} MiB'
@@ -1431,11 +1614,12 @@ def main(argv=None) -> int:
                   f'{args.reps} rep(s), medians; '
                   'loopback 127.0.0.1, receive dir on tmpfs\n\n'
                   + '\n'.join(f'- {k}: {v}' for k, v in vers.items()) + '\n')
-        legend = ('Columns: wall = first sender started -> data complete at the receiver; '
+        legend = ('Columns: wall = first client started -> data complete at the receiver; '
                   'CPU s/GiB = user+sys of sender and receiver processes (and their children) per GiB '
                   'moved; RSS = peak resident memory of each side, summed over its concurrent '
                   'processes; '
-                  'x socat / x rsync = time per byte relative to that peer (lower is faster); '
+                  'x PEER = time per byte relative to that peer (lower is faster); '
+                  'in the download tables the server is the sending side; '
                   'aggregate / one-client and aggregate / large = the concurrent clients\' '
                   'throughput over the same peer\'s throughput alone (higher is better).\n')
         print()
