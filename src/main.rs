@@ -869,6 +869,8 @@ fn main() -> ExitCode {
                 Output::Json
             } else if quiet || to_stdout {
                 Output::Quiet
+            } else if std::io::stderr().is_terminal() {
+                Output::Progress
             } else {
                 Output::Lines
             };

@@ -166,17 +166,14 @@ impl Reporter {
         }
     }
 
-    /// Starts reporting a get from `from`. A terminal gets a line per file
-    /// rather than the live display, which needs the totals in advance.
+    /// Starts reporting a get from `from`. On a terminal the live display
+    /// shows what is done and its rate, without totals: a get learns what
+    /// is to come only as it arrives.
     pub fn for_get(output: Output, verbose: bool, from: &str) -> Reporter {
-        let output = match output {
-            Output::Progress => Output::Lines,
-            other => other,
-        };
         Reporter {
             output,
             verbose,
-            progress: None,
+            progress: (output == Output::Progress).then(Progress::open),
             to: from.to_owned(),
             started: Instant::now(),
             gathered: String::new(),

@@ -971,3 +971,43 @@ fn json_is_only_json_lines_with_the_summary_last() {
     let lines = assert_json_lines(&output.stdout, &nobody);
     assert!(json::summary(&lines)["error"].is_string(), "{lines:#?}");
 }
+
+/// On a terminal `haul get` draws the live display instead of a line per
+/// file, as `haul send` does, and ends with the closing line.
+#[test]
+fn on_a_terminal_a_get_shows_the_display_and_the_closing_line() {
+    let server = HaulServer::start(&["--allow-get"]);
+    let content = random_bytes(2 * 1024 * 1024, 7);
+    std::fs::write(server.inbox.join("shown.bin"), &content).unwrap();
+    let into = tempfile::tempdir().unwrap();
+    // `script` gives haul a terminal.
+    let output = Command::new("script")
+        .args([
+            "--quiet",
+            "--return",
+            "--command",
+            r#"stty cols 200 rows 40; exec "$HAUL_BIN" get --from "$FROM" shown.bin --into "$INTO""#,
+            "/dev/null",
+        ])
+        .env("HAUL_BIN", util::HAUL)
+        .env("FROM", server.addr())
+        .env("INTO", into.path())
+        .env_remove("HAUL_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("`script` (util-linux) runs haul on a terminal");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert_eq!(
+        std::fs::read(into.path().join("shown.bin")).unwrap(),
+        content
+    );
+    assert!(
+        screen.contains(
+            "haul: 1 stored, 0 already there, 0 failed, 0 skipped; 2.0 MiB received from "
+        ),
+        "{screen}"
+    );
+    // The display stands for the per-file lines of a log.
+    assert!(!screen.contains("haul: got shown.bin"), "{screen}");
+}

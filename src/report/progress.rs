@@ -59,6 +59,27 @@ const COUNTING: u64 = u64::MAX;
 
 impl Progress {
     pub(super) fn start(sources: &[PathBuf], name: Option<&str>) -> Progress {
+        let progress = Progress::open();
+        // Count in the background, so that a large tree starts going at once.
+        let sources = sources.to_vec();
+        let name = name.map(str::to_owned);
+        let bar = progress.overall.downgrade();
+        let counted = Arc::clone(&progress.figures);
+        std::thread::spawn(move || {
+            let totals = send::measure(&sources, name.as_deref());
+            if let (Some(bar), Some(bytes)) = (bar.upgrade(), totals.bytes) {
+                bar.set_length(bytes);
+            }
+            counted
+                .files_total
+                .store(totals.files + totals.passed_over, Ordering::Relaxed);
+        });
+        progress
+    }
+
+    /// The display without totals, for a get: what is to come is learnt
+    /// only as it arrives, so the whole shows what is done and its rate.
+    pub(super) fn open() -> Progress {
         let figures = Arc::new(Figures {
             files_done: AtomicU64::new(0),
             files_total: AtomicU64::new(COUNTING),
@@ -71,21 +92,6 @@ impl Progress {
         let overall = multi.add(ProgressBar::no_length().with_style(overall_style(&figures)));
         let current = multi.add(ProgressBar::no_length().with_style(current_style(&figures)));
         overall.enable_steady_tick(Duration::from_millis(100));
-
-        // Count in the background, so that a large tree starts going at once.
-        let sources = sources.to_vec();
-        let name = name.map(str::to_owned);
-        let bar = overall.downgrade();
-        let counted = Arc::clone(&figures);
-        std::thread::spawn(move || {
-            let totals = send::measure(&sources, name.as_deref());
-            if let (Some(bar), Some(bytes)) = (bar.upgrade(), totals.bytes) {
-                bar.set_length(bytes);
-            }
-            counted
-                .files_total
-                .store(totals.files + totals.passed_over, Ordering::Relaxed);
-        });
         Progress {
             multi,
             overall,
