@@ -257,6 +257,9 @@ const CACHE_ON_COMMIT: u64 = SMALL_FILE;
 /// A batch's whole files go to a committing thread in groups of this many
 /// files or bytes, whichever comes first.
 const COMMIT_GROUP_FILES: usize = 32;
+/// Most files one placing takes when groups that waited are named together
+/// (four groups): what bounds the folder handles a batch holds at once.
+const MERGED_GROUP_FILES: usize = 4 * COMMIT_GROUP_FILES;
 const COMMIT_GROUP_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The whole, verified files of one batch on their way to their final
@@ -343,7 +346,12 @@ impl Committer {
             while let Ok(mut group) = incoming.recv() {
                 // Groups that came in during the last sync share the next:
                 // where syncing is slow, the groups grow instead of queueing.
-                while let Ok(more) = incoming.try_recv() {
+                // Not past MERGED_GROUP_FILES: placing a group holds a handle
+                // on each of its folders, and a session's descriptors must
+                // stay bounded however slow the disk.
+                while group.len() + COMMIT_GROUP_FILES <= MERGED_GROUP_FILES
+                    && let Ok(more) = incoming.try_recv()
+                {
                     group.extend(more);
                 }
                 placing.place(group);
