@@ -228,7 +228,7 @@ impl Connection {
     /// buffer (a small file's frames, several per read).
     ///
     /// This is the seam for the data path: the loops that receive a file
-    /// (`server::haul`) call it for every Data frame, so that moving the
+    /// (`engine::receiver`) call it for every Data frame, so that moving the
     /// rest of them in here (decompression, the size checks) changes no
     /// call site but theirs.
     pub async fn read_data_into(

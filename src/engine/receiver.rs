@@ -17,19 +17,16 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use thiserror::Error;
 use tracing::{info, warn};
 
+use super::Event;
+use super::log::{Fate, Outcome, Protocol, log_already_there, log_transfer};
+use super::space::{Charge, Sender, SpaceLedger, sender_of};
+use super::{blocking, is_out_of_space};
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::haul::{
     self, Answer, DecodeError, EntryKind, FailCode, Hash, Kind, MAX_DATA_LEN, Mtime, Offer,
     ReceiverMessage, SenderId, SenderMessage,
 };
 use crate::secure::HandshakeError;
-use crate::send::Event;
-use crate::server::rights::Rights;
-use crate::server::space::{Charge, Sender, SpaceLedger, sender_of};
-use crate::server::{
-    Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_already_there,
-    log_output, log_transfer,
-};
 use crate::storage::{
     Backend, Commit, Existing, Holder, Metadata, OnConflict, Partial, RelPath, Store, Upload,
 };
@@ -39,6 +36,25 @@ use crate::transfer::{FileSink, PumpError, SMALL_FILE, receive_slice};
 /// Most offers one batch may carry: bounds what a client can make the
 /// server hold in memory, and the receipts that pile up before it reads them.
 pub const MAX_BATCH: usize = 1024;
+
+/// What a receiver accepts and keeps: the server's flags, or a get's own.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// What happens when a different file is under a received name.
+    pub on_conflict: OnConflict,
+    /// Largest file accepted, if any limit.
+    pub max_file_size: Option<u64>,
+    /// Free space kept: a file that would eat into it is refused before
+    /// any of its bytes is written.
+    pub reserve: u64,
+    /// Free inodes kept; directories stop at twice as many.
+    pub reserve_inodes: u64,
+    /// Partial data kept for resuming, in all; one sender may keep half.
+    pub max_partial: u64,
+    /// How long a session waits, once per batch, for stalled sessions of
+    /// the same sender to let go of partial data it offers.
+    pub takeover_wait: Duration,
+}
 
 /// What ends a whole connection (as opposed to failing one file).
 #[derive(Debug, Error)]
@@ -215,7 +231,8 @@ pub(crate) struct Receiver<'a> {
     pub(crate) owner: Sender,
     /// Set once an interrupted file left data to be resumed.
     pub(crate) left_partial: bool,
-    pub(crate) config: &'a ServerConfig,
+    /// What this receiver accepts and keeps.
+    pub(crate) policy: Policy,
     /// Directories this session created, with the time and mode they get
     /// when the client says goodbye (after their files are in them).
     pub(crate) created: CreatedDirs,
@@ -230,7 +247,9 @@ pub(crate) struct Receiver<'a> {
     pub(crate) holder: Holder,
     /// What this session may do: none until the handshake, then what the
     /// secret it completed the handshake with gives (see `rights`).
-    pub(crate) rights: Rights,
+    /// Why this session may not send, if it may not: the answer to its
+    /// first offer.
+    pub(crate) send_refused: Option<&'static str>,
     /// For a client receiving what it asked a server for: the names (last
     /// components of the paths asked for) an offer's path may begin with.
     /// An offer of anything else, or of a path the store's rules refuse,
@@ -455,8 +474,8 @@ impl Receiver<'_> {
                 Pushed::Offer(offer) => {
                     // Refused before anything is planned: nothing is read
                     // or written for a session that may not send.
-                    if !self.rights.send {
-                        return Err(SessionError::NotAllowed(self.rights.send_refusal()));
+                    if let Some(refusal) = self.send_refused {
+                        return Err(SessionError::NotAllowed(refusal));
                     }
                     if offers.len() == MAX_BATCH {
                         return Err(SessionError::Violation(format!(
@@ -489,7 +508,7 @@ impl Receiver<'_> {
     /// blocking thread, and sends the answers in order.
     async fn plan(&mut self, offers: Vec<OwnedOffer>) -> Result<Vec<Planned>, SessionError> {
         let store = self.store.clone();
-        let config = self.config.clone();
+        let policy = self.policy;
         let space = Arc::clone(&self.space);
         let mut created = std::mem::take(&mut self.created);
         let peer = self.peer;
@@ -515,7 +534,7 @@ impl Receiver<'_> {
                     let decision = if twin {
                         Ok((Decision::Answer(Answer::Compare, None), None))
                     } else {
-                        decide(&store, &config, &space, &mut created, &offer, &claimant)
+                        decide(&store, &policy, &space, &mut created, &offer, &claimant)
                     };
                     if let (Ok((Decision::Answer(Answer::Send { .. }, _), _)), Some(size)) =
                         (&decision, offer.size)
@@ -536,7 +555,7 @@ impl Receiver<'_> {
         // The holders were asked above; one wait for them all, so that a
         // batch of files held by a session that does not let go costs one
         // wait, not one per file.
-        let takeover_deadline = tokio::time::Instant::now() + self.config.takeover_wait;
+        let takeover_deadline = tokio::time::Instant::now() + self.policy.takeover_wait;
         let mut batch = Vec::with_capacity(decided.len());
         for (offer, decision) in decided {
             let (offer, decision) = match decision {
@@ -608,7 +627,7 @@ impl Receiver<'_> {
         } else {
             warn!(peer = %self.peer, name = %path_shown, "the session holding this file's partial data did not let go in time; receiving it afresh");
         }
-        let (store, config) = (self.store.clone(), self.config.clone());
+        let (store, policy) = (self.store.clone(), self.policy);
         let space = Arc::clone(&self.space);
         let (sender, holder) = (self.sender, self.holder.clone());
         let mut created = std::mem::take(&mut self.created);
@@ -618,7 +637,7 @@ impl Receiver<'_> {
                 holder: &holder,
                 take_over: false,
             };
-            let decision = decide(&store, &config, &space, &mut created, &offer, &claimant);
+            let decision = decide(&store, &policy, &space, &mut created, &offer, &claimant);
             Ok((offer, decision, created))
         })
         .await
@@ -696,7 +715,6 @@ impl Receiver<'_> {
             replies.push((file.index, reply));
         }
 
-        log_output::write_gathered();
         // Receipts and failures go out in the order the files were offered.
         replies.sort_by_key(|(index, _)| *index);
         if let Some(events) = self.events.as_mut() {
@@ -909,7 +927,7 @@ impl Receiver<'_> {
                     )));
                 }
             };
-            check_stream_limit(self.config, received + len)?;
+            check_stream_limit(&self.policy, received + len)?;
             if planned.size.is_some_and(|size| received + len > size) {
                 return Err(SessionError::Violation(format!(
                     "more bytes than the {} offered for {}",
@@ -1130,7 +1148,7 @@ impl From<Offer<'_>> for OwnedOffer {
 /// policy, then size and space limits for what is still to come.
 fn decide(
     store: &Store,
-    config: &ServerConfig,
+    policy: &Policy,
     space: &Arc<SpaceLedger>,
     created: &mut CreatedDirs,
     offer: &OwnedOffer,
@@ -1163,7 +1181,7 @@ fn decide(
                 store,
                 path,
                 offer,
-                config.on_conflict,
+                policy.on_conflict,
                 in_fresh_directory,
                 claimant,
             )?
@@ -1366,8 +1384,8 @@ fn metadata_of(mtime: Mtime, mode: u32) -> Metadata {
 }
 
 /// A stream of unknown size is held to the size limit as it grows.
-fn check_stream_limit(config: &ServerConfig, total: u64) -> Result<(), SessionError> {
-    match config.max_file_size {
+fn check_stream_limit(policy: &Policy, total: u64) -> Result<(), SessionError> {
+    match policy.max_file_size {
         Some(max) if total > max => Err(SessionError::StreamTooLarge { max }),
         _ => Ok(()),
     }
@@ -1419,7 +1437,7 @@ pub struct GetSetup {
     /// same name rules, conflict policy, atomic placement and resume as
     /// the server's.
     pub store: Store,
-    pub config: ServerConfig,
+    pub policy: Policy,
     /// Names partial data in the store's hidden area, so that a re-run
     /// resumes it.
     pub sender: SenderId,
@@ -1439,7 +1457,7 @@ pub async fn receive_get(
     setup: GetSetup,
     on_event: &mut (dyn FnMut(Event<'_>) + Send),
 ) -> Result<(), (Option<FailCode>, String)> {
-    let space = SpaceLedger::new(setup.store.clone(), &setup.config);
+    let space = SpaceLedger::new(setup.store.clone(), &setup.policy);
     let zstd = if setup.zstd {
         Some(Zstd {
             decompressor: zstd::bulk::Decompressor::new()
@@ -1456,12 +1474,12 @@ pub async fn receive_get(
         space,
         owner: sender_of(peer),
         left_partial: false,
-        config: &setup.config,
+        policy: setup.policy,
         created: CreatedDirs::default(),
         zstd,
         sender: setup.sender,
         holder: Holder::new(),
-        rights: Rights::SEND,
+        send_refused: None,
         accepts: Some(
             setup
                 .accepts
@@ -1523,6 +1541,7 @@ pub async fn receive_get(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::ServerConfig;
 
     fn offer(kind: EntryKind, path: &str, size: Option<u64>) -> OwnedOffer {
         OwnedOffer {
@@ -1547,7 +1566,7 @@ mod tests {
             ..ServerConfig::new(inbox.path().to_path_buf())
         };
         let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
-        let space = SpaceLedger::new(store.clone(), &config);
+        let space = SpaceLedger::new(store.clone(), &config.policy());
         let mut fresh = CreatedDirs::default();
         let mut decide_one = |offer: OwnedOffer| {
             let claimant = Claimant {
@@ -1555,9 +1574,16 @@ mod tests {
                 holder: &Holder::new(),
                 take_over: true,
             };
-            decide(&store, &config, &space, &mut fresh, &offer, &claimant)
-                .unwrap()
-                .0
+            decide(
+                &store,
+                &config.policy(),
+                &space,
+                &mut fresh,
+                &offer,
+                &claimant,
+            )
+            .unwrap()
+            .0
         };
         let theirs = b"someone else's";
         let ours = b"the sender's!!";
@@ -1601,7 +1627,7 @@ mod tests {
         };
         let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
         std::fs::write(inbox.path().join("x"), b"PIN=4821").unwrap();
-        let space = SpaceLedger::new(store.clone(), &config);
+        let space = SpaceLedger::new(store.clone(), &config.policy());
         let mut fresh = CreatedDirs::default();
         let mut decide_one = |hash: Option<&[u8]>| {
             let offer = OwnedOffer {
@@ -1613,9 +1639,16 @@ mod tests {
                 holder: &Holder::new(),
                 take_over: true,
             };
-            decide(&store, &config, &space, &mut fresh, &offer, &claimant)
-                .unwrap()
-                .0
+            decide(
+                &store,
+                &config.policy(),
+                &space,
+                &mut fresh,
+                &offer,
+                &claimant,
+            )
+            .unwrap()
+            .0
         };
         assert!(matches!(
             decide_one(None),

@@ -11,13 +11,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::time::timeout;
 
+use super::{Event, Summary};
 use crate::connection::{Connection, ConnectionError, FrameReader, FrameWriter};
 use crate::protocol::haul::{
     self, Answer, EntryKind, FailCode, Hash, Kind, MAX_DATA_LEN, Offer, ReceiverMessage,
     SenderMessage,
 };
 use crate::send::walk::{Entry, Source, Walked};
-use crate::send::{Event, SendError, Summary, unreadable};
+use crate::send::{SendError, unreadable};
 use crate::transfer::{FileSource, PumpError, SMALL_FILE};
 
 // A small file, read whole, goes out as one Data frame.

@@ -17,12 +17,11 @@ use tokio::io::AsyncWriteExt;
 use super::haul::{open_get_session, server_error};
 use super::{Event, SendError, SendOptions, Summary};
 use crate::connection::Connection;
-use crate::engine::receiver::{GetSetup, receive_get};
+use crate::engine::receiver::{GetSetup, Policy, receive_get};
 use crate::protocol::haul::{
     Answer, EntryKind, FailCode, GetPaths, Hash, Kind, MAX_GET_PATHS, MAX_PATH_LEN,
     ReceiverMessage, Request, SenderMessage,
 };
-use crate::server::ServerConfig;
 use crate::storage::{HIDDEN_AREA, OnConflict, RelPath, Store};
 use crate::text::printable;
 
@@ -130,19 +129,17 @@ async fn get_into(
     let Some(store) = store else {
         return to_stdout(conn, &mut on_event).await;
     };
-    let Into::Dir(dir) = into else {
-        unreachable!("a store is opened for a directory only")
-    };
-    let mut config = ServerConfig::new(dir.clone());
-    config.on_conflict = on_conflict;
-    config.idle_timeout = options.idle;
-    // The user's own disk: fill it if they ask to, and no more.
-    config.reserve = 0;
-    config.reserve_inodes = 0;
-    config.max_file_size = None;
     let setup = GetSetup {
         store,
-        config,
+        // The user's own disk: fill it if they ask to, and no more.
+        policy: Policy {
+            on_conflict,
+            max_file_size: None,
+            reserve: 0,
+            reserve_inodes: 0,
+            max_partial: crate::config::MAX_PARTIAL.0,
+            takeover_wait: std::time::Duration::from_secs(1),
+        },
         sender: options.sender,
         zstd,
         accepts: paths
@@ -374,12 +371,16 @@ mod tests {
     }
 
     fn setup(into: &Path, accepts: &[&str]) -> GetSetup {
-        let mut config = ServerConfig::new(into.to_owned());
-        config.reserve = 0;
-        config.reserve_inodes = 0;
         GetSetup {
             store: Store::open(into, OnConflict::Rename).unwrap(),
-            config,
+            policy: Policy {
+                on_conflict: OnConflict::Rename,
+                max_file_size: None,
+                reserve: 0,
+                reserve_inodes: 0,
+                max_partial: 1 << 30,
+                takeover_wait: Duration::from_secs(1),
+            },
             sender: [7; 16],
             zstd: false,
             accepts: accepts.iter().map(|name| (*name).to_owned()).collect(),

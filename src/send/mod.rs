@@ -26,58 +26,13 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::protocol::haul::{DecodeError, Hash, SenderId};
+use crate::protocol::haul::{DecodeError, SenderId};
 use crate::protocol::seed::EncodeError;
 use crate::secure::Secret;
 use crate::throttle::RateLimit;
 use crate::transfer::PumpError;
 
-/// What happened to one entry, as it happens. `path` is the path the entry
-/// is sent under, relative to the server's directory, except for sources
-/// that could not be read at all, which are named as given.
-///
-/// Names and reasons are as they are, not made safe to print: they may
-/// hold control characters, and a terminal must be shown them through
-/// [`crate::text::shown`].
-#[derive(Debug)]
-pub enum Event<'a> {
-    /// A file's bytes start to go out; the server already holds the first
-    /// `offset` of them. `size` is `None` for standard input.
-    Started {
-        path: &'a str,
-        size: Option<u64>,
-        offset: u64,
-    },
-    /// `bytes` more bytes of the file last started have been sent, and
-    /// took `wire` bytes on the wire: fewer when compressed, never bytes the
-    /// server already held.
-    Progress { bytes: u64, wire: u64 },
-    /// The server has the file. With haul's protocol it verified the bytes
-    /// against `hash`, synced them and stored them under `stored_as`; the
-    /// seed protocol gives no receipt, so both are `None` and all that is
-    /// known is that the server read every byte and closed in good order.
-    Stored {
-        path: &'a str,
-        stored_as: Option<&'a str>,
-        bytes: u64,
-        hash: Option<&'a Hash>,
-    },
-    /// The server already had identical content, under `stored_as`: it
-    /// compared the file's hash with its copy's, and nothing was sent.
-    AlreadyThere {
-        path: &'a str,
-        stored_as: &'a str,
-        bytes: u64,
-    },
-    /// This entry was not delivered.
-    Failed { path: &'a str, reason: &'a str },
-    /// Something was passed over on purpose.
-    Skipped { path: &'a str, reason: &'a str },
-    /// Every file offered so far has its outcome; the next events may be a
-    /// while coming. With haul's protocol, after each batch's receipts; with
-    /// the seed protocol, after each file.
-    BatchSettled,
-}
+pub use crate::engine::{Event, Summary};
 
 /// How to drive a send.
 #[derive(Clone)]
@@ -98,21 +53,6 @@ pub struct SendOptions {
     /// Who is sending, for resuming (haul's protocol only): see
     /// [`identity`].
     pub sender: SenderId,
-}
-
-/// Counts for the closing line.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Summary {
-    pub stored: u64,
-    pub already_there: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    /// File bytes sent, before compression (resumed parts excluded).
-    pub bytes_sent: u64,
-    /// The same file bytes as they went on the wire: after compression,
-    /// without frame headers or encryption. Equal to `bytes_sent` without
-    /// compression.
-    pub wire_bytes: u64,
 }
 
 /// Why one file was not sent completely.

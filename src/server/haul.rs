@@ -15,16 +15,18 @@ use tracing::{debug, info, warn};
 
 use super::get;
 use super::listing::{self, ListError};
+use super::log_output;
 use super::rights::Rights;
-use super::space::{SpaceLedger, sender_of};
 use super::{ServerConfig, blocking};
 use crate::connection::{Connection, ConnectionError};
 use crate::engine::receiver::{CreatedDirs, Pushed, Receiver, SessionError, Zstd};
+use crate::engine::space::{SpaceLedger, sender_of};
 use crate::protocol::haul::{
     self, CAP_SECRET, CAP_ZSTD, Hello, Incoming, Kind, MAX_DATA_LEN, ReceiverMessage, Request,
     SenderId, ServerOpening,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, Secret};
+use crate::send::Event;
 use crate::storage::{Holder, RelPath, Store};
 use crate::text::printable;
 
@@ -50,6 +52,12 @@ pub(super) async fn serve(
         config.header_timeout,
     );
     conn.bound_writes(config.idle_timeout);
+    // The log lines a batch gathered go out once its receipts are due.
+    let mut settled = |event: Event<'_>| {
+        if let Event::BatchSettled = event {
+            log_output::write_gathered();
+        }
+    };
     let mut session = Receiver {
         conn,
         peer,
@@ -57,16 +65,16 @@ pub(super) async fn serve(
         space,
         owner: sender_of(peer),
         left_partial: false,
-        config,
+        policy: config.policy(),
         created: CreatedDirs::default(),
         zstd: None,
         sender: SenderId::default(),
         holder: Holder::new(),
-        rights: Rights::NONE,
+        send_refused: Some(Rights::NONE.send_refusal()),
         accepts: None,
-        events: None,
+        events: Some(&mut settled),
     };
-    match session.run(deadline).await {
+    match session.run(deadline, config).await {
         Ok(()) => debug!(%peer, "haul session ended"),
         Err(error @ SessionError::Auth(_)) => {
             // The client expects a handshake message now, not a frame: say
@@ -111,24 +119,30 @@ impl Receiver<'_> {
 
     /// Serves the session; the Hello and the handshake (encryption
     /// included) must be done by `deadline`.
-    async fn run(&mut self, deadline: tokio::time::Instant) -> Result<(), SessionError> {
-        match tokio::time::timeout_at(deadline, self.handshake()).await {
-            Err(_) => return Err(SessionError::HandshakeTimeout(self.config.header_timeout)),
+    async fn run(
+        &mut self,
+        deadline: tokio::time::Instant,
+        config: &ServerConfig,
+    ) -> Result<(), SessionError> {
+        let rights = match tokio::time::timeout_at(deadline, self.handshake(config)).await {
+            Err(_) => return Err(SessionError::HandshakeTimeout(config.header_timeout)),
             Ok(result) => result?,
-        }
-        self.conn.set_idle(self.config.idle_timeout);
+        };
+        // The receiver checks the right to send at each offer.
+        self.send_refused = (!rights.send).then(|| rights.send_refusal());
+        self.conn.set_idle(config.idle_timeout);
         // The first message says what the session does; only it may be a
         // List or a Get, and such a session is that request alone.
         let first = match self.conn.read_message().await? {
             Request::List { path } => {
                 let path = path.to_owned();
-                return self.list(&path).await;
+                return self.list(&path, rights, config).await;
             }
             Request::Get(paths) => {
                 // Refused before anything is read from storage.
-                if !self.rights.get {
+                if !rights.get {
                     return Err(SessionError::NotAllowed(
-                        self.rights.get_refusal(self.config.access.has_secret()),
+                        rights.get_refusal(config.access.has_secret()),
                     ));
                 }
                 let resolved = get::resolve(&self.store, paths)
@@ -143,10 +157,15 @@ impl Receiver<'_> {
 
     /// Serves a list session: refused, before anything is read from
     /// storage, unless its rights include get.
-    async fn list(&mut self, path: &str) -> Result<(), SessionError> {
-        if !self.rights.get {
+    async fn list(
+        &mut self,
+        path: &str,
+        rights: Rights,
+        config: &ServerConfig,
+    ) -> Result<(), SessionError> {
+        if !rights.get {
             return Err(SessionError::NotAllowed(
-                self.rights.get_refusal(self.config.access.has_secret()),
+                rights.get_refusal(config.access.has_secret()),
             ));
         }
         match listing::serve(&mut self.conn, &self.store, path).await {
@@ -192,7 +211,9 @@ impl Receiver<'_> {
         }
     }
 
-    async fn handshake(&mut self) -> Result<(), SessionError> {
+    /// Reads the Hello, answers it and, with a secret, runs the encrypted
+    /// handshake; returns the rights the session has.
+    async fn handshake(&mut self, config: &ServerConfig) -> Result<Rights, SessionError> {
         let header = self.conn.read_header().await?;
         if matches!(header.kind, Kind::Data | Kind::DataZstd) {
             return Err(ConnectionError::DataOutsideFile.into());
@@ -220,7 +241,7 @@ impl Receiver<'_> {
         debug!(peer = %self.peer, version, capabilities, "haul handshake");
         // Without a secret on the server, the flags give the rights; with
         // one, only the secret the handshake completes with does.
-        let open_rights = self.config.access.without_secret();
+        let open_rights = config.access.without_secret();
         if open_rights.is_none() && capabilities & CAP_SECRET == 0 {
             return Err(SessionError::SecretRequired);
         }
@@ -239,16 +260,17 @@ impl Receiver<'_> {
             })
             .await?;
         self.conn.flush().await?;
-        self.rights = match open_rights {
+        let rights = match open_rights {
             Some(rights) => rights,
             None => {
                 // The Hello as it arrived, the Welcome as it left: the
                 // client holds them as it sent and received them.
                 let prologue = secure::prologue(&self.conn.last_frame(), self.conn.last_sent());
-                self.encrypt(&self.config.access.keys(), &prologue).await?
+                self.encrypt(&config.access.keys(), &prologue, config.header_timeout)
+                    .await?
             }
         };
-        Ok(())
+        Ok(rights)
     }
 
     /// Replaces the plain socket halves with the encrypted channel, with
@@ -257,10 +279,11 @@ impl Receiver<'_> {
         &mut self,
         keys: &[(Secret, Rights)],
         prologue: &[u8],
+        wait: Duration,
     ) -> Result<Rights, SessionError> {
         let handshake = self.conn.encrypt_server(keys, prologue);
-        let rights = match timeout(self.config.header_timeout, handshake).await {
-            Err(_) => return Err(SessionError::Idle(self.config.header_timeout)),
+        let rights = match timeout(wait, handshake).await {
+            Err(_) => return Err(SessionError::Idle(wait)),
             Ok(result) => result.map_err(SessionError::Auth)?,
         };
         debug!(peer = %self.peer, send = rights.send, get = rights.get, "encrypted session established");

@@ -12,8 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
-/// The target of the line logged for each stored file.
-pub(super) const STORED_TARGET: &str = "haul::stored";
+pub(crate) use crate::engine::log::{STORED_TARGET, Size};
 
 /// Most bytes gathered before they are written anyway.
 const GATHER_LIMIT: usize = 64 * 1024;
@@ -77,33 +76,6 @@ fn write_out(gathered: &mut Vec<u8>) -> io::Result<()> {
     let written = io::stderr().write_all(gathered);
     gathered.clear();
     written
-}
-
-/// A byte count in binary units, as an operator reads it: `512 bytes`,
-/// `3.5 KiB`, `318 MiB` (one decimal below 10).
-pub(super) struct Size(pub u64);
-
-impl std::fmt::Display for Size {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-        if self.0 < 1024 {
-            return write!(f, "{} bytes", self.0);
-        }
-        let mut value = self.0 as f64 / 1024.0;
-        let mut unit = UNITS[0];
-        for next in &UNITS[1..] {
-            if value < 1024.0 {
-                break;
-            }
-            value /= 1024.0;
-            unit = next;
-        }
-        if value < 10.0 {
-            write!(f, "{value:.1} {unit}")
-        } else {
-            write!(f, "{value:.0} {unit}")
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,15 @@
 //! a file themselves.
 
 mod get;
+use crate::engine::blocking;
+pub(crate) use crate::engine::log::{Fate, Outcome, Protocol, log_transfer};
+pub(crate) use crate::engine::space::{self, peer_key};
 mod haul;
 
 mod listing;
 pub(crate) mod log_output;
 pub(crate) mod rights;
 mod seed;
-pub(crate) mod space;
 
 pub use log_output::LogOutput;
 pub use rights::{Access, Rights, SecretRole};
@@ -37,7 +39,6 @@ use tracing::{debug, error, info, warn};
 use crate::config;
 use crate::protocol::haul::MAGIC;
 use crate::storage::{self, Backend, OnConflict, Store};
-use crate::transfer::Rate;
 use space::SpaceLedger;
 
 /// Everything an operator can tune about the server.
@@ -100,6 +101,18 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// What the server's receivers accept and keep.
+    pub fn policy(&self) -> crate::engine::receiver::Policy {
+        crate::engine::receiver::Policy {
+            on_conflict: self.on_conflict,
+            max_file_size: self.max_file_size,
+            reserve: self.reserve,
+            reserve_inodes: self.reserve_inodes,
+            max_partial: self.max_partial,
+            takeover_wait: self.takeover_wait,
+        }
+    }
+
     /// The defaults ([`crate::config`]): a sensible server for `dir`.
     pub fn new(dir: PathBuf) -> ServerConfig {
         ServerConfig {
@@ -216,7 +229,7 @@ impl Server {
             })?;
         Ok(Server {
             listener,
-            space: SpaceLedger::new(store.clone(), &config),
+            space: SpaceLedger::new(store.clone(), &config.policy()),
             store,
             config: Arc::new(config),
         })
@@ -404,21 +417,6 @@ impl Drop for PeerSlot {
     }
 }
 
-/// What counts as one peer: an IPv4 address, or an IPv6 /64 (what one
-/// site or host is usually given), an IPv4-mapped IPv6 address as IPv4.
-fn peer_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(prefix.into())
-            }
-        },
-        v4 => v4,
-    }
-}
-
 /// Deletes abandoned partial data at start-up and every hour after: what
 /// is stale, and what is over `--max-partial`. At start-up, then logs what
 /// is still held, so that an operator sees what a restart kept.
@@ -530,124 +528,4 @@ async fn serve_connection(
         warn!(%peer, "refused a seed-protocol connection: this server accepts only haul's protocol");
         let _ = stream.set_zero_linger();
     }
-}
-
-/// Whether a write failed because the disk or a quota is full.
-pub(crate) fn is_out_of_space(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
-}
-
-/// Runs blocking file-system work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(io::Error::other)?
-}
-
-/// Which protocol a transfer came by, named on its log line.
-#[derive(Clone, Copy)]
-pub(crate) enum Protocol {
-    Haul,
-    Seed,
-}
-
-impl Protocol {
-    fn name(self) -> &'static str {
-        match self {
-            Protocol::Haul => "haul",
-            Protocol::Seed => "seed",
-        }
-    }
-}
-
-/// How one file's transfer ended, for its log line.
-pub(crate) enum Outcome<'a> {
-    /// Stored under this name.
-    Stored(&'a str),
-    /// Not stored, for `reason`; `data` says what became of what arrived.
-    Failed {
-        reason: &'a dyn std::fmt::Display,
-        data: Fate<'a>,
-    },
-}
-
-/// What became of the data of a file that was not stored: an operator
-/// reads from it whether running the same send again resumes.
-pub(crate) enum Fate<'a> {
-    /// None of it arrived.
-    NoneReceived,
-    /// What arrived is deleted.
-    Deleted,
-    /// `bytes` of it stay in the hidden area, for the same sender to resume.
-    Kept { bytes: u64, name: &'a str },
-}
-
-impl std::fmt::Display for Fate<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fate::NoneReceived => f.write_str("no data received"),
-            Fate::Deleted => f.write_str("partial data deleted"),
-            Fate::Kept { bytes, name } => {
-                write!(f, "kept {} of {name} for resume", log_output::Size(*bytes))
-            }
-        }
-    }
-}
-
-/// Logs the outcome of one file's transfer, in one line.
-pub(crate) fn log_transfer(
-    protocol: Protocol,
-    peer: SocketAddr,
-    name: &str,
-    size: Option<u64>,
-    elapsed: Duration,
-    outcome: Outcome<'_>,
-) {
-    let protocol = protocol.name();
-    let size_shown = size.map_or_else(|| "-".to_owned(), |size| size.to_string());
-    let secs = format_args!("{:.3}", elapsed.as_secs_f64());
-    match outcome {
-        Outcome::Stored(stored_as) => info!(
-            target: log_output::STORED_TARGET,
-            protocol,
-            %peer,
-            name,
-            size = %size_shown,
-            stored_as,
-            secs,
-            rate = %Rate { bytes: size.unwrap_or(0), elapsed },
-            result = "stored",
-            "transfer"
-        ),
-        Outcome::Failed { reason, data } => warn!(
-            protocol,
-            %peer,
-            name,
-            size = %size_shown,
-            secs,
-            result = "failed",
-            %reason,
-            data = %data,
-            "transfer"
-        ),
-    }
-}
-
-/// Logs, at debug level, a file the sender offered that is already stored.
-pub(crate) fn log_already_there(peer: SocketAddr, name: &str, size: Option<u64>, stored_as: &str) {
-    let size_shown = size.map_or_else(|| "-".to_owned(), |size| size.to_string());
-    debug!(
-        protocol = Protocol::Haul.name(),
-        %peer,
-        name,
-        size = %size_shown,
-        stored_as,
-        result = "already there",
-        "transfer"
-    );
 }

@@ -12,9 +12,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::space::SpaceLedger;
-use super::{
-    Fate, Outcome, Protocol, ServerConfig, blocking, is_out_of_space, log_output, log_transfer,
-};
+use super::{Fate, Outcome, Protocol, ServerConfig, blocking, log_output, log_transfer};
+use crate::engine::is_out_of_space;
 use crate::protocol::seed::{self, Decoded, HeaderError};
 use crate::storage::{Backend, NameError, RelPath, SafeName, Store, Upload};
 use crate::text::printable;

@@ -5,7 +5,7 @@
 //! promised: the bytes and inodes granted to accepted files that are not
 //! written yet. A grant is made, under one lock, only if the free space less
 //! everything promised still leaves `--reserve`, and the free inodes less
-//! those promised still leave [`ServerConfig::reserve_inodes`], so sessions
+//! those promised still leave [`Policy::reserve_inodes`], so sessions
 //! running at once can never each be granted the same room. A file of known
 //! size is granted before its answer; a stream is granted as it grows,
 //! before each write; a directory before it is made. Abandoned partial data
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::{debug, info, warn};
 
-use super::ServerConfig;
+use super::receiver::Policy;
 use crate::engine::receiver::Refusal;
 use crate::protocol::haul::{FailCode, MAX_DATA_LEN};
 use crate::storage::{Backend, FreeSpace, HeldPartial, Partial, Store, Upload};
@@ -32,7 +32,7 @@ use crate::storage::{Backend, FreeSpace, HeldPartial, Partial, Store, Upload};
 /// filled), each at most a data frame.
 const IN_FLIGHT: u64 = 8 * MAX_DATA_LEN as u64;
 
-/// Directories stop this many times [`ServerConfig::reserve_inodes`] short
+/// Directories stop this many times [`Policy::reserve_inodes`] short
 /// of the end, so that a flood of directory offers, which cost a sender
 /// nothing to send, still leaves inodes for files.
 const DIRECTORY_INODE_FACTOR: u64 = 2;
@@ -48,8 +48,23 @@ pub(crate) struct Sender(IpAddr);
 /// The one place a connection's sender is chosen: its address as the limit
 /// of connections per address counts it, so that the ports of one
 /// machine's connections count as one sender.
+/// What counts as one peer: an IPv4 address, or an IPv6 /64 (what one
+/// site or host is usually given), an IPv4-mapped IPv6 address as IPv4.
+pub(crate) fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 pub(crate) fn sender_of(peer: SocketAddr) -> Sender {
-    Sender(super::peer_key(peer.ip()))
+    Sender(peer_key(peer.ip()))
 }
 
 /// The server's account of promised room, and of who left which partial
@@ -112,7 +127,7 @@ pub(crate) struct Charge {
 pub(crate) struct NoSpace;
 
 impl SpaceLedger {
-    pub(crate) fn new(store: Store, config: &ServerConfig) -> Arc<SpaceLedger> {
+    pub(crate) fn new(store: Store, config: &Policy) -> Arc<SpaceLedger> {
         Arc::new(SpaceLedger {
             store,
             reserve: config.reserve,
@@ -444,6 +459,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::ServerConfig;
     use crate::storage::OnConflict;
 
     const MIB: u64 = 1024 * 1024;
@@ -455,7 +471,7 @@ mod tests {
             ..ServerConfig::new(inbox.path().to_path_buf())
         };
         let store = Store::open(inbox.path(), OnConflict::Rename).unwrap();
-        (inbox, SpaceLedger::new(store, &config))
+        (inbox, SpaceLedger::new(store, &config.policy()))
     }
 
     fn promised(ledger: &SpaceLedger) -> (u64, u64) {
