@@ -256,6 +256,9 @@ pub(crate) struct Receiver<'a> {
     /// ends the session: such a server is not to be trusted with the rest.
     /// `None` on the server, whose senders are answered per offer.
     pub(crate) accepts: Option<Vec<(String, bool)>>,
+    /// Called when a batch's outcomes are known, before its receipts go
+    /// out: the server writes the log lines the batch gathered.
+    pub(crate) on_settled: Option<fn()>,
     /// Where a client receiving reports each file, as `haul send` does.
     pub(crate) events: Option<&'a mut (dyn FnMut(Event<'_>) + Send)>,
 }
@@ -717,6 +720,9 @@ impl Receiver<'_> {
 
         // Receipts and failures go out in the order the files were offered.
         replies.sort_by_key(|(index, _)| *index);
+        if let Some(settled) = self.on_settled {
+            settled();
+        }
         if let Some(events) = self.events.as_mut() {
             for (index, reply) in &replies {
                 let path = &batch[*index].path_shown;
@@ -1487,6 +1493,7 @@ pub async fn receive_get(
                 .map(|name| (name, false))
                 .collect(),
         ),
+        on_settled: None,
         events: Some(on_event),
     };
     let outcome = session.receive(None).await;

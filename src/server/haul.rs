@@ -26,7 +26,6 @@ use crate::protocol::haul::{
     SenderId, ServerOpening,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, Secret};
-use crate::send::Event;
 use crate::storage::{Holder, RelPath, Store};
 use crate::text::printable;
 
@@ -52,12 +51,6 @@ pub(super) async fn serve(
         config.header_timeout,
     );
     conn.bound_writes(config.idle_timeout);
-    // The log lines a batch gathered go out once its receipts are due.
-    let mut settled = |event: Event<'_>| {
-        if let Event::BatchSettled = event {
-            log_output::write_gathered();
-        }
-    };
     let mut session = Receiver {
         conn,
         peer,
@@ -72,7 +65,9 @@ pub(super) async fn serve(
         holder: Holder::new(),
         send_refused: Some(Rights::NONE.send_refusal()),
         accepts: None,
-        events: Some(&mut settled),
+        events: None,
+        // The log lines a batch gathered go out once its receipts are due.
+        on_settled: Some(log_output::write_gathered),
     };
     match session.run(deadline, config).await {
         Ok(()) => debug!(%peer, "haul session ended"),
