@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use haul::config::{self, Bytes, Span};
 use haul::protocol::haul::SenderId;
-use haul::secure::{self, LoadedSecret, SecretError, SecretOrigin};
+use haul::secure::{self, LoadedSecret, Secret, SecretError, SecretOrigin};
 use haul::send::{self, SendError, SendOptions, Summary};
 use haul::server::{Access, SecretRole, SeedSettle, Server, ServerConfig, StartError};
 use haul::size::parse_byte_size;
@@ -761,17 +761,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(exit::USAGE);
                 }
             };
-            let secret = match load_secret(token_file.as_deref()) {
-                Ok(loaded) => {
-                    if let Some(loose) = loaded.as_ref().and_then(|loaded| loaded.loose.as_ref()) {
-                        eprintln!("haul: warning: {}", shown(&loose.to_string()));
-                    }
-                    loaded.map(|loaded| loaded.secret)
-                }
-                Err(error) => {
-                    eprintln!("haul: {}", shown(&error.to_string()));
-                    return ExitCode::from(exit::USAGE);
-                }
+            let Ok(secret) = client_secret(token_file.as_deref()) else {
+                return ExitCode::from(exit::USAGE);
             };
             let from = send::with_default_port(&from);
             let options = SendOptions {
@@ -835,17 +826,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(exit::USAGE);
                 }
             };
-            let secret = match load_secret(token_file.as_deref()) {
-                Ok(loaded) => {
-                    if let Some(loose) = loaded.as_ref().and_then(|loaded| loaded.loose.as_ref()) {
-                        eprintln!("haul: warning: {}", shown(&loose.to_string()));
-                    }
-                    loaded.map(|loaded| loaded.secret)
-                }
-                Err(error) => {
-                    eprintln!("haul: {}", shown(&error.to_string()));
-                    return ExitCode::from(exit::USAGE);
-                }
+            let Ok(secret) = client_secret(token_file.as_deref()) else {
+                return ExitCode::from(exit::USAGE);
             };
             // Names this receiver's partial data, so that a re-run resumes it.
             let Some(sender) = resume_identity() else {
@@ -1108,6 +1090,24 @@ fn listed_path(path: Option<&str>) -> Result<Option<haul::storage::RelPath>, Str
     haul::storage::RelPath::parse(path.as_bytes())
         .map(Some)
         .map_err(|error| format!("cannot list {path}: {error}"))
+}
+
+/// The secret of `haul ls` and `haul get`, from `--token-file` or
+/// `HAUL_TOKEN`, with the warning for a token file others can read; `Err`
+/// once the reason it cannot be loaded is printed.
+fn client_secret(token_file: Option<&std::path::Path>) -> Result<Option<Secret>, ()> {
+    match load_secret(token_file) {
+        Ok(loaded) => {
+            if let Some(loose) = loaded.as_ref().and_then(|loaded| loaded.loose.as_ref()) {
+                eprintln!("haul: warning: {}", shown(&loose.to_string()));
+            }
+            Ok(loaded.map(|loaded| loaded.secret))
+        }
+        Err(error) => {
+            eprintln!("haul: {}", shown(&error.to_string()));
+            Err(())
+        }
+    }
 }
 
 /// Maps the outcome of a send to its documented exit code.
