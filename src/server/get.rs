@@ -25,12 +25,13 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use super::blocking;
+use super::listing::{self, Opened};
 use crate::connection::Connection;
 use crate::engine::receiver::Refusal;
 use crate::protocol::haul::{EntryKind, FailCode, GetPaths, MAX_GET_PATHS, Mtime};
 use crate::send::walk::{Entry, Source, Walked};
 use crate::send::{Event, SendError, Summary};
-use crate::storage::{Backend, Listed, ListedKind, Listing, Reader, RelPath, Store};
+use crate::storage::{Backend, Listed, ListedKind, Listing, RelPath, Store};
 use crate::text::printable;
 
 /// Names read from a folder's cursor at a time.
@@ -83,48 +84,17 @@ pub(super) async fn resolve(
     .map_err(|error| Refusal::new(FailCode::Io, format!("storage failed: {error}")))?
 }
 
-/// What `path` names, if it is a file or a folder the store shows.
+/// What `path` names, if it is a file or a folder the store shows: as a
+/// listing judges it.
 fn resolve_one(store: &Store, path: &RelPath) -> io::Result<Option<Resolved>> {
-    match store.list(Some(path)) {
-        Ok(_) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) if error.kind() == io::ErrorKind::InvalidInput => {
-            return match store.open_read(path) {
-                Ok(reader) => Ok(Some(Resolved::File(reader.info()))),
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::InvalidInput
-                    ) =>
-                {
-                    Ok(None)
-                }
-                Err(error) => Err(error),
-            };
-        }
-        Err(error) => return Err(error),
-    }
-    // A folder: its own time and mode, from its parent's listing of it.
-    let Some(name) = path.components().last() else {
-        return Ok(None);
-    };
-    let mut listing = store.list(path.up().as_ref())?;
-    loop {
-        let batch = listing.next_batch(WALK_BATCH)?;
-        if batch.is_empty() {
-            return Ok(None);
-        }
-        if let Some(Listed {
-            kind: ListedKind::Directory { modified, mode },
+    Ok(match listing::open(store, Some(path))? {
+        Some(Opened::Folder(listing)) => Some(Resolved::Folder(listing.folder())),
+        Some(Opened::File(Listed {
+            kind: ListedKind::File(info),
             ..
-        }) = batch.into_iter().find(|listed| listed.name == *name)
-        {
-            return Ok(Some(Resolved::Folder(crate::storage::Metadata {
-                modified: Some(modified),
-                mode: Some(mode),
-            })));
-        }
-    }
+        })) => Some(Resolved::File(info)),
+        Some(Opened::File(_)) | None => None,
+    })
 }
 
 /// Sends what was asked for, each under its last component, then Bye.

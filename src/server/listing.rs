@@ -41,7 +41,7 @@ impl From<ConnectionError> for ListError {
 }
 
 /// What a path names, once opened: a folder's cursor, or one file.
-enum Opened {
+pub(super) enum Opened {
     Folder(<Store as Backend>::Listing),
     File(Listed),
 }
@@ -128,7 +128,7 @@ pub(super) async fn serve(
 
 /// Opens what `dir` names: `Ok(None)` when nothing the listing may show is
 /// there (nothing at all, a symlink, a special file, a path through a file).
-fn open(store: &Store, dir: Option<&RelPath>) -> io::Result<Option<Opened>> {
+pub(super) fn open(store: &Store, dir: Option<&RelPath>) -> io::Result<Option<Opened>> {
     let path = match store.list(dir) {
         Ok(listing) => return Ok(Some(Opened::Folder(listing))),
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),

@@ -486,8 +486,13 @@ impl Backend for LocalDir {
     fn list(&self, dir: Option<&RelPath>) -> io::Result<LocalListing> {
         let components = dir.map_or(&[][..], RelPath::components);
         let dir = self.open_dir_no_links(components)?;
+        let own = dir.dir_metadata()?;
         Ok(LocalListing {
             entries: dir.entries()?,
+            folder: Metadata {
+                modified: Some(own.modified()?.into_std()),
+                mode: Some(own.mode() & 0o777),
+            },
         })
     }
 
@@ -645,6 +650,7 @@ impl Reader for LocalReader {
 /// a directory stream and its buffer, never the entries it has returned.
 pub struct LocalListing {
     entries: cap_std::fs::ReadDir,
+    folder: Metadata,
 }
 
 impl Listing for LocalListing {
@@ -685,6 +691,10 @@ impl Listing for LocalListing {
             batch.push(Listed { name, kind });
         }
         Ok(batch)
+    }
+
+    fn folder(&self) -> Metadata {
+        self.folder
     }
 }
 

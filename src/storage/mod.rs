@@ -367,6 +367,9 @@ pub trait Listing: Send + 'static {
     /// The next entries, at most `max` and at most [`MAX_LIST_BATCH`];
     /// empty once the listing is done.
     fn next_batch(&mut self, max: usize) -> io::Result<Vec<Listed>>;
+
+    /// The listed folder's own time and mode, as it was when opened.
+    fn folder(&self) -> Metadata;
 }
 
 /// One entry of a [`Listing`].
