@@ -16,7 +16,9 @@ use haul::protocol::haul::{GetPaths, Message};
 use serde_json::Value;
 use util::proxy::{Fault, Proxy};
 use util::wire::{frame, raw_haul_session, read_message};
-use util::{HaulServer, haul_command, json, random_bytes, stderr_of};
+use util::{
+    HaulServer, haul_command, json, own_umask, random_bytes, stderr_of, stdout_of, token_file,
+};
 
 const MAIN: &str = "6d61696e2d7365637265742d6f662d7468652d7365727665722121212121212121";
 const SEND: &str = "73656e642d6f6e6c792d7365637265742d6f662d7468652073657276657221";
@@ -61,29 +63,6 @@ fn send_as(secret: Option<&str>, to: &str, paths: &[&Path]) -> Output {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn stdout_of(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-/// A token file holding `secret`, readable by its owner only.
-fn token_file(dir: &Path, name: &str, secret: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path_str(&path).to_owned()
-}
-
-/// The umask this test process (and so every haul it starts) runs with:
-/// modes arrive masked by it.
-fn own_umask() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let value = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Umask:"))
-        .unwrap();
-    u32::from_str_radix(value.trim(), 8).unwrap()
 }
 
 fn mtime(path: &Path) -> SystemTime {

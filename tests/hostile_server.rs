@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use haul::protocol::haul::{self as wire, EntryKind, MAGIC, Message, Mtime, Offer};
 use util::wire::{connect_from, frame, hello, raw_haul_session, read_message, try_connect_from};
-use util::{HaulServer, haul, random_bytes, stderr_of};
+use util::{HaulServer, haul, own_umask, random_bytes, stderr_of};
 
 fn offer(kind: EntryKind, path: &[u8], size: Option<u64>, mode: u32, secs: i64) -> Vec<u8> {
     frame(&Message::Offer(Offer {
@@ -29,16 +29,6 @@ fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count()
-}
-
-/// The umask this test process (and so the server it starts) runs with.
-fn own_umask() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let value = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Umask:"))
-        .unwrap();
-    u32::from_str_radix(value.trim(), 8).unwrap()
 }
 
 /// Sends one honest file with the real client and checks it arrived.

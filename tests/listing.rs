@@ -17,7 +17,7 @@ use haul::protocol::haul::{
     MAX_PATH_LEN, Message, Mtime, Offer,
 };
 use util::wire::{data_frame, frame, raw_haul_session, read_message, read_raw_frame};
-use util::{HaulServer, haul_command, json, stderr_of};
+use util::{HaulServer, haul_command, json, stderr_of, stdout_of, token_file};
 
 const MAIN: &str = "6d61696e2d7365637265742d6f662d7468652d7365727665722121212121212121";
 const SEND: &str = "73656e642d6f6e6c792d7365637265742d6f662d7468652073657276657221";
@@ -39,18 +39,6 @@ fn ls_as(secret: Option<&str>, addr: &str, args: &[&str]) -> Output {
 
 fn ls(addr: &str, args: &[&str]) -> Output {
     ls_as(None, addr, args)
-}
-
-fn stdout_of(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-/// A token file holding `secret`, readable by its owner only.
-fn token_file(dir: &Path, name: &str, secret: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 fn set_mtime(path: &Path, secs: u64, nanos: u32) -> SystemTime {

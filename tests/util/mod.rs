@@ -362,3 +362,28 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     line.trim().trim_end_matches("kB").trim().parse().unwrap()
 }
+
+/// What a command printed on stdout, as text.
+pub fn stdout_of(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// A token file holding `secret`, readable by its owner only.
+pub fn token_file(dir: &Path, name: &str, secret: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// The umask this test process (and so every haul it starts) runs with:
+/// modes arrive masked by it.
+pub fn own_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))
+        .unwrap();
+    u32::from_str_radix(value.trim(), 8).unwrap()
+}
