@@ -10,8 +10,11 @@
 //!   is reused from frame to frame and never outgrows [`haul::MAX_DATA_LEN`].
 //! - Control messages are decoded borrowing from that buffer: no allocation
 //!   per frame.
-//! - Every read waits at most the connection's idle time (or the deadline
-//!   its caller names); every write, at most its stall time when it has one.
+//! - No read waits longer than the connection's idle time with no byte
+//!   arriving (or past the deadline its caller names); no write waits longer
+//!   than its stall time, when it has one, with no byte leaving. The limits
+//!   measure silence at the socket ([`crate::traffic`]), so a slow peer that
+//!   keeps bytes moving is never taken for a silent one.
 //!
 //! File bytes are the data path's (`transfer`): [`Connection::data_reader`]
 //! and [`Connection::data_writer`] hand it the buffered halves, and a data
@@ -30,6 +33,7 @@ use crate::protocol::haul::{
     self, DecodeError, FRAME_HEADER_LEN, FrameHeader, Incoming, Kind, MAGIC, Outgoing,
 };
 use crate::secure::{self, BoxedReader, BoxedWriter, HandshakeError, Secret};
+use crate::traffic::{Counted, Traffic, unless_silent};
 use crate::transfer::{FileSink, PumpError, Unbuffered, receive, receive_buffered};
 
 /// Everything a connection can fail with, whichever side it is.
@@ -89,8 +93,10 @@ pub struct FrameReader {
     payload: Vec<u8>,
     /// The kind of the frame in `payload`.
     kind: Option<Kind>,
-    /// How long any read waits for the peer.
+    /// How long any read waits with nothing arriving.
     idle: Duration,
+    /// The bytes that arrived so far, counted at the socket.
+    traffic: Traffic,
 }
 
 /// The writing half: the buffered stream and the reused frame buffer.
@@ -98,8 +104,10 @@ pub struct FrameWriter {
     stream: BufWriter<BoxedWriter>,
     /// The last control frame written, whole; reused.
     frame: Vec<u8>,
-    /// How long a write may wait for the peer to read, if bounded.
+    /// How long a write may wait with nothing taken by the peer, if bounded.
     stall: Option<Duration>,
+    /// The bytes that left so far, counted at the socket.
+    traffic: Traffic,
 }
 
 /// A haul connection, plain or encrypted.
@@ -109,26 +117,49 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection over buffered halves, whose reads wait at most `idle`.
-    /// Writes wait as long as the peer takes until [`Self::bound_writes`].
+    /// A connection over a socket's two halves, with read and write
+    /// buffers of the sizes given, whose reads give up after `idle` with
+    /// nothing arriving. Writes wait as long as the peer takes until
+    /// [`Self::bound_writes`].
     pub fn new(
-        reader: BufReader<BoxedReader>,
-        writer: BufWriter<BoxedWriter>,
+        reader: BoxedReader,
+        read_buffer: usize,
+        writer: BoxedWriter,
+        write_buffer: usize,
         idle: Duration,
     ) -> Connection {
+        let incoming = Traffic::default();
+        let outgoing = Traffic::default();
+        let reader: BoxedReader = Box::new(Counted::new(reader, incoming.clone()));
+        let writer: BoxedWriter = Box::new(Counted::new(writer, outgoing.clone()));
         Connection {
             reader: FrameReader {
-                stream: reader,
+                stream: BufReader::with_capacity(read_buffer, reader),
                 payload: Vec::new(),
                 kind: None,
                 idle,
+                traffic: incoming,
             },
             writer: FrameWriter {
-                stream: writer,
+                stream: BufWriter::with_capacity(write_buffer, writer),
                 frame: Vec::new(),
                 stall: None,
+                traffic: outgoing,
             },
         }
+    }
+
+    /// A connection that reads nothing and writes nowhere: what a session
+    /// holds while its connection is lent out.
+    pub fn detached(idle: Duration) -> Connection {
+        // The smallest buffers there are: nothing ever passes through them.
+        Connection::new(
+            Box::new(tokio::io::empty()),
+            1,
+            Box::new(tokio::io::sink()),
+            1,
+            idle,
+        )
     }
 
     /// Makes every write wait at most `stall` for the peer to read.
@@ -238,11 +269,31 @@ impl Connection {
         direct: bool,
     ) -> Result<(), PumpError> {
         let idle = self.reader.idle;
+        let traffic = &self.reader.traffic;
         if direct {
-            receive(&mut Unbuffered(&mut self.reader.stream), sink, len, idle).await
+            receive(
+                &mut Unbuffered(&mut self.reader.stream),
+                sink,
+                len,
+                traffic,
+                idle,
+            )
+            .await
         } else {
-            receive_buffered(&mut self.reader.stream, sink, len, idle).await
+            receive_buffered(&mut self.reader.stream, sink, len, traffic, idle).await
         }
+    }
+
+    /// Writes file bytes, right after their frame's header; `None` if the
+    /// peer took none of them for the connection's idle time.
+    pub async fn write_data(&mut self, bytes: &[u8]) -> Option<io::Result<()>> {
+        let idle = self.reader.idle;
+        unless_silent(
+            &self.writer.traffic,
+            idle,
+            self.writer.stream.write_all(bytes),
+        )
+        .await
     }
 
     /// The buffered reading half, for the data path's own reads of file
@@ -331,7 +382,7 @@ impl FrameReader {
 
     /// Reads and checks the next frame's header, through the read buffer.
     pub async fn read_header(&mut self) -> Result<FrameHeader, ConnectionError> {
-        read_header_from(&mut self.stream, self.idle).await
+        read_header_from(&mut self.stream, &self.traffic, self.idle).await
     }
 
     /// Reads and checks the next frame's header without refilling the read
@@ -339,7 +390,7 @@ impl FrameReader {
     /// socket: a refill would read up to a buffer's worth of it ahead, and
     /// every byte of that is copied twice.
     pub async fn read_data_header(&mut self) -> Result<FrameHeader, ConnectionError> {
-        read_header_from(&mut Unbuffered(&mut self.stream), self.idle).await
+        read_header_from(&mut Unbuffered(&mut self.stream), &self.traffic, self.idle).await
     }
 
     /// Reads the payload of the frame whose header was just read into the
@@ -350,12 +401,13 @@ impl FrameReader {
         self.kind = None;
         self.payload.clear();
         self.payload.resize(len, 0);
-        match timeout(self.idle, self.stream.read_exact(&mut self.payload)).await {
-            Err(_) => return Err(ConnectionError::Idle(self.idle)),
-            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+        let reading = self.stream.read_exact(&mut self.payload);
+        match unless_silent(&self.traffic, self.idle, reading).await {
+            None => return Err(ConnectionError::Idle(self.idle)),
+            Some(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(ConnectionError::Cut(Part::Payload(header.kind)));
             }
-            Ok(result) => {
+            Some(result) => {
                 result?;
             }
         }
@@ -393,9 +445,11 @@ impl FrameReader {
     }
 }
 
-/// Reads a header from `reader`, waiting at most `idle` for it.
+/// Reads a header from `reader`, giving up after `idle` with nothing
+/// counted in `traffic`.
 async fn read_header_from(
     reader: &mut (impl AsyncRead + Unpin),
+    traffic: &Traffic,
     idle: Duration,
 ) -> Result<FrameHeader, ConnectionError> {
     let mut bytes = [0u8; FRAME_HEADER_LEN];
@@ -410,9 +464,9 @@ async fn read_header_from(
         }
         Ok(())
     };
-    match timeout(idle, reading).await {
-        Err(_) => Err(ConnectionError::Idle(idle)),
-        Ok(result) => {
+    match unless_silent(traffic, idle, reading).await {
+        None => Err(ConnectionError::Idle(idle)),
+        Some(result) => {
             result?;
             Ok(haul::decode_frame_header(bytes)?)
         }
@@ -423,7 +477,7 @@ impl FrameWriter {
     /// Writes the bytes that open every haul connection.
     pub async fn write_magic(&mut self) -> Result<(), ConnectionError> {
         let stall = self.stall;
-        write_within(&mut self.stream, &MAGIC, stall).await
+        within(stall, &self.traffic, self.stream.write_all(&MAGIC)).await
     }
 
     /// Writes one message as a whole frame, into the write buffer (flushed
@@ -432,7 +486,7 @@ impl FrameWriter {
         self.frame.clear();
         message.encode(&mut self.frame);
         let stall = self.stall;
-        write_within(&mut self.stream, &self.frame, stall).await
+        within(stall, &self.traffic, self.stream.write_all(&self.frame)).await
     }
 
     /// The last control frame written, whole: how each side keeps the Hello
@@ -446,31 +500,27 @@ impl FrameWriter {
     pub async fn write_data_header(&mut self, kind: Kind, len: u32) -> Result<(), ConnectionError> {
         let header = haul::data_header(kind, len);
         let stall = self.stall;
-        write_within(&mut self.stream, &header, stall).await
+        within(stall, &self.traffic, self.stream.write_all(&header)).await
     }
 
     /// Writes out everything buffered.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
-        match self.stall {
-            None => Ok(self.stream.flush().await?),
-            Some(stall) => match timeout(stall, self.stream.flush()).await {
-                Err(_) => Err(ConnectionError::Stalled(stall)),
-                Ok(result) => Ok(result?),
-            },
-        }
+        within(self.stall, &self.traffic, self.stream.flush()).await
     }
 }
 
-async fn write_within(
-    stream: &mut BufWriter<BoxedWriter>,
-    bytes: &[u8],
+/// Runs a write, giving up once `stall` (if any) passes with no byte
+/// counted in `traffic`.
+async fn within(
     stall: Option<Duration>,
+    traffic: &Traffic,
+    writing: impl Future<Output = io::Result<()>>,
 ) -> Result<(), ConnectionError> {
     match stall {
-        None => Ok(stream.write_all(bytes).await?),
-        Some(stall) => match timeout(stall, stream.write_all(bytes)).await {
-            Err(_) => Err(ConnectionError::Stalled(stall)),
-            Ok(result) => Ok(result?),
+        None => Ok(writing.await?),
+        Some(stall) => match unless_silent(traffic, stall, writing).await {
+            None => Err(ConnectionError::Stalled(stall)),
+            Some(result) => Ok(result?),
         },
     }
 }
@@ -488,9 +538,7 @@ mod tests {
     /// A connection over one end of an in-memory pipe.
     fn connection(stream: DuplexStream) -> Connection {
         let (reader, writer) = tokio::io::split(stream);
-        let reader: BoxedReader = Box::new(reader);
-        let writer: BoxedWriter = Box::new(writer);
-        Connection::new(BufReader::new(reader), BufWriter::new(writer), IDLE)
+        Connection::new(Box::new(reader), 8192, Box::new(writer), 8192, IDLE)
     }
 
     /// A connection over one end of an in-memory pipe, and the other end.
@@ -678,5 +726,68 @@ mod tests {
             "{error:?}"
         );
         drop(theirs);
+    }
+
+    /// A frame whose bytes trickle in, and one whose bytes the peer takes
+    /// slowly, each cross whole however many limits that takes: the limits
+    /// are on silence, not on a frame's time.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_peer_is_never_taken_for_a_silent_one() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut conn = connection(ours);
+        let limit = Duration::from_secs(5);
+        conn.set_idle(limit);
+        conn.bound_writes(limit);
+        let reason = "x".repeat(50_000);
+        let sent = frame(&Message::Error {
+            code: FailCode::Other,
+            message: &reason,
+        });
+        let total = sent.len() + FRAME_HEADER_LEN + reason.len();
+        let mut bytes = sent.clone();
+        let peer = tokio::spawn(async move {
+            // Time here is tokio's paused clock: exact, not measured.
+            let started = tokio::time::Instant::now();
+            while !bytes.is_empty() {
+                tokio::time::sleep(limit / 2).await;
+                let piece: Vec<u8> = bytes.drain(..bytes.len().min(1024)).collect();
+                theirs.write_all(&piece).await.unwrap();
+            }
+            let mut echoed = Vec::new();
+            while echoed.len() < total {
+                tokio::time::sleep(limit / 2).await;
+                let mut piece = [0u8; 1024];
+                match theirs.read(&mut piece).await.unwrap() {
+                    0 => break,
+                    read => echoed.extend_from_slice(&piece[..read]),
+                }
+            }
+            (echoed, started.elapsed())
+        });
+        let Message::Error { message, .. } = conn.read_message::<Message<'_>>().await.unwrap()
+        else {
+            panic!("not the Error frame");
+        };
+        assert_eq!(message, reason);
+        conn.send(&Message::Error {
+            code: FailCode::Other,
+            message: &reason,
+        })
+        .await
+        .unwrap();
+        // File bytes after their header, bounded by the idle limit.
+        conn.write_data_header(Kind::Data, reason.len() as u32)
+            .await
+            .unwrap();
+        let written = conn.write_data(reason.as_bytes()).await;
+        assert!(matches!(written, Some(Ok(()))), "{written:?}");
+        conn.flush().await.unwrap();
+        let (echoed, took) = peer.await.unwrap();
+        let mut expected = sent.clone();
+        expected.extend_from_slice(&haul::data_header(Kind::Data, reason.len() as u32));
+        expected.extend_from_slice(reason.as_bytes());
+        assert_eq!(echoed, expected);
+        // Each way took many limits.
+        assert!(took > 20 * limit, "{took:?}");
     }
 }

@@ -30,16 +30,18 @@ const KEEPALIVE_PROBES: u32 = 3;
 
 /// Asks the kernel to notice a dead peer on `socket`: probes after
 /// [`KEEPALIVE_IDLE`] of quiet, and an error once sent data or probes have
-/// gone unacknowledged for `user_timeout`. Callers pass their own idle
-/// timeout: the kernel then never gives up on a connection sooner than the
-/// application would (a receiver that stops reading, with a zero window,
-/// for less than that is still alive), and a dead one fails within about
-/// that time even where nothing waits on a timer.
-pub fn notice_dead_peer(socket: &impl AsFd, user_timeout: Duration) -> io::Result<()> {
+/// gone unacknowledged for half again `idle`, the caller's own idle
+/// timeout. The kernel so never gives up on a connection before the
+/// application would: the application, which tells a slow peer from a
+/// silent one by the bytes that still move, decides first and says why. A
+/// dead peer still fails within about that time where nothing waits on a
+/// timer.
+pub fn notice_dead_peer(socket: &impl AsFd, idle: Duration) -> io::Result<()> {
     sockopt::set_socket_keepalive(socket, true)?;
     sockopt::set_tcp_keepidle(socket, KEEPALIVE_IDLE)?;
     sockopt::set_tcp_keepintvl(socket, KEEPALIVE_INTERVAL)?;
     sockopt::set_tcp_keepcnt(socket, KEEPALIVE_PROBES)?;
+    let user_timeout = idle.saturating_add(idle / 2);
     let millis = u32::try_from(user_timeout.as_millis()).unwrap_or(u32::MAX);
     sockopt::set_tcp_user_timeout(socket, millis)?;
     Ok(())
@@ -50,7 +52,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_socket_is_set_to_probe_and_to_give_up_after_the_given_time() {
+    fn a_socket_is_set_to_probe_and_to_give_up_after_half_again_the_idle_time() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         notice_dead_peer(&socket, Duration::from_secs(60)).unwrap();
@@ -58,6 +60,6 @@ mod tests {
         assert_eq!(sockopt::tcp_keepidle(&socket).unwrap(), KEEPALIVE_IDLE);
         assert_eq!(sockopt::tcp_keepintvl(&socket).unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(sockopt::tcp_keepcnt(&socket).unwrap(), KEEPALIVE_PROBES);
-        assert_eq!(sockopt::tcp_user_timeout(&socket).unwrap(), 60_000);
+        assert_eq!(sockopt::tcp_user_timeout(&socket).unwrap(), 90_000);
     }
 }

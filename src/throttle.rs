@@ -86,6 +86,11 @@ impl<W> Throttle<W> {
         Throttle { inner, bucket }
     }
 
+    /// The wrapped writer, given back.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
     /// The wrapped writer, and so a way around the limit: only for when
     /// there is none.
     pub fn unlimited(&self) -> Option<&W> {

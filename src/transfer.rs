@@ -25,6 +25,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use crate::traffic::{Traffic, unless_silent};
+
 /// Size of one pump buffer. Large enough that per-call overhead vanishes
 /// next to the copy, small enough that thousands of connections fit in memory.
 pub const CHUNK_LEN: usize = 256 * 1024;
@@ -71,10 +73,21 @@ where
             }
             Ok(Ok(read)) => read,
         };
-        match timeout(idle, writer.write_all(&buffer[..read])).await {
-            Err(_) => return Err(PumpError::Idle(idle)),
-            Ok(Err(source)) => return Err(PumpError::Write { moved, source }),
-            Ok(Ok(())) => {}
+        // Each write is timed alone: one returns once any bytes are taken,
+        // so a slow peer (or a rate limit) is never taken for a silent one.
+        let mut written = 0;
+        while written < read {
+            match timeout(idle, writer.write(&buffer[written..read])).await {
+                Err(_) => return Err(PumpError::Idle(idle)),
+                Ok(Err(source)) => return Err(PumpError::Write { moved, source }),
+                Ok(Ok(0)) => {
+                    return Err(PumpError::Write {
+                        moved,
+                        source: io::ErrorKind::WriteZero.into(),
+                    });
+                }
+                Ok(Ok(taken)) => written += taken,
+            }
         }
         moved += read as u64;
         on_chunk(&buffer[..read]);
@@ -491,13 +504,15 @@ fn sized(mut buffer: Vec<u8>, len: usize) -> Vec<u8> {
 /// Reads exactly `len` bytes from `reader` into `sink`, gathered into
 /// chunks of [`CHUNK_LEN`] across calls: a large file's sink queues a chunk
 /// once it is full (or when it finishes), however short the frames its
-/// bytes came in. Fails if the reader ends early, stays silent for `idle`,
-/// or the sink cannot write; the bytes that did arrive are written when the
-/// sink finishes.
+/// bytes came in. Fails if the reader ends early, if `idle` passes with
+/// nothing counted in `traffic` (the connection's incoming bytes), or if the
+/// sink cannot write; the bytes that did arrive are written when the sink
+/// finishes.
 pub async fn receive<R>(
     reader: &mut R,
     sink: &mut FileSink,
     len: u64,
+    traffic: &Traffic,
     idle: Duration,
 ) -> Result<(), PumpError>
 where
@@ -525,16 +540,16 @@ where
             .map_or(chunk.len(), |left| chunk.len().min(*filled + left));
         let start = *filled;
         while *filled < end {
-            match timeout(idle, reader.read(&mut chunk[*filled..end])).await {
-                Err(_) => return Err(PumpError::Idle(idle)),
-                Ok(Err(source)) => return Err(PumpError::Read { moved, source }),
-                Ok(Ok(0)) => {
+            match unless_silent(traffic, idle, reader.read(&mut chunk[*filled..end])).await {
+                None => return Err(PumpError::Idle(idle)),
+                Some(Err(source)) => return Err(PumpError::Read { moved, source }),
+                Some(Ok(0)) => {
                     return Err(PumpError::EarlyEof {
                         moved: moved + (*filled - start) as u64,
                         expected: len,
                     });
                 }
-                Ok(Ok(read)) => *filled += read,
+                Some(Ok(read)) => *filled += read,
             }
         }
         moved += (end - start) as u64;
@@ -590,24 +605,25 @@ pub async fn receive_buffered<R>(
     reader: &mut BufReader<R>,
     sink: &mut FileSink,
     len: u64,
+    traffic: &Traffic,
     idle: Duration,
 ) -> Result<(), PumpError>
 where
     R: AsyncRead + Unpin,
 {
     let Ok(want) = usize::try_from(len) else {
-        return receive(reader, sink, len, idle).await;
+        return receive(reader, sink, len, traffic, idle).await;
     };
     if want == 0 {
         return Ok(());
     }
-    let held = match timeout(idle, reader.fill_buf()).await {
-        Err(_) => return Err(PumpError::Idle(idle)),
-        Ok(Err(source)) => return Err(PumpError::Read { moved: 0, source }),
-        Ok(Ok(held)) => held,
+    let held = match unless_silent(traffic, idle, reader.fill_buf()).await {
+        None => return Err(PumpError::Idle(idle)),
+        Some(Err(source)) => return Err(PumpError::Read { moved: 0, source }),
+        Some(Ok(held)) => held,
     };
     if held.len() < want {
-        return receive(reader, sink, len, idle).await;
+        return receive(reader, sink, len, traffic, idle).await;
     }
     receive_slice(sink, &held[..want])
         .await
@@ -660,6 +676,24 @@ pub(crate) mod tests {
         let again = queues.claim();
         assert!(again.is_some(), "a finished sink gives its slot back");
         assert!(queues.claim().is_none());
+    }
+
+    /// A chunk that takes many idle limits to leave, because the writer
+    /// takes it a little at a time, is still sent whole: the limit is on a
+    /// write that takes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_that_keeps_taking_bytes_is_never_idle() {
+        let source: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+        let rate = crate::throttle::RateLimit(std::num::NonZeroU64::new(10_000).unwrap());
+        let mut writer = crate::throttle::Throttle::new(Vec::new(), Some(rate));
+        let idle = Duration::from_secs(1);
+        // Time here is tokio's paused clock: exact, not measured.
+        let started = tokio::time::Instant::now();
+        pump(&mut source.as_slice(), &mut writer, 100_000, idle, |_| ())
+            .await
+            .unwrap();
+        assert!(started.elapsed() > 5 * idle);
+        assert_eq!(writer.into_inner(), source);
     }
 
     #[tokio::test]
@@ -735,9 +769,15 @@ pub(crate) mod tests {
             Some(Box::default()),
         );
         let mut reader = source.as_slice();
-        receive(&mut reader, &mut sink, source.len() as u64 - 5, IDLE)
-            .await
-            .unwrap();
+        receive(
+            &mut reader,
+            &mut sink,
+            source.len() as u64 - 5,
+            &Traffic::default(),
+            IDLE,
+        )
+        .await
+        .unwrap();
         receive_slice(&mut sink, b"tail").await.unwrap();
         let hasher = sink.finish().await.unwrap().unwrap();
         let mut expected = source[..source.len() - 5].to_vec();
@@ -767,15 +807,21 @@ pub(crate) mod tests {
         let mut expected = Vec::new();
         for (index, size) in sizes.into_iter().enumerate() {
             let frame: Vec<u8> = (0..size).map(|i| ((i + index) % 249) as u8).collect();
-            receive(&mut frame.as_slice(), &mut sink, size as u64, IDLE)
-                .await
-                .unwrap();
+            receive(
+                &mut frame.as_slice(),
+                &mut sink,
+                size as u64,
+                &Traffic::default(),
+                IDLE,
+            )
+            .await
+            .unwrap();
             expected.extend_from_slice(&frame);
         }
         receive_slice(&mut sink, b"decompressed").await.unwrap();
         expected.extend_from_slice(b"decompressed");
         // A frame cut short: its first bytes are kept with the rest.
-        let error = receive(&mut &b"cut"[..], &mut sink, 10, IDLE)
+        let error = receive(&mut &b"cut"[..], &mut sink, 10, &Traffic::default(), IDLE)
             .await
             .unwrap_err();
         assert_early_eof(&error, 3, 10);
@@ -811,9 +857,15 @@ pub(crate) mod tests {
             );
             // The next chunks start a worker again, and land after the first.
             let second: Vec<u8> = (0..CHUNK_LEN * 3).map(|i| (i % 227) as u8).collect();
-            receive(&mut second.as_slice(), &mut sink, second.len() as u64, IDLE)
-                .await
-                .unwrap();
+            receive(
+                &mut second.as_slice(),
+                &mut sink,
+                second.len() as u64,
+                &Traffic::default(),
+                IDLE,
+            )
+            .await
+            .unwrap();
             let hasher = sink.finish().await.unwrap().unwrap();
             let expected = [first, second].concat();
             assert!(std::fs::read(&path).unwrap() == expected, "bytes differ");
@@ -830,7 +882,14 @@ pub(crate) mod tests {
         let file = Arc::new(std::fs::File::open(&path).unwrap());
         let mut sink = FileSink::start(file, Some(Box::default()));
         let source = vec![7u8; CHUNK_LEN * 12];
-        let received = receive(&mut source.as_slice(), &mut sink, source.len() as u64, IDLE).await;
+        let received = receive(
+            &mut source.as_slice(),
+            &mut sink,
+            source.len() as u64,
+            &Traffic::default(),
+            IDLE,
+        )
+        .await;
         let finished = sink.finish().await;
         let error = match (received, finished) {
             (Err(PumpError::Write { source, .. }), Err(_)) => source,
@@ -851,7 +910,7 @@ pub(crate) mod tests {
             let file = Arc::new(std::fs::File::create(&path).unwrap());
             let mut sink = FileSink::for_len(file, Some(Box::default()), Some(1000));
             let mut reader = BufReader::with_capacity(capacity, source.as_slice());
-            receive_buffered(&mut reader, &mut sink, 1000, IDLE)
+            receive_buffered(&mut reader, &mut sink, 1000, &Traffic::default(), IDLE)
                 .await
                 .unwrap();
             let hasher = sink.finish().await.unwrap().unwrap();
@@ -865,7 +924,7 @@ pub(crate) mod tests {
         let file = Arc::new(std::fs::File::create(temp.path().join("cut")).unwrap());
         let mut sink = FileSink::for_len(file, None, Some(10));
         let mut reader = BufReader::new(&b"abc"[..]);
-        let error = receive_buffered(&mut reader, &mut sink, 10, IDLE)
+        let error = receive_buffered(&mut reader, &mut sink, 10, &Traffic::default(), IDLE)
             .await
             .unwrap_err();
         assert_early_eof(&error, 3, 10);
@@ -878,7 +937,7 @@ pub(crate) mod tests {
             Arc::new(std::fs::File::create(temp.path().join("sink")).unwrap()),
             None,
         );
-        let error = receive(&mut &b"abc"[..], &mut sink, 10, IDLE)
+        let error = receive(&mut &b"abc"[..], &mut sink, 10, &Traffic::default(), IDLE)
             .await
             .unwrap_err();
         assert_early_eof(&error, 3, 10);

@@ -352,3 +352,29 @@ fn an_encrypted_transfer_cut_short_resumes_and_sends_only_the_rest() {
         server.hidden_files()
     );
 }
+
+/// A server's idle limit measures silence, not how long one encrypted
+/// message takes: a sender held to a rate at which each message (64 KiB)
+/// takes seconds to cross is never cut off by a limit of one second, since
+/// its bytes keep coming.
+#[test]
+fn a_slow_encrypted_sender_is_never_taken_for_a_silent_one() {
+    let (server, _keys) = secret_server(&["--idle-timeout", "1s"]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("slow.bin");
+    let content = random_bytes(160 * 1024, 7);
+    std::fs::write(&path, &content).unwrap();
+    let mut command = util::haul_command();
+    command
+        .args(["send", "--to", server.addr(), "--limit-rate", "32K"])
+        .arg(&path)
+        .env("HAUL_TOKEN", SECRET)
+        .stdin(Stdio::null());
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    server.wait_stored("slow.bin");
+    assert_eq!(
+        std::fs::read(server.inbox.join("slow.bin")).unwrap(),
+        content
+    );
+}

@@ -8,8 +8,7 @@ use std::collections::VecDeque;
 use std::io::SeekFrom;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 
 use super::{Event, Summary};
 use crate::connection::{Connection, ConnectionError, FrameReader, FrameWriter};
@@ -495,10 +494,9 @@ impl Sender {
             };
             self.write_data_header(Kind::Data, chunk.len() as u32)
                 .await?;
-            let idle = self.conn.idle();
-            match timeout(idle, self.conn.data_writer().write_all(&chunk)).await {
-                Err(_) => return Err(SendError::Pump(PumpError::Idle(idle))),
-                Ok(result) => result.map_err(|source| PumpError::Write {
+            match self.conn.write_data(&chunk).await {
+                None => return Err(SendError::Pump(PumpError::Idle(self.conn.idle()))),
+                Some(result) => result.map_err(|source| PumpError::Write {
                     moved: sent,
                     source,
                 })?,
@@ -584,14 +582,23 @@ impl Sender {
             if packed.len() < chunk.len() {
                 self.write_data_header(Kind::DataZstd, packed.len() as u32)
                     .await?;
-                self.conn.data_writer().write_all(&packed).await?;
+                self.write_data(&packed).await?;
                 return Ok(packed.len() as u64);
             }
         }
         self.write_data_header(Kind::Data, chunk.len() as u32)
             .await?;
-        self.conn.data_writer().write_all(chunk).await?;
+        self.write_data(chunk).await?;
         Ok(chunk.len() as u64)
+    }
+
+    /// Writes a frame's file bytes; fails if the receiver takes none of
+    /// them for the connection's idle time.
+    async fn write_data(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+        match self.conn.write_data(bytes).await {
+            None => Err(SendError::Pump(PumpError::Idle(self.conn.idle()))),
+            Some(result) => Ok(result?),
+        }
     }
 
     async fn write_data_header(&mut self, kind: Kind, len: u32) -> Result<(), SendError> {

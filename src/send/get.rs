@@ -350,11 +350,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use tokio::io::{BufReader, BufWriter};
-
     use super::*;
     use crate::protocol::haul::{Message, Mtime, Offer, encode};
-    use crate::secure::{BoxedReader, BoxedWriter};
     use crate::send::walk::walk;
 
     const IDLE: Duration = Duration::from_secs(30);
@@ -363,9 +360,7 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(256 * 1024);
         let wrap = |stream: tokio::io::DuplexStream| {
             let (reader, writer) = tokio::io::split(stream);
-            let reader: BoxedReader = Box::new(reader);
-            let writer: BoxedWriter = Box::new(writer);
-            Connection::new(BufReader::new(reader), BufWriter::new(writer), IDLE)
+            Connection::new(Box::new(reader), 8192, Box::new(writer), 8192, IDLE)
         };
         (wrap(ours), wrap(theirs))
     }

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use tokio::io::{BufReader, BufWriter};
 use tokio::time::timeout;
 
 use super::walk::walk;
@@ -78,11 +77,7 @@ impl Sender {
             to: to.to_owned(),
             reply: options.reply,
             in_flight: None,
-            conn: Connection::new(
-                BufReader::new(reader),
-                BufWriter::with_capacity(64 * 1024, writer),
-                options.idle,
-            ),
+            conn: Connection::new(reader, 8 * 1024, writer, 64 * 1024, options.idle),
             summary: Summary::default(),
             compressor: None,
             small_file: Vec::new(),

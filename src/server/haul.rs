@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
@@ -45,11 +44,7 @@ pub(super) async fn serve(
     // Large payloads bypass it.
     let reader: BoxedReader = Box::new(reader);
     let writer: BoxedWriter = Box::new(writer);
-    let mut conn = Connection::new(
-        BufReader::with_capacity(128 * 1024, reader),
-        BufWriter::new(writer),
-        config.header_timeout,
-    );
+    let mut conn = Connection::new(reader, 128 * 1024, writer, 8 * 1024, config.header_timeout);
     conn.bound_writes(config.idle_timeout);
     let mut session = Receiver {
         conn,
@@ -176,11 +171,7 @@ impl Receiver<'_> {
     /// Serves a get session: sends what was asked for, as a sender.
     async fn get(&mut self, resolved: Vec<(RelPath, get::Resolved)>) -> Result<(), SessionError> {
         let idle = self.conn.idle();
-        let detached = Connection::new(
-            BufReader::new(Box::new(tokio::io::empty())),
-            BufWriter::new(Box::new(tokio::io::sink())),
-            idle,
-        );
+        let detached = Connection::detached(idle);
         let conn = std::mem::replace(&mut self.conn, detached);
         let (conn, outcome) =
             get::serve(conn, &self.store, resolved, self.peer, self.zstd.is_some()).await;
