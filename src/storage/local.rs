@@ -191,12 +191,22 @@ impl LocalDir {
     }
 
     /// The folder (relative to the inbox, empty for the inbox itself) that
-    /// received files go in, made if missing.
+    /// received files go in, made if missing. Something other than a folder
+    /// on the way (a file, or a link, which is never followed) is named as
+    /// such: it can appear after the offer was judged, swapped in meanwhile.
     fn open_parent(&self, relative: &Path) -> io::Result<Dir> {
         if relative.as_os_str().is_empty() {
             return self.inner.dir.try_clone();
         }
-        self.inner.dir.create_dir_all(relative)?;
+        match self.inner.dir.create_dir_all(relative) {
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a file or link is in the way of one of its folders",
+                ));
+            }
+            result => result?,
+        }
         self.inner.dir.open_dir(relative)
     }
 
