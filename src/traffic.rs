@@ -134,9 +134,19 @@ pub async fn unless_silent<F: Future>(
     limit: Duration,
     work: F,
 ) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    // Work that is done at once (a write into the buffer, a read of what it
+    // holds) costs no timer.
+    let at_once = std::future::poll_fn(|cx| match work.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await;
+    if let Some(output) = at_once {
+        return Some(output);
+    }
     let began = Instant::now();
     let quiet_since = || traffic.last_moved().map_or(began, |last| last.max(began));
-    let mut work = std::pin::pin!(work);
     loop {
         let since = quiet_since();
         match timeout_at(since + limit, work.as_mut()).await {
