@@ -95,7 +95,7 @@ pub struct FrameReader {
     kind: Option<Kind>,
     /// How long any read waits with nothing arriving.
     idle: Duration,
-    /// The bytes that arrived so far, counted at the socket.
+    /// When a byte last arrived, noted at the socket.
     traffic: Traffic,
 }
 
@@ -106,7 +106,7 @@ pub struct FrameWriter {
     frame: Vec<u8>,
     /// How long a write may wait with nothing taken by the peer, if bounded.
     stall: Option<Duration>,
-    /// The bytes that left so far, counted at the socket.
+    /// When a byte last left, noted at the socket.
     traffic: Traffic,
 }
 
@@ -445,8 +445,8 @@ impl FrameReader {
     }
 }
 
-/// Reads a header from `reader`, giving up after `idle` with nothing
-/// counted in `traffic`.
+/// Reads a header from `reader`, giving up once `idle` passes with no
+/// byte crossing in `traffic`.
 async fn read_header_from(
     reader: &mut (impl AsyncRead + Unpin),
     traffic: &Traffic,
@@ -476,8 +476,7 @@ async fn read_header_from(
 impl FrameWriter {
     /// Writes the bytes that open every haul connection.
     pub async fn write_magic(&mut self) -> Result<(), ConnectionError> {
-        let stall = self.stall;
-        within(stall, &self.traffic, self.stream.write_all(&MAGIC)).await
+        within(self.stall, &self.traffic, self.stream.write_all(&MAGIC)).await
     }
 
     /// Writes one message as a whole frame, into the write buffer (flushed
@@ -485,8 +484,12 @@ impl FrameWriter {
     pub async fn send<M: Outgoing + ?Sized>(&mut self, message: &M) -> Result<(), ConnectionError> {
         self.frame.clear();
         message.encode(&mut self.frame);
-        let stall = self.stall;
-        within(stall, &self.traffic, self.stream.write_all(&self.frame)).await
+        within(
+            self.stall,
+            &self.traffic,
+            self.stream.write_all(&self.frame),
+        )
+        .await
     }
 
     /// The last control frame written, whole: how each side keeps the Hello
@@ -499,8 +502,7 @@ impl FrameWriter {
     /// follows through [`Connection::data_writer`].
     pub async fn write_data_header(&mut self, kind: Kind, len: u32) -> Result<(), ConnectionError> {
         let header = haul::data_header(kind, len);
-        let stall = self.stall;
-        within(stall, &self.traffic, self.stream.write_all(&header)).await
+        within(self.stall, &self.traffic, self.stream.write_all(&header)).await
     }
 
     /// Writes out everything buffered.
@@ -510,7 +512,7 @@ impl FrameWriter {
 }
 
 /// Runs a write, giving up once `stall` (if any) passes with no byte
-/// counted in `traffic`.
+/// crossing in `traffic`.
 async fn within(
     stall: Option<Duration>,
     traffic: &Traffic,

@@ -28,8 +28,9 @@
 //! - [`keepalive`] has the kernel notice a peer that vanished without a word,
 //!   on the server's sockets and the client's.
 //! - [`throttle`] caps the rate at which a sender writes to its socket.
-//! - [`traffic`] counts the bytes crossing each direction of a connection,
-//!   so that its time limits measure silence, not how long a frame takes.
+//! - [`traffic`] notes when bytes last crossed each direction of a
+//!   connection, so that its time limits measure silence, not how long a
+//!   frame takes.
 //! - [`size`] reads byte sizes and rates given on the command line.
 //! - [`storage`] is the only code that creates, renames or deletes stored
 //!   files, and the only place where a received name is judged. The server

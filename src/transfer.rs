@@ -504,8 +504,8 @@ fn sized(mut buffer: Vec<u8>, len: usize) -> Vec<u8> {
 /// Reads exactly `len` bytes from `reader` into `sink`, gathered into
 /// chunks of [`CHUNK_LEN`] across calls: a large file's sink queues a chunk
 /// once it is full (or when it finishes), however short the frames its
-/// bytes came in. Fails if the reader ends early, if `idle` passes with
-/// nothing counted in `traffic` (the connection's incoming bytes), or if the
+/// bytes came in. Fails if the reader ends early, if `idle` passes with no
+/// byte crossing in `traffic` (the connection's incoming side), or if the
 /// sink cannot write; the bytes that did arrive are written when the sink
 /// finishes.
 pub async fn receive<R>(
