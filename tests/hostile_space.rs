@@ -346,6 +346,46 @@ fn abandoned_partial_data_is_capped_and_gives_way_to_a_legitimate_file() {
     disk.assert_keeps(reserve, "the legitimate send");
 }
 
+#[test]
+fn a_file_that_cannot_fit_anyway_costs_no_sender_its_partial_data() {
+    let disk = SmallDisk::mount("size=32m");
+    let reserve = 4 * MIB;
+    let server = serve(&disk, &["--reserve", "4M"]);
+    let (victim, hostile) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    abandon_half_a_file(&server, victim, "a.bin", 1);
+    assert_eq!(disk.held_partial_bytes(), 3 * MIB);
+
+    // One size no disk holds, one that even all held data would not make
+    // room for: both are refused, and the held data stays.
+    let (free, _) = disk.free();
+    for size in [1 << 62, free - reserve + 4 * MIB] {
+        let mut session = raw_session(hostile, &server.addr);
+        let answer = offer_file(&mut session, "huge.bin", size);
+        assert!(
+            answer.contains("Refused") && answer.contains("no space left on the server"),
+            "{size}: {answer}"
+        );
+        assert_eq!(disk.held_partial_bytes(), 3 * MIB, "after offering {size}");
+        let logged = server.log_through(&["huge.bin", "no space left on the server"]);
+        assert!(
+            !logged
+                .iter()
+                .any(|line| line.contains("deleted held partial data")),
+            "{logged:#?}"
+        );
+    }
+
+    // Its sender continues where its data ends.
+    let mut session = raw_session(victim, &server.addr);
+    let answer = offer_file(&mut session, "a.bin", 6 * MIB);
+    assert!(
+        answer.contains(&format!("Send {{ offset: {} }}", 3 * MIB)),
+        "{answer}"
+    );
+    drop(session);
+    assert_serves_a_legitimate_send(&server, &disk);
+}
+
 /// The helpers above must see what the server sees.
 #[test]
 fn a_connection_from_another_loopback_address_comes_from_it() {

@@ -335,6 +335,22 @@ impl SpaceLedger {
                 return Err(shortfall);
             }
         };
+        // Deleting held data is worth it only if all of it would make the
+        // room: a file that cannot fit anyway, however absurd its size,
+        // must not cost other senders their resume data.
+        let block = free.block.max(1);
+        let all_gone = FreeSpace {
+            bytes: held.iter().fold(free.bytes, |bytes, partial| {
+                bytes.saturating_add(partial.bytes.div_ceil(block).saturating_mul(block))
+            }),
+            block: free.block,
+            inodes: free
+                .inodes
+                .map(|inodes| inodes.saturating_add(held.len() as u64)),
+        };
+        if fits(&all_gone).is_some() {
+            return Err(shortfall);
+        }
         held.sort_by_key(|partial| partial.modified);
         let mut shortfall = shortfall;
         for partial in &held {
