@@ -6,7 +6,7 @@ mod util;
 
 use std::io::Write;
 
-use haul::protocol::haul::{GetPaths, Kind, MAX_GET_PATHS, Message};
+use haul::protocol::haul::{Answer, GetPaths, Kind, MAX_GET_PATHS, Message};
 use util::wire::{frame, raw_haul_session, read_message};
 use util::{HaulServer, haul_command, stderr_of};
 
@@ -132,4 +132,47 @@ fn a_tree_deeper_than_the_walk_goes_ends_the_get_with_a_reason() {
         std::fs::read(bottom.join("bottom.txt")).unwrap(),
         b"far down"
     );
+}
+
+/// A get client that asks for bytes past a file's end (or from its very
+/// end, again and again) would make the server read and hash the whole
+/// file to send nothing: anything past the end ends the get.
+#[test]
+fn a_get_answered_with_an_offset_past_the_end_ends_it_with_a_reason() {
+    let server = HaulServer::start(&["--allow-get"]);
+    std::fs::write(server.inbox.join("a.bin"), vec![7u8; 4096]).unwrap();
+    for offset in [4097, u64::MAX] {
+        let mut stream = raw_haul_session(server.addr());
+        stream.write_all(&raw_get(&[b"a.bin"])).unwrap();
+        let offer = read_message(&mut stream);
+        assert!(
+            offer.starts_with("Offer") && offer.contains("4096"),
+            "{offer}"
+        );
+        assert_eq!(read_message(&mut stream), "BatchEnd");
+        stream
+            .write_all(&frame(&Message::Answer(Answer::Send { offset })))
+            .unwrap();
+        let answer = read_message(&mut stream);
+        assert!(
+            answer.starts_with("Error")
+                && answer.contains(&format!(
+                    "asked for a.bin from byte {offset}, past its end (4096 bytes)"
+                )),
+            "{offset}: {answer}"
+        );
+        server
+            .running
+            .wait_for_log(&["past its end", &offset.to_string()]);
+    }
+    // From the end itself is a file already whole: nothing read, nothing sent.
+    let mut stream = raw_haul_session(server.addr());
+    stream.write_all(&raw_get(&[b"a.bin"])).unwrap();
+    read_message(&mut stream);
+    read_message(&mut stream);
+    stream
+        .write_all(&frame(&Message::Answer(Answer::Send { offset: 4096 })))
+        .unwrap();
+    let end = read_message(&mut stream);
+    assert!(end.starts_with("FileEnd"), "{end}");
 }

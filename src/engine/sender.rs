@@ -254,10 +254,24 @@ impl Sender {
         let mut sending = Vec::new();
         for mut entry in batch {
             match self.conn.read_message().await? {
+                // Bytes from `offset` to the end: an offset past it (or any
+                // but 0 for a stream) would be hashed up to and sent nothing.
+                ReceiverMessage::Answer(Answer::Send { offset })
+                    if entry.kind == EntryKind::File
+                        && entry.size.map_or(offset == 0, |size| offset <= size) =>
+                {
+                    sending.push(Sending { entry, offset });
+                }
                 ReceiverMessage::Answer(Answer::Send { offset })
                     if entry.kind == EntryKind::File =>
                 {
-                    sending.push(Sending { entry, offset });
+                    return Err(SendError::Protocol(format!(
+                        "asked for {} from byte {offset}, past its end ({} bytes)",
+                        entry.path,
+                        entry
+                            .size
+                            .map_or("unknown".to_owned(), |size| size.to_string())
+                    )));
                 }
                 // The server holds a file of this name and size; whether it
                 // is this one, it says only once shown this one's hash.
