@@ -259,7 +259,8 @@ impl Reporter {
             progress.clear();
         }
         if self.output == Output::Json {
-            let counts = outcome.as_ref().copied().unwrap_or_default();
+            // A send that broke still did what its events said.
+            let counts = outcome.as_ref().copied().unwrap_or(self.seen);
             self.json_summary(&counts, outcome.as_ref().err().map(ToString::to_string));
         }
         self.already_there_line();

@@ -403,18 +403,35 @@ fn ctrl_c_says_how_many_files_are_stored_exits_130_and_a_rerun_resumes() {
 
 #[test]
 fn a_server_that_dies_mid_file_is_reported_with_the_file_and_how_to_resume() {
-    let mut server = HaulServer::start(&[]);
+    let mut server = HaulServer::start(&["--max-file-size", "9M"]);
     let source = tempfile::tempdir().unwrap();
     let big = random_bytes(8 << 20, 11);
     let path = a_file(source.path(), "big.bin", &big);
+    let refused = a_file(source.path(), "too-big.bin", &random_bytes(10 << 20, 12));
 
-    let mut sending = Sending::start(server.addr(), &["--limit-rate", "256K", &path]);
+    let mut sending = Sending::start(server.addr(), &["--limit-rate", "256K", &refused, &path]);
     sending.wait_started("big.bin");
     server.running.kill();
-    let (code, stderr, _) = sending.finish();
+    let (code, stderr, stdout) = sending.finish();
     assert_eq!(code, Some(1), "{stderr}");
+    // The summary counts what happened before the break.
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap();
+    assert_eq!(summary["event"], "summary", "{stdout}");
+    assert_eq!(summary["failed"], 1, "{stdout}");
     assert!(
-        stderr.starts_with("haul: big.bin was not finished: "),
+        summary["error"]
+            .as_str()
+            .is_some_and(|error| error.starts_with("big.bin was not finished: ")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.starts_with("haul: too-big.bin: refused by the server: ")
+            && stderr
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with("haul: big.bin was not finished: "),
         "{stderr}"
     );
     assert!(
