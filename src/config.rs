@@ -50,6 +50,11 @@ pub const PARTIAL_MAX_AGE: Span = Span(Duration::from_secs(24 * 60 * 60));
 /// more, and gives way to new files before any is refused.
 pub const MAX_PARTIAL: Bytes = Bytes(16 << 30);
 
+/// Held partial files kept in all, however small each is; one sender may
+/// keep half. Every session that leaves data behind lists them, so their
+/// number must not grow with the number of sessions cut.
+pub const MAX_HELD_PARTIALS: u64 = 4096;
+
 /// Free space kept on the inbox's file system, for the system and its logs.
 pub const RESERVE: Bytes = Bytes(64 << 20);
 

@@ -124,6 +124,41 @@ fn an_absurd_size_is_refused_before_any_byte_in_either_protocol() {
     assert_eq!(server.partial_count(), 0);
 }
 
+/// Sessions cut before a file's first byte leave nothing to resume: no
+/// empty file in the hidden area for every later session to list.
+#[test]
+fn a_session_cut_before_any_byte_leaves_no_partial_file() {
+    let server = HaulServer::start(&[]);
+    for index in 0..3 {
+        let name = format!("empty-{index}.bin");
+        let mut session = raw_haul_session(server.addr());
+        session
+            .write_all(&frame(&file_offer(name.as_bytes(), 1 << 20)))
+            .unwrap();
+        session.write_all(&frame(&Message::BatchEnd)).unwrap();
+        let answer = read_message(&mut session);
+        assert!(answer.contains("Send { offset: 0 }"), "{answer}");
+        drop(session);
+        server
+            .running
+            .wait_for_log(&[name.as_str(), "no data received"]);
+        assert_eq!(server.partial_count(), 0, "after {name}");
+    }
+    // One byte is worth keeping.
+    let mut session = raw_haul_session(server.addr());
+    session
+        .write_all(&frame(&file_offer(b"one.bin", 1 << 20)))
+        .unwrap();
+    session.write_all(&frame(&Message::BatchEnd)).unwrap();
+    read_message(&mut session);
+    session.write_all(&data_frame(b"x")).unwrap();
+    drop(session);
+    server
+        .running
+        .wait_for_log(&["one.bin", "data=kept 1 bytes"]);
+    assert_eq!(server.hidden_files().len(), 1);
+}
+
 #[test]
 fn a_megabyte_of_random_bytes_gets_a_closed_connection_and_no_file() {
     let server = HaulServer::start(&[]);

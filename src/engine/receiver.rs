@@ -810,6 +810,13 @@ impl Receiver<'_> {
                 self.log_cut(planned, started, &error, Fate::Deleted);
                 return Err(error);
             }
+            // Nothing arrived, nothing held before: nothing to resume,
+            // and no empty file left to list at every session's end.
+            (Err(error), _) if matches!(partial.len(), Ok(0)) => {
+                partial.discard();
+                self.log_cut(planned, started, &error, Fate::NoneReceived);
+                return Err(error);
+            }
             (Err(error), _) => {
                 // Kept, to be resumed.
                 self.space.note_held(&partial, self.owner);

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use super::receiver::Policy;
+use crate::config::MAX_HELD_PARTIALS;
 use crate::engine::receiver::Refusal;
 use crate::protocol::haul::{FailCode, MAX_DATA_LEN};
 use crate::storage::{Backend, FreeSpace, HeldPartial, Partial, Store, Upload};
@@ -260,14 +261,17 @@ impl SpaceLedger {
         let mut kept = Vec::with_capacity(owned.len());
         if let Some(sender) = sender {
             let share = self.max_partial / PARTIAL_SHARES_PER_SENDER;
-            let mut theirs: u64 = owned
+            let count_share = MAX_HELD_PARTIALS / PARTIAL_SHARES_PER_SENDER;
+            let (mut theirs, mut their_count) = owned
                 .iter()
                 .filter(|(_, owner)| *owner == Some(sender))
-                .map(|(partial, _)| partial.bytes)
-                .sum();
+                .fold((0u64, 0u64), |(bytes, count), (partial, _)| {
+                    (bytes + partial.bytes, count + 1)
+                });
             for (partial, owner) in owned {
-                if owner == Some(sender) && theirs > share {
+                if owner == Some(sender) && (theirs > share || their_count > count_share) {
                     theirs -= partial.bytes;
+                    their_count -= 1;
                     if self.delete(
                         &partial,
                         "over the share of --max-partial one sender may keep",
@@ -281,12 +285,14 @@ impl SpaceLedger {
             kept.extend(owned.into_iter().map(|(partial, _)| partial));
         }
         let mut total: u64 = kept.iter().map(|partial| partial.bytes).sum();
+        let mut count = kept.len() as u64;
         for partial in &kept {
-            if total <= self.max_partial {
+            if total <= self.max_partial && count <= MAX_HELD_PARTIALS {
                 break;
             }
             if self.delete(partial, "over --max-partial") {
                 total -= partial.bytes;
+                count -= 1;
             }
         }
         let sender = sender.map_or_else(|| "-".to_owned(), |sender| sender.0.to_string());
@@ -493,6 +499,34 @@ mod tests {
     fn promised(ledger: &SpaceLedger) -> (u64, u64) {
         let promised = ledger.lock();
         (promised.bytes, promised.inodes)
+    }
+
+    #[test]
+    fn held_partials_are_capped_in_number_however_small_the_oldest_going_first() {
+        let (inbox, ledger) = ledger();
+        let hidden = inbox.path().join(".haul");
+        std::fs::create_dir_all(&hidden).unwrap();
+        let over = MAX_HELD_PARTIALS + 10;
+        for index in 0..over {
+            let file = hidden.join(format!("resume-{index:05}"));
+            std::fs::write(&file, b"x").unwrap();
+            // Oldest first by name: modification times a second apart.
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + index);
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(time)
+                .unwrap();
+        }
+        ledger.cap_partials(None);
+        let mut left: Vec<String> = std::fs::read_dir(&hidden)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left.len() as u64, MAX_HELD_PARTIALS);
+        assert_eq!(left[0], "resume-00010", "the ten oldest went");
     }
 
     #[test]
