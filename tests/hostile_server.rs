@@ -88,6 +88,41 @@ fn a_flood_of_deep_directory_offers_keeps_the_server_small() {
 }
 
 #[test]
+fn batches_of_deep_file_offers_keep_the_server_small() {
+    let server = HaulServer::start(&[]);
+    let pid = server.running.pid();
+    let before = util::proc_status(pid, "VmRSS:");
+    // Four sessions at once, each holding a whole batch of 1,024 file
+    // offers of 2,001 components: 16 MiB of paths in all, each offer
+    // answered and held until its batch ends.
+    let sessions: Vec<TcpStream> = (0..4)
+        .map(|session| {
+            let mut stream = raw_haul_session(server.addr());
+            let mut frames = Vec::new();
+            for index in 0..1024 {
+                let path = deep_path(session * 1024 + index);
+                frames.extend(offer(EntryKind::File, &path, Some(1), 0o644, 0));
+            }
+            frames.extend(frame(&Message::BatchEnd));
+            stream.write_all(&frames).unwrap();
+            for _ in 0..1024 {
+                assert_eq!(read_message(&mut stream), "Answer(Send { offset: 0 })");
+            }
+            stream
+        })
+        .collect();
+    let after = util::proc_status(pid, "VmRSS:");
+    let peak = util::proc_status(pid, "VmHWM:");
+    eprintln!("server RSS {before} kB before, {after} kB after, peak {peak} kB");
+    assert!(
+        peak < 96 * 1024,
+        "the server grew from {before} kB to {after} kB (peak {peak} kB) for 16 MiB of offers"
+    );
+    drop(sessions);
+    honest_send_succeeds(&server, "after-the-offers.bin");
+}
+
+#[test]
 fn an_existing_directory_keeps_its_mode_and_time_and_new_ones_get_the_umask() {
     let server = HaulServer::start(&[]);
     let operators = server.inbox.join("operators");

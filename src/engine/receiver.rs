@@ -1429,7 +1429,7 @@ fn untrusted(accepts: &mut [(String, bool)], path: &[u8]) -> Result<(), SessionE
             "the server offered {shown}, a name that breaks the name rules ({error}); nothing of it was written"
         ))
     })?;
-    let top = parsed.components().first().map(|name| name.as_str());
+    let top = parsed.components().next();
     match accepts
         .iter_mut()
         .find(|(accepted, _)| Some(accepted.as_str()) == top)

@@ -72,7 +72,7 @@ pub fn requested(paths: &[String]) -> Result<Vec<RelPath>, String> {
 }
 
 fn last_name(path: &RelPath) -> &str {
-    path.components().last().map_or("", |name| name.as_str())
+    path.components().next_back().unwrap_or("")
 }
 
 /// Gets `paths` from the server at `from` into `into`, reporting each

@@ -216,7 +216,7 @@ impl Iterator for StoreWalk {
         loop {
             let Some(level) = self.stack.last_mut() else {
                 let (path, resolved) = self.roots.pop_front()?;
-                let shown = path.components().last()?.as_str().to_owned();
+                let shown = path.components().next_back()?.to_owned();
                 return match resolved {
                     Resolved::File(info) => Some(self.file(path, shown, info)),
                     Resolved::Folder(metadata) => {

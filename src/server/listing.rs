@@ -151,11 +151,8 @@ pub(super) fn open(store: &Store, dir: Option<&RelPath>) -> io::Result<Option<Op
         }
         Err(error) => return Err(error),
     };
-    let Some(name) = path.components().last().cloned() else {
-        return Ok(None);
-    };
     Ok(Some(Opened::File(Listed {
-        name,
+        name: path.last(),
         kind: ListedKind::File(reader.info()),
     })))
 }

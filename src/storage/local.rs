@@ -132,12 +132,15 @@ impl LocalDir {
     /// The folder `components` name, from the top, opened one component at
     /// a time without following a symlink: a symlinked folder leads nowhere,
     /// not even to another folder inside the store.
-    fn open_dir_no_links(&self, components: &[SafeName]) -> io::Result<Dir> {
+    fn open_dir_no_links<'a>(
+        &self,
+        components: impl IntoIterator<Item = &'a str>,
+    ) -> io::Result<Dir> {
         let mut dir = self.inner.dir.try_clone()?;
         for component in components {
             let next = rustix::fs::openat(
                 &dir,
-                component.as_str(),
+                component,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
@@ -494,8 +497,7 @@ impl Backend for LocalDir {
     }
 
     fn list(&self, dir: Option<&RelPath>) -> io::Result<LocalListing> {
-        let components = dir.map_or(&[][..], RelPath::components);
-        let dir = self.open_dir_no_links(components)?;
+        let dir = self.open_dir_no_links(dir.into_iter().flat_map(RelPath::components))?;
         let own = dir.dir_metadata()?;
         Ok(LocalListing {
             entries: dir.entries()?,
@@ -507,10 +509,9 @@ impl Backend for LocalDir {
     }
 
     fn open_read(&self, path: &RelPath) -> io::Result<LocalReader> {
-        let Some((name, parents)) = path.components().split_last() else {
-            return Err(io::ErrorKind::InvalidInput.into());
-        };
-        let parent = self.open_dir_no_links(parents)?;
+        let name = path.last();
+        let parents = path.up();
+        let parent = self.open_dir_no_links(parents.iter().flat_map(RelPath::components))?;
         // Looked at first, so that a special file is never opened (opening
         // a device can act on it); checked again once open, for one put in
         // its place meanwhile.
@@ -893,7 +894,7 @@ impl LocalUpload {
         let hint = locked(&inner.copy_hints).get(&key).copied();
         let mut n = match hint {
             Some(n) => n,
-            None => first_free_number(parent, name),
+            None => first_free_number(parent, &name),
         };
         loop {
             let candidate = name.numbered(n);

@@ -58,6 +58,11 @@ impl SafeName {
     /// most [`MAX_NAME_LEN`] bytes passes, which reads on screen as it is
     /// stored: no direction changes, no invisible characters.
     pub fn parse(raw: &[u8]) -> Result<SafeName, NameError> {
+        Self::check(raw).map(|name| SafeName(name.to_owned()))
+    }
+
+    /// What [`SafeName::parse`] judges, without keeping the name.
+    fn check(raw: &[u8]) -> Result<&str, NameError> {
         if raw.is_empty() {
             return Err(NameError::Empty);
         }
@@ -83,7 +88,7 @@ impl SafeName {
         if name == HIDDEN_AREA {
             return Err(NameError::Reserved);
         }
-        Ok(SafeName(name.to_owned()))
+        Ok(name)
     }
 
     pub fn as_str(&self) -> &str {
@@ -93,17 +98,22 @@ impl SafeName {
     /// The `n`th alternative to this name when it is taken: `report (1).pdf`.
     /// The stem is shortened when needed so that the result stays a valid name.
     pub(super) fn numbered(&self, n: u64) -> String {
-        let (stem, extension) = match self.0.rfind('.') {
-            Some(dot) if dot > 0 => self.0.split_at(dot),
-            _ => (self.0.as_str(), ""),
-        };
-        let suffix = format!(" ({n}){extension}");
-        let mut stem_len = stem.len().min(MAX_NAME_LEN.saturating_sub(suffix.len()));
-        while !stem.is_char_boundary(stem_len) {
-            stem_len -= 1;
-        }
-        format!("{}{suffix}", &stem[..stem_len])
+        numbered(&self.0, n)
     }
+}
+
+/// The `n`th alternative to the valid name `name`; see [`SafeName::numbered`].
+fn numbered(name: &str, n: u64) -> String {
+    let (stem, extension) = match name.rfind('.') {
+        Some(dot) if dot > 0 => name.split_at(dot),
+        _ => (name, ""),
+    };
+    let suffix = format!(" ({n}){extension}");
+    let mut stem_len = stem.len().min(MAX_NAME_LEN.saturating_sub(suffix.len()));
+    while !stem.is_char_boundary(stem_len) {
+        stem_len -= 1;
+    }
+    format!("{}{suffix}", &stem[..stem_len])
 }
 
 impl fmt::Display for SafeName {
@@ -112,50 +122,61 @@ impl fmt::Display for SafeName {
     }
 }
 
-/// A relative path inside the inbox: one or more [`SafeName`] components.
+/// A relative path inside the inbox: one or more [`SafeName`] components,
+/// kept joined by `/` (which no component holds), so that a path of many
+/// short components costs its length and one allocation, not one per
+/// component: a batch holds a path per offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelPath(Vec<SafeName>);
+pub struct RelPath(String);
 
 impl RelPath {
     /// Judges a `/`-separated relative path: every component must pass
     /// [`SafeName::parse`], so absolute paths, `..`, empty components and
     /// backslashes are all refused.
     pub fn parse(raw: &[u8]) -> Result<RelPath, NameError> {
-        raw.split(|&byte| byte == b'/')
-            .map(SafeName::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map(RelPath)
+        for component in raw.split(|&byte| byte == b'/') {
+            SafeName::check(component)?;
+        }
+        let joined = std::str::from_utf8(raw).map_err(|_| NameError::NotUtf8)?;
+        Ok(RelPath(joined.to_owned()))
     }
 
     pub fn single(name: SafeName) -> RelPath {
-        RelPath(vec![name])
+        RelPath(name.0)
     }
 
     /// The path of `name` inside this one.
     pub fn child(&self, name: SafeName) -> RelPath {
-        let mut components = self.0.clone();
-        components.push(name);
-        RelPath(components)
+        RelPath(format!("{}/{}", self.0, name.0))
     }
 
     /// The folder it is in: `None` for the top of the store.
     pub fn up(&self) -> Option<RelPath> {
-        let (_, parents) = self.0.split_last()?;
-        (!parents.is_empty()).then(|| RelPath(parents.to_vec()))
+        let (parents, _) = self.0.rsplit_once('/')?;
+        Some(RelPath(parents.to_owned()))
     }
 
-    /// Its components, from the top.
-    pub fn components(&self) -> &[SafeName] {
-        &self.0
+    /// Its components, from the top; there is at least one.
+    pub fn components(&self) -> std::str::Split<'_, char> {
+        self.0.split('/')
+    }
+
+    /// Its last component.
+    pub fn last(&self) -> SafeName {
+        SafeName(self.last_str().to_owned())
+    }
+
+    fn last_str(&self) -> &str {
+        self.0.rsplit_once('/').map_or(&self.0, |(_, last)| last)
     }
 
     pub(super) fn to_path(&self) -> PathBuf {
-        self.0.iter().map(SafeName::as_str).collect()
+        PathBuf::from(&self.0)
     }
 
     pub(super) fn parent(&self) -> Option<PathBuf> {
-        let (_, parents) = self.0.split_last()?;
-        (!parents.is_empty()).then(|| parents.iter().map(SafeName::as_str).collect())
+        let (parents, _) = self.0.rsplit_once('/')?;
+        Some(PathBuf::from(parents))
     }
 
     pub(super) fn with_last(&self, last: String) -> PathBuf {
@@ -166,29 +187,19 @@ impl RelPath {
 
     /// This path with its last component numbered: `dir/report (2).pdf`.
     pub(super) fn numbered(&self, n: u64) -> RelPath {
-        let mut components = self.0.clone();
-        if let Some(last) = components.last_mut() {
-            // A numbered valid name is valid: it only gains ` (n)` and may
-            // lose the end of its stem to stay within the length limit.
-            *last = SafeName(last.numbered(n));
+        // A numbered valid name is valid: it only gains ` (n)` and may
+        // lose the end of its stem to stay within the length limit.
+        let last = numbered(self.last_str(), n);
+        match self.0.rsplit_once('/') {
+            Some((parents, _)) => RelPath(format!("{parents}/{last}")),
+            None => RelPath(last),
         }
-        RelPath(components)
-    }
-
-    pub(super) fn last(&self) -> &SafeName {
-        self.0.last().expect("a RelPath has at least one component")
     }
 }
 
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (index, component) in self.0.iter().enumerate() {
-            if index > 0 {
-                f.write_str("/")?;
-            }
-            f.write_str(component.as_str())?;
-        }
-        Ok(())
+        f.write_str(&self.0)
     }
 }
 
