@@ -738,7 +738,18 @@ fn main() -> ExitCode {
                     send_exit_code(&outcome)
                 }
                 None => {
-                    reporter.interrupted(send::measure(&paths, name).files);
+                    let next = match protocol {
+                        // The seed server keeps nothing of a file cut
+                        // short, and has no way to skip what it holds.
+                        Protocol::Seed => {
+                            "the classroom protocol does not resume: the file cut short was not stored, and sending again sends every file again"
+                        }
+                        Protocol::Haul if paths.iter().any(|path| path.as_os_str() == "-") => {
+                            "run the same command again to resume (standard input is sent again from its start)"
+                        }
+                        Protocol::Haul => "run the same command again to resume",
+                    };
+                    reporter.interrupted(send::measure(&paths, name).files, next);
                     ExitCode::from(exit::INTERRUPTED)
                 }
             };

@@ -278,15 +278,15 @@ impl Reporter {
     }
 
     /// Ends the report of a send stopped by Ctrl-C: how many of the
-    /// `total` files the server holds, and how to go on.
-    pub fn interrupted(&mut self, total: u64) {
+    /// `total` files the server holds, and how to go on (`next`).
+    pub fn interrupted(&mut self, total: u64, next: &str) {
         self.write_gathered();
         if let Some(progress) = self.progress.take() {
             progress.clear();
         }
         self.already_there_line();
         let line = format!(
-            "interrupted after {} of {total} files; run the same command again to resume",
+            "interrupted after {} of {total} files; {next}",
             self.seen.stored + self.seen.already_there
         );
         if self.output == Output::Json {

@@ -445,6 +445,73 @@ fn a_server_that_dies_mid_file_is_reported_with_the_file_and_how_to_resume() {
     assert_eq!(std::fs::read(server.inbox.join("big.bin")).unwrap(), big);
 }
 
+/// Where nothing is kept to resume, Ctrl-C and a break say so instead of
+/// promising a resume: the classroom protocol, and a stream.
+#[test]
+fn where_nothing_resumes_the_client_does_not_promise_it() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let path = a_file(source.path(), "big.bin", &random_bytes(8 << 20, 13));
+    let mut sending = Sending::start(
+        server.addr(),
+        &["--protocol", "seed", "--limit-rate", "256K", &path],
+    );
+    sending.wait_started("big.bin");
+    let status = Command::new("kill")
+        .args(["-INT", &sending.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, stderr, _) = sending.finish();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(
+        stderr,
+        "haul: interrupted after 0 of 1 files; the classroom protocol does not resume: \
+         the file cut short was not stored, and sending again sends every file again\n"
+    );
+
+    let mut server = server;
+    let mut child = haul_command()
+        .args([
+            "send",
+            "--json",
+            "--to",
+            server.addr(),
+            "-",
+            "--name",
+            "s.bin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Fed until the client is gone: its end of the pipe then breaks.
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![5u8; 64 * 1024];
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("\"started\"") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "no started event");
+    }
+    server.running.kill();
+    let output = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("haul: s.bin was not finished: ")
+            && stderr.ends_with(
+                "; a stream is not kept to resume: run the same command again to send it from its start\n"
+            ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn send_dot_sends_the_current_folder_under_its_own_name() {
     let server = HaulServer::start(&[]);

@@ -55,6 +55,9 @@ pub(crate) struct Sender {
     /// The file whose bytes are going out, to name it if the connection
     /// breaks meanwhile.
     pub(crate) in_flight: Option<String>,
+    /// Whether that file is a stream, which the server never keeps to
+    /// resume: running the send again sends it from its start.
+    pub(crate) in_flight_is_stream: bool,
     /// The connection to the server; its reads wait at most `--idle-timeout`.
     pub(crate) conn: Connection,
     pub(crate) summary: Summary,
@@ -182,6 +185,7 @@ pub(crate) async fn send_over(
         to: peer,
         reply: conn.idle(),
         in_flight: None,
+        in_flight_is_stream: false,
         conn,
         summary: Summary::default(),
         compressor,
@@ -328,6 +332,7 @@ impl Sender {
             offset: file.offset,
         });
         self.in_flight = Some(file.entry.path.clone());
+        self.in_flight_is_stream = matches!(file.entry.source, Source::Stdin | Source::Stream(_));
         let mut hasher = blake3::Hasher::new();
         // Set when the file changed while it was read: what went out may
         // mix two versions of it, so its FileEnd withdraws it.

@@ -35,6 +35,7 @@ pub async fn send_haul(
         return Err(if error.is_break() {
             SendError::Broken {
                 path: session.in_flight.take(),
+                stream: session.in_flight_is_stream,
                 source: Box::new(error),
             }
         } else {
@@ -77,6 +78,7 @@ impl Sender {
             to: to.to_owned(),
             reply: options.reply,
             in_flight: None,
+            in_flight_is_stream: false,
             conn: Connection::new(reader, 8 * 1024, writer, 64 * 1024, options.idle),
             summary: Summary::default(),
             compressor: None,

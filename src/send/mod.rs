@@ -124,13 +124,19 @@ pub enum SendError {
     NotConfirmed(io::Error),
     #[error("the server closed the connection")]
     Closed,
-    #[error("{}: {source}; run the same command again to resume", match .path {
+    #[error("{}: {source}; {}", match .path {
         Some(path) => format!("{path} was not finished"),
         None => "the send was cut short".to_owned(),
+    }, if *.stream {
+        "a stream is not kept to resume: run the same command again to send it from its start"
+    } else {
+        "run the same command again to resume"
     })]
     Broken {
         /// The file whose bytes were going out, if any.
         path: Option<String>,
+        /// Whether that file is a stream (standard input, a FIFO).
+        stream: bool,
         source: Box<SendError>,
     },
     #[error("the server broke the protocol: {0}")]
