@@ -640,6 +640,16 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             }
+            if name.is_none() && paths.iter().any(|path| path.as_os_str() == "-") {
+                eprintln!("haul: standard input needs a name: add --name NAME");
+                return ExitCode::from(exit::USAGE);
+            }
+            if let Some(name) = name.as_deref()
+                && let Err(reason) = sent_name(name, protocol)
+            {
+                eprintln!("haul: --name {}: {reason}", shown(&format!("{name:?}")));
+                return ExitCode::from(exit::USAGE);
+            }
             // The scp habit, `haul send a.txt host:12000`, names the server
             // as a source: said before anything is sent.
             if let Some(address) = paths.iter().find_map(|path| send::address_hint(path)) {
@@ -1084,6 +1094,34 @@ impl StopSignals {
     }
 }
 
+/// Judges `--name` before anything is sent: with haul's protocol by the
+/// store's rules, which the server applies too; the classroom protocol
+/// has no rules of its own, but an empty name is no name.
+fn sent_name(name: &str, protocol: Protocol) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".to_owned());
+    }
+    if protocol == Protocol::Seed {
+        return Ok(());
+    }
+    within_path_len(name, "name")?;
+    haul::storage::RelPath::parse(name.as_bytes())
+        .map(drop)
+        .map_err(|error| error.to_string())
+}
+
+/// A path the protocol can carry: the store's rules judge the rest.
+fn within_path_len(path: &str, what: &str) -> Result<(), String> {
+    if path.len() > haul::protocol::haul::MAX_PATH_LEN {
+        return Err(format!(
+            "the {what} is {} bytes long; at most {} are allowed",
+            path.len(),
+            haul::protocol::haul::MAX_PATH_LEN
+        ));
+    }
+    Ok(())
+}
+
 /// The path `haul ls` asks for, judged by the store's rules before it is
 /// sent: `None` for the top (no PATH, `.`, `/`).
 fn listed_path(path: Option<&str>) -> Result<Option<haul::storage::RelPath>, String> {
@@ -1091,13 +1129,7 @@ fn listed_path(path: Option<&str>) -> Result<Option<haul::storage::RelPath>, Str
     if path.is_empty() || path == "." {
         return Ok(None);
     }
-    if path.len() > haul::protocol::haul::MAX_PATH_LEN {
-        return Err(format!(
-            "the path is {} bytes long; at most {} are allowed",
-            path.len(),
-            haul::protocol::haul::MAX_PATH_LEN
-        ));
-    }
+    within_path_len(path, "path")?;
     haul::storage::RelPath::parse(path.as_bytes())
         .map(Some)
         .map_err(|error| format!("cannot list {path}: {error}"))

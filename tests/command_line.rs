@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use haul::size::Human;
-use util::{HaulServer, haul, json, random_bytes, stderr_of};
+use util::{HaulServer, haul, haul_command, json, random_bytes, stderr_of};
 
 fn write_file(dir: &Path, name: &str, len: usize) -> String {
     let path = dir.join(name);
@@ -58,6 +58,53 @@ fn a_rate_that_is_not_one_is_a_usage_error() {
         stderr_of(&output).contains("512K"),
         "{}",
         stderr_of(&output)
+    );
+}
+
+/// A name the send cannot use is a usage error said before connecting: a
+/// listener that is never called proves nothing was sent.
+#[test]
+fn a_missing_or_unusable_name_is_a_usage_error_before_connecting() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let to = listener.local_addr().unwrap().to_string();
+    let source = tempfile::tempdir().unwrap();
+    let file = write_file(source.path(), "a.txt", 10);
+    for (args, said) in [
+        (
+            vec!["-"],
+            "haul: standard input needs a name: add --name NAME\n",
+        ),
+        (
+            vec!["--name", "", file.as_str()],
+            "haul: --name \"\": the name is empty\n",
+        ),
+        (
+            vec!["--name", "../evil.txt", file.as_str()],
+            "haul: --name \"../evil.txt\": the name is `.` or `..`\n",
+        ),
+        (
+            vec!["--name", "/etc/x", file.as_str()],
+            "haul: --name \"/etc/x\": the name is empty\n",
+        ),
+        (
+            vec!["--protocol", "seed", "--name", "", file.as_str()],
+            "haul: --name \"\": the name is empty\n",
+        ),
+    ] {
+        let output = haul_command()
+            .args(["send", "--to", &to])
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr_of(&output), said, "{args:?}");
+    }
+    assert_eq!(
+        listener.accept().map(drop).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "a usage error connected"
     );
 }
 
@@ -684,8 +731,10 @@ fn a_refused_name_says_the_server_refused_it() {
     let server = HaulServer::start(&[]);
     let source = tempfile::tempdir().unwrap();
     let path = write_file(source.path(), "fine.txt", 10);
+    // A file of that name, not a --name, which the client judges itself.
+    let reserved = write_file(source.path(), ".haul", 10);
 
-    let output = haul(&["send", "--to", server.addr(), "--name", ".haul", &path]);
+    let output = haul(&["send", "--to", server.addr(), &reserved]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = stderr_of(&output);
     assert!(

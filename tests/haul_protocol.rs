@@ -338,8 +338,9 @@ fn standard_input_is_sent_under_the_given_name() {
         content
     );
 
+    // A usage error, said before connecting.
     let unnamed = haul(&["send", "--to", server.addr(), "-"]);
-    assert_eq!(unnamed.status.code(), Some(1));
+    assert_eq!(unnamed.status.code(), Some(2));
     assert!(
         stderr_of(&unnamed).contains("--name"),
         "{}",
