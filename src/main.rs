@@ -122,7 +122,8 @@ their paths) remembered per session; docs/RELIABILITY.md lists every bound.")]
         /// Same as `--on-conflict overwrite`.
         #[arg(long, conflicts_with = "on_conflict")]
         overwrite: bool,
-        /// Protocols to accept: `haul`, `seed` (the classroom protocol), or both.
+        /// Protocols to accept: `haul,seed` (both), or `haul` alone to refuse
+        /// the classroom protocol. haul's own protocol is always spoken.
         #[arg(
             long,
             value_enum,
@@ -533,6 +534,12 @@ fn main() -> ExitCode {
             if !protocols.contains(&Protocol::Haul) {
                 eprintln!(
                     "haul: the server always speaks haul's protocol; --protocols can only add or drop seed"
+                );
+                return ExitCode::from(exit::USAGE);
+            }
+            if allow_seed && !protocols.contains(&Protocol::Seed) {
+                eprintln!(
+                    "haul: --allow-seed accepts the classroom protocol, which --protocols haul turns off"
                 );
                 return ExitCode::from(exit::USAGE);
             }

@@ -61,6 +61,35 @@ fn a_rate_that_is_not_one_is_a_usage_error() {
     );
 }
 
+#[test]
+fn contradictory_protocol_options_of_serve_are_a_usage_error() {
+    let inbox = tempfile::tempdir().unwrap();
+    let dir = inbox.path().join("inbox");
+    for (args, said) in [
+        (
+            vec!["--protocols", "seed"],
+            "haul: the server always speaks haul's protocol; --protocols can only add or drop seed\n",
+        ),
+        (
+            vec!["--protocols", "haul", "--allow-seed"],
+            "haul: --allow-seed accepts the classroom protocol, which --protocols haul turns off\n",
+        ),
+    ] {
+        let output = haul_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&dir)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr_of(&output), said, "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).is_empty(),
+            "{args:?}"
+        );
+    }
+}
+
 /// A name the send cannot use is a usage error said before connecting: a
 /// listener that is never called proves nothing was sent.
 #[test]
