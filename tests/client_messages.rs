@@ -199,6 +199,11 @@ fn a_peer_that_is_not_haul_is_named_as_such_and_exits_3() {
         (&b"SSH-2.0-OpenSSH_9.6\r\n"[..], true, "like an SSH server"),
         (&b"220 mail.example ESMTP\r\n"[..], true, "something else"),
         (&b"ok"[..], false, "something else"),
+        (
+            &b"go ahead"[..],
+            false,
+            "\"go ahead\", as a classroom-protocol server does; use --protocol seed",
+        ),
     ] {
         let to = peer_answering(answer, speaks_first);
         // An answer shorter than a frame header is judged at the timeout.
@@ -209,6 +214,35 @@ fn a_peer_that_is_not_haul_is_named_as_such_and_exits_3() {
             format!("haul: {to} does not speak haul; it answered {like}\n")
         );
     }
+}
+
+#[test]
+fn a_peer_that_hangs_up_on_the_hello_is_no_haul_server_reached_and_exits_3() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = listener.local_addr().unwrap().to_string();
+    // Hangs up without a byte, as a classroom server that cannot read
+    // haul's Hello as a name does; reads to the end, so that the client
+    // sees the end of the stream and not a reset.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut scratch = [0u8; 4096];
+            while matches!(stream.read(&mut scratch), Ok(read) if read > 0) {}
+        }
+    });
+    let source = tempfile::tempdir().unwrap();
+    let path = a_file(source.path(), "a.txt", b"a");
+    let output = send_with_secret(None, &to, &[&path]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        format!(
+            "haul: {to} closed the connection without answering haul's Hello; it may be at its \
+             connection limit, or not a haul server (for a classroom-protocol server, use \
+             --protocol seed)\n"
+        )
+    );
 }
 
 #[test]

@@ -194,15 +194,13 @@ impl Sender {
                     seed: false,
                 });
             }
-            Opening::Short { bytes, .. } if bytes.is_empty() => return Err(SendError::Closed),
+            Opening::Short { bytes, .. } if bytes.is_empty() => {
+                return Err(SendError::ClosedAtHello {
+                    to: self.to.clone(),
+                });
+            }
             Opening::Short { bytes, .. } => return Err(not_haul(&bytes)),
         };
-        if &header == b"go ah" {
-            return Err(SendError::Protocol(
-                "it answered \"go ahead\": it speaks only the classroom protocol; use --protocol seed"
-                    .into(),
-            ));
-        }
         let Ok(decoded) = haul::decode_frame_header(header) else {
             return Err(not_haul(&header));
         };

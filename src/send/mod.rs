@@ -80,6 +80,14 @@ pub enum SendError {
     Connect { to: String, source: io::Error },
     #[error("{to} does not speak haul; it answered {}", like(.answer))]
     NotHaul { to: String, answer: Vec<u8> },
+    /// The peer hung up on the Hello without a byte: a haul server at its
+    /// connection limit for this address, or a peer of another protocol
+    /// that gave up on haul's opening.
+    #[error(
+        "{to} closed the connection without answering haul's Hello; it may be at its connection \
+         limit, or not a haul server (for a classroom-protocol server, use --protocol seed)"
+    )]
+    ClosedAtHello { to: String },
     #[error(
         "{to} speaks version {server} of haul's protocol and this client version {}; \
          send with a haul of the server's version, or update the server",
@@ -188,6 +196,7 @@ impl SendError {
             self,
             SendError::Connect { .. }
                 | SendError::NotHaul { .. }
+                | SendError::ClosedAtHello { .. }
                 | SendError::Version { .. }
                 | SendError::NewerServer { .. }
                 | SendError::NoAnswer { .. }
@@ -225,6 +234,8 @@ fn like(answer: &[u8]) -> &'static str {
         "like an HTTP server"
     } else if answer.starts_with(b"SSH-") {
         "like an SSH server"
+    } else if answer.starts_with(b"go ah") {
+        "\"go ahead\", as a classroom-protocol server does; use --protocol seed"
     } else {
         "something else"
     }
