@@ -88,6 +88,13 @@ fn a_haul_transfer_cut_off_logs_the_file_its_protocol_and_the_data_kept_for_resu
     assert!(*held > 0, "nothing was kept");
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("protocol=\"haul\""), "{line}");
+    // Where in the file it was cut, not where in one frame.
+    assert!(
+        line.contains(&format!(
+            "reason=the connection ended after {held} of the file's 8388608 bytes"
+        )),
+        "{line}"
+    );
     assert!(line.contains("size=8388608"), "{line}");
     assert!(
         line.contains(&format!(

@@ -82,6 +82,12 @@ pub(crate) enum SessionError {
     Ended(FailCode, String),
     #[error(transparent)]
     Pump(#[from] PumpError),
+    /// The connection ended inside a file's data: where, in the file.
+    #[error("the connection ended after {}", match .size {
+        Some(size) => format!("{at} of the file's {size} bytes"),
+        None => format!("{at} bytes of the stream"),
+    })]
+    CutInFile { at: u64, size: Option<u64> },
     #[error("no space left on the server")]
     NoSpace,
     #[error("a newer connection of the same sender took over its file")]
@@ -971,7 +977,13 @@ impl Receiver<'_> {
                 self.conn
                     .read_data_into(sink, len, direct)
                     .await
-                    .map_err(pump_error)?;
+                    .map_err(|error| match error {
+                        PumpError::EarlyEof { moved, .. } => SessionError::CutInFile {
+                            at: received + moved,
+                            size: planned.size,
+                        },
+                        other => pump_error(other),
+                    })?;
             }
             received += len;
         }
