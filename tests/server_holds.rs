@@ -124,6 +124,28 @@ fn an_absurd_size_is_refused_before_any_byte_in_either_protocol() {
     assert_eq!(server.partial_count(), 0);
 }
 
+/// A --reserve larger than the disk's free space refuses every file: the
+/// server says so at start, and each refusal names the reserve.
+#[test]
+fn a_reserve_beyond_the_free_space_is_said_at_start_and_in_each_refusal() {
+    let server = HaulServer::start(&["--reserve", "100T"]);
+    server
+        .running
+        .wait_for_log(&["WARN", "no more free space than --reserve keeps"]);
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("small.txt");
+    std::fs::write(&path, b"nine byte").unwrap();
+    let output = haul(&["send", "--to", server.addr(), path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.starts_with(
+            "haul: small.txt: refused by the server: no space left on the server: the file needs 9 bytes and 0 are free beyond the 109951162777600 kept free"
+        ),
+        "{stderr}"
+    );
+}
+
 /// Sessions cut before a file's first byte leave nothing to resume: no
 /// empty file in the hidden area for every later session to list.
 #[test]

@@ -168,7 +168,9 @@ impl SpaceLedger {
             Err(Shortfall::Space { free }) => Err(Refusal::new(
                 FailCode::NoSpace,
                 format!(
-                    "no space left on the server: the file needs {bytes} bytes and {free} are free"
+                    "no space left on the server: the file needs {bytes} bytes and {free} are free \
+                     beyond the {} kept free",
+                    self.reserve
                 ),
             )),
             Err(Shortfall::Inodes { free, kept }) => Err(Refusal::new(
@@ -198,7 +200,11 @@ impl SpaceLedger {
             Ok(granted) => Ok(self.charge(&mut promised, granted, depth)),
             Err(Shortfall::Space { free }) => Err(Refusal::new(
                 FailCode::NoSpace,
-                format!("no space left on the server for more directories: {free} bytes are free"),
+                format!(
+                    "no space left on the server for more directories: {free} bytes are free \
+                     beyond the {} kept free",
+                    self.reserve
+                ),
             )),
             Err(Shortfall::Inodes { free, kept }) => Err(Refusal::new(
                 FailCode::NoSpace,

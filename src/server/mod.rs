@@ -252,6 +252,16 @@ impl Server {
             space,
             config,
         } = self;
+        if let Ok(free) = store.free_space()
+            && free.bytes <= config.reserve
+        {
+            warn!(
+                free = free.bytes,
+                reserve = config.reserve,
+                "the inbox's disk has no more free space than --reserve keeps: every file will be \
+                 refused until space is freed or --reserve lowered"
+            );
+        }
         tokio::spawn(remove_stale_partials(
             store.clone(),
             Arc::clone(&space),
