@@ -275,13 +275,13 @@ fn a_server_that_never_answers_is_given_up_on_after_the_reply_timeout() {
     let output = send_with_secret(
         None,
         &to,
-        &["--protocol", "seed", "--reply-timeout", "1s", &path],
+        &["--protocol", "seed", "--reply-timeout", "500ms", &path],
     );
     assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
     assert_eq!(
         stderr_of(&output),
         format!(
-            "haul: {to} did not answer \"go ahead\" within 1s; is it a server of the classroom \
+            "haul: {to} did not answer \"go ahead\" within 500ms; is it a server of the classroom \
              protocol? (a busy one may answer later: --reply-timeout waits longer)\n"
         )
     );

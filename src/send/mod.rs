@@ -101,10 +101,10 @@ pub enum SendError {
     )]
     NewerServer { to: String },
     #[error(
-        "{to} did not answer {} within {}s; is it a server of the {}? \
+        "{to} did not answer {} within {}; is it a server of the {}? \
          (a busy one may answer later: --reply-timeout waits longer)",
         if *.seed { "\"go ahead\"" } else { "haul's Hello" },
-        .waited.as_secs(),
+        crate::config::Span(*.waited),
         if *.seed { "classroom protocol" } else { "haul protocol" }
     )]
     NoAnswer {
@@ -120,8 +120,8 @@ pub enum SendError {
     )]
     NoReply,
     #[error(
-        "the server sent nothing for {}s; it may be busy (at its connection limit) or stuck",
-        .0.as_secs()
+        "the server sent nothing for {}; it may be busy (at its connection limit) or stuck",
+        crate::config::Span(*.0)
     )]
     Silent(Duration),
     #[error("{}", describe_pump(.0))]
