@@ -636,3 +636,38 @@ fn a_token_file_others_can_read_draws_a_warning_on_both_sides_and_still_works() 
         stderr_of(&output)
     );
 }
+
+/// A folder with haul's own staging area in it (left by an interrupted
+/// get, or an inbox) sends everything else: `.haul` is passed over with a
+/// note, since every haul store refuses the name.
+#[test]
+fn a_staging_area_inside_a_sent_folder_is_passed_over_with_a_note() {
+    let server = HaulServer::start(&[]);
+    let source = tempfile::tempdir().unwrap();
+    let folder = source.path().join("photos");
+    std::fs::create_dir_all(folder.join(".haul")).unwrap();
+    std::fs::write(folder.join(".haul/resume-0123"), b"partial").unwrap();
+    std::fs::write(folder.join("a.jpg"), b"picture").unwrap();
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    std::fs::write(folder.join("sub/.haul"), b"a file of that name").unwrap();
+
+    let output = send(&["--to", server.addr(), path_str(&folder)]);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    for skipped in [".haul", "sub/.haul"] {
+        let line = format!(
+            "haul: skipped {}: the name .haul is reserved for haul's partial data; not sent",
+            folder.join(skipped).display()
+        );
+        assert!(
+            stderr.lines().any(|shown| shown == line),
+            "{line}\n{stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(server.inbox.join("photos/a.jpg")).unwrap(),
+        b"picture"
+    );
+    assert!(server.inbox.join("photos/sub").is_dir());
+    assert!(!server.inbox.join("photos/sub/.haul").exists());
+}

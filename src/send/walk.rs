@@ -162,8 +162,27 @@ fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Wa
     let walker = WalkDir::new(&source)
         .follow_links(false)
         .sort_by_file_name();
-    Box::new(walker.into_iter().map(move |item| {
-        match item {
+    let mut items = walker.into_iter();
+    Box::new(std::iter::from_fn(move || {
+        Some(match items.next()? {
+            // Where a receiving haul keeps partial data (a folder an
+            // interrupted get left, an inbox): every haul store refuses the
+            // name, so it is passed over here, with all it holds.
+            Ok(dir_entry)
+                if dir_entry.depth() > 0
+                    && dir_entry.file_name() == crate::storage::HIDDEN_AREA =>
+            {
+                if dir_entry.file_type().is_dir() {
+                    items.skip_current_dir();
+                }
+                Walked::Skipped {
+                    path: dir_entry.path().display().to_string(),
+                    reason: format!(
+                        "the name {} is reserved for haul's partial data; not sent",
+                        crate::storage::HIDDEN_AREA
+                    ),
+                }
+            }
             Ok(dir_entry) => describe(&source, &top, dir_entry.path(), dir_entry.depth() == 0),
             Err(error) => Walked::Unsendable {
                 path: error.path().unwrap_or(&source).display().to_string(),
@@ -171,7 +190,7 @@ fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Wa
                     .io_error()
                     .map_or_else(|| error.to_string(), unreadable),
             },
-        }
+        })
     }))
 }
 
