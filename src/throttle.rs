@@ -35,11 +35,22 @@ impl FromStr for RateLimit {
             .unwrap_or(trimmed);
         let rate = parse_byte_size(trimmed)
             .map_err(|_| format!("`{text}` is not a rate such as 512K or 10M"))?;
+        if rate < MIN_RATE {
+            return Err(
+                "the rate must be at least 1K (1024 bytes) per second: slower, the \
+                        opening of a session alone would outlast a server's --header-timeout"
+                    .into(),
+            );
+        }
         NonZeroU64::new(rate)
             .map(RateLimit)
-            .ok_or_else(|| "the rate must be at least 1 byte per second".into())
+            .ok_or_else(|| "the rate must be at least 1K per second".into())
     }
 }
+
+/// The slowest `--limit-rate`: the handshake is throttled too, and at
+/// 1 KiB/s even an encrypted opening takes well under a second.
+const MIN_RATE: u64 = 1024;
 
 /// The most a bucket holds: 50 ms of sending at the limit, so that a burst
 /// after a pause stays short, and at most 4 MiB.
@@ -169,7 +180,10 @@ mod tests {
         assert_eq!(limit("1.5G"), Ok(1024 * 1024 * 1024 * 3 / 2));
         assert_eq!(limit("10MB"), Ok(10 * 1024 * 1024));
         assert_eq!(limit("2kb"), Ok(2 * 1024));
-        for bad in ["", "0", "0.1", "fast", "10X", "-5M", "1..5M"] {
+        assert_eq!(limit("1K"), Ok(1024));
+        for bad in [
+            "", "0", "0.1", "0.5", "1", "1023", "fast", "10X", "-5M", "1..5M",
+        ] {
             assert!(limit(bad).is_err(), "{bad:?} was accepted");
         }
     }
