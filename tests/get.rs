@@ -403,6 +403,27 @@ fn into_stdout_writes_exactly_one_files_bytes() {
     assert!(std::fs::read(cwd.path().join("a.bin")).unwrap() == bin);
 }
 
+/// Standard output that takes no more is named as the fault, not the
+/// connection.
+#[test]
+fn into_stdout_that_is_full_says_so() {
+    let server = HaulServer::start(&["--allow-get"]);
+    plant(&server.inbox);
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let output = get_command(None, server.addr(), &["docs/a.bin", "--into", "-"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert_eq!(
+        stderr_of(&output),
+        "haul: cannot write to standard output: no space left on device\n"
+    );
+}
+
 /// A get whose connection is cut mid-file leaves its partial data in
 /// `INTO/.haul/`, nothing under the final name, and the same command run
 /// again moves only the rest.

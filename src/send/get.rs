@@ -243,7 +243,7 @@ async fn to_stdout(
                 }
                 let bytes = conn.read_payload(header).await?;
                 hasher.update(bytes);
-                stdout.write_all(bytes).await?;
+                stdout.write_all(bytes).await.map_err(SendError::Stdout)?;
                 received += len;
                 summary.bytes_sent += len;
                 summary.wire_bytes += len;
@@ -263,7 +263,7 @@ async fn to_stdout(
             }
         }
     };
-    stdout.flush().await?;
+    stdout.flush().await.map_err(SendError::Stdout)?;
     let hash = *hasher.finalize().as_bytes();
     let failure = if size.is_some_and(|size| received != size) {
         Some((

@@ -168,6 +168,10 @@ pub enum SendError {
     NotAllowed(String),
     #[error("connection failed: {}", plain(.0))]
     Io(#[from] io::Error),
+    /// `haul get --into -` could not hand the bytes on: the reader went
+    /// away, or what stdout leads to is full.
+    #[error("cannot write to standard output: {}", plain(.0))]
+    Stdout(io::Error),
 }
 
 impl From<crate::connection::ConnectionError> for SendError {
