@@ -647,8 +647,9 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             }
-            if name.is_none() && paths.iter().any(|path| path.as_os_str() == "-") {
-                eprintln!("haul: standard input needs a name: add --name NAME");
+            let reads_stdin = paths.iter().any(|path| path.as_os_str() == "-");
+            if name.is_none() && reads_stdin {
+                eprintln!("haul: {}", send::STDIN_NEEDS_A_NAME);
                 return ExitCode::from(exit::USAGE);
             }
             if let Some(name) = name.as_deref()
@@ -761,7 +762,7 @@ fn main() -> ExitCode {
                         Protocol::Seed => {
                             "the classroom protocol does not resume: the file cut short was not stored, and sending again sends every file again"
                         }
-                        Protocol::Haul if paths.iter().any(|path| path.as_os_str() == "-") => {
+                        Protocol::Haul if reads_stdin => {
                             "run the same command again to resume (standard input is sent again from its start)"
                         }
                         Protocol::Haul => "run the same command again to resume",

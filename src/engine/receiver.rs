@@ -816,18 +816,18 @@ impl Receiver<'_> {
                 self.log_cut(planned, started, &error, Fate::Deleted);
                 return Err(error);
             }
-            // Nothing arrived, nothing held before: nothing to resume,
-            // and no empty file left to list at every session's end.
-            (Err(error), _) if matches!(partial.len(), Ok(0)) => {
-                partial.discard();
-                self.log_cut(planned, started, &error, Fate::NoneReceived);
-                return Err(error);
-            }
             (Err(error), _) => {
+                let held = partial.len();
+                // Nothing arrived, nothing held before: nothing to resume,
+                // and no empty file left to list at every session's end.
+                if matches!(held, Ok(0)) {
+                    partial.discard();
+                    self.log_cut(planned, started, &error, Fate::NoneReceived);
+                    return Err(error);
+                }
                 // Kept, to be resumed.
                 self.space.note_held(&partial, self.owner);
                 self.left_partial = true;
-                let held = partial.len();
                 let fate = match held {
                     Ok(bytes) if partial.resume_name().is_some() => Fate::Kept {
                         bytes,

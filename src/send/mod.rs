@@ -14,7 +14,7 @@ pub(crate) mod walk;
 pub use haul::send_haul;
 pub use list::{Entry as ListedEntry, ListSummary, list_haul};
 pub use seed::send_seed;
-pub use walk::{Totals, measure};
+pub use walk::{STDIN_NEEDS_A_NAME, Totals, measure};
 
 /// The port `haul send --to HOST` uses when HOST names none: the one
 /// `haul serve` listens on by default.

@@ -86,6 +86,9 @@ pub enum Walked {
     Skipped { path: String, reason: String },
 }
 
+/// Why `-` alone cannot be sent: a stream has no name of its own.
+pub const STDIN_NEEDS_A_NAME: &str = "standard input needs a name: add --name NAME";
+
 /// Walks every source in order. `name` replaces the top-level name of a
 /// single source (and is required for stdin, `-`).
 pub fn walk(sources: &[PathBuf], name: Option<&str>) -> impl Iterator<Item = Walked> {
@@ -134,7 +137,7 @@ fn walk_one(source: PathBuf, name: Option<String>) -> Box<dyn Iterator<Item = Wa
         let Some(name) = name else {
             return Box::new(std::iter::once(Walked::Unsendable {
                 path: shown,
-                reason: "standard input needs a name: add --name NAME".into(),
+                reason: STDIN_NEEDS_A_NAME.into(),
             }));
         };
         return Box::new(std::iter::once(Walked::Entry(Entry {

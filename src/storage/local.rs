@@ -509,18 +509,17 @@ impl Backend for LocalDir {
     }
 
     fn open_read(&self, path: &RelPath) -> io::Result<LocalReader> {
-        let name = path.last();
-        let parents = path.up();
-        let parent = self.open_dir_no_links(parents.iter().flat_map(RelPath::components))?;
+        let (parents, name) = path.split_last();
+        let parent = self.open_dir_no_links(parents)?;
         // Looked at first, so that a special file is never opened (opening
         // a device can act on it); checked again once open, for one put in
         // its place meanwhile.
-        if !parent.symlink_metadata(name.as_str())?.is_file() {
+        if !parent.symlink_metadata(name)?.is_file() {
             return Err(not_a_regular_file());
         }
         let file = rustix::fs::openat(
             &parent,
-            name.as_str(),
+            name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         )

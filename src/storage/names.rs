@@ -166,8 +166,20 @@ impl RelPath {
         SafeName(self.last_str().to_owned())
     }
 
+    /// Its folders from the top, and its last component, borrowed.
+    pub(super) fn split_last(&self) -> (impl Iterator<Item = &str>, &str) {
+        let (parents, last) = match self.0.rsplit_once('/') {
+            Some((parents, last)) => (Some(parents), last),
+            None => (None, self.0.as_str()),
+        };
+        (
+            parents.into_iter().flat_map(|parents| parents.split('/')),
+            last,
+        )
+    }
+
     fn last_str(&self) -> &str {
-        self.0.rsplit_once('/').map_or(&self.0, |(_, last)| last)
+        self.split_last().1
     }
 
     pub(super) fn to_path(&self) -> PathBuf {
