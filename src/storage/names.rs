@@ -150,12 +150,6 @@ impl RelPath {
         RelPath(format!("{}/{}", self.0, name.0))
     }
 
-    /// The folder it is in: `None` for the top of the store.
-    pub fn up(&self) -> Option<RelPath> {
-        let (parents, _) = self.0.rsplit_once('/')?;
-        Some(RelPath(parents.to_owned()))
-    }
-
     /// Its components, from the top; there is at least one.
     pub fn components(&self) -> std::str::Split<'_, char> {
         self.0.split('/')
