@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -177,6 +177,8 @@ pub struct FileSink {
     worker: Option<JoinHandle<()>>,
     /// Set for a small file: the file and hasher, used without a worker.
     inline: Option<(Arc<std::fs::File>, Option<Box<blake3::Hasher>>)>,
+    /// Bytes written to the file without a worker.
+    landed_inline: u64,
     /// Held for the sink's life if it got a deep queue.
     _deep: Option<DeepQueue<'static>>,
     /// A large file's chunk being filled, [`CHUNK_LEN`] long, and how many
@@ -189,6 +191,8 @@ pub struct FileSink {
 /// What a large file's sink shares with its workers.
 struct SinkQueue {
     file: Arc<std::fs::File>,
+    /// Bytes its workers have written to the file.
+    landed: AtomicU64,
     state: std::sync::Mutex<SinkState>,
     /// One permit per chunk that may be queued or being written: a push
     /// takes one, a worker gives it back once the chunk is written.
@@ -246,6 +250,9 @@ impl SinkQueue {
                 hasher.update(&chunk);
             }
             let written = self.file.as_ref().write_all(&chunk);
+            if written.is_ok() {
+                self.landed.fetch_add(chunk.len() as u64, Ordering::Release);
+            }
             let mut state = self.state();
             if let Err(error) = written {
                 state.failure = Some(error);
@@ -275,6 +282,7 @@ impl FileSink {
                 queue: None,
                 worker: None,
                 inline: Some((file, hasher)),
+                landed_inline: 0,
                 _deep: None,
                 filling: None,
             },
@@ -292,6 +300,7 @@ impl FileSink {
         };
         let queue = SinkQueue {
             file,
+            landed: AtomicU64::new(0),
             state: std::sync::Mutex::new(SinkState {
                 chunks: VecDeque::with_capacity(depth + 1),
                 running: false,
@@ -306,6 +315,7 @@ impl FileSink {
             queue: Some(Arc::new(queue)),
             worker: None,
             inline: None,
+            landed_inline: 0,
             _deep: deep,
             filling: None,
         }
@@ -367,7 +377,21 @@ impl FileSink {
         if let Some(hasher) = hasher.as_mut() {
             hasher.update(bytes);
         }
-        Some(file.as_ref().write_all(bytes))
+        let written = file.as_ref().write_all(bytes);
+        if written.is_ok() {
+            self.landed_inline += bytes.len() as u64;
+        }
+        Some(written)
+    }
+
+    /// Bytes written to the file so far: at least this many of those handed
+    /// to the sink are in the file system's count of what is used.
+    pub fn landed(&self) -> u64 {
+        let queued = self
+            .queue
+            .as_ref()
+            .map_or(0, |queue| queue.landed.load(Ordering::Acquire));
+        self.landed_inline + queued
     }
 
     /// Queues the chunk being filled, if it holds any bytes.

@@ -90,9 +90,29 @@ fn is_socket_failure(error: &io::Error) -> bool {
 /// only for a bounded time per step.
 const RECEIVE_STEP: u64 = 16 * 1024 * 1024;
 
-/// Appends exactly `len` bytes from `socket` to `file`. Fails if the socket
-/// ends early or stays silent for `idle`, or if the file cannot take the
-/// bytes.
+/// Room on the disk for the bytes [`receive_to_file`] writes, asked for
+/// before each step, on the step's blocking thread.
+pub trait Room: Send + 'static {
+    /// Makes room for up to `len` more bytes, or fails (an out-of-space
+    /// error, as the file system's own would be) and nothing is written.
+    fn make(&mut self, len: u64) -> io::Result<()>;
+    /// Counts `len` bytes written into the room made.
+    fn used(&mut self, len: u64);
+}
+
+/// No account kept: the file system's own limits alone.
+impl Room for () {
+    fn make(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn used(&mut self, _: u64) {}
+}
+
+/// Appends exactly `len` bytes from `socket` to `file`, asking `room` for
+/// room before writing; returns `room` once done. Fails if the socket ends
+/// early or stays silent for `idle`, or if `room` or the file cannot take
+/// the bytes.
 ///
 /// The wait for data is done here, on the async task; only the moving of
 /// bytes that have arrived runs on a blocking thread (the write may wait on
@@ -103,12 +123,13 @@ const RECEIVE_STEP: u64 = 16 * 1024 * 1024;
 /// `splice(2)` refuses files opened to append, so `file` loses that flag
 /// (for every handle that shares its opening) and is written at explicit
 /// offsets from the end it had.
-pub async fn receive_to_file(
+pub async fn receive_to_file<R: Room>(
     socket: &TcpStream,
     file: Arc<File>,
     len: u64,
     idle: Duration,
-) -> Result<(), PumpError> {
+    room: R,
+) -> Result<R, PumpError> {
     let duplicate = socket
         .as_fd()
         .try_clone_to_owned()
@@ -119,6 +140,7 @@ pub async fn receive_to_file(
         pipe: None,
         moved: 0,
         len,
+        room,
     };
     let mut readable = false;
     while splice.moved < len {
@@ -139,7 +161,7 @@ pub async fn receive_to_file(
         // After a step that stopped at its budget, more is likely waiting.
         readable = step? == Step::Budget;
     }
-    Ok(())
+    Ok(splice.room)
 }
 
 /// Waits on the async task until `socket` has something to read (or has
@@ -186,7 +208,7 @@ fn peek(socket: &TcpStream) -> io::Result<()> {
 }
 
 /// The state of one [`receive_to_file`], carried from step to step.
-struct Splice {
+struct Splice<R> {
     /// A duplicate of the connection's non-blocking socket, for `splice`.
     socket: OwnedFd,
     file: Arc<File>,
@@ -194,6 +216,7 @@ struct Splice {
     pipe: Option<Pipe>,
     moved: u64,
     len: u64,
+    room: R,
 }
 
 /// The pipe bytes pass through on their way to the file, and where in the
@@ -214,16 +237,36 @@ enum Step {
     Budget,
 }
 
-impl Splice {
+impl<R: Room> Splice<R> {
     /// Moves what the socket holds into the file, up to [`RECEIVE_STEP`]
     /// bytes and never past `len`. Never waits for the socket; may wait
     /// for the disk.
     fn step(&mut self) -> Result<Step, PumpError> {
+        let stop = self.len.min(self.moved.saturating_add(RECEIVE_STEP));
+        self.room
+            .make(stop - self.moved)
+            .map_err(|source| PumpError::Write {
+                moved: self.moved,
+                source,
+            })?;
+        let start = self.moved;
+        let moved = self.splice_until(stop);
+        self.room.used(self.moved - start);
+        moved?;
+        Ok(if self.moved == self.len {
+            Step::Drained
+        } else {
+            Step::Budget
+        })
+    }
+
+    /// Moves bytes from the socket through the pipe into the file until
+    /// `stop` bytes are moved in all or the socket holds no more.
+    fn splice_until(&mut self, stop: u64) -> Result<(), PumpError> {
         let pipe = match &mut self.pipe {
             Some(pipe) => pipe,
             None => self.pipe.insert(open_pipe(&self.file, self.moved)?),
         };
-        let stop = self.len.min(self.moved.saturating_add(RECEIVE_STEP));
         while self.moved < stop {
             let want =
                 usize::try_from(stop - self.moved).map_or(pipe.len, |left| left.min(pipe.len));
@@ -242,7 +285,7 @@ impl Splice {
                     });
                 }
                 Ok(taken) => taken,
-                Err(rustix::io::Errno::AGAIN) => return Ok(Step::Drained),
+                Err(rustix::io::Errno::AGAIN) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(error) => {
                     return Err(PumpError::Read {
@@ -273,11 +316,7 @@ impl Splice {
             }
             self.moved += taken as u64;
         }
-        Ok(if self.moved == self.len {
-            Step::Drained
-        } else {
-            Step::Budget
-        })
+        Ok(())
     }
 }
 
@@ -382,7 +421,7 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
-        receive_to_file(&receiver, Arc::new(file), content.len() as u64, IDLE)
+        receive_to_file(&receiver, Arc::new(file), content.len() as u64, IDLE, ())
             .await
             .unwrap();
         let stored = std::fs::read(&path).unwrap();
@@ -400,7 +439,7 @@ mod tests {
         sender.write_all(b"abc").await.unwrap();
         drop(sender);
         let file = Arc::new(tempfile::tempfile().unwrap());
-        let error = receive_to_file(&receiver, file, 10, IDLE)
+        let error = receive_to_file(&receiver, file, 10, IDLE, ())
             .await
             .unwrap_err();
         crate::transfer::tests::assert_early_eof(&error, 3, 10);
@@ -408,7 +447,7 @@ mod tests {
         let (_silent, receiver) = connected_pair().await;
         let file = Arc::new(tempfile::tempfile().unwrap());
         let idle = Duration::from_millis(20);
-        let error = receive_to_file(&receiver, file, 10, idle)
+        let error = receive_to_file(&receiver, file, 10, idle, ())
             .await
             .unwrap_err();
         assert!(matches!(error, PumpError::Idle(_)), "{error}");
@@ -428,7 +467,7 @@ mod tests {
             let path = temp.path().join("stalled");
             let file = Arc::new(std::fs::File::create(&path).unwrap());
             let receiving = tokio::spawn(async move {
-                receive_to_file(&receiver, file, 10, Duration::from_secs(600)).await
+                receive_to_file(&receiver, file, 10, Duration::from_secs(600), ()).await
             });
             sender.write_all(b"abc").await.unwrap();
             // Once the three bytes are in the file, the receiver waits for

@@ -386,6 +386,81 @@ fn a_file_that_cannot_fit_anyway_costs_no_sender_its_partial_data() {
     assert_serves_a_legitimate_send(&server, &disk);
 }
 
+#[test]
+fn a_sender_that_offers_the_whole_disk_and_trickles_keeps_no_one_else_out() {
+    let disk = SmallDisk::mount("size=96m");
+    let reserve = 16 * MIB;
+    let server = serve(&disk, &["--reserve", "16M"]);
+    let (free, _) = disk.free();
+    let room = free - reserve;
+
+    // A haul sender offers nearly all the room, and trickles.
+    let mut hog = raw_session(Ipv4Addr::new(127, 0, 0, 2), &server.addr);
+    let answer = offer_file(&mut hog, "hog.bin", room - MIB);
+    assert!(answer.contains("Send { offset: 0 }"), "{answer}");
+    send_data(&mut hog, &[1; 4096]);
+    // A seed sender does the same with what it leaves.
+    let seed_size = room / 2 - 2 * MIB;
+    let seed_content = random_bytes(seed_size as usize, 7);
+    let mut seed_hog = connect_from([127, 0, 0, 3], &server.addr);
+    seed_hog
+        .write_all(&util::seed_header(seed_size, b"seed-hog.bin"))
+        .unwrap();
+    let mut reply = [0u8; 8];
+    std::io::Read::read_exact(&mut seed_hog, &mut reply).unwrap();
+    assert_eq!(
+        &reply, b"go ahead",
+        "the seed file fits beside the haul one"
+    );
+    seed_hog.write_all(&seed_content[..4096]).unwrap();
+    disk.assert_keeps(reserve, "both offers");
+
+    // Neither keeps another sender's file out.
+    let source = tempfile::tempdir().unwrap();
+    let path = source.path().join("legitimate.bin");
+    let content = random_bytes(10 * MIB as usize, 8);
+    std::fs::write(&path, &content).unwrap();
+    let output = haul(&["send", "--to", &server.addr, path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        std::fs::read(disk.inbox().join("legitimate.bin")).unwrap(),
+        content
+    );
+    disk.assert_keeps(reserve, "the legitimate send");
+
+    // What the haul file was not granted at once is not there for it now:
+    // it fails cleanly as it grows, and its data goes.
+    for chunk in random_bytes((room - MIB) as usize - 4096, 9).chunks(MIB as usize) {
+        if hog.write_all(&data_frame(chunk)).is_err() {
+            break;
+        }
+    }
+    server.wait_for_log(&[
+        "name=\"hog.bin\"",
+        "result=\"failed\"",
+        "no space left on the server",
+    ]);
+    disk.assert_keeps(reserve, "the haul file's growth");
+    drop(hog);
+    // The seed file's was, and it is stored whole.
+    seed_hog.write_all(&seed_content[4096..]).unwrap();
+    seed_hog.shutdown(Shutdown::Write).unwrap();
+    util::read_until_closed(&mut seed_hog);
+    server.wait_for_log(&["name=\"seed-hog.bin\"", "result=\"stored\""]);
+    assert_eq!(
+        blake3::hash(&std::fs::read(disk.inbox().join("seed-hog.bin")).unwrap()),
+        blake3::hash(&seed_content)
+    );
+    assert!(!disk.inbox().join("hog.bin").exists());
+    assert_eq!(
+        disk.held_partial_bytes(),
+        0,
+        "the haul file's data was left"
+    );
+    disk.assert_keeps(reserve, "the seed file");
+    assert_serves_a_legitimate_send(&server, &disk);
+}
+
 /// The helpers above must see what the server sees.
 #[test]
 fn a_connection_from_another_loopback_address_comes_from_it() {

@@ -521,10 +521,11 @@ impl Receiver<'_> {
         let space = Arc::clone(&self.space);
         let mut created = std::mem::take(&mut self.created);
         let peer = self.peer;
-        let (sender, holder) = (self.sender, self.holder.clone());
+        let (sender, holder, owner) = (self.sender, self.holder.clone(), self.owner);
         let (decided, created) = blocking(move || {
             let claimant = Claimant {
                 sender: &sender,
+                owner,
                 holder: &holder,
                 take_over: true,
             };
@@ -638,11 +639,12 @@ impl Receiver<'_> {
         }
         let (store, policy) = (self.store.clone(), self.policy);
         let space = Arc::clone(&self.space);
-        let (sender, holder) = (self.sender, self.holder.clone());
+        let (sender, holder, owner) = (self.sender, self.holder.clone(), self.owner);
         let mut created = std::mem::take(&mut self.created);
         let (offer, decision, created) = blocking(move || {
             let claimant = Claimant {
                 sender: &sender,
+                owner,
                 holder: &holder,
                 take_over: false,
             };
@@ -809,6 +811,11 @@ impl Receiver<'_> {
         // Every queued write lands before anything else happens to the
         // partial file, so that a resumed transfer measures it whole.
         let written = sink.finish().await;
+        if written.is_ok() {
+            // Every byte written is in the file system's count now, so
+            // none stays held twice while the file waits for its commit.
+            charge.settled();
+        }
         let (claimed_hash, received, hasher) = match (frames, written) {
             (Ok((claimed, received)), Ok(Some(hasher))) => (claimed, received, hasher),
             (Err(error @ (SessionError::Storage(_) | SessionError::NoSpace)), _) => {
@@ -955,9 +962,10 @@ impl Receiver<'_> {
                 )));
             }
             // Counted before the write, decompressed.
-            if let Some(more) = charge.beyond(len) {
+            if let Some(growth) = charge.beyond(len) {
+                charge.landed(sink.landed());
                 let space = Arc::clone(&self.space);
-                let granted = blocking(move || Ok(space.grow(more)))
+                let granted = blocking(move || Ok(space.grow(growth)))
                     .await
                     .map_err(SessionError::Storage)?
                     .map_err(|_| SessionError::NoSpace)?;
@@ -1062,6 +1070,8 @@ enum Decision {
 /// session that would hold it.
 struct Claimant<'a> {
     sender: &'a SenderId,
+    /// Whose grants of space the claim's files are.
+    owner: Sender,
     holder: &'a Holder,
     /// Whether another session holding the data is asked to let go (the
     /// first decision), or the data is received privately (after the wait).
@@ -1218,7 +1228,7 @@ fn decide(
     // A stream is granted as it grows; a file, whole, with room for the
     // folders its commit may make.
     let needed = offer.size.map_or(0, |size| size.saturating_sub(offset));
-    match space.reserve_file(needed, depth - 1, offset == 0) {
+    match space.reserve_file(claimant.owner, needed, depth - 1, offset == 0) {
         Ok(charge) => Ok((
             Decision::Answer(Answer::Send { offset }, Some(partial)),
             Some(charge),
@@ -1597,6 +1607,7 @@ mod tests {
         let mut decide_one = |offer: OwnedOffer| {
             let claimant = Claimant {
                 sender: &[7; 16],
+                owner: sender_of(([127, 0, 0, 1], 9).into()),
                 holder: &Holder::new(),
                 take_over: true,
             };
@@ -1662,6 +1673,7 @@ mod tests {
             };
             let claimant = Claimant {
                 sender: &[7; 16],
+                owner: sender_of(([127, 0, 0, 1], 9).into()),
                 holder: &Holder::new(),
                 take_over: true,
             };

@@ -7,8 +7,13 @@
 //! everything promised still leaves `--reserve`, and the free inodes less
 //! those promised still leave [`Policy::reserve_inodes`], so sessions
 //! running at once can never each be granted the same room. A file of known
-//! size is granted before its answer; a stream is granted as it grows,
-//! before each write; a directory before it is made. Abandoned partial data
+//! size is checked whole before its answer: it must fit beside everything
+//! promised and beside the rest of its own sender's unfinished files. It is
+//! granted at once up to [`SHARE_DIVISOR`]'s share of the room its
+//! sender's peers leave, and the rest as it arrives, so that a sender that
+//! offers the whole disk and then trickles holds at most that share; a
+//! stream is granted as it grows, before each write; a directory before it
+//! is made. Abandoned partial data
 //! in the hidden area is capped by `--max-partial`, and given up, oldest
 //! first, when a new file needs the room it holds.
 //!
@@ -42,7 +47,13 @@ const DIRECTORY_INODE_FACTOR: u64 = 2;
 /// so that no one sender's abandoned data can push out everyone else's.
 const PARTIAL_SHARES_PER_SENDER: u64 = 2;
 
-/// Whose partial data it is, for the cap per sender.
+/// One sender's files are granted at once at most this share (here a
+/// half) of the room other senders leave: the rest of a larger file is
+/// granted as it arrives, before each write, so that no one sender's
+/// offers, however slowly their data follows, keep the room from others.
+const SHARE_DIVISOR: u64 = 2;
+
+/// Whose partial data, or grant, it is, for the caps per sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Sender(IpAddr);
 
@@ -91,10 +102,24 @@ pub(crate) struct SpaceLedger {
 struct Promised {
     bytes: u64,
     inodes: u64,
+    /// What each sender with a live grant holds of `bytes`, and what its
+    /// accepted files still announce beyond that; a sender leaves the map
+    /// when both are zero, so it holds no more entries than live grants.
+    senders: HashMap<Sender, Account>,
     /// Set when a search found no held partial data to give up, so that a
     /// flood of offers that do not fit does not list the hidden area for
     /// each; cleared whenever a session ends, since it may have left some.
     nothing_to_evict: bool,
+}
+
+/// One sender's part of what is promised.
+#[derive(Clone, Copy, Default)]
+struct Account {
+    /// Bytes its grants hold, counted in [`Promised::bytes`].
+    held: u64,
+    /// Bytes its accepted files announced that are not granted yet: counted
+    /// against its own next offers, not against other senders'.
+    owed: u64,
 }
 
 /// Why a grant cannot be made.
@@ -115,12 +140,30 @@ enum Shortfall {
 /// by which time what was written shows in the file system's own count.
 pub(crate) struct Charge {
     ledger: Arc<SpaceLedger>,
-    /// Bytes granted and not yet handed to the writer.
+    /// Whose grant it is; a directory's is no one's.
+    sender: Option<Sender>,
+    /// Data bytes granted and not yet handed to the writer.
     promised: u64,
+    /// Data bytes the file announced that are not granted yet.
+    owed: u64,
     /// Bytes handed to the writer so far.
     written: u64,
+    /// Of those, bytes known to be in the file, and so in the file
+    /// system's own count.
+    landed: u64,
+    /// Blocks for the folders a commit may make, held whole.
+    kept: u64,
     /// Inodes granted; given back whole when the charge ends.
     inodes: u64,
+}
+
+/// What a grant lacks, for [`SpaceLedger::grow`].
+pub(crate) struct Growth {
+    sender: Option<Sender>,
+    /// Bytes needed now.
+    more: u64,
+    /// Bytes the file announced and was not granted yet.
+    owed: u64,
 }
 
 /// A stream that would grow into the reserve.
@@ -140,11 +183,14 @@ impl SpaceLedger {
         })
     }
 
-    /// Grants a file that needs `bytes` more bytes, an inode if it is
-    /// `new` (not held already), and a block and an inode for each of the
-    /// `folders` its commit may make; or says why not.
+    /// Grants `sender` a file that needs `bytes` more bytes, an inode if it
+    /// is `new` (not held already), and a block and an inode for each of
+    /// the `folders` its commit may make; or says why not. Of the bytes,
+    /// at most the sender's share is granted now: [`Charge::beyond`] asks
+    /// for the rest as it comes.
     pub(crate) fn reserve_file(
         self: &Arc<Self>,
+        sender: Sender,
         bytes: u64,
         folders: u64,
         new: bool,
@@ -163,8 +209,27 @@ impl SpaceLedger {
             blocks: folders,
         };
         let mut promised = self.lock();
-        match self.grant(&mut promised, need, inodes, self.reserve_inodes) {
-            Ok(granted) => Ok(self.charge(&mut promised, granted, inodes)),
+        let account = promised.senders.get(&sender).copied().unwrap_or_default();
+        match self.grant(
+            &mut promised,
+            need,
+            account.owed,
+            inodes,
+            self.reserve_inodes,
+        ) {
+            Ok(free) => {
+                let block = free.block.max(1);
+                let data = need.bytes(block) - need.blocks.saturating_mul(block);
+                let now = data.min(self.share(&promised, &free, account));
+                let mut charge = Charge::new(self, Some(sender));
+                charge.apply(&mut promised, |charge| {
+                    charge.promised = now;
+                    charge.owed = data - now;
+                    charge.kept = need.blocks.saturating_mul(block);
+                    charge.inodes = inodes;
+                });
+                Ok(charge)
+            }
             Err(Shortfall::Space { free }) => Err(Refusal::new(
                 FailCode::NoSpace,
                 format!(
@@ -196,8 +261,15 @@ impl SpaceLedger {
             bytes: 0,
             blocks: depth,
         };
-        match self.grant(&mut promised, need, depth, kept) {
-            Ok(granted) => Ok(self.charge(&mut promised, granted, depth)),
+        match self.grant(&mut promised, need, 0, depth, kept) {
+            Ok(free) => {
+                let mut charge = Charge::new(self, None);
+                charge.apply(&mut promised, |charge| {
+                    charge.kept = need.bytes(free.block);
+                    charge.inodes = depth;
+                });
+                Ok(charge)
+            }
             Err(Shortfall::Space { free }) => Err(Refusal::new(
                 FailCode::NoSpace,
                 format!(
@@ -220,15 +292,39 @@ impl SpaceLedger {
         }
     }
 
-    /// Grants `bytes` more to a stream, judged as a new file's would be, or
-    /// fails: writing them would eat into the reserve.
-    pub(crate) fn grow(self: &Arc<Self>, bytes: u64) -> Result<Charge, NoSpace> {
+    /// Grants a file or stream being written what `growth` lacks, judged
+    /// beside everything promised, or fails: writing it would eat into the
+    /// reserve. A file that still owes bytes is granted up to its sender's
+    /// share of them at once, so that it asks again only when room is short.
+    pub(crate) fn grow(self: &Arc<Self>, growth: Growth) -> Result<Charge, NoSpace> {
         let mut promised = self.lock();
-        let need = Need { bytes, blocks: 0 };
-        match self.grant(&mut promised, need, 0, self.reserve_inodes) {
-            Ok(granted) => Ok(self.charge(&mut promised, granted, 0)),
-            Err(_) => Err(NoSpace),
-        }
+        let need = Need {
+            bytes: growth.more,
+            blocks: 0,
+        };
+        let Ok(free) = self.grant(&mut promised, need, 0, 0, self.reserve_inodes) else {
+            return Err(NoSpace);
+        };
+        let ahead = growth.sender.map_or(0, |sender| {
+            let account = promised.senders.get(&sender).copied().unwrap_or_default();
+            growth.owed.min(self.share(&promised, &free, account))
+        });
+        let mut charge = Charge::new(self, growth.sender);
+        charge.apply(&mut promised, |charge| {
+            charge.promised = need.bytes(free.block).max(ahead);
+        });
+        Ok(charge)
+    }
+
+    /// What may be granted at once to a sender holding `account`: its
+    /// share of the room the other senders leave, less what it holds.
+    fn share(&self, promised: &Promised, free: &FreeSpace, account: Account) -> u64 {
+        let others = promised.bytes.saturating_sub(account.held);
+        let room = free
+            .bytes
+            .saturating_sub(self.reserve)
+            .saturating_sub(others);
+        (room / SHARE_DIVISOR).saturating_sub(account.held)
     }
 
     /// Records that `partial`, left unfinished by `sender`, now holds data
@@ -321,21 +417,23 @@ impl SpaceLedger {
         }
     }
 
-    /// Finds room for `need` and `inodes`, keeping `kept_inodes` free, and
-    /// gives up held partial data, oldest first, where that makes the room.
-    /// Returns the bytes to promise.
+    /// Finds room for `need` and `inodes` beside what is promised and
+    /// `owed` (the rest of the asking sender's files), keeping
+    /// `kept_inodes` free, and gives up held partial data, oldest first,
+    /// where that makes the room. Returns the free space it was judged by.
     fn grant(
         &self,
         promised: &mut Promised,
         need: Need,
+        owed: u64,
         inodes: u64,
         kept_inodes: u64,
-    ) -> Result<u64, Shortfall> {
+    ) -> Result<FreeSpace, Shortfall> {
         let free = self.store.free_space().map_err(Shortfall::Unreadable)?;
-        let bytes = need.bytes(free.block);
+        let bytes = need.bytes(free.block).saturating_add(owed);
         let fits = |free: &FreeSpace| self.shortfall(promised, free, bytes, inodes, kept_inodes);
         let Some(shortfall) = fits(&free) else {
-            return Ok(bytes);
+            return Ok(free);
         };
         if promised.nothing_to_evict {
             return Err(shortfall);
@@ -371,7 +469,7 @@ impl SpaceLedger {
             }
             let free = self.store.free_space().map_err(Shortfall::Unreadable)?;
             match self.shortfall(promised, &free, bytes, inodes, kept_inodes) {
-                None => return Ok(bytes),
+                None => return Ok(free),
                 Some(still) => shortfall = still,
             }
         }
@@ -406,17 +504,6 @@ impl SpaceLedger {
         })
     }
 
-    fn charge(self: &Arc<Self>, promised: &mut Promised, bytes: u64, inodes: u64) -> Charge {
-        promised.bytes = promised.bytes.saturating_add(bytes);
-        promised.inodes = promised.inodes.saturating_add(inodes);
-        Charge {
-            ledger: Arc::clone(self),
-            promised: bytes,
-            written: 0,
-            inodes,
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, Promised> {
         locked(&self.promised)
     }
@@ -441,40 +528,143 @@ impl Need {
 }
 
 impl Charge {
+    fn new(ledger: &Arc<SpaceLedger>, sender: Option<Sender>) -> Charge {
+        Charge {
+            ledger: Arc::clone(ledger),
+            sender,
+            promised: 0,
+            owed: 0,
+            written: 0,
+            landed: 0,
+            kept: 0,
+            inodes: 0,
+        }
+    }
+
     /// What this charge holds of the ledger's promised bytes: what is still
-    /// to be written, and what was written but may not be on disk yet.
+    /// to be written, what was written but may not be on disk yet (not
+    /// known to have landed, and at most what the writer may hold queued),
+    /// and the folders' blocks.
     fn held(&self) -> u64 {
-        self.promised.saturating_add(self.written.min(IN_FLIGHT))
+        let queued = (self.written - self.landed).min(IN_FLIGHT);
+        self.promised
+            .saturating_add(queued)
+            .saturating_add(self.kept)
     }
 
-    /// The bytes beyond this grant that writing `len` more needs, if any:
-    /// a stream's size is not known, so its grant grows as it does.
-    pub(crate) fn beyond(&self, len: u64) -> Option<u64> {
-        (len > self.promised).then(|| len - self.promised)
+    /// Makes `change` to this charge and the same change to the ledger's
+    /// counts, under its lock, so that they always agree.
+    fn apply(&mut self, promised: &mut Promised, change: impl FnOnce(&mut Charge)) {
+        let (held, owed, inodes) = (self.held(), self.owed, self.inodes);
+        change(self);
+        promised.bytes = promised
+            .bytes
+            .saturating_sub(held)
+            .saturating_add(self.held());
+        promised.inodes = promised
+            .inodes
+            .saturating_sub(inodes)
+            .saturating_add(self.inodes);
+        if let Some(sender) = self.sender {
+            let account = promised.senders.entry(sender).or_default();
+            account.held = account
+                .held
+                .saturating_sub(held)
+                .saturating_add(self.held());
+            account.owed = account.owed.saturating_sub(owed).saturating_add(self.owed);
+            if account.held == 0 && account.owed == 0 {
+                promised.senders.remove(&sender);
+            }
+        }
     }
 
-    /// Adds a grant from [`SpaceLedger::grow`] to this one.
+    /// What this grant lacks for writing `len` more bytes, if anything: a
+    /// stream's size is not known, and a large file is granted only its
+    /// sender's share at first, so their grants grow as they are written.
+    pub(crate) fn beyond(&self, len: u64) -> Option<Growth> {
+        (len > self.promised).then(|| Growth {
+            sender: self.sender,
+            more: len - self.promised,
+            owed: self.owed,
+        })
+    }
+
+    /// Records that `landed` of the bytes handed to the writer are in the
+    /// file, so that they are no longer counted as queued.
+    pub(crate) fn landed(&mut self, landed: u64) {
+        let ledger = Arc::clone(&self.ledger);
+        let mut promised = ledger.lock();
+        self.apply(&mut promised, |charge| {
+            charge.landed = landed.clamp(charge.landed, charge.written);
+        });
+    }
+
+    /// Records that every byte handed to the writer is in the file.
+    pub(crate) fn settled(&mut self) {
+        self.landed(self.written);
+    }
+
+    /// Adds a grant from [`SpaceLedger::grow`] to this one, which then owes
+    /// that much less.
     pub(crate) fn absorb(&mut self, mut more: Charge) {
-        self.promised = self.promised.saturating_add(more.promised);
-        more.promised = 0;
+        let ledger = Arc::clone(&self.ledger);
+        let mut promised = ledger.lock();
+        let granted = more.promised;
+        more.apply(&mut promised, |more| more.promised = 0);
+        self.apply(&mut promised, |charge| {
+            charge.promised = charge.promised.saturating_add(granted);
+            charge.owed = charge.owed.saturating_sub(granted);
+        });
+    }
+
+    /// Makes room for `len` more bytes, asking the ledger for what this
+    /// grant lacks, or fails: they would eat into the reserve. Does
+    /// file-system work (`statvfs`), so it runs off the async threads.
+    pub(crate) fn cover(&mut self, len: u64) -> Result<(), NoSpace> {
+        if let Some(growth) = self.beyond(len) {
+            let granted = self.ledger.grow(growth)?;
+            self.absorb(granted);
+        }
+        Ok(())
     }
 
     /// Accounts for `len` granted bytes handed to the writer.
     pub(crate) fn spend(&mut self, len: u64) {
         let ledger = Arc::clone(&self.ledger);
         let mut promised = ledger.lock();
-        let before = self.held();
-        self.promised = self.promised.saturating_sub(len);
-        self.written = self.written.saturating_add(len);
-        promised.bytes = promised.bytes.saturating_sub(before) + self.held();
+        self.apply(&mut promised, |charge| {
+            charge.promised = charge.promised.saturating_sub(len);
+            charge.written = charge.written.saturating_add(len);
+        });
+    }
+}
+
+/// A seed file's bytes go from the socket to the file inside the kernel;
+/// its grant grows before each step of them, as a haul file's does before
+/// each frame.
+impl crate::zero_copy::Room for Charge {
+    fn make(&mut self, len: u64) -> io::Result<()> {
+        self.cover(len).map_err(|NoSpace| {
+            io::Error::new(io::ErrorKind::StorageFull, "no space left on the server")
+        })
+    }
+
+    fn used(&mut self, len: u64) {
+        // Spliced into the file before the step returns.
+        self.spend(len);
+        self.settled();
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        let mut promised = self.ledger.lock();
-        promised.bytes = promised.bytes.saturating_sub(self.held());
-        promised.inodes = promised.inodes.saturating_sub(self.inodes);
+        let ledger = Arc::clone(&self.ledger);
+        let mut promised = ledger.lock();
+        self.apply(&mut promised, |charge| {
+            (charge.promised, charge.owed) = (0, 0);
+            (charge.written, charge.landed) = (0, 0);
+            (charge.kept, charge.inodes) = (0, 0);
+        });
     }
 }
 
@@ -491,6 +681,8 @@ mod tests {
     use crate::storage::OnConflict;
 
     const MIB: u64 = 1024 * 1024;
+    const ONE: Sender = Sender(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)));
+    const TWO: Sender = Sender(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
 
     fn ledger() -> (tempfile::TempDir, Arc<SpaceLedger>) {
         let inbox = tempfile::tempdir().unwrap();
@@ -539,9 +731,17 @@ mod tests {
     fn grants_made_at_once_never_share_the_same_room() {
         let (_inbox, ledger) = ledger();
         let three_quarters = ledger.store.free_space().unwrap().bytes / 4 * 3;
-        let first = ledger.reserve_file(three_quarters, 0, true).unwrap();
-        let refused = ledger.reserve_file(three_quarters, 0, true).err().unwrap();
+        let first = ledger.reserve_file(ONE, three_quarters, 0, true).unwrap();
+        let refused = ledger
+            .reserve_file(TWO, three_quarters, 0, true)
+            .err()
+            .unwrap();
         assert_eq!(refused.code, FailCode::NoSpace);
+        let own = ledger
+            .reserve_file(ONE, three_quarters, 0, true)
+            .err()
+            .unwrap();
+        assert_eq!(own.code, FailCode::NoSpace);
         assert!(
             refused.text.starts_with(&format!(
                 "no space left on the server: the file needs {three_quarters} bytes"
@@ -550,23 +750,51 @@ mod tests {
         );
         drop(first);
         assert_eq!(promised(&ledger), (0, 0));
-        let second = ledger.reserve_file(three_quarters, 0, true).unwrap();
+        let second = ledger.reserve_file(ONE, three_quarters, 0, true).unwrap();
         drop(second);
         assert_eq!(promised(&ledger), (0, 0));
     }
 
     #[test]
+    fn a_sender_is_granted_at_once_at_most_half_the_room_and_the_rest_as_it_writes() {
+        let (_inbox, ledger) = ledger();
+        let free = ledger.store.free_space().unwrap().bytes;
+        let big = free / 4 * 3;
+        let mut first = ledger.reserve_file(ONE, big, 0, true).unwrap();
+        let (held, _) = promised(&ledger);
+        assert!(
+            held < big && held > big / 2,
+            "{held} of {big} granted at once"
+        );
+        // What is not granted yet counts against its own sender's next
+        // offer, not against another sender's.
+        let own = ledger.reserve_file(ONE, free / 2, 0, true).err().unwrap();
+        assert_eq!(own.code, FailCode::NoSpace, "{own}");
+        let other = ledger.reserve_file(TWO, free / 5, 0, true).unwrap();
+        first.spend(held);
+        assert_eq!(first.beyond(MIB).map(|growth| growth.more), Some(MIB));
+        first.cover(MIB).unwrap();
+        assert!(first.beyond(MIB).is_none(), "granted as it is written");
+        drop((first, other));
+        assert_eq!(promised(&ledger), (0, 0));
+        assert!(
+            ledger.lock().senders.is_empty(),
+            "no account outlives its grants"
+        );
+    }
+
+    #[test]
     fn a_grant_gives_back_what_is_written_beyond_what_may_be_in_flight() {
         let (_inbox, ledger) = ledger();
-        let mut file = ledger.reserve_file(64 * MIB, 0, true).unwrap();
+        let mut file = ledger.reserve_file(ONE, 64 * MIB, 0, true).unwrap();
         assert_eq!(promised(&ledger), (64 * MIB, 1));
         file.spend(4 * MIB);
         assert_eq!(promised(&ledger).0, 64 * MIB, "all of it may be queued");
         file.spend(20 * MIB);
         assert_eq!(promised(&ledger).0, 40 * MIB + IN_FLIGHT);
-        assert_eq!(file.beyond(40 * MIB), None);
+        assert!(file.beyond(40 * MIB).is_none());
 
-        let mut stream = ledger.reserve_file(0, 0, true).unwrap();
+        let mut stream = ledger.reserve_file(ONE, 0, 0, true).unwrap();
         let more = stream.beyond(MIB).unwrap();
         stream.absorb(ledger.grow(more).unwrap());
         stream.spend(MIB);

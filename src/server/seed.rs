@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::space::SpaceLedger;
+use super::space::{Sender, SpaceLedger, sender_of};
 use super::{Fate, Outcome, Protocol, ServerConfig, blocking, log_output, log_transfer};
 use crate::engine::is_out_of_space;
 use crate::protocol::seed::{self, Decoded, HeaderError};
@@ -64,11 +64,15 @@ pub(super) async fn serve(
 ) {
     let started = Instant::now();
     let mut announced = Announced::default();
+    let inbox = Inbox {
+        store: &store,
+        space,
+        sender: sender_of(peer),
+    };
     let result = receive(
         &mut stream,
         opening,
-        &store,
-        space,
+        &inbox,
         config,
         deadline,
         &mut announced,
@@ -103,11 +107,17 @@ pub(super) async fn serve(
     log_output::write_gathered();
 }
 
+/// Where a seed file goes, and whose grant of space it is.
+struct Inbox<'a> {
+    store: &'a Store,
+    space: &'a Arc<SpaceLedger>,
+    sender: Sender,
+}
+
 async fn receive(
     stream: &mut TcpStream,
     opening: [u8; 8],
-    store: &Store,
-    space: &Arc<SpaceLedger>,
+    inbox: &Inbox<'_>,
     config: &ServerConfig,
     deadline: tokio::time::Instant,
     announced: &mut Announced,
@@ -124,17 +134,17 @@ async fn receive(
         reason,
     })?;
 
-    // Held until the file is committed or gone; the data goes to the file
-    // inside the kernel, uncounted on the way, so all of it stays granted.
-    let _granted = {
-        let (space, size) = (Arc::clone(space), header.size);
-        blocking(move || Ok(space.reserve_file(size, 0, true)))
+    // Held until the file is committed or gone: grown and spent as the
+    // bytes go to the file.
+    let granted = {
+        let (space, size, sender) = (Arc::clone(inbox.space), header.size, inbox.sender);
+        blocking(move || Ok(space.reserve_file(sender, size, 0, true)))
             .await
             .map_err(SeedError::Storage)?
             .map_err(|refusal| SeedError::Refused(refusal.text))?
     };
     let (partial, file) = {
-        let mut partial = store.begin(RelPath::single(name));
+        let mut partial = inbox.store.begin(RelPath::single(name));
         blocking(move || {
             let file = partial.data_file()?;
             Ok((partial, file))
@@ -147,12 +157,13 @@ async fn receive(
     // done on this task, so a silent client holds no blocking thread.
     announced.receiving = true;
     stream.write_all(seed::GO_AHEAD).await?;
-    zero_copy::receive_to_file(stream, file, header.size, config.idle_timeout)
-        .await
-        .map_err(|error| match error {
-            PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
-            other => SeedError::Pump(other),
-        })?;
+    let _granted =
+        zero_copy::receive_to_file(stream, file, header.size, config.idle_timeout, granted)
+            .await
+            .map_err(|error| match error {
+                PumpError::Write { source, .. } if is_out_of_space(&source) => SeedError::NoSpace,
+                other => SeedError::Pump(other),
+            })?;
 
     blocking(move || partial.commit())
         .await
