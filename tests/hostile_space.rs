@@ -440,6 +440,8 @@ fn a_sender_that_offers_the_whole_disk_and_trickles_keeps_no_one_else_out() {
         "result=\"failed\"",
         "no space left on the server",
     ]);
+    // Logged once the session is over, and its grants given back.
+    server.wait_for_log(&["haul session failed", "no space left on the server"]);
     disk.assert_keeps(reserve, "the haul file's growth");
     drop(hog);
     // The seed file's was, and it is stored whole.
