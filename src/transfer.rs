@@ -385,7 +385,8 @@ impl FileSink {
     }
 
     /// Bytes written to the file so far: at least this many of those handed
-    /// to the sink are in the file system's count of what is used.
+    /// to the sink are in the file system's count of what is used. Read
+    /// before [`FileSink::finish`], which lands them all.
     pub fn landed(&self) -> u64 {
         let queued = self
             .queue

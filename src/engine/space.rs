@@ -13,9 +13,9 @@
 //! sender's peers leave, and the rest as it arrives, so that a sender that
 //! offers the whole disk and then trickles holds at most that share; a
 //! stream is granted as it grows, before each write; a directory before it
-//! is made. Abandoned partial data
-//! in the hidden area is capped by `--max-partial`, and given up, oldest
-//! first, when a new file needs the room it holds.
+//! is made. Abandoned partial data in the hidden area is capped by
+//! `--max-partial`, and given up, oldest first, when a new file needs the
+//! room it holds.
 //!
 //! This module decides and keeps count; the store does the file-system work.
 
@@ -218,14 +218,13 @@ impl SpaceLedger {
             self.reserve_inodes,
         ) {
             Ok(free) => {
-                let block = free.block.max(1);
-                let data = need.bytes(block) - need.blocks.saturating_mul(block);
+                let data = Need { blocks: 0, ..need }.bytes(free.block);
                 let now = data.min(self.share(&promised, &free, account));
                 let mut charge = Charge::new(self, Some(sender));
                 charge.apply(&mut promised, |charge| {
                     charge.promised = now;
                     charge.owed = data - now;
-                    charge.kept = need.blocks.saturating_mul(block);
+                    charge.kept = Need { bytes: 0, ..need }.bytes(free.block);
                     charge.inodes = inodes;
                 });
                 Ok(charge)
